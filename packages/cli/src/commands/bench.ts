@@ -1,0 +1,45 @@
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Figure, BenchModule } from '../../../../bench/figure.js';
+import { parseFlags } from '../flags.js';
+
+export const summary = 'run the benchmarks (one human table, or --json: one JSON line per figure)';
+
+const USAGE = 'kvgate bench [--json] [--quick] [name-filter...]';
+const SPEC = {
+  json: { type: 'boolean', help: 'one JSON object per line: {bench, value, unit, baseline, note}' },
+  quick: { type: 'boolean', help: 'smaller sizes (smoke run)' },
+} as const;
+
+const BENCH_DIR = new URL('../../../../bench/', import.meta.url).pathname;
+
+export async function run(argv: string[]): Promise<number> {
+  const parsed = parseFlags(argv, USAGE, SPEC);
+  if (!parsed) return 0;
+  const { flags, positionals } = parsed;
+  const files = readdirSync(BENCH_DIR)
+    .filter((f) => f.endsWith('.bench.ts'))
+    .filter((f) => positionals.length === 0 || positionals.some((p) => f.includes(p)))
+    .sort();
+  const figures: Figure[] = [];
+  const fmt = (n: number | undefined) => (n === undefined ? '' : Math.abs(n) >= 100 ? n.toFixed(0) : n.toPrecision(3));
+  if (!flags.json) console.log(`${'bench'.padEnd(28)} ${'value'.padStart(12)} ${'unit'.padEnd(10)} ${'baseline'.padStart(12)} ${'ratio'.padStart(7)}  note`);
+  for (const f of files) {
+    const mod = (await import(pathToFileURL(join(BENCH_DIR, f)).href)) as { default: BenchModule };
+    process.stderr.write(`[bench] ${f}\n`);
+    await mod.default({
+      quick: flags.quick,
+      progress: (m) => process.stderr.write(`[bench] ${f}: ${m}\n`),
+      report: (fig) => {
+        figures.push(fig);
+        if (flags.json) console.log(JSON.stringify(fig));
+        else {
+          const ratio = fig.baseline ? (fig.value / fig.baseline).toFixed(2) + 'x' : '';
+          console.log(`${fig.bench.padEnd(28)} ${fmt(fig.value).padStart(12)} ${fig.unit.padEnd(10)} ${fmt(fig.baseline).padStart(12)} ${ratio.padStart(7)}  ${fig.note ?? ''}`);
+        }
+      },
+    });
+  }
+  return figures.length > 0 ? 0 : 1;
+}

@@ -1,0 +1,5 @@
+export const summary = '(being built)';
+export async function run(_argv: string[]): Promise<number> {
+  console.error('kvgate shim: not built yet');
+  return 2;
+}

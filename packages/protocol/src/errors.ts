@@ -1,0 +1,78 @@
+/**
+ * Every error kvgate raises on purpose is a KvgateError with a stable `code` (KVG_*).
+ * The HTTP edges map codes to OpenAI-shaped errors with `httpStatus`.
+ */
+export type ErrorCode =
+  | 'KVG_BAD_REQUEST'
+  | 'KVG_BAD_JSON'
+  | 'KVG_BODY_TOO_LARGE'
+  | 'KVG_UNKNOWN_MODEL'
+  | 'KVG_UNKNOWN_WORKER'
+  | 'KVG_NO_WORKER'
+  | 'KVG_UPSTREAM'
+  | 'KVG_TIMEOUT'
+  | 'KVG_DECODE'
+  | 'KVG_BUS'
+  | 'KVG_BUS_CLOSED'
+  | 'KVG_NOT_FOUND'
+  | 'KVG_BAD_DESCRIPTOR'
+  | 'KVG_OVERLOADED'
+  | 'KVG_CONFIG'
+  | 'KVG_INTERNAL';
+
+const STATUS: Record<ErrorCode, number> = {
+  KVG_BAD_REQUEST: 400,
+  KVG_BAD_JSON: 400,
+  KVG_BODY_TOO_LARGE: 413,
+  KVG_UNKNOWN_MODEL: 404,
+  KVG_UNKNOWN_WORKER: 404,
+  KVG_NO_WORKER: 503,
+  KVG_UPSTREAM: 502,
+  KVG_TIMEOUT: 504,
+  KVG_DECODE: 400,
+  KVG_BUS: 503,
+  KVG_BUS_CLOSED: 503,
+  KVG_NOT_FOUND: 404,
+  KVG_BAD_DESCRIPTOR: 400,
+  KVG_OVERLOADED: 429,
+  KVG_CONFIG: 400,
+  KVG_INTERNAL: 500,
+};
+
+export class KvgateError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KvgateError';
+    this.code = code;
+  }
+  get httpStatus(): number {
+    return STATUS[this.code];
+  }
+}
+
+/** A payload that is not what its format says it is (malformed msgpack, wrong shape). */
+export class DecodeError extends KvgateError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('KVG_DECODE', message, options);
+    this.name = 'DecodeError';
+  }
+}
+
+/** The bus failed (connection lost, closed, timed out). */
+export class BusError extends KvgateError {
+  constructor(code: 'KVG_BUS' | 'KVG_BUS_CLOSED' | 'KVG_TIMEOUT' | 'KVG_NOT_FOUND', message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = 'BusError';
+  }
+}
+
+/** OpenAI-shaped error body: {error:{message,type,code}}. Never includes a stack. */
+export function errorBody(err: unknown): { status: number; body: { error: { message: string; type: string; code: string } } } {
+  if (err instanceof KvgateError) {
+    const status = err.httpStatus;
+    const type = status >= 500 ? 'server_error' : status === 404 ? 'not_found_error' : 'invalid_request_error';
+    return { status, body: { error: { message: err.message, type, code: err.code } } };
+  }
+  return { status: 500, body: { error: { message: 'internal error', type: 'server_error', code: 'KVG_INTERNAL' } } };
+}

@@ -1,0 +1,256 @@
+/**
+ * Wire payloads of DESIGN.md section 4 and their msgpackr codecs.
+ * Hashes travel as 64-bit integers (BigInt on the JS side), never as floats.
+ * Every decode validates shape and throws DecodeError on anything else.
+ */
+import { Packr } from 'msgpackr';
+import { DecodeError } from './errors.js';
+
+/** Normalised KV event (prefix hashes only). `parent` null = chained from the root. */
+export type KvEvent =
+  | { t: 'stored'; parent: bigint | null; hashes: bigint[] }
+  | { t: 'removed'; hashes: bigint[] }
+  | { t: 'cleared' };
+
+/** `…events.<worker>`: one batch, `seq` gap-free per worker (assigned by the shim). */
+export interface EventBatch {
+  worker: string;
+  seq: number;
+  ts: number;
+  events: KvEvent[];
+  /** model and lora let indexers keep per-pool trees; optional on the wire */
+  model?: string;
+}
+
+export type WorkerRole = 'both' | 'prefill' | 'decode';
+
+/** `…load.<worker>` */
+export interface LoadReport {
+  worker: string;
+  model: string;
+  role: WorkerRole;
+  waiting: number;
+  running: number;
+  kvUsage: number;
+  capacityBlocks: number;
+  url: string;
+  ts: number;
+}
+
+/** `…workers` KV bucket value */
+export interface WorkerRegistration {
+  worker: string;
+  model: string;
+  role: WorkerRole;
+  /** URL routers send requests to (the shim's HTTP front, or the engine itself) */
+  url: string;
+  /** the engine's own URL */
+  engineUrl: string;
+  blockSize: number;
+  capacityBlocks: number;
+  loras: string[];
+  ts: number;
+}
+
+export interface MatchRequest {
+  model: string;
+  lora?: string | null;
+  hashes: bigint[];
+}
+export interface MatchReply {
+  overlaps: Record<string, number>;
+  indexerSeq: number;
+}
+
+export interface WorkerDigest {
+  seq: number;
+  count: number;
+  /** xor of all the worker's prefix hashes: order-independent checksum */
+  xor: bigint;
+}
+export interface GossipMsg {
+  indexer: string;
+  digests: Record<string, WorkerDigest>;
+}
+/** `…index.sync.<indexer>`: a peer asks for (hashes empty, `request` true) or sends one worker's block set */
+export interface SyncMsg {
+  from: string;
+  worker: string;
+  request?: boolean;
+  seq: number;
+  /** pairs flattened: [parent0, hash0, parent1, hash1, …]; parent 0n = root */
+  blocks: bigint[];
+}
+
+export interface ActiveDelta {
+  router: string;
+  worker: string;
+  dPrefillTokens: number;
+  dDecodeBlocks: number;
+}
+export interface ActiveBatch {
+  router: string;
+  deltas: ActiveDelta[];
+}
+
+const packr = new Packr({ useRecords: false, int64AsType: 'bigint', mapsAsObjects: true });
+
+export function encode(value: unknown): Uint8Array {
+  return packr.pack(value);
+}
+
+export function decode(bytes: Uint8Array): unknown {
+  try {
+    return packr.unpack(bytes);
+  } catch (e) {
+    throw new DecodeError(`malformed msgpack: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+// ---- validation helpers -------------------------------------------------------------------------
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+function need(cond: boolean, what: string): asserts cond {
+  if (!cond) throw new DecodeError(what);
+}
+/** An 8-byte hash as it may arrive: bigint, safe integer, or 8-byte buffer. */
+export function toHash(v: unknown): bigint {
+  if (typeof v === 'bigint') return BigInt.asUintN(64, v);
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return BigInt(v);
+  if (v instanceof Uint8Array && v.length === 8) return new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0, false);
+  throw new DecodeError(`hash must be a 64-bit integer or 8-byte buffer, got ${typeof v}`);
+}
+function hashes(v: unknown, what: string): bigint[] {
+  need(Array.isArray(v), `${what} must be an array`);
+  return v.map(toHash);
+}
+function str(v: unknown, what: string): string {
+  need(typeof v === 'string', `${what} must be a string`);
+  return v;
+}
+function num(v: unknown, what: string): number {
+  if (typeof v === 'bigint') v = Number(v);
+  need(typeof v === 'number' && Number.isFinite(v), `${what} must be a number`);
+  return v;
+}
+
+function kvEvent(v: unknown): KvEvent {
+  need(isObj(v), 'event must be a map');
+  switch (v.t) {
+    case 'stored':
+      return { t: 'stored', parent: v.parent == null ? null : toHash(v.parent), hashes: hashes(v.hashes, 'stored.hashes') };
+    case 'removed':
+      return { t: 'removed', hashes: hashes(v.hashes, 'removed.hashes') };
+    case 'cleared':
+      return { t: 'cleared' };
+    default:
+      throw new DecodeError(`unknown event type ${JSON.stringify(v.t)}`);
+  }
+}
+
+export function decodeEventBatch(bytes: Uint8Array): EventBatch {
+  const v = decode(bytes);
+  need(isObj(v), 'event batch must be a map');
+  need(Array.isArray(v.events), 'event batch: events must be an array');
+  const out: EventBatch = {
+    worker: str(v.worker, 'worker'),
+    seq: num(v.seq, 'seq'),
+    ts: num(v.ts, 'ts'),
+    events: v.events.map(kvEvent),
+  };
+  if (typeof v.model === 'string') out.model = v.model;
+  return out;
+}
+
+export function decodeLoad(bytes: Uint8Array): LoadReport {
+  const v = decode(bytes);
+  need(isObj(v), 'load report must be a map');
+  const role = str(v.role, 'role');
+  need(role === 'both' || role === 'prefill' || role === 'decode', `bad role ${role}`);
+  return {
+    worker: str(v.worker, 'worker'),
+    model: str(v.model, 'model'),
+    role,
+    waiting: num(v.waiting, 'waiting'),
+    running: num(v.running, 'running'),
+    kvUsage: num(v.kvUsage, 'kvUsage'),
+    capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
+    url: str(v.url, 'url'),
+    ts: num(v.ts, 'ts'),
+  };
+}
+
+export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
+  const v = decode(bytes);
+  need(isObj(v), 'registration must be a map');
+  const role = str(v.role, 'role');
+  need(role === 'both' || role === 'prefill' || role === 'decode', `bad role ${role}`);
+  return {
+    worker: str(v.worker, 'worker'),
+    model: str(v.model, 'model'),
+    role,
+    url: str(v.url, 'url'),
+    engineUrl: typeof v.engineUrl === 'string' ? v.engineUrl : str(v.url, 'url'),
+    blockSize: num(v.blockSize, 'blockSize'),
+    capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
+    loras: Array.isArray(v.loras) ? v.loras.filter((x): x is string => typeof x === 'string') : [],
+    ts: num(v.ts, 'ts'),
+  };
+}
+
+export function decodeMatchRequest(bytes: Uint8Array): MatchRequest {
+  const v = decode(bytes);
+  need(isObj(v), 'match request must be a map');
+  return { model: str(v.model, 'model'), lora: typeof v.lora === 'string' ? v.lora : null, hashes: hashes(v.hashes, 'hashes') };
+}
+
+export function decodeMatchReply(bytes: Uint8Array): MatchReply {
+  const v = decode(bytes);
+  need(isObj(v) && isObj(v.overlaps), 'match reply must be a map with overlaps');
+  const overlaps: Record<string, number> = {};
+  for (const [k, n] of Object.entries(v.overlaps)) overlaps[k] = num(n, `overlaps.${k}`);
+  return { overlaps, indexerSeq: num(v.indexerSeq ?? 0, 'indexerSeq') };
+}
+
+export function decodeGossip(bytes: Uint8Array): GossipMsg {
+  const v = decode(bytes);
+  need(isObj(v) && isObj(v.digests), 'gossip must be a map with digests');
+  const digests: Record<string, WorkerDigest> = {};
+  for (const [w, d] of Object.entries(v.digests)) {
+    need(isObj(d), `digest ${w} must be a map`);
+    digests[w] = { seq: num(d.seq, 'seq'), count: num(d.count, 'count'), xor: toHash(d.xor) };
+  }
+  return { indexer: str(v.indexer, 'indexer'), digests };
+}
+
+export function decodeSync(bytes: Uint8Array): SyncMsg {
+  const v = decode(bytes);
+  need(isObj(v), 'sync must be a map');
+  return {
+    from: str(v.from, 'from'),
+    worker: str(v.worker, 'worker'),
+    request: v.request === true,
+    seq: num(v.seq, 'seq'),
+    blocks: v.blocks == null ? [] : hashes(v.blocks, 'blocks'),
+  };
+}
+
+export function decodeActive(bytes: Uint8Array): ActiveBatch {
+  const v = decode(bytes);
+  need(isObj(v) && Array.isArray(v.deltas), 'active batch must be a map with deltas');
+  const router = str(v.router, 'router');
+  return {
+    router,
+    deltas: v.deltas.map((d) => {
+      need(isObj(d), 'delta must be a map');
+      return {
+        router,
+        worker: str(d.worker, 'worker'),
+        dPrefillTokens: num(d.dPrefillTokens, 'dPrefillTokens'),
+        dDecodeBlocks: num(d.dDecodeBlocks, 'dDecodeBlocks'),
+      };
+    }),
+  };
+}

@@ -1,0 +1,46 @@
+/** Every NATS subject, stream, bucket and queue-group name kvgate uses (DESIGN.md section 4). */
+export interface Subjects {
+  readonly prefix: string;
+  /** `kvgate.<ns>.events.<worker>` — normalised KV events, captured by the durable stream. */
+  events(worker: string): string;
+  /** wildcard over all workers' events */
+  readonly eventsAll: string;
+  load(worker: string): string;
+  readonly loadAll: string;
+  readonly indexMatch: string;
+  readonly indexGossip: string;
+  indexSync(indexer: string): string;
+  readonly routerActive: string;
+  /** JetStream stream capturing `eventsAll` */
+  readonly eventStream: string;
+  /** KV bucket holding worker registrations */
+  readonly workersBucket: string;
+  /** queue group indexers answer `indexMatch` in */
+  readonly indexQueue: string;
+  /** object-store bucket / file prefix for index snapshots */
+  readonly snapshotBucket: string;
+}
+
+/** Subject tokens may not contain '.', '*', '>' or whitespace; worker ids are checked against this. */
+export const TOKEN_RE = /^[A-Za-z0-9_\-:@]+$/;
+
+export function subjects(namespace = 'default'): Subjects {
+  if (!TOKEN_RE.test(namespace)) throw new Error(`invalid namespace ${JSON.stringify(namespace)}`);
+  const p = `kvgate.${namespace}`;
+  const safeNs = namespace.replace(/[^A-Za-z0-9_-]/g, '_');
+  return {
+    prefix: p,
+    events: (w) => `${p}.events.${w}`,
+    eventsAll: `${p}.events.*`,
+    load: (w) => `${p}.load.${w}`,
+    loadAll: `${p}.load.*`,
+    indexMatch: `${p}.index.match`,
+    indexGossip: `${p}.index.gossip`,
+    indexSync: (i) => `${p}.index.sync.${i}`,
+    routerActive: `${p}.router.active`,
+    eventStream: `KVGATE_EVENTS_${safeNs}`,
+    workersBucket: `kvgate_${safeNs}_workers`,
+    indexQueue: `kvgate-indexers`,
+    snapshotBucket: `kvgate_${safeNs}_snapshots`,
+  };
+}

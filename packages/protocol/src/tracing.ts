@@ -1,0 +1,38 @@
+/**
+ * OpenTelemetry: spans across router → shim → engine, W3C `traceparent` on every hop.
+ * The SDK starts only when configured: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP exporter) or
+ * KVGATE_OTEL=console (spans printed to stderr). Unconfigured, the API is a no-op and costs nothing.
+ */
+import { trace, context, propagation, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api';
+
+export { SpanStatusCode, type Span };
+
+let started = false;
+
+export async function initTracing(serviceName: string): Promise<void> {
+  if (started) return;
+  const mode = process.env.KVGATE_OTEL;
+  if (!mode && !process.env.OTEL_EXPORTER_OTLP_ENDPOINT) return;
+  started = true;
+  const { NodeSDK, tracing } = await import('@opentelemetry/sdk-node');
+  const spanProcessors = mode === 'console' ? [new tracing.SimpleSpanProcessor(new tracing.ConsoleSpanExporter())] : undefined;
+  const sdk = new NodeSDK({ serviceName, ...(spanProcessors ? { spanProcessors } : {}) });
+  sdk.start();
+  process.once('beforeExit', () => void sdk.shutdown());
+}
+
+export function tracer(): Tracer {
+  return trace.getTracer('kvgate');
+}
+
+/** Copy the active context into outgoing HTTP headers (traceparent). */
+export function injectTraceHeaders(headers: Record<string, string>, span?: Span): Record<string, string> {
+  const ctx = span ? trace.setSpan(context.active(), span) : context.active();
+  propagation.inject(ctx, headers);
+  return headers;
+}
+
+/** Context carried by incoming HTTP headers, to parent the server span. */
+export function extractTraceContext(headers: Record<string, string | string[] | undefined>) {
+  return propagation.extract(context.active(), headers);
+}
