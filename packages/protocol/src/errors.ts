@@ -14,10 +14,12 @@ export type ErrorCode =
   | 'KVG_DECODE'
   | 'KVG_BUS'
   | 'KVG_BUS_CLOSED'
+  | 'KVG_NO_RESPONDERS'
   | 'KVG_NOT_FOUND'
   | 'KVG_BAD_DESCRIPTOR'
   | 'KVG_OVERLOADED'
   | 'KVG_CONFIG'
+  | 'KVG_NOT_READY'
   | 'KVG_INTERNAL';
 
 const STATUS: Record<ErrorCode, number> = {
@@ -32,10 +34,12 @@ const STATUS: Record<ErrorCode, number> = {
   KVG_DECODE: 400,
   KVG_BUS: 503,
   KVG_BUS_CLOSED: 503,
+  KVG_NO_RESPONDERS: 503,
   KVG_NOT_FOUND: 404,
   KVG_BAD_DESCRIPTOR: 400,
   KVG_OVERLOADED: 429,
   KVG_CONFIG: 400,
+  KVG_NOT_READY: 503,
   KVG_INTERNAL: 500,
 };
 
@@ -59,9 +63,9 @@ export class DecodeError extends KvgateError {
   }
 }
 
-/** The bus failed (connection lost, closed, timed out). */
+/** The bus failed (connection lost, closed, timed out, nobody subscribed to a request's subject). */
 export class BusError extends KvgateError {
-  constructor(code: 'KVG_BUS' | 'KVG_BUS_CLOSED' | 'KVG_TIMEOUT' | 'KVG_NOT_FOUND', message: string, options?: { cause?: unknown }) {
+  constructor(code: 'KVG_BUS' | 'KVG_BUS_CLOSED' | 'KVG_NO_RESPONDERS' | 'KVG_TIMEOUT' | 'KVG_NOT_FOUND', message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'BusError';
   }

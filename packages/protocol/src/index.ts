@@ -5,3 +5,8 @@ export * from './schemas.js';
 export * from './bus/bus.js';
 export * from './log.js';
 export * from './tracing.js';
+export * from './kvlog.js';
+export * from './engine-events/types.js';
+export * from './engine-events/decode.js';
+export * from './tokenizer.js';
+export * from './bus/index.js';

@@ -11,6 +11,11 @@ export interface Subjects {
   readonly indexGossip: string;
   indexSync(indexer: string): string;
   readonly routerActive: string;
+  /** `kvgate.<ns>.decisions.<router>` — routing decisions, captured by `decisionStream` for replay/debugging */
+  decisions(router: string): string;
+  readonly decisionsAll: string;
+  /** JetStream stream capturing `decisionsAll` */
+  readonly decisionStream: string;
   /** JetStream stream capturing `eventsAll` */
   readonly eventStream: string;
   /** KV bucket holding worker registrations */
@@ -38,6 +43,9 @@ export function subjects(namespace = 'default'): Subjects {
     indexGossip: `${p}.index.gossip`,
     indexSync: (i) => `${p}.index.sync.${i}`,
     routerActive: `${p}.router.active`,
+    decisions: (r) => `${p}.decisions.${r}`,
+    decisionsAll: `${p}.decisions.*`,
+    decisionStream: `KVGATE_DECISIONS_${safeNs}`,
     eventStream: `KVGATE_EVENTS_${safeNs}`,
     workersBucket: `kvgate_${safeNs}_workers`,
     indexQueue: `kvgate-indexers`,

@@ -1,5 +1,91 @@
-export const summary = '(being built)';
-export async function run(_argv: string[]): Promise<number> {
-  console.error('kvgate shim: not built yet');
-  return 2;
+import { createBus, initTracing, type WorkerRole } from '@kvgate/protocol';
+import { startShim } from '@kvgate/worker-shim';
+import { parseFlags, intFlag } from '../flags.js';
+
+export const summary = "run beside an engine: put its KV cache and load on the bus, front it for P/D";
+
+const USAGE = `kvgate shim --engine-url http://127.0.0.1:8000 --kv-events tcp://127.0.0.1:5557 [--kv-replay tcp://127.0.0.1:5558]
+            --worker-id ID --model NAME [--role both|prefill|decode] [--nats URL] [--port P]`;
+const SPEC = {
+  'engine-url': { type: 'string', help: "engine's HTTP base URL (OpenAI API, /metrics)", default: 'http://127.0.0.1:8000' },
+  'kv-events': { type: 'string', help: "engine's ZMQ KV event PUB endpoint", default: 'tcp://127.0.0.1:5557' },
+  'kv-replay': { type: 'string', help: "engine's ZMQ replay (ROUTER) endpoint; absent: gaps clear the worker instead" },
+  topic: { type: 'string', help: 'ZMQ topic prefix to subscribe to (empty: all)', default: '' },
+  'worker-id': { type: 'string', help: 'worker id, unique in the namespace ([A-Za-z0-9_-:@])' },
+  model: { type: 'string', help: 'model name the engine serves (roots every prefix hash)' },
+  role: { type: 'string', help: 'both | prefill | decode', default: 'both' },
+  nats: { type: 'string', help: 'NATS URL (absent: in-memory bus, useful only for trying it out)' },
+  namespace: { type: 'string', help: 'bus namespace', default: 'default' },
+  port: { type: 'string', help: 'HTTP front port (P/D proxy, /healthz, /metrics); -1 = none', default: '8100' },
+  host: { type: 'string', help: 'HTTP front bind address', default: '0.0.0.0' },
+  'advertise-url': { type: 'string', help: 'URL routers use for this worker (default: http://<host>:<port> of the front)' },
+  'block-size': { type: 'string', help: 'engine block size until the engine reports it', default: '16' },
+  'lora-map': { type: 'string', help: 'LoRA int id → name for engines that send only lora_id, e.g. 1=sql-lora,2=chat' },
+  'max-map-entries': { type: 'string', help: 'cap of the engine-hash map (LRU)', default: '1000000' },
+  'scrape-ms': { type: 'string', help: 'engine /metrics scrape period', default: '100' },
+  'load-ms': { type: 'string', help: 'load report period (also sent on change)', default: '250' },
+  'ttl-ms': { type: 'string', help: 'registration TTL in the workers bucket', default: '3000' },
+  'heartbeat-ms': { type: 'string', help: 'registration heartbeat period', default: '1000' },
+  'replay-timeout-ms': { type: 'string', help: 'wait per replay reply', default: '1000' },
+} as const;
+
+export async function run(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseFlags(argv, USAGE, SPEC);
+  } catch (e) {
+    console.error(`kvgate shim: ${(e as Error).message}\nusage: ${USAGE}`);
+    return 2;
+  }
+  if (!parsed) return 0;
+  const f = parsed.flags;
+  if (!f['worker-id'] || !f.model) {
+    console.error(`kvgate shim: --worker-id and --model are required\nusage: ${USAGE}`);
+    return 2;
+  }
+  let bus;
+  try {
+    const port = intFlag(f.port, 'port', 8100);
+    await initTracing('kvgate-shim');
+    bus = await createBus({ nats: f.nats });
+    let advertiseUrl = f['advertise-url'];
+    if (!advertiseUrl && (f.host === '0.0.0.0' || f.host === '::') && port > 0) {
+      const { hostname } = await import('node:os');
+      advertiseUrl = `http://${hostname()}:${port}`;
+    }
+    const shim = await startShim(bus, {
+      worker: f['worker-id'],
+      model: f.model,
+      role: f.role as WorkerRole,
+      engineUrl: f['engine-url']!,
+      kvEvents: f['kv-events']!,
+      kvReplay: f['kv-replay'],
+      topic: f.topic ?? '',
+      namespace: f.namespace,
+      port,
+      host: f.host,
+      advertiseUrl,
+      blockSize: intFlag(f['block-size'], 'block-size', 16),
+      loraMap: f['lora-map'],
+      maxMapEntries: intFlag(f['max-map-entries'], 'max-map-entries', 1_000_000),
+      scrapeIntervalMs: intFlag(f['scrape-ms'], 'scrape-ms', 100),
+      loadIntervalMs: intFlag(f['load-ms'], 'load-ms', 250),
+      registryTtlMs: intFlag(f['ttl-ms'], 'ttl-ms', 3000),
+      heartbeatMs: intFlag(f['heartbeat-ms'], 'heartbeat-ms', 1000),
+      replayTimeoutMs: intFlag(f['replay-timeout-ms'], 'replay-timeout-ms', 1000),
+    });
+    console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
+    await new Promise<void>((resolve) => {
+      const done = () => resolve();
+      process.once('SIGINT', done);
+      process.once('SIGTERM', done);
+    });
+    await shim.stop();
+    await bus.close();
+    return 0;
+  } catch (e) {
+    console.error(`kvgate shim: ${(e as Error).message}`);
+    await bus?.close().catch(() => undefined);
+    return 1;
+  }
 }

@@ -1,5 +1,119 @@
-export const summary = '(being built)';
-export async function run(_argv: string[]): Promise<number> {
-  console.error('kvgate sim-engine: not built yet');
-  return 2;
+import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat } from '@kvgate/sim-engine';
+import { parseFlags, intFlag } from '../flags.js';
+
+export const summary = 'run one simulated vLLM engine (OpenAI HTTP, /metrics, ZMQ KV events + replay, P/D)';
+
+const USAGE = 'kvgate sim-engine [--port 8000] [--kv-events-endpoint tcp://*:5557] [--kv-replay-endpoint tcp://*:5558] [--model qwen3-8b] [--role both] [--speedup 1] ...';
+const SPEC = {
+  host: { type: 'string', help: 'HTTP bind address', default: '127.0.0.1' },
+  port: { type: 'string', help: 'HTTP port (0 = any free port)', default: '8000' },
+  model: { type: 'string', help: 'served model name', default: 'qwen3-8b' },
+  tokenizer: { type: 'string', help: 'Hugging Face tokenizer.json path (default: bundled Qwen3 tokenizer)' },
+  role: { type: 'string', help: 'P/D role: prefill | decode | both', default: 'both' },
+  'engine-id': { type: 'string', help: 'engine id in transfer descriptors (default: sim-<random>)' },
+  'block-size': { type: 'string', help: 'tokens per KV block', default: '16' },
+  'num-blocks': { type: 'string', help: 'KV cache capacity in blocks', default: '16384' },
+  'max-model-len': { type: 'string', help: 'max prompt + completion tokens', default: '32768' },
+  'max-num-seqs': { type: 'string', help: 'max sequences per batch', default: '256' },
+  'max-num-batched-tokens': { type: 'string', help: 'token budget per step (chunked prefill)', default: '8192' },
+  speedup: { type: 'string', help: 'simulated time runs this many times faster than wall time', default: '1' },
+  'kv-events-endpoint': { type: 'string', help: 'ZMQ PUB endpoint for KV events (port 0 or * = free port)', default: 'tcp://*:5557' },
+  'no-kv-events': { type: 'boolean', help: 'do not publish KV events' },
+  'kv-replay-endpoint': { type: 'string', help: 'ZMQ ROUTER endpoint serving missed batches (default: none)' },
+  'kv-events-topic': { type: 'string', help: 'ZMQ topic frame', default: '' },
+  'kv-events-encoding': { type: 'string', help: 'event payload: array (vLLM ≤ 0.23) | map (newer vLLM)', default: 'array' },
+  'block-hash-format': { type: 'string', help: 'block hashes in events: int (uint64) | bytes (32-byte digest)', default: 'int' },
+  'hash-seed': { type: 'string', help: 'seed of the engine block-hash chain (default: random, like vLLM)' },
+  'default-max-tokens': { type: 'string', help: 'max_tokens when a request gives none', default: '16' },
+  'max-body-bytes': { type: 'string', help: 'request body limit', default: String(16 * 1024 * 1024) },
+  'kv-hold-timeout': { type: 'string', help: 'seconds a P/D prefill keeps blocks for the decode side', default: '480' },
+  'prefill-coeffs': { type: 'string', help: 'prefill ms = a·T² + b·T + c, as a,b,c', default: '4.21e-7,1.518e-2,16.5' },
+  'decode-coeffs': { type: 'string', help: 'decode ms = max(1, p·u² + q·u + r) + s·seqs, as p,q,r,s', default: '-25.74,54.01,5.74,0.02' },
+  'num-layers': { type: 'string', help: 'model layers (bytes per block)', default: '36' },
+  'num-kv-heads': { type: 'string', help: 'KV heads per layer (bytes per block)', default: '8' },
+  'head-dim': { type: 'string', help: 'head dimension (bytes per block)', default: '128' },
+  'dtype-bytes': { type: 'string', help: 'bytes per KV element (bytes per block)', default: '2' },
+  'rdma-bandwidth': { type: 'string', help: 'modelled P/D link bandwidth, GB/s', default: '50' },
+  'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms', default: '0.5' },
+} as const;
+
+function coeffs(v: string | undefined, name: string, n: number): number[] {
+  const parts = (v ?? '').split(',').map((s) => Number(s.trim()));
+  if (parts.length !== n || parts.some((x) => !Number.isFinite(x))) throw new Error(`--${name} needs ${n} comma-separated numbers, got ${JSON.stringify(v)}`);
+  return parts;
+}
+
+function oneOf<T extends string>(v: string | undefined, name: string, allowed: readonly T[]): T {
+  if (!allowed.includes(v as T)) throw new Error(`--${name} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typeof SPEC>>>['flags']): SimEngineOptions {
+  const [a, b, c] = coeffs(f['prefill-coeffs'], 'prefill-coeffs', 3) as [number, number, number];
+  const [p, q, r, s] = coeffs(f['decode-coeffs'], 'decode-coeffs', 4) as [number, number, number, number];
+  const pos = (name: keyof typeof SPEC, def: number, allowZero = false) => {
+    const x = intFlag(f[name] as string | undefined, name, def);
+    if (!(allowZero ? x >= 0 : x > 0)) throw new Error(`--${name} must be ${allowZero ? 'non-negative' : 'positive'}, got ${x}`);
+    return x;
+  };
+  return {
+    host: f.host ?? '127.0.0.1',
+    port: pos('port', 8000, true),
+    model: f.model ?? 'qwen3-8b',
+    ...(f.tokenizer ? { tokenizer: f.tokenizer } : {}),
+    role: oneOf<EngineRole>(f.role, 'role', ['prefill', 'decode', 'both']),
+    ...(f['engine-id'] ? { engineId: f['engine-id'] } : {}),
+    blockSize: pos('block-size', 16),
+    numBlocks: pos('num-blocks', 16384),
+    maxModelLen: pos('max-model-len', 32768),
+    maxNumSeqs: pos('max-num-seqs', 256),
+    maxNumBatchedTokens: pos('max-num-batched-tokens', 8192),
+    speedup: pos('speedup', 1),
+    kvEventsEndpoint: f['no-kv-events'] ? null : (f['kv-events-endpoint'] ?? 'tcp://*:5557'),
+    kvReplayEndpoint: f['kv-replay-endpoint'] ?? null,
+    kvEventsTopic: f['kv-events-topic'] ?? '',
+    kvEventsEncoding: oneOf<EventEncoding>(f['kv-events-encoding'], 'kv-events-encoding', ['array', 'map']),
+    blockHashFormat: oneOf<BlockHashFormat>(f['block-hash-format'], 'block-hash-format', ['int', 'bytes']),
+    ...(f['hash-seed'] !== undefined ? { hashSeed: f['hash-seed'] } : {}),
+    defaultMaxTokens: pos('default-max-tokens', 16),
+    maxBodyBytes: pos('max-body-bytes', 16 * 1024 * 1024),
+    kvHoldTimeoutS: pos('kv-hold-timeout', 480),
+    timing: { prefillA: a, prefillB: b, prefillC: c, decodeP: p, decodeQ: q, decodeR: r, decodePerSeq: s },
+    shape: { layers: pos('num-layers', 36), kvHeads: pos('num-kv-heads', 8), headDim: pos('head-dim', 128), dtypeBytes: pos('dtype-bytes', 2) },
+    transfer: { bandwidthGBps: pos('rdma-bandwidth', 50), latencyMs: pos('rdma-latency-ms', 0.5, true) },
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  let opts: SimEngineOptions;
+  try {
+    const parsed = parseFlags(argv, USAGE, SPEC);
+    if (!parsed) return 0;
+    opts = optionsFromFlags(parsed.flags);
+  } catch (e) {
+    console.error(`kvgate sim-engine: ${(e as Error).message}`);
+    return 2;
+  }
+  let engine;
+  try {
+    engine = await startSimEngine(opts);
+  } catch (e) {
+    console.error(`kvgate sim-engine: cannot start: ${(e as Error).message}`);
+    return 1;
+  }
+  console.error(
+    `kvgate sim-engine ${engine.engineId} (${engine.model}, role ${engine.role}) listening on ${engine.url}\n` +
+      `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks, speedup ${opts.speedup}`,
+  );
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  await engine.close();
+  return 0;
 }

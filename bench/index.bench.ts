@@ -1,0 +1,132 @@
+/**
+ * index.*: the prefix index (packages/indexer) against the naive Map/Set reference, same workload, same run.
+ *
+ * Workload (seeded): 256 workers, 16 system prompts of 64 blocks, 2,560 documents of 512 blocks (system prompt +
+ * 448 own blocks). Each document is cached on 1–3 workers, each holding a random leading part (64–512 blocks):
+ * ≈ 1.2 M (block, worker) entries. It arrives as msgpack EventBatches of 16-block `stored` events (the shim's wire
+ * format), which is what index.ingest times (decode + apply). Match prompts are 512 blocks: 70 % a cached
+ * document, 20 % a system prompt with a new tail, 10 % nothing cached.
+ */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { encode, decodeEventBatch } from '@kvgate/protocol';
+import { ShardState } from '@kvgate/indexer/shard-state';
+import { NaiveIndex } from '@kvgate/indexer/naive';
+import { percentile, type BenchContext } from './figure.js';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomChain(r: () => number, n: number): BigUint64Array {
+  const out = new BigUint64Array(n);
+  const v = new Uint32Array(out.buffer);
+  for (let i = 0; i < v.length; i++) v[i] = (r() * 2 ** 32) >>> 0;
+  return out;
+}
+
+function memory(): number {
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+}
+
+export default async function (ctx: BenchContext): Promise<void> {
+  const r = rng(42);
+  const WORKERS = 256, SYS = 16, SYS_LEN = 64, LEN = 512;
+  const DOCS = ctx.quick ? 400 : 2560;
+  const systems = Array.from({ length: SYS }, () => randomChain(r, SYS_LEN));
+  const docs: BigUint64Array[] = [];
+  for (let d = 0; d < DOCS; d++) {
+    const c = new BigUint64Array(LEN);
+    c.set(systems[d % SYS]!, 0);
+    c.set(randomChain(r, LEN - SYS_LEN), SYS_LEN);
+    docs.push(c);
+  }
+  // who caches what, as wire batches
+  const seqs = new Array<number>(WORKERS).fill(0);
+  const batches: Uint8Array[] = [];
+  let blockEvents = 0;
+  for (let d = 0; d < DOCS; d++) {
+    const replicas = 1 + Math.floor(r() * 3);
+    for (let k = 0; k < replicas; k++) {
+      const w = Math.floor(r() * WORKERS);
+      const held = 64 + Math.floor(r() * (LEN - 64 + 1));
+      for (let at = 0; at < held; at += 16) {
+        const hashes = Array.from(docs[d]!.subarray(at, Math.min(held, at + 16)));
+        blockEvents += hashes.length;
+        batches.push(encode({ worker: `worker-${w}`, seq: ++seqs[w]!, ts: 0, events: [{ t: 'stored', parent: at === 0 ? null : docs[d]![at - 1]!, hashes }] }));
+      }
+    }
+  }
+  ctx.progress(`${batches.length} batches, ${blockEvents} block events`);
+
+  // ---- ingest + memory: ours -------------------------------------------------------------------
+  const before = memory();
+  const shard = new ShardState();
+  let t0 = process.hrtime.bigint();
+  for (const b of batches) shard.ingest(b);
+  const oursSecs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const st = shard.stats();
+  const oursBytes = (memory() - before) / st.entries;
+  ctx.progress(`ours: ${st.entries} entries, ${st.nodes} prefixes, ${(oursSecs * 1000).toFixed(0)} ms`);
+
+  // ---- ingest + memory: naive (reference decoder + Map/Set index) ------------------------------
+  const before2 = memory();
+  const naive = new NaiveIndex();
+  t0 = process.hrtime.bigint();
+  for (const bytes of batches) {
+    const b = decodeEventBatch(bytes);
+    for (const ev of b.events) if (ev.t === 'stored') naive.store(b.worker, ev.parent, ev.hashes);
+  }
+  const naiveSecs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const naiveBytes = (memory() - before2) / naive.entries;
+  if (naive.entries !== st.entries) throw new Error(`bench workload mismatch: ${naive.entries} vs ${st.entries}`);
+
+  ctx.report({ bench: 'index.ingest', value: blockEvents / oursSecs, unit: 'blocks/s', baseline: blockEvents / naiveSecs, note: `decode + apply, 16-block stored events, ${st.entries} entries; baseline msgpackr + Map/Set` });
+  ctx.report({ bench: 'index.bytesPerEntry', value: oursBytes, unit: 'B', baseline: naiveBytes, note: `heap+arrayBuffers delta / (block, worker) entries; ${st.nodes} prefixes, ${(st.entries / st.nodes).toFixed(2)} workers per prefix` });
+
+  // ---- match ------------------------------------------------------------------------------------
+  const queries: BigUint64Array[] = [];
+  for (let q = 0; q < (ctx.quick ? 1000 : 5000); q++) {
+    const x = r();
+    if (x < 0.7) queries.push(docs[Math.floor(r() * DOCS)]!);
+    else if (x < 0.9) {
+      const c = randomChain(r, LEN);
+      c.set(systems[Math.floor(r() * SYS)]!, 0);
+      queries.push(c);
+    } else queries.push(randomChain(r, LEN));
+  }
+  const time = (fn: (q: BigUint64Array) => unknown, qs: BigUint64Array[]) => {
+    for (let i = 0; i < Math.min(500, qs.length); i++) fn(qs[i]!);
+    const xs: number[] = [];
+    for (const q of qs) {
+      const s = process.hrtime.bigint();
+      fn(q);
+      xs.push(Number(process.hrtime.bigint() - s) / 1e3);
+    }
+    return xs;
+  };
+  const ours = time((q) => shard.match(q), queries);
+  const naiveQs = queries.slice(0, ctx.quick ? 300 : 1000).map((q) => Array.from(q));
+  const base = time((q) => naive.match(q as unknown as bigint[]), naiveQs as unknown as BigUint64Array[]);
+  let hitBlocks = 0;
+  for (const q of queries.slice(0, 200)) {
+    const [, ds] = shard.match(q);
+    hitBlocks += ds.length ? Math.max(...ds) : 0;
+  }
+  const note = `512-block prompts, ${st.entries} entries, ${WORKERS} workers; mean best overlap ${(hitBlocks / 200).toFixed(0)} blocks`;
+  ctx.report({ bench: 'index.match.p50', value: percentile(ours, 50), unit: 'µs', baseline: percentile(base, 50), note });
+  ctx.report({ bench: 'index.match.p99', value: percentile(ours, 99), unit: 'µs', baseline: percentile(base, 99), note });
+}

@@ -1,0 +1,422 @@
+/**
+ * The indexer actor: the only writer of its shards. Messages in — stream events, registry changes, match
+ * requests, peer gossip, repair payloads, timer ticks — are handled one at a time on the event loop; state
+ * changes reach the shards as ShardRequest messages, in order. Sockets stay outside (the Bus, http.ts).
+ *
+ * Start-up: load the newest snapshot (snapshot.ts), replay the durable event stream from the snapshot's
+ * sequence + 1 and keep following it; `ready` once the stream position reached the stream's last sequence as
+ * of start-up. Replicas converge by gossip (gossip.ts); the stream is trimmed behind the oldest snapshot of
+ * the live replicas.
+ */
+import { randomUUID } from 'node:crypto';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import {
+  decode,
+  decodeMatchRequest,
+  decodeRegistration,
+  decodeSync,
+  encode,
+  errorBody,
+  logger,
+  subjects,
+  toHash,
+  type Bus,
+  type DurableStream,
+  type KvEvent,
+  type KvWatcher,
+  type MatchReply,
+  type Msg,
+  type StreamMsg,
+  type StreamReader,
+  type Subjects,
+  type Subscription,
+  type WorkerDigest,
+  type WorkerRegistration,
+} from '@kvgate/protocol';
+import { GossipTracker, type PeerGossip } from './gossip.js';
+import { ShardSet } from './shards.js';
+import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
+
+export interface IndexerOptions {
+  /** replica id, unique among indexers of a namespace (subject token). Default `indexer-<random>`. */
+  id?: string;
+  /** NATS subject namespace. Default 'default'. */
+  namespace?: string;
+  /** index shards as worker threads; 0 = one inline shard (no thread hop). Default 0. */
+  shards?: number;
+  /** cap on (block, worker) entries over all shards; 0 = unbounded. Default 0. */
+  maxEntries?: number;
+  /** directory for snapshots (shared by replicas or not); absent = no snapshots. Default none. */
+  snapshotDir?: string;
+  /** snapshot period, ms. Default 30000. */
+  snapshotIntervalMs?: number;
+  /** gossip period, ms. Default 1000. */
+  gossipIntervalMs?: number;
+  /** disagreement lasting this long triggers a repair, ms. Default 3 × gossipIntervalMs. */
+  graceMs?: number;
+  /** TTL of the worker registry bucket, ms; must match the shims'. Default 3000. */
+  registryTtlMs?: number;
+  /** answer `…index.match` in the indexers' queue group. Default true. */
+  serveMatch?: boolean;
+}
+
+export interface WorkerInfo {
+  blocks: number;
+  /** last applied batch seq (from the shim) */
+  seq: number;
+  /** stream sequence of the worker's last event, and its age */
+  lastStreamSeq: number | null;
+  lastEventAgeMs: number | null;
+  registered: boolean;
+  model: string | null;
+}
+
+/** In-process match API (the router in the same process can skip msgpack). */
+export interface IndexClient {
+  match(model: string, lora: string | null | undefined, hashes: ArrayLike<bigint>): Promise<MatchReply>;
+}
+
+export class Indexer {
+  readonly id: string;
+  readonly metrics = new Registry();
+  readonly #bus: Bus;
+  readonly #subj: Subjects;
+  readonly #opts: Required<Omit<IndexerOptions, 'snapshotDir' | 'id' | 'namespace'>> & { snapshotDir?: string };
+  readonly #shards: ShardSet;
+  readonly #gossip: GossipTracker;
+  readonly #log;
+  readonly #registry = new Map<string, WorkerRegistration>();
+  readonly #lastEvent = new Map<string, { seq: number; time: number }>();
+  #stream: DurableStream | null = null;
+  #reader: StreamReader | null = null;
+  #watcher: KvWatcher | null = null;
+  readonly #subs: Subscription[] = [];
+  readonly #timers: NodeJS.Timeout[] = [];
+  #applied = 0;
+  #catchUpTo = 0;
+  #ready = false;
+  #snapshotSeq = 0;
+  #lastPurge = 0;
+  #closed = false;
+  #busy: Promise<void> = Promise.resolve();
+  readonly #m;
+
+  private constructor(bus: Bus, opts: IndexerOptions) {
+    this.id = opts.id ?? `indexer-${randomUUID().slice(0, 8)}`;
+    this.#bus = bus;
+    this.#subj = subjects(opts.namespace ?? 'default');
+    const gossipIntervalMs = opts.gossipIntervalMs ?? 1000;
+    this.#opts = {
+      shards: opts.shards ?? 0,
+      maxEntries: opts.maxEntries ?? 0,
+      snapshotIntervalMs: opts.snapshotIntervalMs ?? 30_000,
+      gossipIntervalMs,
+      graceMs: opts.graceMs ?? 3 * gossipIntervalMs,
+      registryTtlMs: opts.registryTtlMs ?? 3000,
+      serveMatch: opts.serveMatch ?? true,
+      ...(opts.snapshotDir ? { snapshotDir: opts.snapshotDir } : {}),
+    };
+    this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries });
+    this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
+    this.#log = logger('indexer', { indexer: this.id });
+    const reg = [this.metrics];
+    const shards = this.#shards;
+    const gauge = (name: string, help: string, key: 'entries' | 'nodes' | 'workers' | 'evictedEntries' | 'evictedNodes' | 'batches' | 'storedBlocks' | 'removedBlocks' | 'duplicates' | 'gaps' | 'decodeErrors') =>
+      new Gauge({ name, help, registers: reg, async collect() { this.set((await shards.stats())[key]); } });
+    this.#m = {
+      streamMsgs: new Counter({ name: 'kvgate_indexer_stream_messages_total', help: 'event batches read from the durable stream', registers: reg }),
+      unregistered: new Counter({ name: 'kvgate_indexer_unregistered_batches_total', help: 'event batches of workers never seen in the registry (applied anyway)', registers: reg }),
+      matches: new Counter({ name: 'kvgate_indexer_match_requests_total', help: 'match requests answered', labelNames: ['via'], registers: reg }),
+      matchErrors: new Counter({ name: 'kvgate_indexer_match_errors_total', help: 'match requests rejected', registers: reg }),
+      matchSeconds: new Histogram({ name: 'kvgate_indexer_match_seconds', help: 'match latency inside the indexer', buckets: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2], registers: reg }),
+      repairs: new Counter({ name: 'kvgate_indexer_repairs_requested_total', help: 'worker repairs asked of peers', labelNames: ['reason'], registers: reg }),
+      repaired: new Counter({ name: 'kvgate_indexer_repairs_applied_total', help: 'worker block sets installed from peers', registers: reg }),
+      snapshots: new Counter({ name: 'kvgate_indexer_snapshots_total', help: 'snapshots written', registers: reg }),
+      dropped: new Counter({ name: 'kvgate_indexer_workers_dropped_total', help: 'workers dropped after leaving the registry', registers: reg }),
+      streamSeq: new Gauge({ name: 'kvgate_indexer_stream_seq', help: 'last applied stream sequence', registers: reg }),
+      entries: gauge('kvgate_indexer_entries', '(block, worker) entries held', 'entries'),
+      prefixes: gauge('kvgate_indexer_prefixes', 'distinct prefixes held', 'nodes'),
+      workers: gauge('kvgate_indexer_workers', 'workers with index state', 'workers'),
+      evicted: gauge('kvgate_indexer_evicted_entries', 'entries evicted by the memory bound (since start)', 'evictedEntries'),
+      evictedPrefixes: gauge('kvgate_indexer_evicted_prefixes', 'prefixes evicted by the memory bound (since start)', 'evictedNodes'),
+      batches: gauge('kvgate_indexer_batches_applied', 'event batches applied (since start)', 'batches'),
+      stored: gauge('kvgate_indexer_stored_blocks', 'stored block events applied (since start)', 'storedBlocks'),
+      removed: gauge('kvgate_indexer_removed_blocks', 'removed block events applied (since start)', 'removedBlocks'),
+      duplicates: gauge('kvgate_indexer_duplicate_batches', 'batches dropped as duplicates (since start)', 'duplicates'),
+      gaps: gauge('kvgate_indexer_seq_gaps', 'per-worker sequence gaps skipped (since start)', 'gaps'),
+      decodeErrors: gauge('kvgate_indexer_decode_errors', 'undecodable event batches (since start)', 'decodeErrors'),
+    };
+  }
+
+  /** Build, load the newest snapshot, start consuming; resolves once subscriptions are live (not yet ready). */
+  static async start(bus: Bus, opts: IndexerOptions = {}): Promise<Indexer> {
+    const ix = new Indexer(bus, opts);
+    try {
+      await ix.#start();
+    } catch (e) {
+      await ix.close();
+      throw e;
+    }
+    return ix;
+  }
+
+  async #start(): Promise<void> {
+    const s = this.#subj;
+    if (this.#opts.snapshotDir) {
+      const snap = readNewestSnapshot(this.#opts.snapshotDir);
+      if (snap) {
+        for (const w of snap.workers) this.#shards.installWorker(w);
+        this.#applied = snap.streamSeq;
+        if (snap.indexer === this.id) this.#snapshotSeq = snap.streamSeq;
+        this.#log.info({ from: snap.indexer, streamSeq: snap.streamSeq, workers: snap.workers.length }, 'snapshot loaded');
+      }
+    }
+    this.#stream = await this.#bus.stream(s.eventStream, { subjects: [s.eventsAll] });
+    const info = await this.#stream.info();
+    this.#catchUpTo = info.lastSeq;
+    if (this.#applied > 0 && info.messages > 0 && info.firstSeq > this.#applied + 1) {
+      this.#log.warn({ snapshotSeq: this.#applied, firstSeq: info.firstSeq }, 'stream trimmed past the snapshot: peers will repair the gap');
+    }
+    this.#checkReady();
+
+    const kv = await this.#bus.kv(s.workersBucket, { ttlMs: this.#opts.registryTtlMs });
+    this.#watcher = kv.watch();
+    void this.#watchRegistry(this.#watcher);
+
+    if (this.#opts.serveMatch) this.#subs.push(this.#bus.subscribe(s.indexMatch, { queue: s.indexQueue, callback: (m) => void this.#onMatch(m) }));
+    this.#subs.push(this.#bus.subscribe(s.indexGossip, { callback: (m) => this.#onGossip(m) }));
+    this.#subs.push(this.#bus.subscribe(s.indexSync(this.id), { callback: (m) => this.#onSync(m) }));
+
+    this.#reader = this.#stream.read({ fromSeq: this.#applied + 1, follow: true });
+    void this.#consume(this.#reader);
+
+    this.#every(this.#opts.gossipIntervalMs, () => this.#gossipTick());
+    if (this.#opts.snapshotDir) this.#every(this.#opts.snapshotIntervalMs, () => this.snapshotNow().then(() => undefined));
+  }
+
+  #every(ms: number, fn: () => Promise<void>): void {
+    const t = setInterval(() => {
+      // one background job at a time: a slow snapshot delays the next gossip instead of overlapping it
+      this.#busy = this.#busy.then(fn).catch((err) => this.#log.warn({ err }, 'periodic job failed'));
+    }, ms);
+    t.unref();
+    this.#timers.push(t);
+  }
+
+  // ---- messages in --------------------------------------------------------------------------------
+
+  async #consume(reader: StreamReader): Promise<void> {
+    try {
+      for await (const m of reader) {
+        try {
+          this.#onEvent(m);
+        } catch (err) {
+          this.#log.error({ err, seq: m.seq }, 'event not applied');
+        }
+      }
+    } catch (err) {
+      if (!this.#closed) this.#log.error({ err }, 'event stream read failed');
+    }
+  }
+
+  #onEvent(m: StreamMsg): void {
+    if (m.seq <= this.#applied) return;
+    const worker = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+    if (!this.#registry.has(worker)) this.#m.unregistered.inc();
+    this.#shards.ingest(worker, m.data);
+    this.#applied = m.seq;
+    this.#lastEvent.set(worker, { seq: m.seq, time: m.time });
+    this.#m.streamMsgs.inc();
+    this.#m.streamSeq.set(m.seq);
+    this.#checkReady();
+  }
+
+  #checkReady(): void {
+    if (!this.#ready && this.#applied >= this.#catchUpTo) {
+      this.#ready = true;
+      this.#log.info({ streamSeq: this.#applied }, 'caught up: ready');
+    }
+  }
+
+  async #watchRegistry(w: KvWatcher): Promise<void> {
+    try {
+      for await (const e of w) {
+        if (e.op === 'put' && e.value) {
+          try {
+            this.#registry.set(e.key, decodeRegistration(e.value));
+          } catch (err) {
+            this.#log.warn({ err, key: e.key }, 'bad worker registration ignored');
+          }
+        } else if (e.op === 'delete') {
+          const known = this.#registry.delete(e.key);
+          this.#shards.dropWorker(e.key);
+          this.#gossip.forget(e.key, Date.now());
+          this.#lastEvent.delete(e.key);
+          if (known) this.#m.dropped.inc();
+          this.#log.info({ worker: e.key }, 'worker left the registry: dropped from the index');
+        }
+      }
+    } catch (err) {
+      if (!this.#closed) this.#log.error({ err }, 'registry watch failed');
+    }
+  }
+
+  async #onMatch(m: Msg): Promise<void> {
+    const t0 = process.hrtime.bigint();
+    try {
+      const req = decodeMatchRequest(m.data);
+      const reply = await this.match(req.model, req.lora, req.hashes, 'bus');
+      m.respond(encode(reply));
+    } catch (err) {
+      this.#m.matchErrors.inc();
+      m.respond(encode(errorBody(err).body));
+    }
+    this.#m.matchSeconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  #onGossip(m: Msg): void {
+    try {
+      const v = decode(m.data) as Record<string, unknown>;
+      if (!v || typeof v !== 'object' || typeof v.indexer !== 'string' || typeof v.digests !== 'object' || v.digests === null) return;
+      const digests: Record<string, WorkerDigest> = {};
+      for (const [w, d] of Object.entries(v.digests as Record<string, Record<string, unknown>>)) {
+        digests[w] = { seq: Number(d.seq), count: Number(d.count), xor: toHash(d.xor) };
+      }
+      const msg: PeerGossip = { indexer: v.indexer, digests, snapshotSeq: typeof v.snapshotSeq === 'number' ? v.snapshotSeq : 0 };
+      this.#gossip.observe(msg, Date.now());
+    } catch (err) {
+      this.#log.debug({ err }, 'bad gossip ignored');
+    }
+  }
+
+  #onSync(m: Msg): void {
+    let msg;
+    try {
+      msg = decodeSync(m.data);
+    } catch (err) {
+      this.#log.debug({ err }, 'bad sync message ignored');
+      return;
+    }
+    if (msg.request) {
+      // a peer asks for one worker's block set
+      const to = msg.from;
+      void this.#shards.dumpWorker(msg.worker).then((st) => {
+        this.#bus.publish(this.#subj.indexSync(to), encode({ from: this.id, worker: st.worker, seq: st.seq, blocks: Array.from(st.blocks) }));
+      }).catch((err) => this.#log.warn({ err }, 'sync dump failed'));
+      return;
+    }
+    if (msg.blocks.length % 2 !== 0) return;
+    this.#shards.installWorker({ worker: msg.worker, seq: msg.seq, blocks: BigUint64Array.from(msg.blocks) }, true);
+    this.#m.repaired.inc();
+    this.#log.info({ worker: msg.worker, from: msg.from, seq: msg.seq, blocks: msg.blocks.length / 2 }, 'worker repaired from peer');
+  }
+
+  async #gossipTick(): Promise<void> {
+    if (this.#closed) return;
+    this.#shards.flushGaps();
+    const digests = await this.#shards.digests();
+    this.#bus.publish(this.#subj.indexGossip, encode({ indexer: this.id, digests, snapshotSeq: this.#snapshotSeq }));
+    const now = Date.now();
+    for (const o of this.#gossip.decide(digests, now)) {
+      this.#m.repairs.inc({ reason: o.reason });
+      this.#log.info(o, 'repairing worker from peer');
+      this.#bus.publish(this.#subj.indexSync(o.from), encode({ from: this.id, worker: o.worker, request: true, seq: 0, blocks: [] }));
+    }
+    const keepFrom = this.#gossip.purgeFrom(this.#snapshotSeq, now);
+    if (keepFrom !== null && keepFrom > this.#lastPurge && this.#stream) {
+      await this.#stream.purgeBefore(keepFrom);
+      this.#lastPurge = keepFrom;
+      this.#log.info({ keepFrom }, 'event stream trimmed behind the oldest live snapshot');
+    }
+  }
+
+  // ---- public API ---------------------------------------------------------------------------------
+
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** last applied stream sequence */
+  get streamSeq(): number {
+    return this.#applied;
+  }
+
+  registration(worker: string): WorkerRegistration | undefined {
+    return this.#registry.get(worker);
+  }
+
+  /** block size of a model as its registered workers report it */
+  blockSizeOf(model: string): number | null {
+    for (const r of this.#registry.values()) if (r.model === model) return r.blockSize;
+    return null;
+  }
+
+  /** `model` and `lora` are part of every prefix hash already: one index serves all of them. */
+  async match(_model: string, _lora: string | null | undefined, hashes: ArrayLike<bigint>, via: 'bus' | 'local' = 'local'): Promise<MatchReply> {
+    const h = hashes instanceof BigUint64Array ? hashes : BigUint64Array.from(hashes as ArrayLike<bigint>, (x) => BigInt.asUintN(64, x));
+    const overlaps = await this.#shards.match(h);
+    this.#m.matches.inc({ via });
+    return { overlaps, indexerSeq: this.#applied };
+  }
+
+  client(): IndexClient {
+    return { match: (model, lora, hashes) => this.match(model, lora, hashes) };
+  }
+
+  digests(): Promise<Record<string, WorkerDigest>> {
+    return this.#shards.digests();
+  }
+
+  async workers(): Promise<Record<string, WorkerInfo>> {
+    const digests = await this.#shards.digests();
+    const now = Date.now();
+    const out: Record<string, WorkerInfo> = {};
+    const names = new Set([...Object.keys(digests), ...this.#registry.keys()]);
+    for (const w of [...names].sort()) {
+      const last = this.#lastEvent.get(w);
+      out[w] = {
+        blocks: digests[w]?.count ?? 0,
+        seq: digests[w]?.seq ?? -1,
+        lastStreamSeq: last?.seq ?? null,
+        lastEventAgeMs: last ? Math.max(0, now - last.time) : null,
+        registered: this.#registry.has(w),
+        model: this.#registry.get(w)?.model ?? null,
+      };
+    }
+    return out;
+  }
+
+  /** stream messages not yet applied */
+  async lag(): Promise<number> {
+    if (!this.#stream) return 0;
+    const info = await this.#stream.info();
+    return Math.max(0, info.lastSeq - this.#applied);
+  }
+
+  /** Write a snapshot now (also runs every snapshotIntervalMs); returns the file, or null without a dir. */
+  async snapshotNow(): Promise<string | null> {
+    if (!this.#opts.snapshotDir || this.#closed) return null;
+    const streamSeq = this.#applied; // the shards apply in order: the snapshot reply reflects exactly this cut
+    const workers = await this.#shards.snapshot();
+    const file = writeSnapshot(this.#opts.snapshotDir, { indexer: this.id, streamSeq, ts: Date.now(), workers });
+    this.#snapshotSeq = streamSeq;
+    this.#m.snapshots.inc();
+    return file;
+  }
+
+  /** Tests and debugging: apply events to one worker outside the stream (diverges this replica on purpose). */
+  inject(worker: string, events: KvEvent[]): void {
+    this.#shards.inject(worker, events);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const t of this.#timers) clearInterval(t);
+    for (const s of this.#subs) s.unsubscribe();
+    this.#reader?.stop();
+    this.#watcher?.stop();
+    await this.#busy.catch(() => undefined);
+    await this.#shards.close();
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Index shards. Sharding is by *worker*: every block of one worker lives in one shard, chosen by a hash of
+ * the worker id. Ingest then never crosses shards (a batch names one worker) and each shard answers a match
+ * for its own workers with one local walk; a match fans out to all N shards in parallel and merges disjoint
+ * answers. Sharding by prefix instead would put consecutive blocks of one prompt in different shards, so a
+ * walk would cross shards at nearly every block (bench/index.bench.ts measures both: index.shard.*).
+ *
+ *   LocalShard   ShardState called inline (N = 0 / 1: the embedded default, no thread hop)
+ *   ThreadShard  ShardState in a worker thread (shard-thread.ts, entered through shard-thread-boot.mjs)
+ */
+import { Worker } from 'node:worker_threads';
+import { KvgateError, type KvEvent, type WorkerDigest } from '@kvgate/protocol';
+import { ShardState, type MatchPart, type ShardOptions, type ShardRequest, type ShardStats, type WorkerState } from './shard-state.js';
+
+export interface Shard {
+  /** fire-and-forget, applied in call order */
+  post(req: ShardRequest): void;
+  call<T>(req: ShardRequest): Promise<T>;
+  close(): Promise<void>;
+}
+
+export class LocalShard implements Shard {
+  readonly state: ShardState;
+  constructor(opts: ShardOptions = {}) {
+    this.state = new ShardState(opts);
+  }
+  post(req: ShardRequest): void {
+    this.state.handle(req);
+  }
+  async call<T>(req: ShardRequest): Promise<T> {
+    return this.state.handle(req) as T;
+  }
+  async close(): Promise<void> {}
+}
+
+export class ThreadShard implements Shard {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  #next = 1;
+  #dead: Error | null = null;
+
+  constructor(opts: ShardOptions = {}) {
+    this.#worker = new Worker(new URL('./shard-thread-boot.mjs', import.meta.url), { execArgv: ['--import', 'tsx'], workerData: opts });
+    this.#worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: string }) => {
+      const p = this.#pending.get(m.id);
+      if (!p) return;
+      this.#pending.delete(m.id);
+      if (m.ok) p.resolve(m.value);
+      else p.reject(new KvgateError('KVG_INTERNAL', `index shard: ${m.error}`));
+    });
+    const fail = (err: Error) => {
+      this.#dead = err;
+      for (const p of this.#pending.values()) p.reject(new KvgateError('KVG_INTERNAL', `index shard thread died: ${err.message}`, { cause: err }));
+      this.#pending.clear();
+    };
+    this.#worker.on('error', fail);
+    this.#worker.on('exit', (code) => fail(new Error(`exit ${code}`)));
+  }
+
+  post(req: ShardRequest): void {
+    if (this.#dead) return;
+    if (req.op === 'ingest') {
+      // copy out of the (possibly shared, large) socket buffer and hand the copy over without a second copy
+      const data = new Uint8Array(req.data); // a copy (Buffer#slice would be a view of the shared pool)
+      this.#worker.postMessage({ req: { op: 'ingest', data } }, [data.buffer]);
+    } else this.#worker.postMessage({ req });
+  }
+
+  call<T>(req: ShardRequest): Promise<T> {
+    if (this.#dead) return Promise.reject(new KvgateError('KVG_INTERNAL', `index shard thread died: ${this.#dead.message}`));
+    const id = this.#next++;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.#worker.postMessage({ id, req });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#dead ??= new Error('closed');
+    await this.#worker.terminate();
+  }
+}
+
+/** FNV-1a of the worker id: stable across processes, so every replica shards the same way */
+export function shardOf(worker: string, n: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < worker.length; i++) h = Math.imul(h ^ worker.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % n;
+}
+
+/** N shards behind one facade: routes by worker, fans out matches and merges. */
+export class ShardSet {
+  readonly shards: Shard[];
+
+  constructor(shards: Shard[]) {
+    if (shards.length === 0) throw new KvgateError('KVG_CONFIG', 'at least one index shard is needed');
+    this.shards = shards;
+  }
+
+  /** `threads` = 0 → one inline shard; otherwise that many worker threads */
+  static create(threads: number, opts: ShardOptions = {}): ShardSet {
+    if (threads <= 0) return new ShardSet([new LocalShard(opts)]);
+    const per: ShardOptions = { ...opts, maxEntries: opts.maxEntries ? Math.ceil(opts.maxEntries / threads) : 0 };
+    return new ShardSet(Array.from({ length: threads }, () => new ThreadShard(per)));
+  }
+
+  #of(worker: string): Shard {
+    return this.shards[this.shards.length === 1 ? 0 : shardOf(worker, this.shards.length)]!;
+  }
+
+  ingest(worker: string, data: Uint8Array): void {
+    this.#of(worker).post({ op: 'ingest', data });
+  }
+
+  /** synchronous answer when the only shard is inline (the in-process router path), else null */
+  matchNow(hashes: BigUint64Array): Record<string, number> | null {
+    const s = this.shards.length === 1 ? this.shards[0] : undefined;
+    if (!(s instanceof LocalShard)) return null;
+    return merge([s.state.match(hashes)]);
+  }
+
+  async match(hashes: BigUint64Array): Promise<Record<string, number>> {
+    return this.matchNow(hashes) ?? merge(await Promise.all(this.shards.map((s) => s.call<MatchPart>({ op: 'match', hashes }))));
+  }
+
+  async digests(): Promise<Record<string, WorkerDigest>> {
+    const parts = await Promise.all(this.shards.map((s) => s.call<Record<string, WorkerDigest>>({ op: 'digests' })));
+    return Object.assign({}, ...parts) as Record<string, WorkerDigest>;
+  }
+
+  dumpWorker(worker: string): Promise<WorkerState> {
+    return this.#of(worker).call<WorkerState>({ op: 'dumpWorker', worker });
+  }
+
+  installWorker(state: WorkerState, onlyIfNotBehind = false): void {
+    this.#of(state.worker).post({ op: 'installWorker', state, onlyIfNotBehind });
+  }
+
+  dropWorker(worker: string): void {
+    this.#of(worker).post({ op: 'dropWorker', worker });
+  }
+
+  inject(worker: string, events: KvEvent[]): void {
+    this.#of(worker).post({ op: 'inject', worker, events });
+  }
+
+  flushGaps(): void {
+    for (const s of this.shards) s.post({ op: 'flushGaps' });
+  }
+
+  async snapshot(): Promise<WorkerState[]> {
+    return (await Promise.all(this.shards.map((s) => s.call<WorkerState[]>({ op: 'snapshot' })))).flat();
+  }
+
+  async stats(): Promise<ShardStats> {
+    const parts = await Promise.all(this.shards.map((s) => s.call<ShardStats>({ op: 'stats' })));
+    const out = { ...parts[0]! };
+    for (const p of parts.slice(1)) for (const k of Object.keys(out) as (keyof ShardStats)[]) out[k] += p[k];
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.shards.map((s) => s.close()));
+  }
+}
+
+function merge(parts: MatchPart[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [ws, ds] of parts) for (let i = 0; i < ws.length; i++) out[ws[i]!] = ds[i]!;
+  return out;
+}

@@ -1,0 +1,163 @@
+/**
+ * One contract suite for every index implementation: fixed cases, then random event sequences checked
+ * against NaiveIndex (the reference model), then dump → load → equality.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { IndexCore } from '../src/core.js';
+import { NaiveIndex } from '../src/naive.js';
+import { PrefixIndex } from '../src/radix.js';
+import { rng, universe } from './helpers.js';
+
+const VARIANTS: Record<string, () => IndexCore> = {
+  naive: () => new NaiveIndex(),
+  radix: () => new PrefixIndex({ initialCapacity: 16 }),
+};
+
+function sameAnswers(a: IndexCore, b: IndexCore, u: bigint[][], r: () => number, what: string): void {
+  for (const chain of u) {
+    const cut = Math.max(1, Math.floor(r() * chain.length) + 1);
+    assert.equal(a.match(chain.slice(0, cut)), b.match(chain.slice(0, cut)), `${what}: match`);
+  }
+  assert.is(a.entries, b.entries, `${what}: entries`);
+  assert.equal(a.workers().sort(), b.workers().sort(), `${what}: workers`);
+  for (const w of b.workers()) assert.equal(a.digest(w), b.digest(w), `${what}: digest ${w}`);
+}
+
+for (const [name, make] of Object.entries(VARIANTS)) {
+  test(`${name}: match counts consecutive leading blocks per worker`, () => {
+    const ix = make();
+    ix.store('a', null, [1n, 2n, 3n, 4n]);
+    ix.store('b', null, [1n, 2n]);
+    ix.store('c', 2n, [3n]); // c holds 3 but not 1, 2
+    assert.equal(ix.match([1n, 2n, 3n, 4n, 5n]), { a: 4, b: 2 });
+    assert.equal(ix.match([9n, 1n]), {}, 'early exit at a block nobody holds');
+    assert.equal(ix.match([]), {});
+    assert.is(ix.entries, 7);
+  });
+
+  test(`${name}: remove of an inner prefix hides its descendants until stored again`, () => {
+    const ix = make();
+    ix.store('a', null, [1n, 2n, 3n]);
+    ix.remove('a', [2n]);
+    assert.equal(ix.match([1n, 2n, 3n]), { a: 1 });
+    assert.is(ix.digest('a').count, 2);
+    ix.store('a', 1n, [2n]);
+    assert.equal(ix.match([1n, 2n, 3n]), { a: 3 });
+    ix.remove('a', [7n, 2n, 2n]); // unknown and repeated hashes are ignored
+    assert.is(ix.entries, 2);
+  });
+
+  test(`${name}: clear and dropWorker`, () => {
+    const ix = make();
+    ix.store('a', null, [1n, 2n]);
+    ix.store('b', null, [1n, 2n, 3n]);
+    ix.clear('a');
+    assert.equal(ix.match([1n, 2n, 3n]), { b: 3 });
+    assert.ok(ix.workers().includes('a'), 'a cleared worker stays known');
+    assert.equal(ix.digest('a'), { count: 0, xor: 0n });
+    ix.dropWorker('b');
+    assert.equal(ix.workers(), ['a']);
+    assert.is(ix.entries, 0);
+    assert.equal(ix.match([1n]), {});
+  });
+
+  test(`${name}: a prefix held by many workers (popular) stays exact under re-store and remove`, () => {
+    const ix = make();
+    for (let i = 0; i < 100; i++) ix.store(`w${i}`, null, [1n, 2n, 3n]);
+    for (let i = 0; i < 100; i++) ix.store(`w${i}`, null, [1n, 2n]); // duplicates
+    ix.remove('w5', [2n]);
+    ix.remove('w70', [3n]);
+    const want: Record<string, number> = {};
+    for (let i = 0; i < 100; i++) want[`w${i}`] = i === 5 ? 1 : i === 70 ? 2 : 3;
+    assert.equal(ix.match([1n, 2n, 3n]), want);
+    assert.is(ix.entries, 298);
+    ix.store('w5', 1n, [2n]);
+    assert.is(ix.match([1n, 2n, 3n]).w5, 3);
+  });
+
+  test(`${name}: digest is count and xor of the worker's hashes`, () => {
+    const ix = make();
+    const big = 0xfedcba9876543210n;
+    ix.store('a', null, [big, 5n, 5n]);
+    assert.equal(ix.digest('a'), { count: 2, xor: big ^ 5n });
+  });
+
+  test(`${name}: random event sequences agree with the reference model`, () => {
+    for (let seed = 1; seed <= 30; seed++) {
+      const r = rng(seed);
+      const u = universe(r, 8, 24);
+      const ix = make();
+      const ref = new NaiveIndex();
+      // every third seed uses 70 workers: popular prefixes (holder bitsets) and ordinal growth past 64
+      const workers = Array.from({ length: seed % 3 === 0 ? 70 : 6 }, (_, i) => `w${i}`);
+      for (let step = 0; step < (seed % 3 === 0 ? 600 : 300); step++) {
+        const w = workers[Math.floor(r() * workers.length)]!;
+        const chain = u[Math.floor(r() * u.length)]!;
+        const x = r();
+        if (x < 0.55) {
+          const from = r() < 0.7 ? 0 : Math.floor(r() * chain.length);
+          const to = Math.min(chain.length, from + 1 + Math.floor(r() * 10));
+          const parent = from === 0 ? null : chain[from - 1]!;
+          const hs = chain.slice(from, to);
+          ix.store(w, parent, hs);
+          ref.store(w, parent, hs);
+        } else if (x < 0.85) {
+          const hs = Array.from({ length: 1 + Math.floor(r() * 6) }, () => chain[Math.floor(r() * chain.length)]!);
+          ix.remove(w, hs);
+          ref.remove(w, hs);
+        } else if (x < 0.95) {
+          ix.clear(w);
+          ref.clear(w);
+        } else {
+          ix.dropWorker(w);
+          ref.dropWorker(w);
+        }
+        if (step % 10 === 0) sameAnswers(ix, ref, u, r, `seed ${seed} step ${step}`);
+      }
+      sameAnswers(ix, ref, u, r, `seed ${seed} end`);
+      const copy = make();
+      copy.load(ix.dump());
+      sameAnswers(copy, ref, u, r, `seed ${seed} after dump → load`);
+      for (const w of ref.workers()) {
+        const a = copy.dumpWorker(w).blocks, b = ref.dumpWorker(w).blocks;
+        assert.equal(pairsSet(a), pairsSet(b), `seed ${seed}: dump of ${w} (parent, hash) pairs`);
+      }
+    }
+  });
+}
+
+function pairsSet(b: BigUint64Array): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < b.length; i += 2) out.push(`${b[i]}:${b[i + 1]}`);
+  return out.sort();
+}
+
+test('radix: memory bound evicts whole prefixes and counts them', () => {
+  const ix = new PrefixIndex({ maxEntries: 100, initialCapacity: 16 });
+  for (let c = 0; c < 50; c++) {
+    const chain = Array.from({ length: 10 }, (_, i) => BigInt(c * 1000 + i + 1));
+    ix.store(`w${c % 4}`, null, chain);
+  }
+  const s = ix.stats();
+  assert.ok(s.entries <= 100, `entries ${s.entries} ≤ 100`);
+  assert.is(s.evictedEntries, 500 - s.entries);
+  // digests stay consistent with what is left
+  let total = 0;
+  for (const w of ix.workers()) total += ix.digest(w).count;
+  assert.is(total, s.entries);
+});
+
+test('radix: recently matched prefixes survive eviction longer than cold ones', () => {
+  const ix = new PrefixIndex({ maxEntries: 200, initialCapacity: 16 });
+  const hot = Array.from({ length: 20 }, (_, i) => BigInt(i + 1));
+  ix.store('a', null, hot);
+  for (let c = 1; c <= 40; c++) {
+    ix.match(hot);
+    ix.store('b', null, Array.from({ length: 10 }, (_, i) => BigInt(c * 1000 + i)));
+  }
+  assert.equal(ix.match(hot), { a: 20 });
+  assert.ok(ix.stats().evictedNodes > 0);
+});
+
+test.run();

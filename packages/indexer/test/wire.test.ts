@@ -1,0 +1,83 @@
+/** The fast batch decoder agrees with the reference decoder (schemas.ts) on valid and malformed inputs. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { encode as encode2 } from '@msgpack/msgpack';
+import { encode, decodeEventBatch, DecodeError, type EventBatch } from '@kvgate/protocol';
+import { decodeBatchFast, type FastBatch } from '../src/wire.js';
+import { rng } from './helpers.js';
+
+function toBig(lo: number, hi: number): bigint {
+  return (BigInt(hi) << 32n) | BigInt(lo);
+}
+function normalise(b: FastBatch): unknown {
+  return {
+    worker: b.worker,
+    seq: b.seq,
+    events: b.events.map((e) => {
+      const hs: bigint[] = [];
+      for (let i = 0; i < e.pairs.length; i += 2) hs.push(toBig(e.pairs[i]!, e.pairs[i + 1]!));
+      if (e.t === 0) return { t: 'stored', parent: e.parentLo === 0 && e.parentHi === 0 ? null : toBig(e.parentLo, e.parentHi), hashes: hs };
+      if (e.t === 1) return { t: 'removed', hashes: hs };
+      return { t: 'cleared' };
+    }),
+  };
+}
+function reference(bytes: Uint8Array): unknown {
+  const b = decodeEventBatch(bytes);
+  return { worker: b.worker, seq: b.seq, events: b.events };
+}
+
+function randomBatch(r: () => number): EventBatch {
+  const h = () => (r() < 0.3 ? BigInt(Math.floor(r() * 300)) + 1n : (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)));
+  const events = Array.from({ length: Math.floor(r() * 5) }, () => {
+    const x = r();
+    if (x < 0.5) return { t: 'stored' as const, parent: r() < 0.3 ? null : h(), hashes: Array.from({ length: Math.floor(r() * 20) }, h) };
+    if (x < 0.9) return { t: 'removed' as const, hashes: Array.from({ length: Math.floor(r() * 20) }, h) };
+    return { t: 'cleared' as const };
+  });
+  return { worker: `w-${Math.floor(r() * 1000)}é`, seq: Math.floor(r() * 1e9), ts: Date.now() + r(), events, model: 'm' };
+}
+
+test('fast decoder equals the reference decoder on msgpackr output', () => {
+  const r = rng(7);
+  for (let i = 0; i < 300; i++) {
+    const bytes = encode(randomBatch(r));
+    assert.equal(normalise(decodeBatchFast(bytes)), reference(bytes));
+  }
+});
+
+test('fast decoder equals the reference on an independent encoder (@msgpack/msgpack, bigint as int64)', () => {
+  const r = rng(8);
+  for (let i = 0; i < 200; i++) {
+    const b = randomBatch(r);
+    const bytes = encode2({ extra: [1, { x: 2 }], ...b }, { useBigInt64: true });
+    assert.equal(normalise(decodeBatchFast(bytes)), reference(bytes));
+  }
+});
+
+test('hashes as 8-byte buffers and unknown event fields are accepted', () => {
+  const buf = new Uint8Array(8);
+  new DataView(buf.buffer).setBigUint64(0, 0xfedcba9876543210n);
+  const bytes = encode({ worker: 'a', seq: 1, ts: 2, events: [{ t: 'stored', parent: null, hashes: [buf], group_idx: 3 }] });
+  assert.equal(normalise(decodeBatchFast(bytes)), reference(bytes));
+});
+
+test('malformed input throws DecodeError in both decoders', () => {
+  const bad = [
+    new Uint8Array([0xc1]),
+    encode([1, 2]),
+    encode({ worker: 'a', seq: 1, ts: 1 }),
+    encode({ worker: 'a', seq: 1, ts: 1, events: [{ t: 'weird' }] }),
+    encode({ worker: 'a', seq: 1, ts: 1, events: [{ t: 'stored', hashes: [1.5] }] }),
+    encode({ worker: 1, seq: 1, ts: 1, events: [] }),
+    encode({ worker: 'a', seq: 'x', ts: 1, events: [] }),
+    encode({ worker: 'a', seq: 1, ts: 1, events: [{ t: 'removed' }] }),
+    encode({ worker: 'a', seq: 1, ts: 1, events: [{ t: 'stored', hashes: [1] }] }).subarray(0, 20),
+  ];
+  for (const b of bad) {
+    assert.throws(() => decodeBatchFast(b), (e: unknown) => e instanceof DecodeError, `fast: ${Buffer.from(b).toString('hex')}`);
+    assert.throws(() => decodeEventBatch(b), (e: unknown) => e instanceof DecodeError, `reference: ${Buffer.from(b).toString('hex')}`);
+  }
+});
+
+test.run();

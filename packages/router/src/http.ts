@@ -1,0 +1,138 @@
+/**
+ * The HTTP edge: body limits, JSON, request validation and OpenAI-shaped answers. Everything a client can get
+ * wrong is caught here and becomes a KvgateError (→ 400/404/413/…); the routed path behind it trusts its input.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { errorBody, KvgateError } from '@kvgate/protocol';
+import type { ChatMessage } from '@kvgate/protocol/tokenizer';
+
+export type ApiKind = 'completion' | 'chat';
+
+/** A validated OpenAI request; `raw` is forwarded upstream byte for byte. */
+export interface ApiRequest {
+  kind: ApiKind;
+  model: string;
+  stream: boolean;
+  /** max_tokens / max_completion_tokens, or undefined */
+  maxTokens: number | undefined;
+  /** completions: the prompt text (first prompt of a batch) */
+  prompt?: string;
+  /** completions: the prompt as token ids (first prompt of a batch) */
+  promptIds?: number[];
+  /** chat */
+  messages?: ChatMessage[];
+  tools?: unknown[];
+  templateKwargs?: Record<string, unknown>;
+  raw: Buffer;
+  body: Record<string, unknown>;
+}
+
+/** Reads the whole body, refusing more than `limit` bytes (413) without buffering the excess. */
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) {
+      reject(new KvgateError('KVG_BODY_TOO_LARGE', `request body of ${declared} bytes exceeds the limit of ${limit} bytes`));
+      req.resume();
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on('data', (c: Buffer) => {
+      if (done) return;
+      size += c.length;
+      if (size > limit) {
+        done = true;
+        reject(new KvgateError('KVG_BODY_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`));
+        req.resume();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (!done) {
+        done = true;
+        resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      }
+    });
+    req.on('error', (e) => {
+      if (!done) {
+        done = true;
+        reject(new KvgateError('KVG_BAD_REQUEST', `request body: ${e.message}`, { cause: e }));
+      }
+    });
+  });
+}
+
+export function parseJsonObject(raw: Buffer): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw.toString('utf8'));
+  } catch (e) {
+    throw new KvgateError('KVG_BAD_JSON', `request body is not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new KvgateError('KVG_BAD_REQUEST', 'request body must be a JSON object');
+  return v as Record<string, unknown>;
+}
+
+const bad = (msg: string) => new KvgateError('KVG_BAD_REQUEST', msg);
+
+function isTokenIds(v: unknown): v is number[] {
+  return Array.isArray(v) && v.length > 0 && v.every((t) => Number.isInteger(t) && (t as number) >= 0 && (t as number) < 2 ** 32);
+}
+
+function optPositiveInt(body: Record<string, unknown>, key: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (!Number.isInteger(v) || (v as number) < 0) throw bad(`${key} must be a non-negative integer`);
+  return v as number;
+}
+
+/** Validates a /v1/completions or /v1/chat/completions body (also /v1/route, which takes either). */
+export function validateApiRequest(kind: ApiKind | 'either', raw: Buffer): ApiRequest {
+  const body = parseJsonObject(raw);
+  const model = body.model;
+  if (typeof model !== 'string' || model.length === 0) throw bad('model must be a non-empty string');
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw bad('stream must be a boolean');
+  const stream = body.stream === true;
+  const maxTokens = optPositiveInt(body, 'max_completion_tokens') ?? optPositiveInt(body, 'max_tokens');
+  const k: ApiKind = kind === 'either' ? (body.messages !== undefined ? 'chat' : 'completion') : kind;
+  const out: ApiRequest = { kind: k, model, stream, maxTokens, raw, body };
+  if (k === 'completion') {
+    let p = body.prompt;
+    if (Array.isArray(p) && p.length > 0 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0]; // a batch: route by its first prompt
+    if (typeof p === 'string') out.prompt = p;
+    else if (isTokenIds(p)) out.promptIds = p;
+    else if (kind === 'either' && Array.isArray(body.tokens) && isTokenIds(body.tokens)) out.promptIds = body.tokens;
+    else throw bad('prompt must be a string, an array of token ids, or a batch of either');
+  } else {
+    const msgs = body.messages;
+    if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages must be a non-empty array');
+    for (const [i, m] of msgs.entries()) {
+      if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') throw bad(`messages[${i}] must be an object with a string role`);
+      const c = (m as { content?: unknown }).content;
+      if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) throw bad(`messages[${i}].content must be a string or an array of parts`);
+    }
+    out.messages = msgs as ChatMessage[];
+    if (Array.isArray(body.tools)) out.tools = body.tools;
+    if (typeof body.chat_template_kwargs === 'object' && body.chat_template_kwargs !== null) out.templateKwargs = body.chat_template_kwargs as Record<string, unknown>;
+  }
+  return out;
+}
+
+export function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+/** OpenAI-shaped error; never a stack. If headers already went out, the connection is cut instead. */
+export function sendError(res: ServerResponse, err: unknown): void {
+  const { status, body } = errorBody(err);
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendJson(res, status, body);
+}

@@ -1,0 +1,34 @@
+/** The router's Prometheus metrics: one Registry per router instance (no global default registry). */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export class RouterMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'endpoint' | 'status'>;
+  readonly decisions: Counter<'policy' | 'mode'>;
+  readonly indexFallbacks: Counter;
+  readonly retries: Counter;
+  readonly noWorker: Counter;
+  readonly tokenizeFailures: Counter;
+  readonly routeSeconds: Histogram;
+  readonly overlapRatio: Histogram;
+  readonly inflight: Gauge<'worker'>;
+
+  constructor(routerId: string) {
+    const registers = [this.registry];
+    this.registry.setDefaultLabels({ router: routerId });
+    this.requests = new Counter({ name: 'kvgate_router_requests_total', help: 'HTTP requests by endpoint and status', labelNames: ['endpoint', 'status'], registers });
+    this.decisions = new Counter({ name: 'kvgate_router_decisions_total', help: 'routing decisions', labelNames: ['policy', 'mode'], registers });
+    this.indexFallbacks = new Counter({ name: 'kvgate_router_index_fallback_total', help: 'decisions made by load alone because the index did not answer within budget', registers });
+    this.retries = new Counter({ name: 'kvgate_router_upstream_retries_total', help: 'requests retried on another worker after an upstream failure before the first byte', registers });
+    this.noWorker = new Counter({ name: 'kvgate_router_no_worker_total', help: 'requests answered 503: no live worker', registers });
+    this.tokenizeFailures = new Counter({ name: 'kvgate_router_tokenize_failures_total', help: 'prompts routed without token ids (tokenizer unavailable)', registers });
+    this.routeSeconds = new Histogram({
+      name: 'kvgate_router_route_seconds',
+      help: 'request in → upstream request sent (tokenize, hash, index match, score)',
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+      registers,
+    });
+    this.overlapRatio = new Histogram({ name: 'kvgate_router_overlap_ratio', help: 'cached blocks / prompt blocks of the chosen worker', buckets: [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1], registers });
+    this.inflight = new Gauge({ name: 'kvgate_router_inflight_requests', help: 'requests this router has open per worker', labelNames: ['worker'], registers });
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * Upstream HTTP: one undici Agent (keep-alive connection pools per origin) for every worker, and a relay that
+ * copies the upstream response to the client chunk by chunk (SSE included) with no buffering.
+ *
+ * - `openUpstream` resolves once the upstream answered with headers. A connection failure, or a 502/503/504 answer,
+ *   rejects with UpstreamError (`beforeFirstByte` true): nothing reached the client yet, so the caller may retry
+ *   on another worker.
+ * - `relay` writes status and headers, then each body chunk as it arrives (respecting the client's backpressure),
+ *   calls `onFirstByte` at the first body chunk and `onDone` exactly once at the end, on error or on abort.
+ * - A client that disconnects aborts the upstream request through the AbortSignal the caller passed in.
+ */
+import type { ServerResponse } from 'node:http';
+import { Agent, type Dispatcher } from 'undici';
+import { KvgateError } from '@kvgate/protocol';
+
+export interface UpstreamOptions {
+  /** max connections per upstream origin; default 256 */
+  connections?: number;
+  /** idle keep-alive per socket; default 30000 ms */
+  keepAliveTimeoutMs?: number;
+  /** TCP connect budget; default 2000 ms */
+  connectTimeoutMs?: number;
+  /** wait for response headers, and for each body chunk; default 600000 ms (long prefills) */
+  upstreamTimeoutMs?: number;
+}
+
+export function createAgent(o: UpstreamOptions = {}): Agent {
+  return new Agent({
+    connections: o.connections ?? 256,
+    keepAliveTimeout: o.keepAliveTimeoutMs ?? 30_000,
+    keepAliveMaxTimeout: Math.max(o.keepAliveTimeoutMs ?? 30_000, 60_000),
+    connect: { timeout: o.connectTimeoutMs ?? 2000, noDelay: true },
+    headersTimeout: o.upstreamTimeoutMs ?? 600_000,
+    bodyTimeout: o.upstreamTimeoutMs ?? 600_000,
+  });
+}
+
+export class UpstreamError extends KvgateError {
+  readonly beforeFirstByte: boolean;
+  readonly status: number | undefined;
+  constructor(message: string, opts: { beforeFirstByte: boolean; status?: number; cause?: unknown }) {
+    super('KVG_UPSTREAM', message, { cause: opts.cause });
+    this.name = 'UpstreamError';
+    this.beforeFirstByte = opts.beforeFirstByte;
+    this.status = opts.status;
+  }
+}
+
+const RETRYABLE_STATUS = new Set([502, 503, 504]);
+
+export async function openUpstream(
+  agent: Dispatcher,
+  origin: string,
+  path: string,
+  body: Buffer,
+  headers: Record<string, string>,
+  signal: AbortSignal,
+): Promise<Dispatcher.ResponseData> {
+  let res: Dispatcher.ResponseData;
+  try {
+    res = await agent.request({ origin, path, method: 'POST', body, headers, signal });
+  } catch (e) {
+    throw new UpstreamError(`upstream ${origin} failed: ${(e as Error).message}`, { beforeFirstByte: true, cause: e });
+  }
+  if (RETRYABLE_STATUS.has(res.statusCode)) {
+    await res.body.dump().catch(() => undefined);
+    throw new UpstreamError(`upstream ${origin} answered ${res.statusCode}`, { beforeFirstByte: true, status: res.statusCode });
+  }
+  return res;
+}
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'upgrade', 'te', 'trailer']);
+
+export interface RelayHooks {
+  onFirstByte(): void;
+  /** `ok` false when the upstream body failed or the client went away first */
+  onDone(ok: boolean): void;
+}
+
+export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHeaders: Record<string, string>, hooks: RelayHooks): void {
+  const headers: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+  Object.assign(headers, extraHeaders);
+  res.writeHead(up.statusCode, headers);
+  // Flush the headers now: a streaming client sees the response start before the first token.
+  res.flushHeaders();
+  const body = up.body;
+  let first = true;
+  let done = false;
+  const finish = (ok: boolean) => {
+    if (done) return;
+    done = true;
+    hooks.onDone(ok);
+  };
+  body.on('data', (chunk: Buffer) => {
+    if (first) {
+      first = false;
+      hooks.onFirstByte();
+    }
+    if (!res.write(chunk)) body.pause();
+  });
+  res.on('drain', () => body.resume());
+  body.on('end', () => {
+    res.end();
+    finish(true);
+  });
+  body.on('error', () => {
+    res.destroy();
+    finish(false);
+  });
+  res.on('close', () => {
+    if (!res.writableFinished) body.destroy();
+    finish(res.writableFinished);
+  });
+}

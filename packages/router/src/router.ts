@@ -1,0 +1,481 @@
+/**
+ * `startRouter(bus, options)`: one router replica. The edges live here — the HTTP server, the bus subscriptions
+ * (registry watch, load reports, peer in-flight batches), index requests and upstream calls — around the pure
+ * parts (workers.ts, select.ts, scorer.ts, inflight.ts).
+ *
+ * Request path: read + validate (http.ts) → pool by model → token ids (tokenize.ts) → prefix hashes → index
+ * match (budget `indexTimeoutMs`, else load only) → select → credit in-flight load and predicted prefix →
+ * proxy (one retry on another worker when the upstream fails before its first byte) → relay chunk by chunk.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import {
+  decodeActive,
+  decodeLoad,
+  decodeMatchReply,
+  decodeRegistration,
+  encode,
+  extractTraceContext,
+  initHashing,
+  injectTraceHeaders,
+  KvgateError,
+  logger,
+  prefixHashes,
+  SpanStatusCode,
+  subjects,
+  tracer,
+  type Bus,
+  type Span,
+  type Subjects,
+  type Subscription,
+  type KvWatcher,
+} from '@kvgate/protocol';
+import type { Tokenizer } from '@kvgate/protocol/tokenizer';
+import type { Agent } from 'undici';
+import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
+import { Inflight, type Ticket } from './inflight.js';
+import { RouterMetrics } from './metrics.js';
+import { createAgent, openUpstream, relay, UpstreamError } from './proxy.js';
+import { isPolicy, Selector, type Decision, type Policy } from './select.js';
+import { DEFAULT_WEIGHTS, type ScoreWeights } from './scorer.js';
+import { PromptTokenizer } from './tokenize.js';
+import { WorkerView, type Pool } from './workers.js';
+
+export interface RouterOptions {
+  /** HTTP port; 0 = any free port. Default 8080. */
+  port?: number;
+  /** bind address; default 127.0.0.1 */
+  host?: string;
+  /** subject namespace; default 'default' */
+  namespace?: string;
+  /** replica id (stamped on in-flight batches); default `router-<random>` */
+  id?: string;
+  /** routing policy; default 'kv' */
+  policy?: Policy;
+  /** score weights and busy thresholds (scorer.ts); defaults DEFAULT_WEIGHTS */
+  weights?: Partial<ScoreWeights>;
+  /** how long to wait for the index before routing by load alone; default 5 ms */
+  indexTimeoutMs?: number;
+  /** local tokenizer (instance, or a tokenizer.json path); absent = the engines' /tokenize */
+  tokenizer?: Tokenizer;
+  /** request body limit; default 32 MiB */
+  bodyLimitBytes?: number;
+  /** in-flight batch period on `…router.active`; default 20 ms */
+  flushMs?: number;
+  /** a worker whose last load report is older than this is not live; default 3000 ms */
+  staleMs?: number;
+  /** predicted-prefix credit lifetime; default 10000 ms */
+  predictedTtlMs?: number;
+  /** TTL the workers bucket is opened with: the bus applies it to the bucket, so it must match the shims' (default 3000 ms, the shim default) */
+  registryTtlMs?: number;
+  /** upstream header / inter-chunk timeout; default 600000 ms */
+  upstreamTimeoutMs?: number;
+  /** decode tokens assumed when a request gives no max_tokens; default 256 */
+  defaultMaxTokens?: number;
+  /** random source for tie-breaks and sampling; default Math.random */
+  random?: () => number;
+}
+
+export interface RouterStats {
+  requests: number;
+  indexFallbacks: number;
+  retries: number;
+  noWorker: number;
+}
+
+export interface RouterHandle {
+  readonly id: string;
+  readonly url: string;
+  readonly port: number;
+  readonly metrics: RouterMetrics;
+  /** the router's worker view (read-only use) */
+  readonly workers: WorkerView;
+  /** the in-flight ledger (read-only use) */
+  readonly inflight: Inflight;
+  stats(): RouterStats;
+  /** resolves once at least `n` live workers are known (or rejects after timeoutMs) */
+  waitForWorkers(n: number, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Routed {
+  decision: Decision;
+  pool: Pool;
+  hashes: bigint[];
+  tokens: number[] | null;
+  indexAnswered: boolean;
+  overlaps: Record<string, number> | null;
+}
+
+export async function startRouter(bus: Bus, options: RouterOptions = {}): Promise<RouterHandle> {
+  await initHashing();
+  const id = options.id ?? `router-${randomBytes(4).toString('hex')}`;
+  const log = logger('router', { router: id });
+  const subj: Subjects = subjects(options.namespace ?? 'default');
+  const policy = options.policy ?? 'kv';
+  if (!isPolicy(policy)) throw new KvgateError('KVG_CONFIG', `unknown policy ${JSON.stringify(policy)}`);
+  const weights: ScoreWeights = { ...DEFAULT_WEIGHTS, ...(options.weights ?? {}) };
+  const indexTimeoutMs = options.indexTimeoutMs ?? 5;
+  const bodyLimit = options.bodyLimitBytes ?? 32 * 1024 * 1024;
+  const defaultMaxTokens = options.defaultMaxTokens ?? 256;
+  const metrics = new RouterMetrics(id);
+  const view = new WorkerView({ staleMs: options.staleMs ?? 3000 });
+  const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 10_000 });
+  const selector = new Selector(view, inflight, policy, weights, options.random ?? Math.random);
+  const agent: Agent = createAgent({ upstreamTimeoutMs: options.upstreamTimeoutMs ?? 600_000 });
+  const tokenizer = new PromptTokenizer({ ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}), dispatcher: agent });
+  const stats: RouterStats = { requests: 0, indexFallbacks: 0, retries: 0, noWorker: 0 };
+  const openPerWorker = new Map<string, number>();
+  const waiters = new Set<() => void>();
+  let registryLoaded = false;
+  let closed = false;
+
+  // ---- bus edges ------------------------------------------------------------------------------------------------
+  const subs: Subscription[] = [];
+  subs.push(
+    bus.subscribe(subj.loadAll, {
+      callback: (m) => {
+        try {
+          view.load(decodeLoad(m.data));
+          notify();
+        } catch (e) {
+          log.warn({ err: (e as Error).message }, 'bad load report');
+        }
+      },
+    }),
+  );
+  subs.push(
+    bus.subscribe(subj.routerActive, {
+      callback: (m) => {
+        try {
+          inflight.applyPeer(decodeActive(m.data));
+        } catch (e) {
+          log.warn({ err: (e as Error).message }, 'bad active batch');
+        }
+      },
+    }),
+  );
+  const kv = await bus.kv(subj.workersBucket, { ttlMs: options.registryTtlMs ?? 3000 });
+  const keyToWorker = new Map<string, string>();
+  const watcher: KvWatcher = kv.watch();
+  const initialKeys = new Set(await kv.keys());
+  const watchLoop = (async () => {
+    for await (const e of watcher) {
+      if (e.op === 'put' && e.value) {
+        try {
+          const reg = decodeRegistration(e.value);
+          keyToWorker.set(e.key, reg.worker);
+          view.upsert(reg);
+        } catch (err) {
+          log.warn({ key: e.key, err: (err as Error).message }, 'bad worker registration');
+        }
+      } else {
+        const w = keyToWorker.get(e.key) ?? e.key;
+        keyToWorker.delete(e.key);
+        view.remove(w);
+        inflight.dropWorker(w);
+      }
+      initialKeys.delete(e.key);
+      if (initialKeys.size === 0) registryLoaded = true;
+      notify();
+    }
+  })().catch((e) => log.error({ err: (e as Error).message }, 'registry watch ended'));
+  if (initialKeys.size === 0) registryLoaded = true;
+
+  let lastPublish = 0;
+  const flushTimer = setInterval(() => {
+    const batch = inflight.takeBatch();
+    const now = Date.now();
+    if (batch || now - lastPublish >= 1000) {
+      lastPublish = now;
+      try {
+        bus.publish(subj.routerActive, encode(batch ?? { router: id, deltas: [] }));
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'cannot publish in-flight batch');
+      }
+    }
+  }, options.flushMs ?? 20);
+  flushTimer.unref();
+
+  function notify(): void {
+    for (const w of [...waiters]) w();
+  }
+
+  async function matchIndex(pool: Pool, hashes: bigint[]): Promise<Record<string, number> | null> {
+    try {
+      const reply = await bus.request(subj.indexMatch, encode({ model: pool.model, lora: pool.lora, hashes }), { timeoutMs: indexTimeoutMs });
+      return decodeMatchReply(reply.data).overlaps;
+    } catch {
+      stats.indexFallbacks++;
+      metrics.indexFallbacks.inc();
+      return null;
+    }
+  }
+
+  // ---- routing --------------------------------------------------------------------------------------------------
+  function poolFor(model: string): Pool {
+    const pool = view.pool(model);
+    if (!pool) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${model}\` does not exist (served: ${view.models().map((m) => m.id).join(', ') || 'none'})`);
+    if (pool.both.length + pool.prefill.length + pool.decode.length === 0) {
+      stats.noWorker++;
+      metrics.noWorker.inc();
+      throw new KvgateError('KVG_NO_WORKER', `no live worker serves model \`${model}\``);
+    }
+    return pool;
+  }
+
+  async function tokensOf(req: ApiRequest, pool: Pool): Promise<number[] | null> {
+    if (req.promptIds) return req.promptIds;
+    const any = pool.both[0] ?? pool.prefill[0] ?? pool.decode[0];
+    const engineUrl = any?.engineUrl;
+    let ids: number[] | null = null;
+    if (req.kind === 'chat') {
+      ids = await tokenizer.chat({ messages: req.messages!, ...(req.tools ? { tools: req.tools } : {}), ...(req.templateKwargs ? { kwargs: req.templateKwargs } : {}) }, pool.model, engineUrl);
+    } else if (req.prompt !== undefined) ids = await tokenizer.prompt(req.prompt, pool.model, engineUrl);
+    if (!ids) metrics.tokenizeFailures.inc();
+    return ids;
+  }
+
+  async function route(req: ApiRequest, exclude?: Set<string>, prior?: Routed): Promise<Routed> {
+    const pool = prior?.pool ?? poolFor(req.model);
+    const tokens = prior ? prior.tokens : await tokensOf(req, pool);
+    const hashes = prior ? prior.hashes : tokens && pool.blockSize > 0 ? prefixHashes(pool.model, pool.lora, pool.blockSize, tokens) : [];
+    let overlaps = prior?.overlaps ?? null;
+    let indexAnswered = prior?.indexAnswered ?? false;
+    if (!prior && selector.policy === 'kv' && hashes.length > 0) {
+      overlaps = await matchIndex(pool, hashes);
+      indexAnswered = overlaps !== null;
+    }
+    const decision = selector.select({ pool, hashes, indexOverlaps: overlaps, ...(exclude ? { exclude } : {}) });
+    if (!decision) {
+      stats.noWorker++;
+      metrics.noWorker.inc();
+      throw new KvgateError('KVG_NO_WORKER', `no live worker left for model \`${req.model}\``);
+    }
+    return { decision, pool, hashes, tokens, indexAnswered, overlaps };
+  }
+
+  function credit(r: Routed, req: ApiRequest): Ticket[] {
+    const { decision, pool } = r;
+    const B = pool.blockSize || 16;
+    const promptTokens = r.tokens?.length ?? Math.ceil(req.raw.length / 4);
+    const prefillTokens = Math.max(0, promptTokens - decision.overlap * B);
+    const decodeBlocks = Math.ceil((promptTokens + (req.maxTokens ?? defaultMaxTokens)) / B);
+    if (selector.policy === 'kv' && r.hashes.length > 0) inflight.predict(decision.prefillWorker.worker, r.hashes);
+    metrics.decisions.inc({ policy: selector.policy, mode: decision.prefill ? 'pd' : 'single' });
+    if (r.decision.promptBlocks > 0) metrics.overlapRatio.observe(decision.overlap / decision.promptBlocks);
+    if (decision.prefill) return [inflight.start(decision.prefill.worker, prefillTokens, 0), inflight.start(decision.worker.worker, 0, decodeBlocks)];
+    return [inflight.start(decision.worker.worker, prefillTokens, decodeBlocks)];
+  }
+
+  function hostPort(url: string): string {
+    const u = new URL(url);
+    return u.host;
+  }
+
+  function setOpen(worker: string, d: number): void {
+    const n = (openPerWorker.get(worker) ?? 0) + d;
+    if (n <= 0) openPerWorker.delete(worker);
+    else openPerWorker.set(worker, n);
+    metrics.inflight.set({ worker }, Math.max(0, n));
+  }
+
+  async function proxy(req: ApiRequest, path: string, inReq: IncomingMessage, res: ServerResponse, span: Span): Promise<void> {
+    const t0 = performance.now();
+    let routed = await route(req);
+    const abort = new AbortController();
+    const onClose = () => {
+      if (!res.writableFinished) abort.abort();
+    };
+    res.on('close', onClose);
+    for (let attempt = 0; ; attempt++) {
+      const { decision } = routed;
+      const tickets = credit(routed, req);
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      const tp = inReq.headers.traceparent;
+      if (typeof tp === 'string') headers.traceparent = tp;
+      const auth = inReq.headers.authorization;
+      if (typeof auth === 'string') headers.authorization = auth;
+      const rid = inReq.headers['x-request-id'];
+      if (typeof rid === 'string') headers['x-request-id'] = rid;
+      if (decision.prefill) headers['x-prefiller-host-port'] = hostPort(decision.prefill.engineUrl);
+      injectTraceHeaders(headers, span);
+      const extra: Record<string, string> = { 'x-kvgate-worker': decision.worker.worker };
+      if (decision.prefill) extra['x-kvgate-prefill'] = decision.prefill.worker;
+      span.setAttribute('kvgate.worker', decision.worker.worker);
+      span.setAttribute('kvgate.overlap_blocks', decision.overlap);
+      if (attempt === 0) metrics.routeSeconds.observe((performance.now() - t0) / 1000);
+      const u = new URL(decision.worker.url);
+      const basePath = u.pathname.replace(/\/$/, '');
+      setOpen(decision.worker.worker, 1);
+      let up;
+      try {
+        up = await openUpstream(agent, u.origin, basePath + path, req.raw, headers, abort.signal);
+      } catch (e) {
+        for (const t of tickets) inflight.finish(t);
+        setOpen(decision.worker.worker, -1);
+        if (abort.signal.aborted) {
+          span.end();
+          return;
+        }
+        if (e instanceof UpstreamError && e.beforeFirstByte && attempt === 0) {
+          log.warn({ worker: decision.worker.worker, err: e.message }, 'upstream failed before the first byte; retrying on another worker');
+          stats.retries++;
+          metrics.retries.inc();
+          const exclude = new Set([decision.worker.worker, ...(decision.prefill ? [decision.prefill.worker] : [])]);
+          routed = await route(req, exclude, routed);
+          continue;
+        }
+        throw e;
+      }
+      const worker = decision.worker.worker;
+      relay(up, res, extra, {
+        onFirstByte: () => {
+          for (const t of tickets) inflight.prefillDone(t);
+        },
+        onDone: (ok) => {
+          for (const t of tickets) inflight.finish(t);
+          setOpen(worker, -1);
+          if (!ok) abort.abort();
+          span.end();
+        },
+      });
+      return;
+    }
+  }
+
+  async function routeOnly(req: ApiRequest, res: ServerResponse): Promise<void> {
+    const r = await route(req);
+    const { decision } = r;
+    const load = (w: string) => {
+      const l = view.lastLoad(w);
+      const f = inflight.total(w);
+      return { waiting: l?.waiting ?? 0, running: l?.running ?? 0, kvUsage: l?.kvUsage ?? 0, inflightPrefillTokens: f.prefillTokens, inflightDecodeBlocks: f.decodeBlocks };
+    };
+    sendJson(res, 200, {
+      worker: decision.worker.worker,
+      url: decision.worker.url,
+      ...(decision.prefill ? { prefill: decision.prefill.worker, prefillHostPort: hostPort(decision.prefill.engineUrl) } : {}),
+      model: r.pool.model,
+      lora: r.pool.lora,
+      blockSize: r.pool.blockSize,
+      promptTokens: r.tokens?.length ?? null,
+      promptBlocks: decision.promptBlocks,
+      overlap: decision.overlap,
+      indexAnswered: r.indexAnswered,
+      policy: selector.policy,
+      candidates: decision.scored.map((s) => ({ worker: s.worker, overlap: s.overlap, indexOverlap: r.overlaps?.[s.worker] ?? 0, score: s.cost, busy: s.busy, load: load(s.worker) })),
+    });
+  }
+
+  // ---- HTTP -----------------------------------------------------------------------------------------------------
+  const server: Server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (inReq, res) => {
+    const path = (inReq.url ?? '/').split('?')[0]!;
+    stats.requests++;
+    res.on('finish', () => metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
+    handle(path, inReq, res).catch((e) => {
+      if (!(e instanceof KvgateError)) log.error({ err: (e as Error).stack }, 'request failed');
+      sendError(res, e);
+    });
+  });
+
+  async function handle(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = inReq.method ?? 'GET';
+    if (method === 'GET') {
+      if (path === '/healthz') return sendJson(res, 200, { status: 'ok', router: id });
+      if (path === '/readyz') {
+        const live = view.all().filter((r) => view.isLive(r.worker)).length;
+        const ready = registryLoaded && live > 0;
+        return sendJson(res, ready ? 200 : 503, { ready, liveWorkers: live, registryLoaded });
+      }
+      if (path === '/metrics') {
+        const text = await metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': metrics.registry.contentType });
+        res.end(text);
+        return;
+      }
+      if (path === '/v1/models') {
+        return sendJson(res, 200, { object: 'list', data: view.models().map((m) => ({ id: m.id, object: 'model', created: 0, owned_by: 'kvgate', root: m.root, parent: m.lora ? m.root : null })) });
+      }
+    }
+    if (method === 'POST' && (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/route')) {
+      const raw = await readBody(inReq, bodyLimit);
+      const kind = path === '/v1/completions' ? 'completion' : path === '/v1/chat/completions' ? 'chat' : 'either';
+      const req = validateApiRequest(kind, raw);
+      if (path === '/v1/route') return routeOnly(req, res);
+      const span = tracer().startSpan('kvgate.route', { attributes: { 'kvgate.model': req.model, 'kvgate.router': id } }, extractTraceContext(inReq.headers));
+      try {
+        await proxy(req, path, inReq, res, span);
+      } catch (e) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+        span.end();
+        throw e;
+      }
+      return;
+    }
+    throw new KvgateError('KVG_NOT_FOUND', `no route for ${method} ${path}`);
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = options.host && options.host !== '0.0.0.0' ? options.host : '127.0.0.1';
+  log.info({ port, policy }, 'router listening');
+
+  return {
+    id,
+    url: `http://${host}:${port}`,
+    port,
+    metrics,
+    workers: view,
+    inflight,
+    stats: () => ({ ...stats }),
+    waitForWorkers(n: number, timeoutMs = 10_000): Promise<void> {
+      const live = () => view.all().filter((r) => view.isLive(r.worker)).length;
+      if (live() >= n) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          if (live() >= n) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolve();
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new KvgateError('KVG_TIMEOUT', `router ${id}: ${live()} of ${n} workers live after ${timeoutMs} ms`));
+        }, timeoutMs);
+        waiters.add(check);
+      });
+    },
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      clearInterval(flushTimer);
+      for (const s of subs) s.unsubscribe();
+      watcher.stop();
+      await watchLoop;
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+      await agent.destroy().catch(() => undefined);
+    },
+  };
+}
+
+function endpointLabel(path: string): string {
+  switch (path) {
+    case '/v1/completions':
+    case '/v1/chat/completions':
+    case '/v1/route':
+    case '/v1/models':
+    case '/healthz':
+    case '/readyz':
+    case '/metrics':
+      return path;
+    default:
+      return 'other';
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * Worker selection: builds scorer candidates from the worker view, the index's overlaps, predicted prefixes and
+ * in-flight load, then applies the policy. Holds only the round-robin cursor; no I/O.
+ *
+ * Policies:
+ *   kv            the documented score (scorer.ts): prefix overlap against load.
+ *   least-loaded  the same score with every overlap taken as 0 (load only).
+ *   round-robin   the next live worker in id order, ignoring load and cache.
+ *   random        a uniformly random live worker.
+ * Busy workers are excluded by every policy unless all are busy.
+ *
+ * P/D: when the pool has prefill and decode workers, the prefill worker is picked by the policy (overlap matters
+ * there) and the decode worker by load alone (`least-loaded` over decode workers).
+ */
+import type { WorkerRegistration } from '@kvgate/protocol';
+import type { Inflight } from './inflight.js';
+import { pick, score, type Candidate, type ScoreWeights, type Scored } from './scorer.js';
+import type { Pool, WorkerView } from './workers.js';
+
+export const POLICIES = ['kv', 'round-robin', 'least-loaded', 'random'] as const;
+export type Policy = (typeof POLICIES)[number];
+
+export function isPolicy(s: string): s is Policy {
+  return (POLICIES as readonly string[]).includes(s);
+}
+
+export interface SelectInput {
+  pool: Pool;
+  /** prefix hashes of the prompt's full blocks (may be empty: tokenization unavailable) */
+  hashes: readonly bigint[];
+  /** the index's answer, or null when it did not answer in time */
+  indexOverlaps: Readonly<Record<string, number>> | null;
+  /** workers to skip (a retry after an upstream failure) */
+  exclude?: ReadonlySet<string>;
+}
+
+export interface Decision {
+  /** where the request goes (the decode worker in P/D) */
+  worker: WorkerRegistration;
+  /** P/D: the prefill worker */
+  prefill?: WorkerRegistration;
+  /** the worker doing prefill (prefill in P/D, else `worker`) and its overlap */
+  prefillWorker: WorkerRegistration;
+  overlap: number;
+  promptBlocks: number;
+  /** every candidate's score, for /v1/route and logs */
+  scored: Scored[];
+}
+
+export class Selector {
+  #rr = new Map<string, number>();
+  #view: WorkerView;
+  #inflight: Inflight;
+  policy: Policy;
+  weights: ScoreWeights;
+  #random: () => number;
+
+  constructor(view: WorkerView, inflight: Inflight, policy: Policy, weights: ScoreWeights, random: () => number = Math.random) {
+    this.#view = view;
+    this.#inflight = inflight;
+    this.policy = policy;
+    this.weights = weights;
+    this.#random = random;
+  }
+
+  /** undefined when the pool has no live worker left (after exclusions). */
+  select(input: SelectInput): Decision | undefined {
+    const { pool } = input;
+    const keep = (r: WorkerRegistration) => !input.exclude?.has(r.worker);
+    const promptBlocks = input.hashes.length;
+    const predicted = this.policy === 'kv' ? this.#inflight.predictedOverlaps(input.hashes) : new Map<string, number>();
+    if (pool.prefill.length > 0 && pool.decode.length > 0) {
+      const pre = [...pool.prefill, ...pool.both].filter(keep);
+      const dec = [...pool.decode, ...pool.both].filter(keep);
+      const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
+      const d = this.#choose(dec, pool, promptBlocks, null, new Map(), this.policy === 'kv' ? 'least-loaded' : this.policy, `${pool.model}|${pool.lora}|d`);
+      if (!p || !d) return undefined;
+      const same = p.reg.worker === d.reg.worker;
+      return {
+        worker: d.reg,
+        ...(same ? {} : { prefill: p.reg }),
+        prefillWorker: p.reg,
+        overlap: p.pick.overlap,
+        promptBlocks,
+        scored: p.scored,
+      };
+    }
+    const all = (pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep);
+    const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, predicted, this.policy, `${pool.model}|${pool.lora}`);
+    if (!c) return undefined;
+    return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, promptBlocks, scored: c.scored };
+  }
+
+  #choose(
+    regs: WorkerRegistration[],
+    pool: Pool,
+    promptBlocks: number,
+    index: Readonly<Record<string, number>> | null,
+    predicted: Map<string, number>,
+    policy: Policy,
+    rrKey: string,
+  ): { reg: WorkerRegistration; pick: Scored; scored: Scored[] } | undefined {
+    if (regs.length === 0) return undefined;
+    const useOverlap = policy === 'kv';
+    const candidates: Candidate[] = regs.map((r) => {
+      const load = this.#view.lastLoad(r.worker);
+      const inflight = this.#inflight.total(r.worker);
+      const overlap = useOverlap ? Math.max(index?.[r.worker] ?? 0, predicted.get(r.worker) ?? 0) : 0;
+      return {
+        worker: r.worker,
+        overlap,
+        inflightPrefillTokens: inflight.prefillTokens,
+        inflightDecodeBlocks: inflight.decodeBlocks,
+        waiting: load?.waiting ?? 0,
+        running: load?.running ?? 0,
+        kvUsage: load?.kvUsage ?? 0,
+        capacityBlocks: load?.capacityBlocks ?? r.capacityBlocks,
+      };
+    });
+    const scored = score({ promptBlocks, blockSize: pool.blockSize, candidates }, this.weights);
+    let chosen: Scored | undefined;
+    if (policy === 'kv' || policy === 'least-loaded') chosen = pick(scored, this.weights, this.#random);
+    else {
+      const free = scored.filter((s) => !s.busy);
+      const from = free.length > 0 ? free : scored;
+      if (policy === 'random') chosen = from[Math.floor(this.#random() * from.length)] ?? from[0];
+      else {
+        const i = this.#rr.get(rrKey) ?? 0;
+        this.#rr.set(rrKey, i + 1);
+        chosen = from[i % from.length];
+      }
+    }
+    if (!chosen) return undefined;
+    const reg = regs.find((r) => r.worker === chosen.worker)!;
+    return { reg, pick: chosen, scored };
+  }
+}

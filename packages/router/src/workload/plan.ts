@@ -1,0 +1,150 @@
+/**
+ * A workload as a plan: every request's send time, endpoint and body, known up front, plus the blocks its prompt
+ * covers (for the hit-rate bounds). Two sources: a Mooncake trace (trace.ts) and the built-in multi-turn chat
+ * workload (shared system prompts; turn k of a conversation carries turns 1..k-1, so it extends an earlier prompt).
+ * `runPlan` replays a plan open-loop against the routers: each request leaves at its time, whatever the replies.
+ */
+import { prefixHashes } from '@kvgate/protocol';
+import type { ChatMessage } from '@kvgate/protocol/tokenizer';
+import type { PromptTokenizer } from '../tokenize.js';
+import type { BoundBlock } from './bounds.js';
+import type { LoadClient, RequestResult } from './client.js';
+import { recordTokens, TRACE_BLOCK, type TraceRecord } from './trace.js';
+
+export interface PlannedRequest {
+  /** wall ms after the run starts */
+  atMs: number;
+  path: '/v1/completions' | '/v1/chat/completions';
+  /** the JSON body (without stream options), built when sent */
+  body(): string;
+}
+
+export interface Plan {
+  name: string;
+  requests: PlannedRequest[];
+  /** prompt blocks per request, in send order (bounds.ts) */
+  blocks(): Iterable<BoundBlock[]>;
+  /** tokens per bound block */
+  blockTokens: number;
+}
+
+/** Mooncake trace → plan. `compress` divides the trace's timestamps (10 = ten times faster). */
+export function tracePlan(records: readonly TraceRecord[], model: string, compress: number): Plan {
+  const requests = records.map((r) => ({
+    atMs: r.timestamp / compress,
+    path: '/v1/completions' as const,
+    body: () => `{"model":${JSON.stringify(model)},"max_tokens":${Math.max(1, r.outputLength)},"ignore_eos":true,"prompt":[${recordTokens(r).join(',')}]}`,
+  }));
+  return {
+    name: 'trace',
+    requests,
+    blockTokens: TRACE_BLOCK,
+    *blocks() {
+      for (const r of records) {
+        yield r.hashIds.map((h, i) => ({ key: h, tokens: i < r.hashIds.length - 1 ? TRACE_BLOCK : r.inputLength - TRACE_BLOCK * i }));
+      }
+    },
+  };
+}
+
+export interface ChatWorkloadOptions {
+  /** distinct shared system prompts (default 4) */
+  systemPrompts?: number;
+  /** words per system prompt (default 900, ≈ 1.2k tokens) */
+  systemWords?: number;
+  /** conversations (default 48) */
+  conversations?: number;
+  /** turns per conversation (default 4) */
+  turns?: number;
+  /** words per user turn (default 120) */
+  userWords?: number;
+  /** words per (scripted) assistant turn (default 40) */
+  replyWords?: number;
+  /** conversations start spread over this many wall ms (default 8000) */
+  spreadMs?: number;
+  /** wall ms between a conversation's turns (default 2000) */
+  turnGapMs?: number;
+  /** max_tokens per request (default 32) */
+  maxTokens?: number;
+  seed?: number;
+}
+
+const WORDS =
+  'time person year way day thing man world life hand part child eye woman place work week case point government company number group problem fact be have do say get make go know take see come think look want give use find tell ask seem feel try leave call good new first last long great little own other old right big high different small large next early young important few public bad same able to of in for on with at by from up about into over after beneath under above the and a that I it not he you this but his they her she or an will my one all would there their river mountain engine cache router token block prefix worker queue latency memory network packet signal vector matrix tensor kernel thread socket buffer stream'.split(
+    ' ',
+  );
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(s ^ (s >>> 15), s | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function words(r: () => number, n: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) out.push(WORDS[Math.floor(r() * WORDS.length)]!);
+  return out.join(' ') + '.';
+}
+
+/**
+ * The built-in workload: conversations over a few shared system prompts; each turn re-sends the conversation so
+ * far (with scripted assistant replies, so the plan is fixed). `tokenizer` (local) gives the bound blocks.
+ */
+export function chatPlan(model: string, tokenizer: PromptTokenizer, blockSize: number, o: ChatWorkloadOptions = {}): Plan {
+  const r = rng(o.seed ?? 42);
+  const systems = Array.from({ length: o.systemPrompts ?? 4 }, (_, i) => `You are assistant #${i}. ${words(r, o.systemWords ?? 900)}`);
+  const conversations = o.conversations ?? 48;
+  const turns = o.turns ?? 4;
+  const spread = o.spreadMs ?? 8000;
+  const gap = o.turnGapMs ?? 2000;
+  const maxTokens = o.maxTokens ?? 32;
+  const planned: Array<PlannedRequest & { messages: ChatMessage[] }> = [];
+  for (let c = 0; c < conversations; c++) {
+    const start = (spread * c) / conversations + r() * 200;
+    const messages: ChatMessage[] = [{ role: 'system', content: systems[c % systems.length]! }];
+    for (let t = 0; t < turns; t++) {
+      messages.push({ role: 'user', content: `Question ${t + 1} of conversation ${c}: ${words(r, o.userWords ?? 120)}` });
+      const snapshot = messages.slice();
+      const body = JSON.stringify({ model, messages: snapshot, max_tokens: maxTokens, ignore_eos: true });
+      planned.push({ atMs: start + t * gap, path: '/v1/chat/completions', body: () => body, messages: snapshot });
+      messages.push({ role: 'assistant', content: words(r, o.replyWords ?? 40) });
+    }
+  }
+  planned.sort((a, b) => a.atMs - b.atMs);
+  return {
+    name: 'chat',
+    requests: planned,
+    blockTokens: blockSize,
+    *blocks() {
+      for (const p of planned) {
+        const ids = tokenizer.chatLocal({ messages: p.messages });
+        yield prefixHashes(model, null, blockSize, ids).map((h) => ({ key: h, tokens: blockSize }));
+      }
+    },
+  };
+}
+
+/** Sends every planned request at its time; resolves with the results in plan order. */
+export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: number) => void = () => {}): Promise<{ results: RequestResult[]; wallMs: number }> {
+  const results = new Array<RequestResult>(plan.requests.length);
+  const t0 = performance.now();
+  let done = 0;
+  const inflight: Promise<void>[] = [];
+  for (let i = 0; i < plan.requests.length; i++) {
+    const p = plan.requests[i]!;
+    const wait = p.atMs - (performance.now() - t0);
+    if (wait > 1) await new Promise((res) => setTimeout(res, wait));
+    inflight.push(
+      client.send(p.path, p.body()).then((res) => {
+        results[i] = res;
+        onDone(++done);
+      }),
+    );
+  }
+  await Promise.all(inflight);
+  return { results, wallMs: performance.now() - t0 };
+}

@@ -1,0 +1,99 @@
+/**
+ * A whole kvgate deployment in one process, for `kvgate start`, end-to-end tests and benchmarks: K simulated
+ * engines, one shim each, an indexer and R router replicas, all on one bus (MemoryBus, or NATS when given).
+ */
+import { randomBytes } from 'node:crypto';
+import { type Bus } from '@kvgate/protocol';
+import { createBus } from '@kvgate/protocol/bus/index';
+import type { Tokenizer } from '@kvgate/protocol/tokenizer';
+import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
+import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
+import { startShim, type ShimHandle } from '@kvgate/worker-shim';
+import { startRouter, type RouterHandle, type RouterOptions } from '../router.js';
+
+export interface StackOptions {
+  /** simulated engines (default 4) */
+  engines?: number;
+  /** router replicas (default 2) */
+  routers?: number;
+  /** served model (default qwen3-8b) */
+  model?: string;
+  /** NATS URL; absent = MemoryBus */
+  nats?: string;
+  /** subject namespace (default: a fresh random one on NATS, 'default' in memory) */
+  namespace?: string;
+  /** options for every engine (blockSize, numBlocks, speedup, …) */
+  engine?: SimEngineOptions;
+  /** options for every router (policy, weights, …) */
+  router?: RouterOptions;
+  tokenizer?: Tokenizer;
+  /** bind an HTTP port for the first router (default 0 = any) */
+  routerPort?: number;
+}
+
+export interface Stack {
+  bus: Bus;
+  namespace: string;
+  engines: SimEngineHandle[];
+  shims: ShimHandle[];
+  indexer: RunningIndexer;
+  routers: RouterHandle[];
+  close(): Promise<void>;
+}
+
+export async function startStack(o: StackOptions = {}): Promise<Stack> {
+  const model = o.model ?? 'qwen3-8b';
+  const namespace = o.namespace ?? (o.nats ? `kvg${randomBytes(4).toString('hex')}` : 'default');
+  const bus = await createBus(o.nats ? { nats: o.nats } : {});
+  const engines: SimEngineHandle[] = [];
+  const shims: ShimHandle[] = [];
+  const routers: RouterHandle[] = [];
+  let indexer: RunningIndexer | undefined;
+  const close = async () => {
+    for (const r of routers) await r.close().catch(() => undefined);
+    for (const s of shims) await s.stop().catch(() => undefined);
+    for (const e of engines) await e.close().catch(() => undefined);
+    await indexer?.close().catch(() => undefined);
+    await bus.close().catch(() => undefined);
+  };
+  try {
+    indexer = await startIndexer(bus, { namespace });
+    const n = o.engines ?? 4;
+    for (let i = 0; i < n; i++) {
+      const e = await startSimEngine({ model, engineId: `sim-${i}`, ...o.engine });
+      engines.push(e);
+      shims.push(
+        await startShim(bus, {
+          worker: `sim-${i}`,
+          model,
+          role: e.role,
+          engineUrl: e.url,
+          kvEvents: e.kvEventsEndpoint!,
+          ...(e.replayEndpoint ? { kvReplay: e.replayEndpoint } : {}),
+          namespace,
+          // P/D needs the shim's front; otherwise routers talk to the engine directly (one hop less)
+          port: e.role === 'both' ? -1 : 0,
+          blockSize: e.blockSize,
+          capacityBlocks: e.numBlocks,
+        }),
+      );
+    }
+    await indexer.whenReady();
+    const nr = o.routers ?? 2;
+    for (let i = 0; i < nr; i++) {
+      const r = await startRouter(bus, {
+        namespace,
+        id: `router-${i}`,
+        ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
+        ...o.router,
+        port: i === 0 ? (o.routerPort ?? 0) : 0,
+      });
+      routers.push(r);
+      await r.waitForWorkers(n, 15_000);
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return { bus, namespace, engines, shims, indexer: indexer!, routers, close };
+}

@@ -1,0 +1,332 @@
+/**
+ * The router over real sockets, on both buses: stub engines behind it, registrations in the workers bucket,
+ * a fake index. (test/e2e covers the whole stack with simulated engines, shims and the real indexer.)
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { request } from 'undici';
+import { initHashing, prefixHashes, type Bus } from '@kvgate/protocol';
+import { startRouter, type RouterHandle, type RouterOptions } from '../src/router.js';
+import { fakeIndex, MEMORY, NATS, publishLoad, register, registration, stopNats, StubEngine, tokens, until, type BusKind, deregister } from './helpers.js';
+
+await initHashing();
+let nsCounter = 0;
+
+interface Ctx {
+  bus: Bus;
+  done(): Promise<void>;
+  ns: string;
+  engines: StubEngine[];
+  routers: RouterHandle[];
+}
+
+async function setup(kind: BusKind, n: number, routerOpts: RouterOptions = {}, routers = 1): Promise<Ctx> {
+  const { bus, done } = await kind.make();
+  const ns = `t${process.pid}_${++nsCounter}`;
+  const engines = await Promise.all(Array.from({ length: n }, (_, i) => new StubEngine(`w${i}`).listen()));
+  for (const e of engines) await register(bus, registration(e.name, e.url), ns);
+  const rs: RouterHandle[] = [];
+  for (let i = 0; i < routers; i++) {
+    const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 200, ...routerOpts });
+    await r.waitForWorkers(n);
+    rs.push(r);
+  }
+  return { bus, done, ns, engines, routers: rs };
+}
+
+async function teardown(c: Ctx): Promise<void> {
+  for (const r of c.routers) await r.close();
+  for (const e of c.engines) await e.close();
+  await c.bus.close();
+  await c.done();
+}
+
+async function post(url: string, body: unknown, headers: Record<string, string> = {}) {
+  const res = await request(url, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } });
+  const text = await res.body.text();
+  let json: any;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.statusCode, headers: res.headers, text, json };
+}
+
+function build(kind: BusKind) {
+  const t = suite(`router over ${kind.name} bus`);
+
+  t('routes to the worker holding the longest prefix', async () => {
+    const c = await setup(kind, 3);
+    const prompt = tokens(40);
+    const hs = prefixHashes('stub-model', null, 4, prompt);
+    const idx = fakeIndex(c.bus, new Map([['w1', new Set(hs.slice(0, 3))], ['w2', new Set(hs.slice(0, 8))]]), c.ns);
+    try {
+      const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt, max_tokens: 4 });
+      assert.is(r.status, 200);
+      assert.is(r.headers['x-kvgate-worker'], 'w2');
+      assert.is(r.json.engine, 'w2');
+      assert.is(c.engines[2]!.seen.length, 1);
+      assert.equal(c.engines[2]!.seen[0]!.body.prompt, prompt, 'body forwarded unchanged');
+      const route = await post(`${c.routers[0]!.url}/v1/route`, { model: 'stub-model', prompt: tokens(40, 1000) });
+      assert.is(route.status, 200);
+      assert.is(route.json.promptBlocks, 10);
+      assert.is(route.json.candidates.length, 3);
+      const pick = await post(`${c.routers[0]!.url}/v1/route`, { model: 'stub-model', prompt });
+      assert.is(pick.json.worker, 'w2');
+      assert.is(pick.json.candidates.find((x: any) => x.worker === 'w2').indexOverlap, 8);
+      assert.is(c.engines.reduce((a, e) => a + e.seen.length, 0), 1, '/v1/route only picks');
+    } finally {
+      idx.unsubscribe();
+      await teardown(c);
+    }
+  });
+
+  t('a burst of identical prompts sticks to one worker before the index knows', async () => {
+    const c = await setup(kind, 4);
+    const idx = fakeIndex(c.bus, new Map(), c.ns);
+    try {
+      const prompt = tokens(64, 5000);
+      const workers = new Set<string>();
+      for (let i = 0; i < 6; i++) workers.add((await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt })).headers['x-kvgate-worker'] as string);
+      assert.is(workers.size, 1, [...workers].join(','));
+    } finally {
+      idx.unsubscribe();
+      await teardown(c);
+    }
+  });
+
+  t('two replicas share in-flight load: a shared prefix does not pile onto its holder', async () => {
+    // Every prompt is a 64-block prefix the index places on w0, then 8 distinct blocks. Responses are held open,
+    // so only in-flight accounting tells a router that w0 is filling up: one router sends w0 about 5 (its
+    // 64-block head start is worth five 8-block prefills plus their decode load), then spreads. Two routers that
+    // do not share their in-flight load would each do that.
+    const counts = async (flushMs: number) => {
+      const c = await setup(kind, 4, { flushMs }, 2);
+      const shared = tokens(256, 90_000);
+      const holds = new Map([['w0', new Set(prefixHashes('stub-model', null, 4, shared))]]);
+      const idx = fakeIndex(c.bus, holds, c.ns);
+      for (const e of c.engines) e.hold = true;
+      const pending: Promise<unknown>[] = [];
+      try {
+        for (let i = 0; i < 16; i++) {
+          const r = c.routers[i % 2]!;
+          pending.push(post(`${r.url}/v1/completions`, { model: 'stub-model', prompt: [...shared, ...tokens(32, i * 1000)], max_tokens: 1 }));
+          await until(() => c.engines.reduce((a, e) => a + e.seen.length, 0) === i + 1, 5000, 'request to land');
+          await new Promise((res) => setTimeout(res, 25));
+        }
+        const out = c.engines.map((e) => e.seen.length);
+        for (const e of c.engines) {
+          e.hold = false;
+          e.release();
+        }
+        await Promise.all(pending);
+        return out;
+      } finally {
+        idx.unsubscribe();
+        await teardown(c);
+      }
+    };
+    const shared = await counts(5);
+    const isolated = await counts(60_000); // peers never hear of each other's load
+    if (process.env.KVGATE_TEST_VERBOSE) console.log(`# shared ${shared} isolated ${isolated}`);
+    assert.ok(shared[0]! <= 8, `shared: ${shared}`);
+    assert.ok(isolated[0]! >= shared[0]! + 2, `shared ${shared} vs isolated ${isolated}`);
+  });
+
+  t('index down: load-only routing still answers', async () => {
+    const c = await setup(kind, 2, { indexTimeoutMs: 5 });
+    try {
+      const seen = new Set<string>();
+      for (let i = 0; i < 6; i++) {
+        const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt: tokens(16, i * 100) });
+        assert.is(r.status, 200);
+        seen.add(r.headers['x-kvgate-worker'] as string);
+      }
+      assert.ok(c.routers[0]!.stats().indexFallbacks >= 6);
+      const m = await request(`${c.routers[0]!.url}/metrics`);
+      assert.match(await m.body.text(), /kvgate_router_index_fallback_total\{router="r0"\} [1-9]/);
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('SSE arrives chunk by chunk; x-kvgate-worker on the stream', async () => {
+    const c = await setup(kind, 1);
+    const e = c.engines[0]!;
+    e.gated = true;
+    e.chunks = 3;
+    try {
+      const res = await request(`${c.routers[0]!.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'stub-model', prompt: tokens(8), stream: true }),
+      });
+      assert.is(res.statusCode, 200);
+      assert.is(res.headers['x-kvgate-worker'], 'w0');
+      assert.match(String(res.headers['content-type']), /text\/event-stream/);
+      const it = res.body[Symbol.asyncIterator]();
+      let text = '';
+      const next = async () => {
+        const r = await it.next();
+        if (!r.done) text += Buffer.from(r.value).toString();
+        return r.done;
+      };
+      await next();
+      assert.match(text, /"t0"/);
+      assert.not.match(text, /"t1"/, 'second chunk not sent yet, so it cannot have arrived');
+      e.release();
+      while (!/"t1"/.test(text)) await next();
+      assert.not.match(text, /"t2"/);
+      e.release();
+      while (!(await next()));
+      assert.match(text, /"t2"[\s\S]*\[DONE\]/);
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('client disconnect cancels the upstream request and frees its load', async () => {
+    const c = await setup(kind, 1);
+    const e = c.engines[0]!;
+    e.gated = true;
+    e.chunks = 5;
+    try {
+      const ac = new AbortController();
+      const res = await request(`${c.routers[0]!.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'stub-model', prompt: tokens(8), stream: true }),
+        signal: ac.signal,
+      });
+      const it = res.body[Symbol.asyncIterator]();
+      await it.next();
+      assert.ok(c.routers[0]!.inflight.local('w0').decodeBlocks > 0);
+      ac.abort();
+      await until(() => e.cancelled === 1, 5000, 'upstream cancel');
+      await until(() => c.routers[0]!.inflight.local('w0').decodeBlocks === 0, 5000, 'load released');
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('OpenAI-shaped errors: bad JSON, oversized body, unknown model, no worker, unknown path', async () => {
+    const c = await setup(kind, 1, { bodyLimitBytes: 1024 });
+    const url = c.routers[0]!.url;
+    try {
+      const shape = (r: { json: any }, code: string) => {
+        assert.type(r.json?.error?.message, 'string');
+        assert.type(r.json.error.type, 'string');
+        assert.is(r.json.error.code, code);
+        assert.not.match(JSON.stringify(r.json), /at .*\.ts:\d+/, 'no stack');
+      };
+      const badJson = await post(`${url}/v1/completions`, '{"model": ');
+      assert.is(badJson.status, 400);
+      shape(badJson, 'KVG_BAD_JSON');
+      const big = await post(`${url}/v1/completions`, { model: 'stub-model', prompt: 'x'.repeat(5000) });
+      assert.is(big.status, 413);
+      shape(big, 'KVG_BODY_TOO_LARGE');
+      const unknown = await post(`${url}/v1/chat/completions`, { model: 'nope', messages: [{ role: 'user', content: 'hi' }] });
+      assert.is(unknown.status, 404);
+      shape(unknown, 'KVG_UNKNOWN_MODEL');
+      const invalid = await post(`${url}/v1/completions`, { model: 'stub-model' });
+      assert.is(invalid.status, 400);
+      shape(invalid, 'KVG_BAD_REQUEST');
+      const path = await request(`${url}/v2/nothing`);
+      assert.is(path.statusCode, 404);
+      shape({ json: await path.body.json() }, 'KVG_NOT_FOUND');
+      // the only worker's load reports go stale → no live worker
+      const r = c.routers[0]!;
+      publishLoad(c.bus, { worker: 'w0' }, c.ns);
+      await until(() => r.workers.lastLoad('w0') !== undefined, 5000, 'load report');
+      await c.bus.flush();
+      const stale = await startRouter(c.bus, { port: 0, namespace: c.ns, staleMs: 1 });
+      c.routers.push(stale);
+      publishLoad(c.bus, { worker: 'w0' }, c.ns);
+      await until(() => stale.workers.lastLoad('w0') !== undefined, 5000, 'load report');
+      await new Promise((res) => setTimeout(res, 10));
+      const none = await post(`${stale.url}/v1/completions`, { model: 'stub-model', prompt: 'hi' });
+      assert.is(none.status, 503);
+      shape(none, 'KVG_NO_WORKER');
+      const ready = await request(`${stale.url}/readyz`);
+      assert.is(ready.statusCode, 503);
+      await ready.body.dump();
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('upstream failure before the first byte retries once on another worker', async () => {
+    const c = await setup(kind, 2);
+    try {
+      await c.engines[0]!.close(); // w0 registered but its port is closed
+      c.engines[1]!.status = 200;
+      for (let i = 0; i < 4; i++) {
+        const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt: tokens(8, i * 50) });
+        assert.is(r.status, 200);
+        assert.is(r.headers['x-kvgate-worker'], 'w1');
+      }
+      c.engines[1]!.status = 503;
+      const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt: tokens(8) });
+      assert.is(r.status, 502);
+      assert.is(r.json.error.code, 'KVG_UPSTREAM');
+      assert.ok(c.routers[0]!.stats().retries >= 1);
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('models, health, readiness, deregistration', async () => {
+    const c = await setup(kind, 2);
+    try {
+      await register(c.bus, registration('w9', c.engines[0]!.url, { model: 'other', loras: ['sql-lora'] }), c.ns);
+      await until(() => c.routers[0]!.workers.models().length === 3, 5000, 'registration');
+      const models = (await (await request(`${c.routers[0]!.url}/v1/models`)).body.json()) as any;
+      assert.equal(models.data.map((m: any) => m.id).sort(), ['other', 'sql-lora', 'stub-model']);
+      const lora = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'sql-lora', prompt: tokens(8) });
+      assert.is(lora.headers['x-kvgate-worker'], 'w9');
+      assert.is((await request(`${c.routers[0]!.url}/healthz`)).statusCode, 200);
+      const ready = await request(`${c.routers[0]!.url}/readyz`);
+      assert.is(ready.statusCode, 200);
+      await ready.body.dump();
+      await deregister(c.bus, 'w9', c.ns);
+      await until(() => c.routers[0]!.workers.models().length === 1, 5000, 'deregistration');
+    } finally {
+      await teardown(c);
+    }
+  });
+
+  t('P/D: prefill by overlap, decode by load; the decode shim is told the prefill engine', async () => {
+    const { bus, done } = await kind.make();
+    const ns = `t${process.pid}_${++nsCounter}`;
+    const engines = await Promise.all(['p0', 'p1', 'd0'].map((n) => new StubEngine(n).listen()));
+    const [p0, p1, d0] = engines as [StubEngine, StubEngine, StubEngine];
+    await register(bus, registration('p0', p0.url, { role: 'prefill' }), ns);
+    await register(bus, registration('p1', p1.url, { role: 'prefill', engineUrl: 'http://10.1.2.3:8100' }), ns);
+    await register(bus, registration('d0', d0.url, { role: 'decode' }), ns);
+    const prompt = tokens(32);
+    const idx = fakeIndex(bus, new Map([['p1', new Set(prefixHashes('stub-model', null, 4, prompt))]]), ns);
+    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200 });
+    try {
+      await r.waitForWorkers(3);
+      const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt });
+      assert.is(res.status, 200);
+      assert.is(res.headers['x-kvgate-worker'], 'd0');
+      assert.is(res.headers['x-kvgate-prefill'], 'p1');
+      assert.is(d0.seen[0]!.headers['x-prefiller-host-port'], '10.1.2.3:8100');
+    } finally {
+      idx.unsubscribe();
+      await r.close();
+      for (const e of engines) await e.close();
+      await bus.close();
+      await done();
+    }
+  });
+
+  return t;
+}
+
+build(MEMORY).run();
+const nats = build(NATS);
+nats.after(stopNats);
+nats.run();

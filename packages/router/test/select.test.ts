@@ -1,0 +1,123 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { LoadReport, WorkerRegistration } from '@kvgate/protocol';
+import { Inflight } from '../src/inflight.js';
+import { DEFAULT_WEIGHTS } from '../src/scorer.js';
+import { Selector } from '../src/select.js';
+import { WorkerView } from '../src/workers.js';
+
+const reg = (worker: string, over: Partial<WorkerRegistration> = {}): WorkerRegistration => ({
+  worker, model: 'm', role: 'both', url: `http://127.0.0.1:1/${worker}`, engineUrl: `http://127.0.0.1:2${worker.length}/`, blockSize: 4, capacityBlocks: 1000, loras: [], ts: 0, ...over,
+});
+const loadOf = (worker: string, over: Partial<LoadReport> = {}): LoadReport => ({
+  worker, model: 'm', role: 'both', waiting: 0, running: 0, kvUsage: 0, capacityBlocks: 1000, url: '', ts: 0, ...over,
+});
+const hashes = (n: number, base = 0n) => Array.from({ length: n }, (_, i) => base + BigInt(i + 1));
+
+function setup(n = 3) {
+  let now = 1000;
+  const view = new WorkerView({ staleMs: 500, now: () => now });
+  for (let i = 0; i < n; i++) view.upsert(reg(`w${i}`));
+  const inflight = new Inflight({ routerId: 'r' });
+  return { view, inflight, tick: (ms: number) => (now += ms) };
+}
+
+test('pools: base model, LoRA adapter, unknown model, roles', () => {
+  const { view } = setup(0);
+  view.upsert(reg('a', { loras: ['sql'] }));
+  view.upsert(reg('b'));
+  view.upsert(reg('p', { role: 'prefill' }));
+  view.upsert(reg('d', { role: 'decode' }));
+  view.upsert(reg('x', { model: 'other' }));
+  const p = view.pool('m')!;
+  assert.equal(p.both.map((r) => r.worker), ['a', 'b']);
+  assert.equal([p.prefill[0]!.worker, p.decode[0]!.worker], ['p', 'd']);
+  assert.is(p.lora, null);
+  const l = view.pool('sql')!;
+  assert.equal([l.model, l.lora, l.both.map((r) => r.worker)], ['m', 'sql', ['a']]);
+  assert.is(view.pool('nope'), undefined);
+  assert.equal(view.models().map((m) => m.id).sort(), ['m', 'other', 'sql']);
+});
+
+test('a worker with a stale load report is not live; removal forgets it', () => {
+  const { view, tick } = setup(2);
+  view.load(loadOf('w0'));
+  tick(400);
+  assert.ok(view.isLive('w0'));
+  tick(200);
+  assert.not.ok(view.isLive('w0'));
+  assert.ok(view.isLive('w1'), 'never reported: live while registered');
+  assert.equal(view.pool('m')!.both.map((r) => r.worker), ['w1']);
+  view.remove('w1');
+  assert.is(view.pool('m')!.both.length, 0);
+});
+
+test('kv policy follows the index overlap; least-loaded ignores it', () => {
+  const { view, inflight } = setup(3);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  const d = s.select({ pool: view.pool('m')!, hashes: hashes(10), indexOverlaps: { w2: 8, w1: 3 } })!;
+  assert.is(d.worker.worker, 'w2');
+  assert.is(d.overlap, 8);
+  inflight.start('w0', 1000, 10);
+  inflight.start('w2', 1000, 10);
+  s.policy = 'least-loaded';
+  const l = s.select({ pool: view.pool('m')!, hashes: hashes(10), indexOverlaps: { w2: 8 } })!;
+  assert.is(l.worker.worker, 'w1');
+  assert.is(l.overlap, 0);
+});
+
+test('predicted prefixes make a burst of identical prompts stick before the index knows', () => {
+  const { view, inflight } = setup(4);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  const h = hashes(50);
+  const first = s.select({ pool: view.pool('m')!, hashes: h, indexOverlaps: {} })!;
+  inflight.predict(first.worker.worker, h);
+  inflight.start(first.worker.worker, 4, 60); // this prompt's tail + decode
+  const second = s.select({ pool: view.pool('m')!, hashes: h, indexOverlaps: {} })!;
+  assert.is(second.worker.worker, first.worker.worker);
+  assert.is(second.overlap, 50);
+});
+
+test('in-flight prefill spreads distinct prompts', () => {
+  const { view, inflight } = setup(3);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  const seen = new Set<string>();
+  for (let i = 0; i < 3; i++) {
+    const h = hashes(20, BigInt(i * 1000));
+    const d = s.select({ pool: view.pool('m')!, hashes: h, indexOverlaps: {} })!;
+    inflight.start(d.worker.worker, 80, 25);
+    seen.add(d.worker.worker);
+  }
+  assert.is(seen.size, 3);
+});
+
+test('round-robin cycles; random stays in the pool; exclusions apply', () => {
+  const { view, inflight } = setup(3);
+  const s = new Selector(view, inflight, 'round-robin', DEFAULT_WEIGHTS);
+  const pool = view.pool('m')!;
+  const rr = Array.from({ length: 6 }, () => s.select({ pool, hashes: [], indexOverlaps: null })!.worker.worker);
+  assert.equal(rr, ['w0', 'w1', 'w2', 'w0', 'w1', 'w2']);
+  s.policy = 'random';
+  for (let i = 0; i < 20; i++) assert.ok(['w0', 'w1', 'w2'].includes(s.select({ pool, hashes: [], indexOverlaps: null })!.worker.worker));
+  s.policy = 'kv';
+  const d = s.select({ pool, hashes: hashes(4), indexOverlaps: { w1: 4 }, exclude: new Set(['w1']) })!;
+  assert.not.equal(d.worker.worker, 'w1');
+  assert.is(s.select({ pool, hashes: [], indexOverlaps: null, exclude: new Set(['w0', 'w1', 'w2']) }), undefined);
+});
+
+test('P/D: prefill by overlap, decode by load', () => {
+  const { view, inflight } = setup(0);
+  view.upsert(reg('p1', { role: 'prefill' }));
+  view.upsert(reg('p2', { role: 'prefill' }));
+  view.upsert(reg('d1', { role: 'decode' }));
+  view.upsert(reg('d2', { role: 'decode' }));
+  inflight.start('d1', 0, 500);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  const d = s.select({ pool: view.pool('m')!, hashes: hashes(10), indexOverlaps: { p2: 10, d1: 10 } })!;
+  assert.is(d.prefill!.worker, 'p2');
+  assert.is(d.prefillWorker.worker, 'p2');
+  assert.is(d.worker.worker, 'd2');
+  assert.is(d.overlap, 10);
+});
+
+test.run();

@@ -1,0 +1,186 @@
+/**
+ * The real-time driver around the pure scheduler: the engine's single writer. Everything that changes the
+ * scheduler goes through this class (submit, abort, held-block release, reset); the step loop runs one step,
+ * waits its modelled duration divided by `speedup`, then delivers the step's tokens and publishes its KV events
+ * as one batch, and runs the next step.
+ *
+ * Simulated time: `now()` = wall milliseconds since start × speedup. Requests are stamped on arrival with it;
+ * TTFT and latency metrics are simulated milliseconds.
+ */
+import { Scheduler, type SchedulerOptions, type SchedulerStats, type StepResult, type SubmitRequest, type TokenOutput, type HeldBlocks } from './scheduler.js';
+import type { KvCacheEvent } from './kv-cache.js';
+import type { EngineMetrics } from './metrics.js';
+
+export interface EngineCoreOptions {
+  scheduler: SchedulerOptions;
+  /** simulated ms per wall ms (default 1) */
+  speedup?: number;
+  /** how long (simulated ms) a P/D prefill keeps its blocks for the decode side (default 480,000, vLLM's 480 s) */
+  holdTimeoutMs?: number;
+  /** one call per step with KV events (and for events outside steps, e.g. a reset) */
+  onEvents?: (events: KvCacheEvent[], tsSeconds: number) => void;
+}
+
+type Sink = (out: TokenOutput) => void;
+
+interface Track {
+  sink: Sink;
+  arrivalMs: number;
+  lastMs: number;
+}
+
+export class EngineCore {
+  readonly speedup: number;
+  #sched: Scheduler;
+  #t0 = performance.now();
+  #holdTimeoutMs: number;
+  #onEvents: (events: KvCacheEvent[], tsSeconds: number) => void;
+  #metrics: EngineMetrics | undefined;
+  #tracks = new Map<string, Track>();
+  #holdTimers = new Map<string, NodeJS.Timeout>();
+  #busy = false;
+  #cursor = 0;
+  #closed = false;
+  #timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+
+  constructor(opts: EngineCoreOptions, metrics?: EngineMetrics) {
+    this.speedup = opts.speedup ?? 1;
+    if (!(this.speedup > 0)) throw new RangeError('speedup must be > 0');
+    this.#sched = new Scheduler(opts.scheduler);
+    this.#holdTimeoutMs = opts.holdTimeoutMs ?? 480_000;
+    this.#onEvents = opts.onEvents ?? (() => {});
+    this.#metrics = metrics;
+  }
+
+  get scheduler(): Scheduler {
+    return this.#sched;
+  }
+
+  /** Simulated milliseconds since the engine started. */
+  now(): number {
+    return (performance.now() - this.#t0) * this.speedup;
+  }
+
+  /** Resolves after `simMs` simulated milliseconds. */
+  sleep(simMs: number): Promise<void> {
+    const wall = simMs / this.speedup;
+    return new Promise((r) => (wall < 1 ? setImmediate(r) : setTimeout(r, wall)));
+  }
+
+  stats(): SchedulerStats {
+    return this.#sched.stats();
+  }
+
+  /** Queues a request; `sink` receives each generated token (the last has a finishReason). Throws on bad input. */
+  submit(req: Omit<SubmitRequest, 'arrivalMs'>, sink: Sink): void {
+    if (this.#closed) throw new Error('engine closed');
+    const arrivalMs = this.now();
+    this.#sched.submit({ ...req, arrivalMs });
+    this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs });
+    this.#kick();
+  }
+
+  /** Client gone or cancelled: frees everything the request holds. */
+  abort(id: string): void {
+    this.#tracks.delete(id);
+    this.#clearHoldTimer(id);
+    if (this.#sched.abort(id)) this.#kick();
+  }
+
+  /** The blocks a finished do_remote_decode request still holds. */
+  held(id: string): HeldBlocks | undefined {
+    return this.#sched.held(id);
+  }
+
+  /** Frees held blocks (decode side pulled them). */
+  releaseHeld(id: string): boolean {
+    this.#clearHoldTimer(id);
+    const ok = this.#sched.releaseHeld(id);
+    if (ok) this.#kick();
+    return ok;
+  }
+
+  /** vLLM's reset_prefix_cache: refused (false) while blocks are in use. */
+  resetPrefixCache(): boolean {
+    const ok = this.#sched.resetPrefixCache();
+    if (ok && !this.#busy) this.#flushLooseEvents();
+    return ok;
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#timer) {
+      clearTimeout(this.#timer as NodeJS.Timeout);
+      clearImmediate(this.#timer as NodeJS.Immediate);
+    }
+    for (const t of this.#holdTimers.values()) clearTimeout(t);
+    this.#holdTimers.clear();
+    this.#tracks.clear();
+  }
+
+  #clearHoldTimer(id: string): void {
+    const t = this.#holdTimers.get(id);
+    if (t) {
+      clearTimeout(t);
+      this.#holdTimers.delete(id);
+    }
+  }
+
+  #flushLooseEvents(): void {
+    const ev = this.#sched.drainEvents();
+    if (ev.length) this.#onEvents(ev, Date.now() / 1000);
+  }
+
+  #kick(): void {
+    if (this.#busy || this.#closed) return;
+    this.#busy = true;
+    this.#timer = setImmediate(() => this.#loop());
+  }
+
+  #loop(): void {
+    this.#timer = undefined;
+    if (this.#closed) return;
+    // steps never overlap in simulated time, even when a short step's wall wait was cut to setImmediate
+    const r = this.#sched.step(Math.max(this.now(), this.#cursor));
+    if (!r) {
+      this.#busy = false;
+      this.#flushLooseEvents();
+      return;
+    }
+    this.#cursor = r.endMs;
+    // wait until the step's modelled end; coarse timers only when the wait is ≥ 1 ms of wall time
+    const delay = (r.endMs - this.now()) / this.speedup;
+    const done = () => this.#complete(r);
+    this.#timer = delay < 1 ? setImmediate(done) : setTimeout(done, delay);
+  }
+
+  #complete(r: StepResult): void {
+    this.#timer = undefined;
+    if (this.#closed) return;
+    if (r.events.length) this.#onEvents(r.events, Date.now() / 1000);
+    for (const out of r.outputs) {
+      const t = this.#tracks.get(out.id);
+      if (!t) continue;
+      if (this.#metrics) {
+        if (out.index === 0) this.#metrics.firstToken(out.atMs - t.arrivalMs);
+        else this.#metrics.interToken(out.atMs - t.lastMs);
+        if (out.finishReason) this.#metrics.finished(out.atMs - t.arrivalMs, out.finishReason);
+      }
+      t.lastMs = out.atMs;
+      if (out.finishReason) {
+        this.#tracks.delete(out.id);
+        if (this.#sched.held(out.id)) {
+          const timer = setTimeout(() => this.releaseHeld(out.id), this.#holdTimeoutMs / this.speedup);
+          timer.unref();
+          this.#holdTimers.set(out.id, timer);
+        }
+      }
+      try {
+        t.sink(out);
+      } catch {
+        /* a sink failing (socket gone) must not stop the engine */
+      }
+    }
+    this.#loop();
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * @kvgate/sim-engine: a vLLM-compatible simulated engine. `startSimEngine(options)` runs one instance (HTTP +
+ * ZMQ KV events + replay) and returns a handle; many instances coexist in one process.
+ * The pure core (KvCache, Scheduler, timing model) is exported for virtual-clock drivers (`kvgate replay whatif`).
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { loadTokenizer, logger, type Tokenizer } from '@kvgate/protocol';
+import { EngineCore } from './engine.js';
+import { EngineMetrics } from './metrics.js';
+import { KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
+import { createHttpHandler, type EngineRole } from './openai-http.js';
+import { DEFAULT_TIMING, DEFAULT_TRANSFER, QWEN3_8B_SHAPE, type ModelShape, type TimingModel, type TransferModel } from './timing.js';
+import type { SchedulerStats } from './scheduler.js';
+
+export * from './timing.js';
+export { KvCache, type KvCacheEvent } from './kv-cache.js';
+export { Scheduler, type SchedulerOptions, type SubmitRequest, type StepResult, type TokenOutput, type SchedulerStats, type HeldBlocks } from './scheduler.js';
+export { BlockHasher, type BlockDigest } from './block-hash.js';
+export { encodeEventBatch, KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
+export { parseDescriptor, type TransferDescriptor } from './pd.js';
+export type { EngineRole } from './openai-http.js';
+
+/** One options type for the simulated engine; each default is what `kvgate sim-engine` uses unless noted. */
+export interface SimEngineOptions {
+  /** HTTP bind host (default 127.0.0.1) */
+  host?: string;
+  /** HTTP port; 0 = a free port (default 0 here, 8000 in the CLI) */
+  port?: number;
+  /** served model name (default qwen3-8b) */
+  model?: string;
+  /** tokenizer: undefined = bundled Qwen3, or a Hugging Face tokenizer.json path */
+  tokenizer?: string;
+  /** P/D role (default both) */
+  role?: EngineRole;
+  /** engine id in transfer descriptors and logs (default sim-<random>) */
+  engineId?: string;
+  /** tokens per KV block (default 16) */
+  blockSize?: number;
+  /** KV capacity in blocks (default 16384 ≈ 262k tokens) */
+  numBlocks?: number;
+  /** max prompt + completion tokens (default 32768, capped at the KV capacity) */
+  maxModelLen?: number;
+  /** max sequences per batch (default 256) */
+  maxNumSeqs?: number;
+  /** token budget per step, chunked prefill (default 8192) */
+  maxNumBatchedTokens?: number;
+  /** simulated ms per wall ms (default 1; tests use 20-100) */
+  speedup?: number;
+  /** timing model overrides (defaults: ~8B model on one H100) */
+  timing?: Partial<TimingModel>;
+  /** model shape for bytes per block (defaults: Qwen3-8B bf16) */
+  shape?: Partial<ModelShape>;
+  /** modelled RDMA link (defaults: 50 GB/s, 0.5 ms) */
+  transfer?: Partial<TransferModel>;
+  /** ZMQ PUB endpoint for KV events; null = none (default tcp://127.0.0.1:* here, tcp://*:5557 in the CLI) */
+  kvEventsEndpoint?: string | null;
+  /** ZMQ ROUTER replay endpoint; null = none (default tcp://127.0.0.1:* here, none in the CLI) */
+  kvReplayEndpoint?: string | null;
+  /** ZMQ topic (default '') */
+  kvEventsTopic?: string;
+  /** payload encoding (default array) */
+  kvEventsEncoding?: EventEncoding;
+  /** block hashes in events: uint64 ints or 32-byte digests (default int) */
+  blockHashFormat?: BlockHashFormat;
+  /** batches kept for replay (default 10,000) */
+  replayBufferSteps?: number;
+  /** seed of the engine's block-hash chain (default random per instance, like vLLM without PYTHONHASHSEED) */
+  hashSeed?: string;
+  /** max_tokens when a request gives none (default 16) */
+  defaultMaxTokens?: number;
+  /** request body limit in bytes (default 16 MiB) */
+  maxBodyBytes?: number;
+  /** seconds (simulated) a P/D prefill keeps its blocks for the decode side (default 480) */
+  kvHoldTimeoutS?: number;
+  /** data-parallel rank written into event batches (default 0) */
+  dpRank?: number;
+}
+
+export interface SimEngineHandle {
+  /** http://host:port */
+  url: string;
+  port: number;
+  model: string;
+  engineId: string;
+  role: EngineRole;
+  blockSize: number;
+  numBlocks: number;
+  /** connectable ZMQ PUB endpoint (tcp://127.0.0.1:port), null when disabled */
+  kvEventsEndpoint: string | null;
+  /** connectable ZMQ ROUTER replay endpoint, null when disabled */
+  replayEndpoint: string | null;
+  stats(): SchedulerStats;
+  close(): Promise<void>;
+}
+
+/** Token ids the simulator "generates": common single-token English words, so output reads as text. */
+function sampleVocabulary(tok: Tokenizer): number[] {
+  const passage =
+    'the of and to in is was for on that with as by at from his her an which or be are this had not but what all were when we there can one your they time said each she do how their if will up other about out many then them these so some would make like him into has look two more write go see number no way could people my than first water been call who its now find long down day did get come made may part over new sound take only little work know place year live me back give most very after thing our just name good sentence man think say great where help through much before line right too mean old any same tell boy follow came want show also around form three small set put end does another well large must big even such because turn here why ask went men read need land different home us move try kind hand picture again change off play spell air away animal house point page letter mother answer found study still learn should world';
+  const ids: number[] = [];
+  const seen = new Set<number>();
+  for (const w of passage.split(' ')) {
+    const t = tok.encode(' ' + w, { addSpecialTokens: false });
+    if (t.length === 1 && !seen.has(t[0]!)) {
+      seen.add(t[0]!);
+      ids.push(t[0]!);
+    }
+  }
+  return ids.length > 0 ? ids : [tok.encode(' the', { addSpecialTokens: false })[0] ?? 0];
+}
+
+export async function startSimEngine(options: SimEngineOptions = {}): Promise<SimEngineHandle> {
+  const model = options.model ?? 'qwen3-8b';
+  const role = options.role ?? 'both';
+  if (!['prefill', 'decode', 'both'].includes(role)) throw new RangeError(`role must be prefill, decode or both, got ${role}`);
+  const engineId = options.engineId ?? `sim-${randomUUID().slice(0, 8)}`;
+  const blockSize = options.blockSize ?? 16;
+  const numBlocks = options.numBlocks ?? 16384;
+  const maxModelLen = Math.min(options.maxModelLen ?? 32768, numBlocks * blockSize);
+  const log = logger('sim-engine', { engine: engineId });
+
+  const tokenizer = await loadTokenizer(options.tokenizer);
+  const vocab = sampleVocabulary(tokenizer);
+  const textOf = new Map<number, string>(vocab.map((id) => [id, tokenizer.decode([id])]));
+  const sample = (reqId: string, index: number): number => {
+    let h = 2166136261;
+    for (let i = 0; i < reqId.length; i++) h = Math.imul(h ^ reqId.charCodeAt(i), 16777619);
+    return vocab[((h >>> 0) + Math.imul(index + 1, 40503)) % vocab.length]!;
+  };
+
+  const publisher =
+    options.kvEventsEndpoint === null
+      ? null
+      : await KvEventPublisher.open({
+          endpoint: options.kvEventsEndpoint ?? 'tcp://127.0.0.1:*',
+          replayEndpoint: options.kvReplayEndpoint === undefined ? 'tcp://127.0.0.1:*' : options.kvReplayEndpoint,
+          topic: options.kvEventsTopic ?? '',
+          bufferSteps: options.replayBufferSteps ?? 10_000,
+          encoding: options.kvEventsEncoding ?? 'array',
+          hashFormat: options.blockHashFormat ?? 'int',
+          dpRank: options.dpRank ?? 0,
+        });
+
+  let core!: EngineCore;
+  const metrics = new EngineMetrics(model, { blockSize, numBlocks }, () => core.stats());
+  core = new EngineCore(
+    {
+      scheduler: {
+        numBlocks,
+        blockSize,
+        maxNumSeqs: options.maxNumSeqs ?? 256,
+        maxNumBatchedTokens: options.maxNumBatchedTokens ?? 8192,
+        timing: { ...DEFAULT_TIMING, ...options.timing },
+        ...(options.hashSeed !== undefined ? { hashSeed: options.hashSeed } : {}),
+        sample,
+      },
+      speedup: options.speedup ?? 1,
+      holdTimeoutMs: (options.kvHoldTimeoutS ?? 480) * 1000,
+      onEvents: (events, ts) => publisher?.publish(events, ts),
+    },
+    metrics,
+  );
+
+  const host = options.host ?? '127.0.0.1';
+  const advertiseHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  let port = 0;
+  const handler = createHttpHandler({
+    model,
+    engineId,
+    role,
+    tokenizer,
+    core,
+    metrics,
+    maxModelLen,
+    defaultMaxTokens: options.defaultMaxTokens ?? 16,
+    maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
+    blockSize,
+    shape: { ...QWEN3_8B_SHAPE, ...options.shape },
+    transfer: { ...DEFAULT_TRANSFER, ...options.transfer },
+    advertise: () => ({ host: advertiseHost, port }),
+    tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
+  });
+  const server: Server = createServer({ keepAliveTimeout: 65_000 }, handler);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 0, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    core.close();
+    await publisher?.close();
+    throw e;
+  }
+  port = (server.address() as AddressInfo).port;
+  const url = `http://${advertiseHost.includes(':') ? `[${advertiseHost}]` : advertiseHost}:${port}`;
+  log.info({ url, kvEvents: publisher?.endpoint ?? null, replay: publisher?.replayEndpoint ?? null, role, blockSize, numBlocks, speedup: core.speedup }, 'sim engine listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    model,
+    engineId,
+    role,
+    blockSize,
+    numBlocks,
+    kvEventsEndpoint: publisher?.endpoint ?? null,
+    replayEndpoint: publisher?.replayEndpoint ?? null,
+    stats: () => core.stats(),
+    close: () =>
+      (closing ??= (async () => {
+        core.close();
+        server.closeAllConnections();
+        await new Promise<void>((r) => server.close(() => r()));
+        await publisher?.close();
+      })()),
+  };
+}

@@ -1,0 +1,391 @@
+/**
+ * Continuous batching with chunked prefill (pure: time is an input, nothing here reads a clock or a socket),
+ * modelled on vLLM v1's scheduler:
+ *
+ * - Each `step(now)` builds one batch under a token budget (`maxNumBatchedTokens`) and a sequence cap
+ *   (`maxNumSeqs`): running requests first (one token per decode, the next chunk for a partial prefill), then
+ *   waiting requests in arrival order, each starting from its longest prefix-cache hit.
+ * - When a running request needs a block and none is free, the most recently scheduled running request is
+ *   preempted (recompute: its blocks are freed, it goes back to the front of the queue).
+ * - The step's duration comes from the timing model; its effects (computed tokens, newly cached blocks,
+ *   sampled tokens) are applied at once and stamped with `endMs = now + duration`. A real-time driver delivers
+ *   them after `duration / speedup`; a virtual-clock driver (replay whatif) just advances its clock.
+ *
+ * P/D: a request submitted with `remoteKv` has its prompt's KV delivered from a prefill engine (the driver has
+ * already moved the bytes); it computes only its last prompt token. A request with `holdOnFinish` keeps its
+ * blocks after finishing until `releaseHeld` (the prefill side waiting for the decode side to pull them).
+ */
+import { BlockHasher, type BlockDigest } from './block-hash.js';
+import { KvCache, type KvCacheEvent } from './kv-cache.js';
+import { DEFAULT_TIMING, stepMs, type TimingModel } from './timing.js';
+
+export interface SchedulerOptions {
+  /** KV capacity in blocks (default 16384) */
+  numBlocks?: number;
+  /** tokens per block (default 16) */
+  blockSize?: number;
+  /** max sequences in one batch (default 256) */
+  maxNumSeqs?: number;
+  /** token budget per step, shared by decodes and prefill chunks (default 8192) */
+  maxNumBatchedTokens?: number;
+  /** timing model (default DEFAULT_TIMING) */
+  timing?: TimingModel;
+  /** seed of the engine's block-hash chain (default: random per instance, like vLLM) */
+  hashSeed?: string;
+  /** output token for a request's `index`-th generated token (default: a deterministic spread over 100..10099) */
+  sample?: (requestId: string, index: number) => number;
+}
+
+export interface SubmitRequest {
+  id: string;
+  promptTokens: readonly number[];
+  /** tokens to generate (≥ 1); the request finishes with 'length' after that many */
+  maxTokens: number;
+  /** simulated arrival time, ms */
+  arrivalMs: number;
+  /** the prompt's KV arrives from a remote prefill engine (decode side of P/D) */
+  remoteKv?: boolean;
+  /** keep the blocks when finished, until releaseHeld(id) (prefill side of P/D) */
+  holdOnFinish?: boolean;
+}
+
+export interface TokenOutput {
+  id: string;
+  token: number;
+  /** 0 for the first generated token */
+  index: number;
+  /** set on the request's last token */
+  finishReason: 'length' | null;
+  promptTokens: number;
+  /** prompt tokens served from the prefix cache at first scheduling (vLLM's num_cached_tokens) */
+  cachedTokens: number;
+  /** simulated time this token became available (the step's end) */
+  atMs: number;
+}
+
+export interface StepResult {
+  startMs: number;
+  durationMs: number;
+  endMs: number;
+  /** new prompt tokens computed in this step */
+  prefillTokens: number;
+  /** one-token decodes in this step */
+  decodeSeqs: number;
+  outputs: TokenOutput[];
+  /** KV events of this step, oldest first (one published batch) */
+  events: KvCacheEvent[];
+  preempted: string[];
+}
+
+export interface HeldBlocks {
+  blockIds: number[];
+  promptTokens: readonly number[];
+}
+
+export interface SchedulerStats {
+  waiting: number;
+  running: number;
+  held: number;
+  kvUsage: number;
+  numBlocks: number;
+  blockSize: number;
+  freeBlocks: number;
+  cachedBlocks: number;
+  /** prompt tokens looked up in the prefix cache / found there (vLLM's prefix_cache_queries / hits) */
+  prefixQueries: number;
+  prefixHits: number;
+  preemptions: number;
+  promptTokensComputed: number;
+  generationTokens: number;
+}
+
+interface Req {
+  id: string;
+  tokens: number[];
+  promptLen: number;
+  maxTokens: number;
+  arrivalMs: number;
+  digests: BlockDigest[];
+  blocks: number[];
+  /** leading blocks already registered in the cache (hit or cached after compute) */
+  cachedUpTo: number;
+  numComputed: number;
+  outputs: number;
+  cachedTokens: number;
+  looked: boolean;
+  remoteKv: boolean;
+  holdOnFinish: boolean;
+  running: boolean;
+}
+
+function defaultSample(id: string, index: number): number {
+  let h = 2166136261;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619);
+  return 100 + ((((h >>> 0) + Math.imul(index + 1, 2654435761)) >>> 0) % 10000);
+}
+
+export class Scheduler {
+  readonly cache: KvCache;
+  readonly hasher: BlockHasher;
+  readonly blockSize: number;
+  #maxNumSeqs: number;
+  #budget: number;
+  #timing: TimingModel;
+  #sample: (id: string, index: number) => number;
+  #waiting: Req[] = [];
+  #running: Req[] = [];
+  #byId = new Map<string, Req>();
+  #held = new Map<string, HeldBlocks>();
+  #stats = { prefixQueries: 0, prefixHits: 0, preemptions: 0, promptTokensComputed: 0, generationTokens: 0 };
+
+  constructor(opts: SchedulerOptions = {}) {
+    this.blockSize = opts.blockSize ?? 16;
+    this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize);
+    this.hasher = new BlockHasher(opts.hashSeed);
+    this.#maxNumSeqs = opts.maxNumSeqs ?? 256;
+    this.#budget = opts.maxNumBatchedTokens ?? 8192;
+    this.#timing = opts.timing ?? DEFAULT_TIMING;
+    this.#sample = opts.sample ?? defaultSample;
+    if (this.#budget < 1 || this.#maxNumSeqs < 1) throw new RangeError('maxNumBatchedTokens and maxNumSeqs must be ≥ 1');
+  }
+
+  /** Blocks a request needs at most (prompt + all generated tokens). */
+  blocksNeeded(promptTokens: number, maxTokens: number): number {
+    return Math.ceil((promptTokens + maxTokens) / this.blockSize);
+  }
+
+  submit(r: SubmitRequest): void {
+    if (this.#byId.has(r.id) || this.#held.has(r.id)) throw new Error(`duplicate request id ${r.id}`);
+    if (r.promptTokens.length === 0) throw new RangeError('prompt must hold at least one token');
+    if (!(r.maxTokens >= 1)) throw new RangeError('maxTokens must be ≥ 1');
+    if (this.blocksNeeded(r.promptTokens.length, r.maxTokens) > this.cache.numBlocks) throw new RangeError('request exceeds the KV cache capacity');
+    const req: Req = {
+      id: r.id,
+      tokens: r.promptTokens.slice(),
+      promptLen: r.promptTokens.length,
+      maxTokens: r.maxTokens,
+      arrivalMs: r.arrivalMs,
+      digests: [],
+      blocks: [],
+      cachedUpTo: 0,
+      numComputed: 0,
+      outputs: 0,
+      cachedTokens: 0,
+      looked: false,
+      remoteKv: r.remoteKv ?? false,
+      holdOnFinish: r.holdOnFinish ?? false,
+      running: false,
+    };
+    this.hasher.extend(req.digests, req.tokens, this.blockSize);
+    this.#byId.set(req.id, req);
+    this.#waiting.push(req);
+  }
+
+  /** Drops a request wherever it is (client gone); frees its blocks. True if it was known. */
+  abort(id: string): boolean {
+    if (this.releaseHeld(id)) return true;
+    const req = this.#byId.get(id);
+    if (!req) return false;
+    this.#byId.delete(id);
+    if (req.running) this.#running.splice(this.#running.indexOf(req), 1);
+    else this.#waiting.splice(this.#waiting.indexOf(req), 1);
+    this.#freeBlocks(req);
+    return true;
+  }
+
+  /** Blocks kept after a holdOnFinish request finished. */
+  held(id: string): HeldBlocks | undefined {
+    return this.#held.get(id);
+  }
+
+  /** Frees held blocks (pulled by the decode side, or expired). */
+  releaseHeld(id: string): boolean {
+    const h = this.#held.get(id);
+    if (!h) return false;
+    this.#held.delete(id);
+    this.cache.free([...h.blockIds].reverse());
+    return true;
+  }
+
+  /** Clears the prefix cache; refused while any block is in use. Its AllBlocksCleared event comes with the next drain. */
+  resetPrefixCache(): boolean {
+    return this.cache.reset();
+  }
+
+  /** Events not tied to a step (e.g. a reset while idle). */
+  drainEvents(): KvCacheEvent[] {
+    return this.cache.drainEvents();
+  }
+
+  /** Full blocks of `tokens` this engine holds cached now (a peek; changes nothing). */
+  cachedPrefixBlocks(tokens: readonly number[]): number {
+    const digests: BlockDigest[] = [];
+    this.hasher.extend(digests, tokens, this.blockSize);
+    return this.cache.longestHit(digests);
+  }
+
+  get idle(): boolean {
+    return this.#running.length === 0 && this.#waiting.length === 0;
+  }
+
+  stats(): SchedulerStats {
+    return {
+      waiting: this.#waiting.length,
+      running: this.#running.length,
+      held: this.#held.size,
+      kvUsage: this.cache.usage,
+      numBlocks: this.cache.numBlocks,
+      blockSize: this.blockSize,
+      freeBlocks: this.cache.freeBlocks,
+      cachedBlocks: this.cache.cachedBlocks,
+      ...this.#stats,
+    };
+  }
+
+  /** Runs one step at simulated time `now` (ms). Null when there is nothing it can schedule. */
+  step(now: number): StepResult | null {
+    const B = this.blockSize;
+    let budget = this.#budget;
+    const sched: Array<{ req: Req; n: number; decode: boolean }> = [];
+    const preempted: string[] = [];
+
+    // 1. running requests, oldest first
+    for (let i = 0; i < this.#running.length && budget > 0; i++) {
+      const req = this.#running[i]!;
+      const n = Math.min(req.tokens.length - req.numComputed, budget);
+      let ok = this.#ensureBlocks(req, req.numComputed + n);
+      while (!ok) {
+        const victim = this.#running[this.#running.length - 1]!;
+        this.#preempt(victim);
+        preempted.push(victim.id);
+        if (victim === req) break;
+        ok = this.#ensureBlocks(req, req.numComputed + n);
+      }
+      if (!ok) break; // req itself was preempted (it was the last running one)
+      sched.push({ req, n, decode: req.outputs > 0 && req.numComputed === req.tokens.length - 1 });
+      budget -= n;
+    }
+
+    // 2. waiting requests in order (none admitted in a step that had to preempt, as vLLM)
+    while (preempted.length === 0 && budget > 0 && this.#waiting.length > 0 && this.#running.length < this.#maxNumSeqs) {
+      const req = this.#waiting[0]!;
+      let hitCount = 0;
+      const fresh = req.numComputed === 0;
+      if (fresh) {
+        const maxHit = Math.floor((req.tokens.length - 1) / B);
+        const hit = this.cache.longestHit(req.digests, maxHit);
+        req.blocks = this.cache.touch(req.digests, hit);
+        hitCount = hit;
+        req.cachedUpTo = hit;
+        req.numComputed = hit * B;
+      }
+      const remote = req.remoteKv && req.outputs === 0 && req.numComputed < req.tokens.length - 1;
+      const target = remote ? req.tokens.length : req.numComputed + Math.min(req.tokens.length - req.numComputed, budget);
+      if (!this.#ensureBlocks(req, target)) {
+        this.#freeBlocks(req);
+        break;
+      }
+      this.#waiting.shift();
+      if (fresh) {
+        // counted once per admission, as vLLM counts one lookup per scheduled request
+        this.#stats.prefixQueries += req.tokens.length;
+        this.#stats.prefixHits += hitCount * B;
+        if (!req.looked) req.cachedTokens = hitCount * B;
+        req.looked = true;
+      }
+      req.running = true;
+      this.#running.push(req);
+      if (remote) {
+        // KV of all prompt tokens but the last came over the (modelled) wire: no compute for them
+        req.numComputed = req.tokens.length - 1;
+        req.remoteKv = false;
+      }
+      const n = Math.min(req.tokens.length - req.numComputed, budget);
+      sched.push({ req, n, decode: false });
+      budget -= n;
+    }
+
+    if (sched.length === 0) return null;
+
+    let prefillTokens = 0, decodeSeqs = 0;
+    for (const s of sched) {
+      if (s.decode) decodeSeqs++;
+      else prefillTokens += s.n;
+    }
+    const durationMs = stepMs(this.#timing, prefillTokens, decodeSeqs, this.cache.usage);
+    const endMs = now + durationMs;
+    this.#stats.promptTokensComputed += prefillTokens;
+
+    const outputs: TokenOutput[] = [];
+    const finished: Req[] = [];
+    for (const { req, n } of sched) {
+      req.numComputed += n;
+      this.#cacheComputed(req);
+      if (req.numComputed === req.tokens.length) {
+        const token = this.#sample(req.id, req.outputs);
+        const index = req.outputs++;
+        req.tokens.push(token);
+        this.#stats.generationTokens++;
+        const done = req.outputs >= req.maxTokens;
+        outputs.push({ id: req.id, token, index, finishReason: done ? 'length' : null, promptTokens: req.promptLen, cachedTokens: req.cachedTokens, atMs: endMs });
+        if (done) finished.push(req);
+      }
+    }
+    for (const req of finished) {
+      this.#running.splice(this.#running.indexOf(req), 1);
+      this.#byId.delete(req.id);
+      req.running = false;
+      if (req.holdOnFinish) this.#held.set(req.id, { blockIds: req.blocks, promptTokens: req.tokens.slice(0, req.promptLen) });
+      else this.#freeBlocks(req);
+    }
+    return { startMs: now, durationMs, endMs, prefillTokens, decodeSeqs, outputs, events: this.cache.drainEvents(), preempted };
+  }
+
+  /** Grows req.blocks to cover `tokens` tokens; false (nothing allocated) when the pool is short. */
+  #ensureBlocks(req: Req, tokens: number): boolean {
+    const need = Math.ceil(tokens / this.blockSize) - req.blocks.length;
+    if (need <= 0) return true;
+    const got = this.cache.allocate(need);
+    if (!got) return false;
+    for (const id of got) req.blocks.push(id);
+    return true;
+  }
+
+  #freeBlocks(req: Req): void {
+    this.cache.free(req.blocks.slice().reverse());
+    req.blocks = [];
+    req.cachedUpTo = 0;
+    req.numComputed = 0;
+  }
+
+  #preempt(req: Req): void {
+    this.#running.splice(this.#running.indexOf(req), 1);
+    req.running = false;
+    this.#freeBlocks(req);
+    this.#waiting.unshift(req);
+    this.#stats.preemptions++;
+  }
+
+  /** Registers the request's newly full, computed blocks in the cache; one BlockStored per contiguous run. */
+  #cacheComputed(req: Req): void {
+    const B = this.blockSize;
+    const full = Math.floor(req.numComputed / B);
+    if (full <= req.cachedUpTo) return;
+    if (req.digests.length < full) this.hasher.extend(req.digests, req.tokens, B);
+    let runStart = -1;
+    const flush = (end: number) => {
+      if (runStart < 0) return;
+      this.cache.recordStored(req.digests.slice(runStart, end), runStart === 0 ? null : req.digests[runStart - 1]!, req.tokens.slice(runStart * B, end * B));
+      runStart = -1;
+    };
+    for (let i = req.cachedUpTo; i < full; i++) {
+      const r = this.cache.cacheBlock(req.blocks[i]!, req.digests[i]!);
+      req.blocks[i] = r.id;
+      if (r.stored) {
+        if (runStart < 0) runStart = i;
+      } else flush(i);
+    }
+    flush(full);
+    req.cachedUpTo = full;
+  }
+}

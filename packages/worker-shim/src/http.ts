@@ -1,0 +1,231 @@
+/**
+ * The shim's HTTP front (edge): fronts the engine for P/D and exposes health and metrics.
+ *   POST /v1/completions, /v1/chat/completions — proxied to the engine, bodies and SSE streamed through.
+ *        With `x-prefiller-host-port` on a decode (or both) shim: remote prefill first (pd.ts), then the
+ *        request goes to the engine carrying the returned transfer descriptor.
+ *   GET /healthz, GET /metrics.
+ * Errors answer OpenAI-shaped JSON (errorBody), never a stack.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import { request, type Dispatcher } from 'undici';
+import {
+  errorBody,
+  extractTraceContext,
+  injectTraceHeaders,
+  KvgateError,
+  logger,
+  SpanStatusCode,
+  tracer,
+  type Span,
+  type WorkerRole,
+} from '@kvgate/protocol';
+import type { ShimMetrics } from './metrics.js';
+import { describeDescriptor, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, validateDescriptor } from './pd.js';
+
+const log = logger('shim.http');
+
+export interface HttpFrontDeps {
+  worker: string;
+  role: WorkerRole;
+  engineUrl: string;
+  maxBodyBytes: number;
+  metrics: ShimMetrics;
+  /** body of GET /healthz */
+  health(): Record<string, unknown>;
+  /** undici dispatcher for upstream calls (default: the global one) */
+  dispatcher?: Dispatcher;
+}
+
+const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
+const FORWARD_REQ = ['content-type', 'authorization', 'accept', 'x-request-id'];
+const DROP_RES = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding', 'date', 'server']);
+/** long generations: no overall deadline, but the engine must start answering in time */
+const UPSTREAM_TIMEOUTS = { headersTimeout: 300_000, bodyTimeout: 300_000 };
+
+function sendError(res: ServerResponse, err: unknown): void {
+  const { status, body } = errorBody(err);
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > max) throw new KvgateError('KVG_BODY_TOO_LARGE', `request body over ${max} bytes`);
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > max) throw new KvgateError('KVG_BODY_TOO_LARGE', `request body over ${max} bytes`);
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+export class HttpFront {
+  readonly #d: HttpFrontDeps;
+  readonly #server: Server;
+
+  constructor(deps: HttpFrontDeps) {
+    this.#d = deps;
+    this.#server = createServer((req, res) => void this.#handle(req, res));
+    this.#server.keepAliveTimeout = 5_000;
+  }
+
+  listen(port: number, host: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject);
+        const a = this.#server.address();
+        const p = typeof a === 'object' && a ? a.port : port;
+        resolve(`http://${host.includes(':') ? `[${host}]` : host}:${p}`);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0]!;
+    try {
+      if (req.method === 'GET' && path === '/healthz') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(this.#d.health()));
+        return;
+      }
+      if (req.method === 'GET' && path === '/metrics') {
+        const text = await this.#d.metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': this.#d.metrics.registry.contentType });
+        res.end(text);
+        return;
+      }
+      if (ROUTES.has(path)) {
+        if (req.method !== 'POST') throw new KvgateError('KVG_BAD_REQUEST', `${path} takes POST`);
+        await this.#proxy(req, res, path);
+        return;
+      }
+      throw new KvgateError('KVG_NOT_FOUND', `no route ${req.method} ${path}`);
+    } catch (e) {
+      if (!(e instanceof KvgateError)) log.error({ err: e, path }, 'request failed');
+      sendError(res, e);
+    }
+  }
+
+  async #proxy(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const d = this.#d;
+    const span = tracer().startSpan('shim.proxy', { attributes: { 'kvgate.worker': d.worker, 'http.route': path } }, extractTraceContext(req.headers));
+    const abort = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
+    let status = 0;
+    try {
+      let body = await readBody(req, d.maxBodyBytes);
+      const prefiller = req.headers[PREFILLER_HEADER];
+      if (typeof prefiller === 'string' && prefiller !== '' && d.role !== 'prefill') {
+        const json = parseJsonObject(body);
+        const base = prefillerBaseUrl(prefiller);
+        const desc = await this.#prefill(base, path, json, span, abort.signal);
+        body = Buffer.from(JSON.stringify({ ...json, kv_transfer_params: desc }));
+        res.setHeader('x-kvgate-prefill', prefiller);
+      }
+      const headers: Record<string, string> = {};
+      for (const h of FORWARD_REQ) {
+        const v = req.headers[h];
+        if (typeof v === 'string') headers[h] = v;
+      }
+      headers['content-type'] ??= 'application/json';
+      injectTraceHeaders(headers, span);
+      let up: Dispatcher.ResponseData;
+      try {
+        up = await request(`${d.engineUrl}${path}`, { method: 'POST', headers, body, signal: abort.signal, dispatcher: d.dispatcher, ...UPSTREAM_TIMEOUTS });
+      } catch (e) {
+        throw new KvgateError('KVG_UPSTREAM', `engine unreachable: ${(e as Error).message}`, { cause: e });
+      }
+      status = up.statusCode;
+      const out: Record<string, string | string[]> = { 'x-kvgate-worker': d.worker };
+      for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !DROP_RES.has(k)) out[k] = v;
+      res.writeHead(up.statusCode, out);
+      res.flushHeaders();
+      await pipeline(up.body, res).catch((e) => {
+        if (!abort.signal.aborted) throw e;
+      });
+      span.setAttribute('http.status_code', status);
+    } catch (e) {
+      status = e instanceof KvgateError ? e.httpStatus : 500;
+      span.recordException(e as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+      throw e;
+    } finally {
+      d.metrics.proxied.inc({ route: path, status: String(status) });
+      span.end();
+    }
+  }
+
+  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const d = this.#d;
+    const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base } }, extractTraceContext(injectTraceHeaders({}, parent)));
+    try {
+      const headers = injectTraceHeaders({ 'content-type': 'application/json' }, span);
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await request(`${base}${path}`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify(prefillRequest(json, path.endsWith('/chat/completions'))),
+          signal,
+          dispatcher: d.dispatcher,
+          ...UPSTREAM_TIMEOUTS,
+        });
+      } catch (e) {
+        throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} unreachable: ${(e as Error).message}`, { cause: e });
+      }
+      const text = await res.body.text();
+      if (res.statusCode !== 200) throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} answered ${res.statusCode}: ${text.slice(0, 200)}`);
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} answered non-JSON`);
+      }
+      let desc;
+      try {
+        desc = validateDescriptor((parsed as { kv_transfer_params?: unknown } | null)?.kv_transfer_params);
+      } catch (e) {
+        // the prefill side broke the protocol: a gateway error for our client, not its bad request
+        throw new KvgateError('KVG_UPSTREAM', (e as Error).message, { cause: e });
+      }
+      log.info({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'remote prefill done');
+      d.metrics.pdPrefills.inc({ result: 'ok' });
+      return desc;
+    } catch (e) {
+      d.metrics.pdPrefills.inc({ result: 'error' });
+      span.recordException(e as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+      throw e;
+    } finally {
+      span.end();
+    }
+  }
+}
+
+function parseJsonObject(body: Buffer): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new KvgateError('KVG_BAD_JSON', 'request body is not valid JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new KvgateError('KVG_BAD_JSON', 'request body must be a JSON object');
+  return v as Record<string, unknown>;
+}

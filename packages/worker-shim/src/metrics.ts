@@ -1,0 +1,62 @@
+/** The shim's Prometheus metrics: one Registry per shim instance (never the global default). */
+import { Counter, Gauge, Registry } from 'prom-client';
+
+export interface ShimMetrics {
+  registry: Registry;
+  engineBatches: Counter;
+  engineEvents: Counter<'type'>;
+  malformedFrames: Counter;
+  gaps: Counter;
+  restarts: Counter;
+  replays: Counter<'result'>;
+  replayedBatches: Counter;
+  unknownParents: Counter;
+  unknownRemovals: Counter;
+  skippedEvents: Counter<'reason'>;
+  mailboxDrops: Counter;
+  droppedFrames: Counter;
+  publishedBatches: Counter;
+  publishedEvents: Counter;
+  lagSeconds: Gauge;
+  mapSize: Gauge;
+  mapEvictions: Counter;
+  internalErrors: Counter;
+  scrapes: Counter<'result'>;
+  loadReports: Counter;
+  proxied: Counter<'route' | 'status'>;
+  pdPrefills: Counter<'result'>;
+}
+
+export function createMetrics(worker: string): ShimMetrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ worker });
+  const registers = [registry];
+  const c = <L extends string = never>(name: string, help: string, labelNames: L[] = []) =>
+    new Counter<L>({ name: `kvgate_shim_${name}`, help, labelNames, registers });
+  const g = (name: string, help: string) => new Gauge({ name: `kvgate_shim_${name}`, help, registers });
+  return {
+    registry,
+    engineBatches: c('engine_batches_total', 'engine KV event batches received (decoded)'),
+    engineEvents: c('engine_events_total', 'engine KV events received, by type', ['type']),
+    malformedFrames: c('malformed_frames_total', 'engine ZMQ messages that did not decode (skipped)'),
+    gaps: c('gaps_total', 'engine sequence gaps seen'),
+    restarts: c('engine_restarts_total', 'engine restarts seen (sequence went down or the socket lost its engine)'),
+    replays: c('replays_total', 'replay requests, by result (complete, partial, empty, unavailable)', ['result']),
+    replayedBatches: c('replayed_batches_total', 'engine batches applied from replay'),
+    unknownParents: c('unknown_parents_total', 'BlockStored events dropped because their parent block was unknown'),
+    unknownRemovals: c('unknown_removals_total', 'BlockRemoved hashes the shim did not know'),
+    skippedEvents: c('skipped_events_total', 'engine events not relayed, by reason', ['reason']),
+    mailboxDrops: c('mailbox_drops_total', 'engine messages dropped because the relay mailbox was full'),
+    droppedFrames: c('test_dropped_frames_total', 'engine messages dropped on purpose (test hook)'),
+    publishedBatches: c('published_batches_total', 'EventBatches published on the bus'),
+    publishedEvents: c('published_events_total', 'kvgate events published on the bus'),
+    lagSeconds: g('lag_seconds', 'engine batch time to publish time, last batch'),
+    mapSize: g('map_entries', 'engine hashes held in the engine-hash map'),
+    mapEvictions: c('map_evictions_total', 'engine-hash map entries evicted by its cap (published as removed)'),
+    internalErrors: c('internal_errors_total', 'unexpected errors caught in the relay'),
+    scrapes: c('scrapes_total', 'engine /metrics scrapes, by result', ['result']),
+    loadReports: c('load_reports_total', 'LoadReports published'),
+    proxied: c('proxied_requests_total', 'requests proxied to the engine, by route and status', ['route', 'status']),
+    pdPrefills: c('pd_prefills_total', 'remote prefills done for P/D, by result', ['result']),
+  };
+}

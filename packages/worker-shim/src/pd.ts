@@ -1,0 +1,77 @@
+/**
+ * Prefill/decode disaggregation, the decode side's pure parts (DESIGN.md section 3):
+ *   - the prefill target from `x-prefiller-host-port: host:port` (Gateway API inference extension convention);
+ *   - the prefill request: the client's request with `kv_transfer_params {do_remote_decode: true}`,
+ *     `max_tokens: 1`, `stream: false`;
+ *   - the transfer descriptor: the prefill response's `kv_transfer_params` (vLLM NixlConnector), checked
+ *     for shape and otherwise passed on untouched (opaque);
+ *   - the decode request: the client's request carrying that descriptor.
+ */
+import { KvgateError } from '@kvgate/protocol';
+
+export const PREFILLER_HEADER = 'x-prefiller-host-port';
+
+/** `host:port` or `[v6]:port` → the base URL of the prefill endpoint. Throws KVG_BAD_REQUEST otherwise. */
+export function prefillerBaseUrl(header: string): string {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(header.trim());
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 1 || port > 65535) throw new KvgateError('KVG_BAD_REQUEST', `${PREFILLER_HEADER} must be host:port, got ${JSON.stringify(header)}`);
+  return m[1] !== undefined ? `http://[${m[1]}]:${port}` : `http://${m[2]}:${port}`;
+}
+
+export function prefillRequest(body: Record<string, unknown>, chat: boolean): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    ...body,
+    kv_transfer_params: {
+      do_remote_decode: true,
+      do_remote_prefill: false,
+      remote_engine_id: null,
+      remote_block_ids: null,
+      remote_host: null,
+      remote_port: null,
+    },
+    stream: false,
+    max_tokens: 1,
+  };
+  delete out.stream_options;
+  if (chat && 'max_completion_tokens' in out) out.max_completion_tokens = 1;
+  return out;
+}
+
+export type TransferDescriptor = Record<string, unknown>;
+
+function isIntArray(v: unknown): boolean {
+  return Array.isArray(v) && v.every((x) => Number.isSafeInteger(x) && (x as number) >= 0);
+}
+
+/**
+ * Checks the descriptor's shape: `do_remote_prefill: true`, `remote_engine_id` (string),
+ * `remote_block_ids` (ints, or one int list per KV-cache group), `remote_host` (string),
+ * `remote_port` (1..65535), `tp_size` (int, optional). Other fields pass through. Throws KVG_BAD_DESCRIPTOR.
+ */
+export function validateDescriptor(v: unknown): TransferDescriptor {
+  const bad = (why: string) => new KvgateError('KVG_BAD_DESCRIPTOR', `prefill returned an invalid kv_transfer_params: ${why}`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad(v == null ? 'missing' : 'not an object');
+  const d = v as Record<string, unknown>;
+  if (d.do_remote_prefill !== true) throw bad('do_remote_prefill is not true');
+  if (typeof d.remote_engine_id !== 'string' || d.remote_engine_id === '') throw bad('remote_engine_id is not a string');
+  const ids = d.remote_block_ids;
+  if (!(isIntArray(ids) || (Array.isArray(ids) && ids.every(isIntArray)))) throw bad('remote_block_ids is not a list of block ids');
+  if (typeof d.remote_host !== 'string' || d.remote_host === '') throw bad('remote_host is not a string');
+  if (!Number.isInteger(d.remote_port) || (d.remote_port as number) < 1 || (d.remote_port as number) > 65535) throw bad('remote_port is not a port');
+  if (d.tp_size !== undefined && d.tp_size !== null && !(Number.isInteger(d.tp_size) && (d.tp_size as number) > 0)) throw bad('tp_size is not a positive integer');
+  return d;
+}
+
+/** a short, log-safe summary of a descriptor */
+export function describeDescriptor(d: TransferDescriptor): Record<string, unknown> {
+  const ids = d.remote_block_ids as unknown[];
+  return {
+    engine: d.remote_engine_id,
+    host: d.remote_host,
+    port: d.remote_port,
+    blocks: Array.isArray(ids) ? (ids.length > 0 && Array.isArray(ids[0]) ? (ids as unknown[][]).reduce((n, g) => n + g.length, 0) : ids.length) : 0,
+    tp: d.tp_size,
+    requestId: d.remote_request_id,
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * The shim's ZMQ edge: the only code that touches the engine's event sockets.
+ *   EngineSubscriber — SUB socket on the engine's PUB (`[topic, seq, payload]` messages), handed raw to a callback.
+ *   requestReplay    — one DEALER round trip to the engine's ROUTER replay socket.
+ */
+import { Dealer, Subscriber } from 'zeromq';
+import { decodeReplayFrames, logger, type ReplayMessage } from '@kvgate/protocol';
+
+const log = logger('shim.zmq');
+
+export interface SubscriberHandlers {
+  onMessage(frames: Uint8Array[]): void;
+  /** the engine's end of the connection went away (engine exit / restart) */
+  onDisconnect(): void;
+}
+
+export class EngineSubscriber {
+  readonly #sock: Subscriber;
+  readonly #done: Promise<void>;
+  #closed = false;
+
+  constructor(endpoint: string, topic: string, h: SubscriberHandlers) {
+    const sock = new Subscriber({ linger: 0, receiveHighWaterMark: 100_000 });
+    this.#sock = sock;
+    sock.events.on('disconnect', () => {
+      if (!this.#closed) h.onDisconnect();
+    });
+    sock.connect(endpoint);
+    if (topic === '') sock.subscribe();
+    else sock.subscribe(topic);
+    this.#done = (async () => {
+      try {
+        for await (const frames of sock) h.onMessage(frames);
+      } catch (e) {
+        if (!this.#closed) log.error({ err: e }, 'engine event socket failed');
+      }
+    })();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#sock.close();
+    await this.#done;
+  }
+}
+
+function seqFrame(seq: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt.asUintN(64, seq));
+  return b;
+}
+
+/**
+ * Asks the engine for every batch it still holds from `fromSeq` on. The request is `['', seq]` (an empty
+ * delimiter then the 8-byte big-endian start, as vLLM's ROUTER expects from a REQ/DEALER client); replies
+ * are read until the end marker or `timeoutMs` without a reply. Resolves with the batches in arrival
+ * order; rejects if nothing valid comes back in time. A reply that does not decode ends the replay
+ * (the batches before it are kept; the caller sees a shorter run and clears if it must).
+ */
+export async function requestReplay(endpoint: string, fromSeq: bigint, timeoutMs: number): Promise<ReplayMessage[]> {
+  const sock = new Dealer({ linger: 0, receiveTimeout: timeoutMs, sendTimeout: timeoutMs });
+  try {
+    sock.connect(endpoint);
+    await sock.send([Buffer.alloc(0), seqFrame(fromSeq)]);
+    const out: ReplayMessage[] = [];
+    for (;;) {
+      let frames: Buffer[];
+      try {
+        frames = await sock.receive();
+      } catch (e) {
+        if (out.length === 0) throw e;
+        log.warn({ got: out.length }, 'replay ended without its end marker');
+        return out;
+      }
+      // Newer vLLM puts the topic in replies too: ['', topic, seq, payload]; keep [seq, payload].
+      if (frames.length === 4 && frames[0]!.length === 0) frames = frames.slice(2);
+      let m: ReplayMessage;
+      try {
+        m = decodeReplayFrames(frames);
+      } catch (e) {
+        log.warn({ err: String(e) }, 'malformed replay reply');
+        return out;
+      }
+      if (m.end) return out;
+      out.push(m);
+    }
+  } finally {
+    sock.close();
+  }
+}

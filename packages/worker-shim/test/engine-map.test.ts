@@ -1,0 +1,77 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { initHashing, prefixHashes } from '@kvgate/protocol';
+import { EngineMap } from '../src/engine-map.js';
+
+await initHashing();
+
+const MODEL = 'm';
+const toks = (n: number, base = 1) => Array.from({ length: n }, (_, i) => base + i);
+
+test('a chain stored in two events maps to the prefix hashes of the whole prompt', () => {
+  const map = new EngineMap({ model: MODEL });
+  const tokens = toks(4 * 4);
+  const want = prefixHashes(MODEL, '', 4, tokens);
+  const a = map.stored({ blockHashes: [11n, 12n], parent: null, tokenIds: tokens.slice(0, 8), blockSize: 4, lora: null });
+  assert.equal(a, { kind: 'stored', parent: null, hashes: want.slice(0, 2) });
+  const b = map.stored({ blockHashes: ['ab01', 'ab02'], parent: 12n, tokenIds: tokens.slice(8), blockSize: 4, lora: null });
+  assert.equal(b, { kind: 'stored', parent: want[1], hashes: want.slice(2) });
+  assert.is(map.size, 4);
+});
+
+test('lora name changes the root', () => {
+  const map = new EngineMap({ model: MODEL });
+  const tokens = toks(4);
+  const r = map.stored({ blockHashes: [1n], parent: null, tokenIds: tokens, blockSize: 4, lora: 'sql' });
+  assert.equal(r, { kind: 'stored', parent: null, hashes: prefixHashes(MODEL, 'sql', 4, tokens) });
+  assert.not.equal(prefixHashes(MODEL, 'sql', 4, tokens), prefixHashes(MODEL, '', 4, tokens));
+});
+
+test('unknown parent is refused, never attached to the root', () => {
+  const map = new EngineMap({ model: MODEL });
+  const r = map.stored({ blockHashes: [2n], parent: 999n, tokenIds: toks(4), blockSize: 4, lora: null });
+  assert.equal(r, { kind: 'unknown-parent' });
+  assert.is(map.size, 0);
+});
+
+test('token count that does not match the blocks is malformed', () => {
+  const map = new EngineMap({ model: MODEL });
+  assert.is(map.stored({ blockHashes: [1n, 2n], parent: null, tokenIds: toks(7), blockSize: 4, lora: null }).kind, 'malformed');
+});
+
+test('removed names the prefixes it knew and forgets them', () => {
+  const map = new EngineMap({ model: MODEL });
+  const tokens = toks(8);
+  const want = prefixHashes(MODEL, '', 4, tokens);
+  map.stored({ blockHashes: [1n, 2n], parent: null, tokenIds: tokens, blockSize: 4, lora: null });
+  const r = map.removed([2n, 77n]);
+  assert.equal(r, { hashes: [want[1]], unknown: 1 });
+  assert.is(map.size, 1);
+  assert.equal(map.stored({ blockHashes: [3n], parent: 2n, tokenIds: toks(4), blockSize: 4, lora: null }), { kind: 'unknown-parent' });
+});
+
+test('the LRU cap evicts the least recently used and hands the evicted prefixes back', () => {
+  const map = new EngineMap({ model: MODEL, maxEntries: 3 });
+  const tokens = toks(16);
+  const want = prefixHashes(MODEL, '', 4, tokens);
+  map.stored({ blockHashes: [1n, 2n, 3n], parent: null, tokenIds: tokens.slice(0, 12), blockSize: 4, lora: null });
+  assert.is(map.evictions, 0);
+  const r = map.stored({ blockHashes: [4n], parent: 3n, tokenIds: tokens.slice(12), blockSize: 4, lora: null });
+  assert.equal(r, { kind: 'stored', parent: want[2], hashes: [want[3]] });
+  assert.is(map.size, 3);
+  assert.is(map.evictions, 1);
+  assert.equal(map.takeEvicted(), [want[0]]);
+  assert.equal(map.takeEvicted(), []);
+  assert.equal(map.removed([1n]).unknown, 1);
+});
+
+test('clear forgets everything without counting evictions', () => {
+  const map = new EngineMap({ model: MODEL, maxEntries: 10 });
+  map.stored({ blockHashes: [1n, 2n], parent: null, tokenIds: toks(8), blockSize: 4, lora: null });
+  map.clear();
+  assert.is(map.size, 0);
+  assert.is(map.evictions, 0);
+  assert.equal(map.takeEvicted(), []);
+});
+
+test.run();
