@@ -76,6 +76,14 @@ export interface IndexClient {
   match(model: string, lora: string | null | undefined, hashes: ArrayLike<bigint>): Promise<MatchReply>;
 }
 
+/**
+ * Registry keys are worker ids with every character outside [A-Za-z0-9_-] written `=xx` (hex code; the shim's
+ * registryKey), since KV keys allow fewer characters than subject tokens. This undoes it.
+ */
+export function workerOfKey(key: string): string {
+  return key.replace(/=([0-9a-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
+
 export class Indexer {
   readonly id: string;
   readonly metrics = new Registry();
@@ -162,6 +170,7 @@ export class Indexer {
 
   async #start(): Promise<void> {
     const s = this.#subj;
+    await this.#shards.stats(); // thread shards are up (loading TypeScript in a thread takes a while under load)
     if (this.#opts.snapshotDir) {
       const snap = readNewestSnapshot(this.#opts.snapshotDir);
       if (snap) {
@@ -243,17 +252,19 @@ export class Indexer {
       for await (const e of w) {
         if (e.op === 'put' && e.value) {
           try {
-            this.#registry.set(e.key, decodeRegistration(e.value));
+            const reg = decodeRegistration(e.value);
+            this.#registry.set(reg.worker, reg);
           } catch (err) {
             this.#log.warn({ err, key: e.key }, 'bad worker registration ignored');
           }
         } else if (e.op === 'delete') {
-          const known = this.#registry.delete(e.key);
-          this.#shards.dropWorker(e.key);
-          this.#gossip.forget(e.key, Date.now());
-          this.#lastEvent.delete(e.key);
+          const worker = workerOfKey(e.key);
+          const known = this.#registry.delete(worker);
+          this.#shards.dropWorker(worker);
+          this.#gossip.forget(worker, Date.now());
+          this.#lastEvent.delete(worker);
           if (known) this.#m.dropped.inc();
-          this.#log.info({ worker: e.key }, 'worker left the registry: dropped from the index');
+          this.#log.info({ worker }, 'worker left the registry: dropped from the index');
         }
       }
     } catch (err) {

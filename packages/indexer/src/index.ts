@@ -1,6 +1,6 @@
 /** @kvgate/indexer: the global prefix → worker index (see README.md). */
 export { startIndexer, type StartIndexerOptions, type RunningIndexer } from './main.js';
-export { Indexer, type IndexerOptions, type IndexClient, type WorkerInfo } from './actor.js';
+export { Indexer, workerOfKey, type IndexerOptions, type IndexClient, type WorkerInfo } from './actor.js';
 export { PrefixIndex, type PrefixIndexOptions, type PrefixIndexStats } from './radix.js';
 export { NaiveIndex } from './naive.js';
 export type { IndexCore, IndexDump, WorkerDump, Digest } from './core.js';

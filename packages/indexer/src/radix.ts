@@ -8,8 +8,12 @@
  * model, LoRA and block size because the root p_{-1} is mixed into every hash.
  *
  *   node  n: one 32-byte record (two per cache line, so a lookup costs ~2 cache misses: slot + record):
- *              [keyLo, keyHi, fpLo, fpHi, holderCount, holderHead, lastUsed, pad]
- *            + parent hash (cold, read only by dumps) + ~2.5 four-byte hash slots          ≈ 50 B
+ *              [keyLo, keyHi, fpLo, fpHi, holderCount, holderHead, lastUsed, bitsetId]
+ *            + parent hash (cold, read only by dumps) + 1.4–2.9 four-byte hash slots      ≈ 48 B
+ *            Holders of a prefix held by ≥ 8 workers are also kept in a worker bitset (bitsetId), so
+ *            "does w already hold it?" on store stays O(1) for shared system prompts.
+ *   Records live in fixed pages of 16,384: growth adds a page and never copies (copying grown arrays
+ *   was a third of ingest time); only the 4-byte slot table is rehashed when it doubles.
  *   entry e: one (node, worker) pair, a 24-byte record [node, worker, nextN, prevN, nextW, prevW]: doubly
  *            linked in its node's holder list and its worker's list, so remove / clear / expiry cost O(1)
  *            per block and O(that worker's blocks) per worker.
@@ -34,22 +38,25 @@ const NONE = -1;
 const MAX_WORKERS = 0xffff;
 const SAMPLES = 16;
 
+// node and entry records live in fixed-size pages: growing adds a page, nothing is ever copied
+const P = 14;
+const PAGE = 1 << P;
+const PM = PAGE - 1;
+
 // node record fields
 const N = 8;
 const KLO = 0, KHI = 1, FPLO = 2, FPHI = 3, CNT = 4, HEAD = 5, USED = 6, BITS = 7;
+// entry record fields
+const E = 6;
+const ENODE = 0, EW = 1, NEXTN = 2, PREVN = 3, NEXTW = 4, PREVW = 5;
 /** a prefix with this many holders gets a worker bitset, so "does w hold it?" stays O(1) on store */
 const POPULAR = 8;
 /** prefixes looked up together in match (independent loads overlap in the CPU instead of queueing) */
 const CHUNK = 32;
-// entry record fields
-const E = 6;
-const ENODE = 0, EW = 1, NEXTN = 2, PREVN = 3, NEXTW = 4, PREVW = 5;
 
 export interface PrefixIndexOptions {
   /** cap on (block, worker) entries; 0 = unbounded. Default 0. */
   maxEntries?: number;
-  /** initial prefix / entry capacity (grows ×1.5 when full). Default 1024. */
-  initialCapacity?: number;
 }
 
 export interface PrefixIndexStats {
@@ -62,7 +69,7 @@ export interface PrefixIndexStats {
   arrayBytes: number;
 }
 
-function grow<T extends Int32Array | Uint32Array | Float64Array>(a: T, n: number): T {
+function grow<T extends Int32Array | Float64Array>(a: T, n: number): T {
   const b = new (a.constructor as new (n: number) => T)(n);
   b.set(a.subarray(0, Math.min(a.length, n)));
   return b;
@@ -82,20 +89,19 @@ function asPairs(hashes: ArrayLike<bigint>): Uint32Array {
 }
 
 export class PrefixIndex implements IndexCore {
-  // ---- nodes (keys are stored as int32: compare with `x | 0`) ----
-  #nodeCap: number;
-  #node: Int32Array;
-  #parent: Int32Array;
+  // ---- nodes: pages of PAGE records (keys stored as int32: compare with `x | 0`) ----
+  readonly #np: Int32Array[] = [];
+  /** parent hash per node, cold (dumps only) */
+  readonly #pp: Int32Array[] = [];
   #nodes = 0;
   /** node ids [0, #nodeHigh) have been handed out at least once */
   #nodeHigh = 0;
   #freeNode = NONE;
-  // ---- hash table: slot → node id ----
-  #slots: Int32Array;
-  #mask: number;
+  // ---- hash table: slot → node id, load ≤ 0.7 ----
+  #slots = new Int32Array(16).fill(NONE);
+  #mask = 15;
   // ---- entries ----
-  #entryCap: number;
-  #entry: Int32Array;
+  readonly #ep: Int32Array[] = [];
   #entries = 0;
   #entryHigh = 0;
   #freeEntry = NONE;
@@ -113,6 +119,7 @@ export class PrefixIndex implements IndexCore {
   #genEnd = new Int32Array(1024);
   #resW = new Int32Array(64);
   #resD = new Int32Array(64);
+  #cand = new Int32Array(CHUNK);
   // ---- eviction ----
   readonly #maxEntries: number;
   #clock = 1;
@@ -124,26 +131,9 @@ export class PrefixIndex implements IndexCore {
   #bitWords = 2;
   #bitHigh = 0;
   #freeBits: number[] = [];
-  #cand = new Int32Array(CHUNK);
 
   constructor(opts: PrefixIndexOptions = {}) {
     this.#maxEntries = opts.maxEntries ?? 0;
-    const cap = Math.max(16, opts.initialCapacity ?? 1024);
-    this.#nodeCap = cap;
-    this.#node = new Int32Array(cap * N);
-    this.#parent = new Int32Array(cap * 2);
-    const slots = this.#slotsFor(cap);
-    this.#slots = new Int32Array(slots).fill(NONE);
-    this.#mask = slots - 1;
-    this.#entryCap = cap;
-    this.#entry = new Int32Array(cap * E);
-  }
-
-  /** power of two keeping the load factor ≤ 0.7 at full node capacity */
-  #slotsFor(cap: number): number {
-    let s = 16;
-    while (s * 0.7 < cap) s *= 2;
-    return s;
   }
 
   get entries(): number {
@@ -151,14 +141,30 @@ export class PrefixIndex implements IndexCore {
   }
 
   stats(): PrefixIndexStats {
+    const pages = this.#np.length * PAGE * (N + 2) * 4 + this.#ep.length * PAGE * E * 4;
     return {
       nodes: this.#nodes,
       entries: this.#entries,
       workers: this.#ordinal.size,
       evictedNodes: this.#evictedNodes,
       evictedEntries: this.#evictedEntries,
-      arrayBytes: this.#node.byteLength + this.#parent.byteLength + this.#slots.byteLength + this.#entry.byteLength + this.#bits.byteLength,
+      arrayBytes: pages + this.#slots.byteLength + this.#bits.byteLength,
     };
+  }
+
+  // ---- record access (cold paths; hot loops inline the page arithmetic) -----------------------------
+
+  #n(n: number, f: number): number {
+    return this.#np[n >>> P]![(n & PM) * N + f]!;
+  }
+  #setN(n: number, f: number, v: number): void {
+    this.#np[n >>> P]![(n & PM) * N + f] = v;
+  }
+  #e(e: number, f: number): number {
+    return this.#ep[e >>> P]![(e & PM) * E + f]!;
+  }
+  #setE(e: number, f: number, v: number): void {
+    this.#ep[e >>> P]![(e & PM) * E + f] = v;
   }
 
   // ---- hash table ---------------------------------------------------------------------------------
@@ -169,28 +175,28 @@ export class PrefixIndex implements IndexCore {
 
   /** lo, hi as int32 */
   #find(lo: number, hi: number): number {
-    const slots = this.#slots, node = this.#node, mask = this.#mask;
+    const slots = this.#slots, np = this.#np, mask = this.#mask;
     let s = this.#home(lo, hi);
     for (;;) {
       const n = slots[s]!;
       if (n === NONE) return NONE;
-      const r = n * N;
-      if (node[r + KLO] === lo && node[r + KHI] === hi) return n;
+      const pg = np[n >>> P]!, r = (n & PM) * N;
+      if (pg[r + KLO] === lo && pg[r + KHI] === hi) return n;
       s = (s + 1) & mask;
     }
   }
 
   #insertSlot(n: number): void {
     const slots = this.#slots, mask = this.#mask;
-    let s = this.#home(this.#node[n * N + KLO]!, this.#node[n * N + KHI]!);
+    let s = this.#home(this.#n(n, KLO), this.#n(n, KHI));
     while (slots[s] !== NONE) s = (s + 1) & mask;
     slots[s] = n;
   }
 
   /** backward-shift deletion: no tombstones, probe chains stay short */
   #deleteSlot(n: number): void {
-    const slots = this.#slots, mask = this.#mask, node = this.#node;
-    let i = this.#home(node[n * N + KLO]!, node[n * N + KHI]!);
+    const slots = this.#slots, mask = this.#mask;
+    let i = this.#home(this.#n(n, KLO), this.#n(n, KHI));
     while (slots[i] !== n) i = (i + 1) & mask;
     slots[i] = NONE;
     let j = i;
@@ -198,7 +204,7 @@ export class PrefixIndex implements IndexCore {
       j = (j + 1) & mask;
       const m = slots[j]!;
       if (m === NONE) return;
-      const k = this.#home(node[m * N + KLO]!, node[m * N + KHI]!);
+      const k = this.#home(this.#n(m, KLO), this.#n(m, KHI));
       // move m back into the hole at i unless its home lies cyclically in (i, j]
       const stays = i <= j ? k > i && k <= j : k > i || k <= j;
       if (!stays) {
@@ -209,53 +215,53 @@ export class PrefixIndex implements IndexCore {
     }
   }
 
-  #growNodes(): void {
-    const cap = Math.ceil(this.#nodeCap * 1.25);
-    this.#node = grow(this.#node, cap * N);
-    this.#parent = grow(this.#parent, cap * 2);
-    this.#nodeCap = cap;
-    const size = this.#slotsFor(cap);
-    if (size > this.#slots.length) {
-      this.#slots = new Int32Array(size).fill(NONE);
-      this.#mask = size - 1;
-      // growth happens only while no node is half-built, so live nodes are exactly those with holders
-      for (let n = 0; n < this.#nodeHigh; n++) if (this.#node[n * N + CNT]! > 0) this.#insertSlot(n);
-    }
+  /** double the slot table when the next node would push the load over 0.7 */
+  #reserveSlot(): void {
+    if ((this.#nodes + 1) <= this.#slots.length * 0.7) return;
+    const size = this.#slots.length * 2;
+    this.#slots = new Int32Array(size).fill(NONE);
+    this.#mask = size - 1;
+    for (let n = 0; n < this.#nodeHigh; n++) if (this.#n(n, CNT) > 0) this.#insertSlot(n);
   }
 
   #newNode(lo: number, hi: number, pLo: number, pHi: number): number {
+    this.#reserveSlot();
     let n: number;
     if (this.#freeNode !== NONE) {
       n = this.#freeNode;
-      this.#freeNode = this.#node[n * N + HEAD]!;
+      this.#freeNode = this.#n(n, HEAD);
     } else {
-      if (this.#nodeHigh === this.#nodeCap) this.#growNodes();
       n = this.#nodeHigh++;
+      if ((n >>> P) === this.#np.length) {
+        this.#np.push(new Int32Array(PAGE * N));
+        this.#pp.push(new Int32Array(PAGE * 2));
+      }
     }
-    const r = n * N, node = this.#node;
-    node[r + KLO] = lo;
-    node[r + KHI] = hi;
-    node[r + FPLO] = 0;
-    node[r + FPHI] = 0;
-    node[r + CNT] = 0;
-    node[r + HEAD] = NONE;
-    node[r + USED] = this.#clock;
-    node[r + BITS] = NONE;
-    this.#parent[2 * n] = pLo;
-    this.#parent[2 * n + 1] = pHi;
-    this.#nodes++;
+    const pg = this.#np[n >>> P]!, r = (n & PM) * N;
+    pg[r + KLO] = lo;
+    pg[r + KHI] = hi;
+    pg[r + FPLO] = 0;
+    pg[r + FPHI] = 0;
+    pg[r + CNT] = 0;
+    pg[r + HEAD] = NONE;
+    pg[r + USED] = this.#clock;
+    pg[r + BITS] = NONE;
+    const pp = this.#pp[n >>> P]!;
+    pp[(n & PM) * 2] = pLo;
+    pp[(n & PM) * 2 + 1] = pHi;
     this.#insertSlot(n);
+    this.#nodes++;
     return n;
   }
 
   #freeNodeAt(n: number): void {
-    const b = this.#node[n * N + BITS]!;
+    const b = this.#n(n, BITS);
     if (b !== NONE) {
       this.#bits.fill(0, b * this.#bitWords, (b + 1) * this.#bitWords);
       this.#freeBits.push(b);
     }
     this.#deleteSlot(n);
-    this.#node[n * N + HEAD] = this.#freeNode;
+    this.#setN(n, HEAD, this.#freeNode);
     this.#freeNode = n;
     this.#nodes--;
   }
@@ -263,8 +269,7 @@ export class PrefixIndex implements IndexCore {
   /** advance the logical clock once per operation; halve every stamp before int32 overflow */
   #tick(): number {
     if (this.#clock >= 0x7ffffffe) {
-      const node = this.#node;
-      for (let n = 0; n < this.#nodeHigh; n++) node[n * N + USED] = node[n * N + USED]! >>> 1;
+      for (let n = 0; n < this.#nodeHigh; n++) this.#setN(n, USED, this.#n(n, USED) >>> 1);
       this.#clock >>>= 1;
     }
     return ++this.#clock;
@@ -316,71 +321,11 @@ export class PrefixIndex implements IndexCore {
     return this.#worker(worker);
   }
 
-  // ---- entries ------------------------------------------------------------------------------------
+  // ---- holder bitsets -------------------------------------------------------------------------------
 
-  #addEntry(n: number, w: number): void {
-    let e: number;
-    if (this.#freeEntry !== NONE) {
-      e = this.#freeEntry;
-      this.#freeEntry = this.#entry[e * E + NEXTN]!;
-    } else {
-      if (this.#entryHigh === this.#entryCap) {
-        this.#entryCap = Math.ceil(this.#entryCap * 1.25);
-        this.#entry = grow(this.#entry, this.#entryCap * E);
-      }
-      e = this.#entryHigh++;
-    }
-    const ent = this.#entry, node = this.#node, r = n * N, x = e * E;
-    ent[x + ENODE] = n;
-    ent[x + EW] = w;
-    const h = node[r + HEAD]!;
-    ent[x + NEXTN] = h;
-    ent[x + PREVN] = NONE;
-    if (h !== NONE) ent[h * E + PREVN] = e;
-    node[r + HEAD] = e;
-    const c = ++node[r + CNT];
-    if (node[r + BITS] !== NONE) this.#bits[node[r + BITS]! * this.#bitWords + (w >>> 5)] |= 1 << (w & 31);
-    else if (c === POPULAR) this.#makeBits(n);
-    node[r + FPLO] ^= this.#wKey[2 * w]!;
-    node[r + FPHI] ^= this.#wKey[2 * w + 1]!;
-    const wh = this.#wHead[w]!;
-    ent[x + NEXTW] = wh;
-    ent[x + PREVW] = NONE;
-    if (wh !== NONE) ent[wh * E + PREVW] = e;
-    this.#wHead[w] = e;
-    this.#wCount[w]++;
-    this.#wXor[2 * w] ^= node[r + KLO]!;
-    this.#wXor[2 * w + 1] ^= node[r + KHI]!;
-    this.#entries++;
-  }
-
-  /** unlink entry e everywhere; frees its node when it was the last holder */
-  #removeEntry(e: number): void {
-    const ent = this.#entry, node = this.#node, x = e * E;
-    const n = ent[x + ENODE]!, w = ent[x + EW]!, r = n * N;
-    const nn = ent[x + NEXTN]!, pn = ent[x + PREVN]!;
-    if (pn !== NONE) ent[pn * E + NEXTN] = nn;
-    else node[r + HEAD] = nn;
-    if (nn !== NONE) ent[nn * E + PREVN] = pn;
-    const nw = ent[x + NEXTW]!, pw = ent[x + PREVW]!;
-    if (pw !== NONE) ent[pw * E + NEXTW] = nw;
-    else this.#wHead[w] = nw;
-    if (nw !== NONE) ent[nw * E + PREVW] = pw;
-    this.#wCount[w]--;
-    this.#wXor[2 * w] ^= node[r + KLO]!;
-    this.#wXor[2 * w + 1] ^= node[r + KHI]!;
-    node[r + FPLO] ^= this.#wKey[2 * w]!;
-    node[r + FPHI] ^= this.#wKey[2 * w + 1]!;
-    if (node[r + BITS] !== NONE) this.#bits[node[r + BITS]! * this.#bitWords + (w >>> 5)] &= ~(1 << (w & 31));
-    ent[x + NEXTN] = this.#freeEntry;
-    this.#freeEntry = e;
-    this.#entries--;
-    if (--node[r + CNT] === 0) this.#freeNodeAt(n);
-  }
-
-  /** does w hold n? O(1) for popular prefixes, else a walk of ≤ POPULAR holders */
+  /** does w hold n? O(1) for popular prefixes, else a walk of < POPULAR holders */
   #holds(n: number, w: number): boolean {
-    const b = this.#node[n * N + BITS]!;
+    const b = this.#n(n, BITS);
     if (b !== NONE) return (this.#bits[b * this.#bitWords + (w >>> 5)]! & (1 << (w & 31))) !== 0;
     return this.#entryOf(n, w) !== NONE;
   }
@@ -389,12 +334,12 @@ export class PrefixIndex implements IndexCore {
     let b = this.#freeBits.pop();
     if (b === undefined) {
       b = this.#bitHigh++;
-      if ((b + 1) * this.#bitWords > this.#bits.length) this.#bits = grow(this.#bits, Math.max(64, this.#bits.length * 2));
+      if ((b + 1) * this.#bitWords > this.#bits.length) this.#bits = grow(this.#bits, Math.max(64, this.#bits.length * 2, (b + 1) * this.#bitWords));
     }
-    this.#node[n * N + BITS] = b;
-    const ent = this.#entry, base = b * this.#bitWords;
-    for (let e = this.#node[n * N + HEAD]!; e !== NONE; e = ent[e * E + NEXTN]!) {
-      const w = ent[e * E + EW]!;
+    this.#setN(n, BITS, b);
+    const base = b * this.#bitWords;
+    for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) {
+      const w = this.#e(e, EW);
       this.#bits[base + (w >>> 5)] |= 1 << (w & 31);
     }
   }
@@ -409,9 +354,69 @@ export class PrefixIndex implements IndexCore {
     this.#bitWords = words;
   }
 
+  // ---- entries ------------------------------------------------------------------------------------
+
+  #addEntry(n: number, w: number): void {
+    let e: number;
+    if (this.#freeEntry !== NONE) {
+      e = this.#freeEntry;
+      this.#freeEntry = this.#e(e, NEXTN);
+    } else {
+      e = this.#entryHigh++;
+      if ((e >>> P) === this.#ep.length) this.#ep.push(new Int32Array(PAGE * E));
+    }
+    const ep = this.#ep[e >>> P]!, x = (e & PM) * E;
+    const np = this.#np[n >>> P]!, r = (n & PM) * N;
+    ep[x + ENODE] = n;
+    ep[x + EW] = w;
+    const h = np[r + HEAD]!;
+    ep[x + NEXTN] = h;
+    ep[x + PREVN] = NONE;
+    if (h !== NONE) this.#setE(h, PREVN, e);
+    np[r + HEAD] = e;
+    const c = ++np[r + CNT]!;
+    np[r + FPLO] ^= this.#wKey[2 * w]!;
+    np[r + FPHI] ^= this.#wKey[2 * w + 1]!;
+    if (np[r + BITS] !== NONE) this.#bits[np[r + BITS]! * this.#bitWords + (w >>> 5)] |= 1 << (w & 31);
+    else if (c === POPULAR) this.#makeBits(n);
+    const wh = this.#wHead[w]!;
+    ep[x + NEXTW] = wh;
+    ep[x + PREVW] = NONE;
+    if (wh !== NONE) this.#setE(wh, PREVW, e);
+    this.#wHead[w] = e;
+    this.#wCount[w]++;
+    this.#wXor[2 * w] ^= np[r + KLO]!;
+    this.#wXor[2 * w + 1] ^= np[r + KHI]!;
+    this.#entries++;
+  }
+
+  /** unlink entry e everywhere; frees its node when it was the last holder */
+  #removeEntry(e: number): void {
+    const ep = this.#ep[e >>> P]!, x = (e & PM) * E;
+    const n = ep[x + ENODE]!, w = ep[x + EW]!;
+    const np = this.#np[n >>> P]!, r = (n & PM) * N;
+    const nn = ep[x + NEXTN]!, pn = ep[x + PREVN]!;
+    if (pn !== NONE) this.#setE(pn, NEXTN, nn);
+    else np[r + HEAD] = nn;
+    if (nn !== NONE) this.#setE(nn, PREVN, pn);
+    const nw = ep[x + NEXTW]!, pw = ep[x + PREVW]!;
+    if (pw !== NONE) this.#setE(pw, NEXTW, nw);
+    else this.#wHead[w] = nw;
+    if (nw !== NONE) this.#setE(nw, PREVW, pw);
+    this.#wCount[w]--;
+    this.#wXor[2 * w] ^= np[r + KLO]!;
+    this.#wXor[2 * w + 1] ^= np[r + KHI]!;
+    np[r + FPLO] ^= this.#wKey[2 * w]!;
+    np[r + FPHI] ^= this.#wKey[2 * w + 1]!;
+    if (np[r + BITS] !== NONE) this.#bits[np[r + BITS]! * this.#bitWords + (w >>> 5)] &= ~(1 << (w & 31));
+    ep[x + NEXTN] = this.#freeEntry;
+    this.#freeEntry = e;
+    this.#entries--;
+    if (--np[r + CNT]! === 0) this.#freeNodeAt(n);
+  }
+
   #entryOf(n: number, w: number): number {
-    const ent = this.#entry;
-    for (let e = this.#node[n * N + HEAD]!; e !== NONE; e = ent[e * E + NEXTN]!) if (ent[e * E + EW] === w) return e;
+    for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) if (this.#e(e, EW) === w) return e;
     return NONE;
   }
 
@@ -430,9 +435,13 @@ export class PrefixIndex implements IndexCore {
     for (let i = 0; i < count; i++) {
       const lo = pairs[2 * i]! | 0, hi = pairs[2 * i + 1]! | 0;
       let n = this.#find(lo, hi);
-      if (n === NONE) n = this.#newNode(lo, hi, pLo, pHi);
-      else this.#node[n * N + USED] = now;
-      if (this.#node[n * N + CNT] === 0 || !this.#holds(n, w)) this.#addEntry(n, w);
+      if (n === NONE) {
+        n = this.#newNode(lo, hi, pLo, pHi);
+        this.#addEntry(n, w);
+      } else {
+        this.#setN(n, USED, now);
+        if (!this.#holds(n, w)) this.#addEntry(n, w);
+      }
       pLo = lo;
       pHi = hi;
     }
@@ -444,6 +453,7 @@ export class PrefixIndex implements IndexCore {
     if (w !== undefined) this.removePairs(w, asPairs(hashes), hashes.length);
   }
 
+  /** O(1) per block, plus a walk of the holders of a popular prefix the worker does hold */
   removePairs(w: number, pairs: Uint32Array, count: number): void {
     for (let i = 0; i < count; i++) {
       const n = this.#find(pairs[2 * i]! | 0, pairs[2 * i + 1]! | 0);
@@ -458,6 +468,7 @@ export class PrefixIndex implements IndexCore {
     if (w !== undefined) this.clearOrdinal(w);
   }
 
+  /** O(the worker's blocks) */
   clearOrdinal(w: number): void {
     while (this.#wHead[w] !== NONE) this.#removeEntry(this.#wHead[w]!);
   }
@@ -474,24 +485,23 @@ export class PrefixIndex implements IndexCore {
   // ---- eviction -----------------------------------------------------------------------------------
 
   #evict(): void {
-    const node = this.#node;
     while (this.#entries > this.#maxEntries && this.#nodes > 0) {
       let victim = NONE, oldest = Infinity;
       for (let tries = 0, found = 0; found < SAMPLES && tries < SAMPLES * 8; tries++) {
         const n = this.#random() % this.#nodeHigh;
-        if (node[n * N + CNT] === 0) continue; // free
+        if (this.#n(n, CNT) === 0) continue; // free
         found++;
-        if (node[n * N + USED]! < oldest) {
-          oldest = node[n * N + USED]!;
+        if (this.#n(n, USED) < oldest) {
+          oldest = this.#n(n, USED);
           victim = n;
         }
       }
-      if (victim === NONE) for (let n = 0; victim === NONE; n++) if (node[n * N + CNT]! > 0) victim = n;
-      const c = node[victim * N + CNT]!;
+      if (victim === NONE) for (let n = 0; victim === NONE; n++) if (this.#n(n, CNT) > 0) victim = n;
+      const c = this.#n(victim, CNT);
       this.#evictedNodes++;
       this.#evictedEntries += c;
       // removing the last holder frees the node (its head field then links the free list): count first
-      for (let k = c; k > 0; k--) this.#removeEntry(node[victim * N + HEAD]!);
+      for (let k = c; k > 0; k--) this.#removeEntry(this.#n(victim, HEAD));
     }
   }
 
@@ -513,21 +523,23 @@ export class PrefixIndex implements IndexCore {
     const n0 = this.#find(pairs[0]! | 0, pairs[1]! | 0);
     if (n0 === NONE) return 0;
     const now = this.#tick();
-    const node = this.#node, ent = this.#entry, stamp = this.#stamp, resW = this.#resW;
+    const np = this.#np, ep = this.#ep, stamp = this.#stamp, resW = this.#resW;
     if (this.#genEnd.length < len + 2) this.#genEnd = new Int32Array(len + 2);
     const genEnd = this.#genEnd;
     // survivors of generation g carry stamp base+g; generation g ends at level genEnd[g] (= their depth)
     const base = this.#epoch;
     this.#epoch += len + 2;
     let g = 0, k = 0;
-    for (let e = node[n0 * N + HEAD]!; e !== NONE; e = ent[e * E + NEXTN]!) {
-      const w = ent[e * E + EW]!;
+    for (let e = this.#n(n0, HEAD); e !== NONE; ) {
+      const pg = ep[e >>> P]!, x = (e & PM) * E;
+      const w = pg[x + EW]!;
       stamp[w] = base;
       resW[k++] = w;
+      e = pg[x + NEXTN]!;
     }
-    node[n0 * N + USED] = now;
-    let alive = k, prev = n0 * N, i = 1;
-    const slots = this.#slots, mask = this.#mask, cand = this.#cand;
+    this.#setN(n0, USED, now);
+    let alive = k, prevPg = np[n0 >>> P]!, prev = (n0 & PM) * N, i = 1;
+    const slots = this.#slots, cand = this.#cand;
     walk: for (let c = 1; c < len; c += CHUNK) {
       const end = Math.min(len, c + CHUNK);
       // pass 1: home slots of the whole chunk (independent loads, overlapped by the CPU)
@@ -537,29 +549,34 @@ export class PrefixIndex implements IndexCore {
         const n = cand[j - c]!;
         if (n === NONE) continue;
         const lo = pairs[2 * j]! | 0, hi = pairs[2 * j + 1]! | 0;
-        if (node[n * N + KLO] !== lo || node[n * N + KHI] !== hi) cand[j - c] = this.#find(lo, hi);
+        const pg = np[n >>> P]!, r = (n & PM) * N;
+        if (pg[r + KLO] !== lo || pg[r + KHI] !== hi) cand[j - c] = this.#find(lo, hi);
       }
       // pass 3: the walk, in order
       for (; i < end; i++) {
         const n = cand[i - c]!;
         if (n === NONE) break walk;
-        const r = n * N;
-        node[r + USED] = now;
-        if (node[r + CNT] === node[prev + CNT] && node[r + FPLO] === node[prev + FPLO] && node[r + FPHI] === node[prev + FPHI]) {
+        const pg = np[n >>> P]!, r = (n & PM) * N;
+        pg[r + USED] = now;
+        if (pg[r + CNT] === prevPg[prev + CNT] && pg[r + FPLO] === prevPg[prev + FPLO] && pg[r + FPHI] === prevPg[prev + FPHI]) {
+          prevPg = pg;
           prev = r;
           continue; // same holder set: survivors unchanged
         }
         const cur = base + g, next = cur + 1;
         let survived = 0;
-        for (let e = node[r + HEAD]!; e !== NONE; e = ent[e * E + NEXTN]!) {
-          const w = ent[e * E + EW]!;
+        for (let e = pg[r + HEAD]!; e !== NONE; ) {
+          const epg = ep[e >>> P]!, x = (e & PM) * E;
+          const w = epg[x + EW]!;
           if (stamp[w] === cur) {
             stamp[w] = next;
             survived++;
           }
+          e = epg[x + NEXTN]!;
         }
         genEnd[g++] = i;
         alive = survived;
+        prevPg = pg;
         prev = r;
         if (alive === 0) break walk;
       }
@@ -595,14 +612,14 @@ export class PrefixIndex implements IndexCore {
     if (w === undefined) return { worker, blocks: new BigUint64Array(0) };
     const blocks = new BigUint64Array(this.#wCount[w]! * 2);
     const v = new Uint32Array(blocks.buffer);
-    const ent = this.#entry, node = this.#node, parent = this.#parent;
     let j = 0;
-    for (let e = this.#wHead[w]!; e !== NONE; e = ent[e * E + NEXTW]!) {
-      const n = ent[e * E + ENODE]!;
-      v[j++] = parent[2 * n]!;
-      v[j++] = parent[2 * n + 1]!;
-      v[j++] = node[n * N + KLO]!;
-      v[j++] = node[n * N + KHI]!;
+    for (let e = this.#wHead[w]!; e !== NONE; e = this.#e(e, NEXTW)) {
+      const n = this.#e(e, ENODE);
+      const pp = this.#pp[n >>> P]!;
+      v[j++] = pp[(n & PM) * 2]!;
+      v[j++] = pp[(n & PM) * 2 + 1]!;
+      v[j++] = this.#n(n, KLO);
+      v[j++] = this.#n(n, KHI);
     }
     return { worker, blocks };
   }

@@ -25,9 +25,11 @@ const td = new TextDecoder();
 
 class Reader {
   pos = 0;
-  readonly view: DataView;
-  constructor(readonly buf: Uint8Array) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  #view: DataView | null = null;
+  constructor(readonly buf: Uint8Array) {}
+  /** only numbers need a DataView: made on first use, most batches never do */
+  get view(): DataView {
+    return (this.#view ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength));
   }
   need(n: number): void {
     if (this.pos + n > this.buf.length) throw new DecodeError('malformed msgpack: truncated');
@@ -38,15 +40,15 @@ class Reader {
   }
   u16(): number {
     this.need(2);
-    const v = this.view.getUint16(this.pos);
+    const b = this.buf, p = this.pos;
     this.pos += 2;
-    return v;
+    return (b[p]! << 8) | b[p + 1]!;
   }
   u32(): number {
     this.need(4);
-    const v = this.view.getUint32(this.pos);
+    const b = this.buf, p = this.pos;
     this.pos += 4;
-    return v;
+    return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
   }
   /** map header → entry count, or -1 when the value is not a map */
   mapLen(): number {

@@ -11,7 +11,7 @@ import { rng, universe } from './helpers.js';
 
 const VARIANTS: Record<string, () => IndexCore> = {
   naive: () => new NaiveIndex(),
-  radix: () => new PrefixIndex({ initialCapacity: 16 }),
+  radix: () => new PrefixIndex(),
 };
 
 function sameAnswers(a: IndexCore, b: IndexCore, u: bigint[][], r: () => number, what: string): void {
@@ -76,6 +76,25 @@ for (const [name, make] of Object.entries(VARIANTS)) {
     assert.is(ix.match([1n, 2n, 3n]).w5, 3);
   });
 
+  test(`${name}: tens of thousands of blocks (record pages, slot-table growth) agree with the reference`, () => {
+    const r = rng(99);
+    const ix = make();
+    const ref = new NaiveIndex();
+    const u = universe(r, 200, 200); // 40,000 prefixes
+    for (let c = 0; c < u.length; c++) {
+      ix.store(`w${c % 7}`, null, u[c]!);
+      ref.store(`w${c % 7}`, null, u[c]!);
+    }
+    for (let c = 0; c < u.length; c += 3) {
+      const hs = u[c]!.filter((_, i) => i % 2 === 1);
+      ix.remove(`w${c % 7}`, hs);
+      ref.remove(`w${c % 7}`, hs);
+    }
+    ix.clear('w3');
+    ref.clear('w3');
+    sameAnswers(ix, ref, u, r, 'large');
+  });
+
   test(`${name}: digest is count and xor of the worker's hashes`, () => {
     const ix = make();
     const big = 0xfedcba9876543210n;
@@ -134,7 +153,7 @@ function pairsSet(b: BigUint64Array): string[] {
 }
 
 test('radix: memory bound evicts whole prefixes and counts them', () => {
-  const ix = new PrefixIndex({ maxEntries: 100, initialCapacity: 16 });
+  const ix = new PrefixIndex({ maxEntries: 100 });
   for (let c = 0; c < 50; c++) {
     const chain = Array.from({ length: 10 }, (_, i) => BigInt(c * 1000 + i + 1));
     ix.store(`w${c % 4}`, null, chain);
@@ -149,7 +168,7 @@ test('radix: memory bound evicts whole prefixes and counts them', () => {
 });
 
 test('radix: recently matched prefixes survive eviction longer than cold ones', () => {
-  const ix = new PrefixIndex({ maxEntries: 200, initialCapacity: 16 });
+  const ix = new PrefixIndex({ maxEntries: 200 });
   const hot = Array.from({ length: 20 }, (_, i) => BigInt(i + 1));
   ix.store('a', null, hot);
   for (let c = 1; c <= 40; c++) {

@@ -9,14 +9,19 @@ import { startIndexer, type RunningIndexer } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 const S = subjects('default');
+/** a worker id with characters the registry key must escape */
+const W2 = 'w2@pod:0';
 
 function batch(worker: string, seq: number, events: KvEvent[]): Uint8Array {
   return encode({ worker, seq, ts: Date.now(), events } satisfies EventBatch);
 }
 
+/** the shim's key escaping: characters outside [A-Za-z0-9_-] as `=xx` */
+const keyOf = (worker: string) => worker.replace(/[^A-Za-z0-9_-]/g, (c) => '=' + c.charCodeAt(0).toString(16).padStart(2, '0'));
+
 async function register(bus: MemoryBus, worker: string, model: string, blockSize: number): Promise<void> {
   const kv = await bus.kv(S.workersBucket, { ttlMs: 3000 });
-  await kv.put(worker, encode({ worker, model, role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize, capacityBlocks: 100, loras: [], ts: Date.now() }));
+  await kv.put(keyOf(worker), encode({ worker, model, role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize, capacityBlocks: 100, loras: [], ts: Date.now() }));
 }
 
 async function http(port: number, method: string, path: string, body?: string): Promise<{ status: number; json: any; text: string }> {
@@ -45,23 +50,23 @@ for (const shards of [0, 2]) {
     let ix: RunningIndexer | null = null;
     try {
       ix = await startIndexer(new MemoryBus({ hub }), { id: `ix-${shards}`, shards, port: 0, gossipIntervalMs: 100 });
-      await ix.whenReady(5000);
-      await register(bus, 'w2', 'm1', 16);
-      bus.publish(S.events('w2'), batch('w2', 1, [{ t: 'stored', parent: null, hashes: hs.slice(0, 2) }]));
-      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps.w2 === 2, 5000, 'w2 indexed');
-      assert.equal((await ix.client.match('m1', null, hs)).overlaps, { w1: 4, w2: 2 });
+      await ix.whenReady(20_000);
+      await register(bus, W2, 'm1', 16);
+      bus.publish(S.events(W2), batch(W2, 1, [{ t: 'stored', parent: null, hashes: hs.slice(0, 2) }]));
+      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps[W2] === 2, 20_000, 'w2 indexed');
+      assert.equal((await ix.client.match('m1', null, hs)).overlaps, { w1: 4, [W2]: 2 });
 
       const reply = decodeMatchReply((await bus.request(S.indexMatch, encode({ model: 'm1', lora: null, hashes: hs }))).data);
-      assert.equal(reply.overlaps, { w1: 4, w2: 2 });
+      assert.equal(reply.overlaps, { w1: 4, [W2]: 2 });
       assert.ok(reply.indexerSeq >= 2);
 
       const port = ix.port!;
       let r = await http(port, 'POST', '/debug/match', JSON.stringify({ model: 'm1', tokens }));
       assert.is(r.status, 200);
-      assert.equal(r.json.overlaps, { w1: 4, w2: 2 });
+      assert.equal(r.json.overlaps, { w1: 4, [W2]: 2 });
       assert.is(r.json.blockSize, 16, 'block size from the registry');
       r = await http(port, 'POST', '/debug/match', JSON.stringify({ model: 'm1', hashes: hs.slice(0, 3).map(hashToHex) }));
-      assert.equal(r.json.overlaps, { w1: 3, w2: 2 });
+      assert.equal(r.json.overlaps, { w1: 3, [W2]: 2 });
       r = await http(port, 'POST', '/debug/match', '{nope');
       assert.is(r.status, 400);
       assert.is(r.json.error.code, 'KVG_BAD_JSON');
@@ -76,7 +81,7 @@ for (const shards of [0, 2]) {
       r = await http(port, 'GET', '/debug/workers');
       assert.is(r.json.workers.w1.blocks, 4);
       assert.is(r.json.workers.w1.registered, false);
-      assert.is(r.json.workers.w2.registered, true);
+      assert.is(r.json.workers[W2].registered, true);
       assert.is(r.json.lag, 0);
       r = await http(port, 'GET', '/metrics');
       assert.match(r.text, /kvgate_indexer_unregistered_batches_total 1/);
@@ -87,8 +92,8 @@ for (const shards of [0, 2]) {
 
       // registry delete → dropped from the index
       const kv = await bus.kv(S.workersBucket, { ttlMs: 3000 });
-      await kv.delete('w2');
-      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps.w2 === undefined, 5000, 'w2 dropped');
+      await kv.delete(keyOf(W2));
+      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps[W2] === undefined, 20_000, 'w2 dropped');
       assert.equal((await ix.client.match('m1', null, hs)).overlaps, { w1: 4 });
     } finally {
       await ix?.close();
@@ -102,10 +107,10 @@ test('bad payloads on the stream are counted and do not stop ingest', async () =
   const bus = new MemoryBus({ hub });
   const ix = await startIndexer(new MemoryBus({ hub }), { port: 0 });
   try {
-    await ix.whenReady(5000);
+    await ix.whenReady(20_000);
     bus.publish(S.events('w9'), new Uint8Array([0xc1, 2, 3]));
     bus.publish(S.events('w9'), batch('w9', 1, [{ t: 'stored', parent: null, hashes: [5n] }]));
-    await waitFor(async () => (await ix.client.match('m', null, [5n])).overlaps.w9 === 1, 5000, 'w9 indexed');
+    await waitFor(async () => (await ix.client.match('m', null, [5n])).overlaps.w9 === 1, 20_000, 'w9 indexed');
     const r = await http(ix.port!, 'GET', '/metrics');
     assert.match(r.text, /kvgate_indexer_decode_errors 1/);
   } finally {

@@ -7,7 +7,9 @@
  *   `…router.active`, so N replicas see each other's bursts between engine load reports. A peer that stays silent
  *   for `peerTtlMs` is forgotten (routers send an empty batch as a heartbeat once a second).
  * - Predicted prefixes: a routed prompt's block hashes are credited to its worker at once (short TTL), so a burst
- *   of identical prompts sticks to the worker that will hold the prefix before its engine reports it.
+ *   of identical prompts sticks to the worker that will hold the prefix before its engine reports it. A prefix
+ *   hash names its whole prefix, so only every `predictStride`-th block (and the last) is remembered: overlaps
+ *   come out rounded down to that stride, at a fraction of the cost.
  *
  * No I/O: the router's bus edge calls `takeBatch()` on a timer and feeds peers' batches to `applyPeer()`.
  */
@@ -21,8 +23,10 @@ export interface InflightOptions {
   peerTtlMs?: number;
   /** how long a predicted prefix credit lasts; default 10000 ms */
   predictedTtlMs?: number;
-  /** most predicted block hashes remembered; default 500000 */
+  /** most predicted block hashes remembered; default 100000 */
   predictedMax?: number;
+  /** remember every n-th block hash of a prediction (plus the last); default 8 */
+  predictStride?: number;
   /** clock, injectable for tests; default Date.now */
   now?: () => number;
 }
@@ -53,14 +57,16 @@ export class Inflight {
   #pending = new Map<string, Load>();
   #predicted: LRUCache<bigint, string[]>;
   #peerTtlMs: number;
+  #stride: number;
   #now: () => number;
 
   constructor(opts: InflightOptions) {
     this.routerId = opts.routerId;
     this.#peerTtlMs = opts.peerTtlMs ?? 5000;
     this.#now = opts.now ?? Date.now;
+    this.#stride = Math.max(1, Math.floor(opts.predictStride ?? 8));
     this.#predicted = new LRUCache<bigint, string[]>({
-      max: opts.predictedMax ?? 500_000,
+      max: opts.predictedMax ?? 100_000,
       ttl: opts.predictedTtlMs ?? 10_000,
       perf: { now: this.#now },
       // an injected clock is read on every check (the default caches "now" for 1 ms)
@@ -164,7 +170,9 @@ export class Inflight {
 
   /** Credit a prompt's block hashes to the worker it was just routed to. */
   predict(worker: string, hashes: readonly bigint[]): void {
-    for (const h of hashes) {
+    const n = hashes.length;
+    for (let i = this.#stride - 1; i < n + this.#stride - 1; i += this.#stride) {
+      const h = hashes[Math.min(i, n - 1)]!;
       const ws = this.#predicted.get(h);
       if (!ws) this.#predicted.set(h, [worker]);
       else if (!ws.includes(worker)) this.#predicted.set(h, [...ws, worker]);
@@ -172,19 +180,41 @@ export class Inflight {
     }
   }
 
-  /** Per worker, how many leading blocks of `hashes` are credited to it by a recent prediction. */
+  /** Per worker, how many leading blocks of `hashes` a recent prediction credits to it (see predictStride). */
   predictedOverlaps(hashes: readonly bigint[]): Map<string, number> {
     const out = new Map<string, number>();
-    if (hashes.length === 0) return out;
-    let alive = this.#predicted.get(hashes[0]!);
-    if (!alive) return out;
-    for (const w of alive) out.set(w, 1);
-    for (let i = 1; i < hashes.length && alive.length > 0; i++) {
+    const m = hashes.length;
+    const s = this.#stride;
+    let alive: readonly string[] | undefined;
+    let prev = -1;
+    // An earlier prompt may have ended between two stride points (its last block was remembered too): when workers
+    // drop out at a stride point, or the walk ends, look for their end in the blocks since the previous point.
+    const tails = (from: number, to: number, who: readonly string[] | undefined) => {
+      let left = who ? who.length : Infinity;
+      for (let j = to; j > from && left > 0; j--) {
+        if ((j + 1) % s === 0) continue;
+        const ws = this.#predicted.get(hashes[j]!);
+        if (!ws) continue;
+        for (const w of ws) {
+          if ((who === undefined || who.includes(w)) && (out.get(w) ?? 0) < j + 1) {
+            out.set(w, j + 1);
+            left--;
+          }
+        }
+        if (who === undefined) return;
+      }
+    };
+    for (let i = s - 1; i < m; i += s) {
       const ws = this.#predicted.get(hashes[i]!);
-      if (!ws) break;
-      alive = alive.filter((w) => ws.includes(w));
-      for (const w of alive) out.set(w, i + 1);
+      const here = ws ? (alive ? alive.filter((w) => ws.includes(w)) : ws) : [];
+      const dropped = alive ? alive.filter((w) => !here.includes(w)) : undefined;
+      if (dropped === undefined || dropped.length > 0) tails(prev, i - 1, dropped);
+      if (here.length === 0) return out;
+      for (const w of here) out.set(w, i + 1);
+      alive = here;
+      prev = i;
     }
+    tails(prev, m - 1, alive);
     return out;
   }
 }

@@ -55,7 +55,7 @@ test('a silent peer is forgotten after its TTL', () => {
 
 test('predicted prefixes: longest credited run per worker, expiring after the TTL', () => {
   let now = 1000; // lru-cache reads a start time of 0 as "no TTL"
-  const f = new Inflight({ routerId: 'r', predictedTtlMs: 1000, now: () => now });
+  const f = new Inflight({ routerId: 'r', predictedTtlMs: 1000, predictStride: 1, now: () => now });
   f.predict('w1', [1n, 2n, 3n, 4n]);
   f.predict('w2', [1n, 2n, 9n]);
   const o = f.predictedOverlaps([1n, 2n, 3n, 5n]);
@@ -64,6 +64,19 @@ test('predicted prefixes: longest credited run per worker, expiring after the TT
   assert.is(f.predictedOverlaps([7n, 1n]).size, 0);
   now += 1500;
   assert.is(f.predictedOverlaps([1n, 2n]).size, 0);
+});
+
+test('strided predictions: overlaps rounded down to the stride, or a shorter prompt\'s exact end', () => {
+  const f = new Inflight({ routerId: 'r', predictStride: 4 });
+  const a = Array.from({ length: 10 }, (_, i) => BigInt(100 + i));
+  f.predict('w1', a); // remembers blocks 3, 7 and the last (9)
+  assert.is(f.predictedOverlaps(a).get('w1'), 10);
+  assert.is(f.predictedOverlaps([...a.slice(0, 9), 999n]).get('w1'), 8, 'diverges in the last block: rounded down');
+  assert.is(f.predictedOverlaps([...a.slice(0, 6), 999n, 998n]).get('w1'), 4);
+  assert.is(f.predictedOverlaps(a.slice(0, 3)).size, 0, 'shorter than one stride and not a remembered end');
+  f.predict('w2', a.slice(0, 6)); // remembers 3 and 5
+  assert.is(f.predictedOverlaps(a).get('w2'), 6);
+  assert.is(f.predictedOverlaps(a).get('w1'), 10);
 });
 
 test('dropWorker forgets local and peer load', () => {

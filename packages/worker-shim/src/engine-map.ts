@@ -16,7 +16,7 @@
  * no longer report.
  */
 import { LRUCache } from 'lru-cache';
-import { blockHash, rootHash, type EngineHash } from '@kvgate/protocol';
+import { chainHashes, rootHash, type EngineHash } from '@kvgate/protocol';
 
 export interface StoredBlocks {
   /** engine hashes of the new blocks, in chain order */
@@ -103,12 +103,8 @@ export class EngineMap {
       parent = known;
       p = known;
     }
-    const hashes = new Array<bigint>(n);
-    for (let i = 0; i < n; i++) {
-      p = blockHash(p, ev.tokenIds, i * b, b);
-      hashes[i] = p;
-      this.#map.set(ev.blockHashes[i]!, p);
-    }
+    const hashes = chainHashes(p, ev.tokenIds, 0, n, b);
+    for (let i = 0; i < n; i++) this.#map.set(ev.blockHashes[i]!, hashes[i]!);
     return { kind: 'stored', parent, hashes };
   }
 

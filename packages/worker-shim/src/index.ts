@@ -223,13 +223,20 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       relay.post(frames);
     },
     onDisconnect: () => relay.engineDisconnected(),
+    // the subscription reaches the engine a moment after the TCP connect; probe a little later
+    onConnect: () => setTimeout(() => relay.engineConnected(), 50).unref(),
   });
+  // A batch lost at the end of a burst (PUB high-water mark, a late subscription) shows as a gap only when
+  // the next batch arrives; an idle engine may send none for long. Probe the replay socket now and then.
+  const probeTimer = o.kvReplay ? setInterval(() => relay.engineConnected(), o.replayProbeMs) : undefined;
+  probeTimer?.unref();
   log.info({ worker: o.worker, model: o.model, role: o.role, url, events: o.kvEvents, replay: o.kvReplay, key: registryKey(o.worker) }, 'shim started');
 
   const shutdown = async (clean: boolean) => {
     if (stopped) return;
     stopped = true;
     clearInterval(loadTimer);
+    if (probeTimer) clearInterval(probeTimer);
     await sub.close();
     await scraper.stop();
     await registration!.stop(clean);

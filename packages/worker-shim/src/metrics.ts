@@ -10,6 +10,7 @@ export interface ShimMetrics {
   restarts: Counter;
   replays: Counter<'result'>;
   replayedBatches: Counter;
+  duplicates: Counter;
   unknownParents: Counter;
   unknownRemovals: Counter;
   skippedEvents: Counter<'reason'>;
@@ -43,6 +44,7 @@ export function createMetrics(worker: string): ShimMetrics {
     restarts: c('engine_restarts_total', 'engine restarts seen (sequence went down or the socket lost its engine)'),
     replays: c('replays_total', 'replay requests, by result (complete, partial, empty, unavailable)', ['result']),
     replayedBatches: c('replayed_batches_total', 'engine batches applied from replay'),
+    duplicates: c('duplicate_batches_total', 'live engine batches skipped because a replay probe had applied them'),
     unknownParents: c('unknown_parents_total', 'BlockStored events dropped because their parent block was unknown'),
     unknownRemovals: c('unknown_removals_total', 'BlockRemoved hashes the shim did not know'),
     skippedEvents: c('skipped_events_total', 'engine events not relayed, by reason', ['reason']),

@@ -43,6 +43,8 @@ export interface ShimOptions {
   heartbeatMs?: number;
   /** wait for each replay reply, ms (default 1000) */
   replayTimeoutMs?: number;
+  /** ask the replay socket for batches past the last one seen this often, ms (default 5000) */
+  replayProbeMs?: number;
   /** largest HTTP request body accepted, bytes (default 16 MiB) */
   maxBodyBytes?: number;
 }
@@ -92,6 +94,7 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     registryTtlMs: positive(o.registryTtlMs ?? 3000, 'registry TTL'),
     heartbeatMs: positive(o.heartbeatMs ?? 1000, 'heartbeat'),
     replayTimeoutMs: positive(o.replayTimeoutMs ?? 1000, 'replay timeout'),
+    replayProbeMs: positive(o.replayProbeMs ?? 5000, 'replay probe period'),
     maxBodyBytes: positive(o.maxBodyBytes ?? 16 * 1024 * 1024, 'max body bytes'),
   };
 }

@@ -7,6 +7,10 @@
  * the engine sequence, the LoRA names, the outgoing sequence.
  *
  * Repairs, in this order:
+ *   - the socket lost its engine (disconnect): publish `cleared`, count from 0 (a restarted engine
+ *     may be past our old sequence by the time we reconnect, so numbering alone cannot show it);
+ *   - the socket (re)connected: probe the replay socket from the next expected seq, so batches sent
+ *     before the subscription took hold are learned even if the engine then goes quiet;
  *   - engine seq went down (the engine restarted): publish `cleared`, forget the map, count from 0;
  *   - engine seq skipped [from, to): ask `replay(from)`; a complete answer is applied as if it had
  *     arrived live; a suffix [k, to) with k > from, or nothing, means some removals may be lost:
@@ -39,7 +43,11 @@ export interface RelayDeps {
   onBlockSize?(blockSize: number): void;
 }
 
-type Mail = { kind: 'frames'; frames: Uint8Array[] } | { kind: 'cleared'; done: () => void } | { kind: 'disconnected' };
+type Mail =
+  | { kind: 'frames'; frames: Uint8Array[] }
+  | { kind: 'cleared'; done: () => void }
+  | { kind: 'disconnected' }
+  | { kind: 'connected' };
 
 const log = logger('shim.relay');
 
@@ -58,6 +66,8 @@ export class EventRelay {
   #idle: (() => void)[] = [];
   #blockSize: number | undefined;
   #stopped = false;
+  /** last engine seq a replay probe applied; live copies at or below it are duplicates */
+  #probedUpTo = -1n;
 
   constructor(deps: RelayDeps) {
     this.#d = deps;
@@ -95,6 +105,18 @@ export class EventRelay {
   engineDisconnected(): void {
     if (this.#stopped) return;
     this.#mail.push({ kind: 'disconnected' });
+    this.#kick();
+  }
+
+  /**
+   * The event socket (re)connected to its engine. Batches the engine published before our subscription
+   * took hold never reach us, and an idle engine may publish nothing more for a long time, so ask the
+   * replay socket now for everything from the next expected sequence.
+   */
+  engineConnected(): void {
+    if (this.#mail.length - this.#head > 0 && this.#mail.at(-1)?.kind === 'connected') return; // one probe queued is enough
+    if (this.#stopped) return;
+    this.#mail.push({ kind: 'connected' });
     this.#kick();
   }
 
@@ -139,6 +161,9 @@ export class EventRelay {
             this.#clear('engine disconnected');
           }
           this.#seq.reset();
+          this.#probedUpTo = -1n;
+        } else if (m.kind === 'connected') {
+          await this.#replayFrom(this.#seq.next);
         } else {
           this.#clear('requested');
           m.done();
@@ -168,22 +193,33 @@ export class EventRelay {
     metrics.engineBatches.inc();
     let verdict = this.#seq.judge(msg.seq);
     if (verdict.kind === 'restart') {
+      if (msg.seq <= this.#probedUpTo) {
+        // already applied by a replay probe (the live copy was in flight): not a restart
+        metrics.duplicates.inc();
+        return;
+      }
       metrics.restarts.inc();
       log.warn({ seq: String(msg.seq), expected: String(verdict.expected) }, 'engine sequence went down: engine restarted');
       this.#clear('engine restart');
       this.#seq.reset();
+      this.#probedUpTo = -1n;
       verdict = this.#seq.judge(msg.seq);
     }
     if (verdict.kind === 'gap') {
       // The first batch of an engine we have not seen yet is a gap from 0 only if we care about history:
       // replay teaches us what the engine already holds.
       if (this.#seq.seen) metrics.gaps.inc();
-      await this.#repair(verdict.from, verdict.to);
+      await this.#replayFrom(verdict.from, verdict.to);
     }
     this.#apply(msg.seq, msg.batch);
   }
 
-  async #repair(from: bigint, to: bigint): Promise<void> {
+  /**
+   * Replays from `from`. With `to` (a gap before the live batch `to`): the batches [from, to) are needed.
+   * Without (a probe after (re)connecting): whatever the engine holds from `from` on.
+   * A run that does not start at `from` means batches are lost for good: clear, then apply the run.
+   */
+  async #replayFrom(from: bigint, to?: bigint): Promise<void> {
     const { metrics } = this.#d;
     let got: ReplayMessage[] | null = null;
     try {
@@ -194,27 +230,39 @@ export class EventRelay {
     }
     const batches: { seq: bigint; batch: EngineBatch }[] = [];
     if (got) {
-      for (const r of got) if (!r.end && r.seq >= from && r.seq < to) batches.push({ seq: r.seq, batch: r.batch });
+      for (const r of got) if (!r.end && r.seq >= from && (to === undefined || r.seq < to)) batches.push({ seq: r.seq, batch: r.batch });
       batches.sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
     }
-    // keep only the contiguous run that ends right before `to`
-    let k = batches.length;
-    let expect = to - 1n;
-    while (k > 0 && batches[k - 1]!.seq === expect) {
-      k--;
-      expect--;
+    let run: typeof batches;
+    let complete: boolean;
+    if (to !== undefined) {
+      // the contiguous run that ends right before `to`
+      let k = batches.length;
+      let expect = to - 1n;
+      while (k > 0 && batches[k - 1]!.seq === expect) {
+        k--;
+        expect--;
+      }
+      run = batches.slice(k);
+      complete = run.length > 0 ? run[0]!.seq === from : from === to;
+    } else {
+      // the contiguous run from the first batch held
+      let k = 0;
+      while (k < batches.length && (k === 0 || batches[k]!.seq === batches[k - 1]!.seq + 1n)) k++;
+      run = batches.slice(0, k);
+      // an engine with nothing new since `from` leaves nothing missing
+      complete = run.length === 0 || run[0]!.seq === from;
     }
-    const tail = batches.slice(k);
-    const complete = tail.length > 0 ? tail[0]!.seq === from : from === to;
-    if (got) metrics.replays.inc({ result: complete ? 'complete' : tail.length > 0 ? 'partial' : 'empty' });
-    else metrics.replays.inc({ result: 'unavailable' });
-    if (!complete) {
-      log.warn({ from: String(from), to: String(to), replayed: tail.length }, 'gap not fully repaired: clearing worker, relearning');
+    const result = got === null ? 'unavailable' : complete ? 'complete' : run.length > 0 ? 'partial' : 'empty';
+    if (to !== undefined || run.length > 0) metrics.replays.inc({ result });
+    if (!complete || (to !== undefined && got === null)) {
+      log.warn({ from: String(from), to: to === undefined ? null : String(to), replayed: run.length, result }, 'batches lost: clearing worker, relearning');
       if (this.#seq.seen || this.#map.size > 0) this.#clear('unrepaired gap');
     }
-    for (const b of tail) {
+    for (const b of run) {
       metrics.replayedBatches.inc();
       this.#apply(b.seq, b.batch);
+      if (to === undefined) this.#probedUpTo = b.seq;
     }
   }
 

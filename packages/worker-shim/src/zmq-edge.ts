@@ -12,6 +12,8 @@ export interface SubscriberHandlers {
   onMessage(frames: Uint8Array[]): void;
   /** the engine's end of the connection went away (engine exit / restart) */
   onDisconnect(): void;
+  /** connected (or reconnected) to the engine */
+  onConnect(): void;
 }
 
 export class EngineSubscriber {
@@ -24,6 +26,9 @@ export class EngineSubscriber {
     this.#sock = sock;
     sock.events.on('disconnect', () => {
       if (!this.#closed) h.onDisconnect();
+    });
+    sock.events.on('connect', () => {
+      if (!this.#closed) h.onConnect();
     });
     sock.connect(endpoint);
     if (topic === '') sock.subscribe();

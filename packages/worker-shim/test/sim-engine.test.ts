@@ -138,17 +138,17 @@ function busSuite(kind: 'memory' | 'nats') {
   });
 
   t('eviction in the engine produces removals on the bus', async () => {
-    const r = await rig({ numBlocks: 48 });
+    const r = await rig({ numBlocks: 96 });
     try {
-      const first = prompt(10, 200);
+      const first = prompt(10, 40);
       await complete(r.engine.url, first);
       const firstHashes = prefixHashes(MODEL, '', B, await tokenize(r.engine, first));
       await waitFor(() => r.view.has(firstHashes), 'first prompt cached');
-      for (let i = 11; i < 16; i++) await complete(r.engine.url, prompt(i, 200));
+      for (let i = 11; i < 20; i++) await complete(r.engine.url, prompt(i, 40));
       await waitFor(() => r.view.batches.some((b) => b.events.some((e) => e.t === 'removed')), 'a removal');
       await waitFor(() => !r.view.has(firstHashes), 'first prompt evicted');
       await r.shim.idle();
-      assert.ok(r.view.blocks.size <= 48, `bus view holds ${r.view.blocks.size} blocks, engine has 48`);
+      assert.ok(r.view.blocks.size <= 96, `bus view holds ${r.view.blocks.size} blocks, engine has 96`);
     } finally {
       await r.close();
     }
@@ -184,7 +184,18 @@ function busSuite(kind: 'memory' | 'nats') {
       await waitFor(() => r.view.has(oldHashes), 'old blocks');
       const clearedBefore = r.view.cleared;
       await r.engine.close();
-      r.engine = await startSimEngine({ model: MODEL, blockSize: B, speedup: 50, ...opts });
+      // the old engine's ports take a moment to free up
+      let next: SimEngineHandle | undefined;
+      await waitFor(async () => {
+        try {
+          next = await startSimEngine({ model: MODEL, blockSize: B, speedup: 50, ...opts });
+          return true;
+        } catch (e) {
+          if (!/in use/i.test((e as Error).message)) throw e;
+          return false;
+        }
+      }, 'engine restarted on the same ports');
+      r.engine = next!;
       const fresh = prompt(31, 60);
       const freshHashes = prefixHashes(MODEL, '', B, await tokenize(r.engine, fresh));
       await waitFor(async () => {

@@ -1,5 +1,75 @@
-export const summary = '(being built)';
-export async function run(_argv: string[]): Promise<number> {
-  console.error('kvgate indexer: not built yet');
-  return 2;
+import { createBus, initTracing, logger, type Bus } from '@kvgate/protocol';
+import { startIndexer } from '@kvgate/indexer';
+import { parseFlags, intFlag } from '../flags.js';
+
+export const summary = 'run an indexer replica: the global prefix → worker index (sharded, gossip-replicated)';
+
+const USAGE = 'kvgate indexer --port P [--nats URL] [--id NAME] [--shards N] [--snapshot-dir D] [--max-entries N]';
+const SPEC = {
+  port: { type: 'string', help: 'HTTP port (/healthz, /readyz, /metrics, /debug/workers, /debug/match)', default: '8090' },
+  host: { type: 'string', help: 'HTTP bind address', default: '0.0.0.0' },
+  nats: { type: 'string', help: 'NATS URL (nats://host:port); absent = in-memory bus (only useful for a smoke test)' },
+  namespace: { type: 'string', help: 'subject namespace', default: 'default' },
+  id: { type: 'string', help: 'replica id, unique among indexers (default indexer-<random>)' },
+  shards: { type: 'string', help: 'index shards as worker threads (0 = one inline shard)', default: '0' },
+  'snapshot-dir': { type: 'string', help: 'directory for index snapshots (may be shared by replicas)' },
+  'snapshot-ms': { type: 'string', help: 'snapshot period in ms', default: '30000' },
+  'max-entries': { type: 'string', help: 'cap on (block, worker) entries, evicting least recently used prefixes (0 = none)', default: '0' },
+  'gossip-ms': { type: 'string', help: 'gossip period in ms', default: '1000' },
+  'ttl-ms': { type: 'string', help: 'worker registry TTL in ms (must match the shims)', default: '3000' },
+} as const;
+
+export async function run(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseFlags(argv, USAGE, SPEC);
+  } catch (e) {
+    console.error(`kvgate indexer: ${(e as Error).message}\nusage: ${USAGE}`);
+    return 2;
+  }
+  if (!parsed) return 0;
+  const f = parsed.flags;
+  let opts;
+  try {
+    const int = (name: keyof typeof SPEC, def: number, min = 0) => {
+      const v = intFlag(f[name] as string | undefined, name, def);
+      if (!Number.isInteger(v) || v < min) throw new Error(`--${name} must be an integer ≥ ${min}`);
+      return v;
+    };
+    opts = {
+      port: int('port', 8090),
+      host: f.host ?? '0.0.0.0',
+      namespace: f.namespace ?? 'default',
+      ...(f.id ? { id: f.id } : {}),
+      shards: int('shards', 0),
+      ...(f['snapshot-dir'] ? { snapshotDir: f['snapshot-dir'] } : {}),
+      snapshotIntervalMs: int('snapshot-ms', 30_000, 1),
+      maxEntries: int('max-entries', 0),
+      gossipIntervalMs: int('gossip-ms', 1000, 1),
+      registryTtlMs: int('ttl-ms', 3000, 1),
+    };
+  } catch (e) {
+    console.error(`kvgate indexer: ${(e as Error).message}`);
+    return 2;
+  }
+  const log = logger('cli.indexer');
+  await initTracing('kvgate-indexer');
+  let bus: Bus | null = null;
+  try {
+    bus = await createBus({ nats: f.nats, name: `kvgate-indexer${f.id ? `-${f.id}` : ''}` });
+    const ix = await startIndexer(bus, opts);
+    log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ?? null, shards: opts.shards }, 'indexer listening');
+    await new Promise<void>((resolve) => {
+      const done = () => resolve();
+      process.once('SIGINT', done);
+      process.once('SIGTERM', done);
+    });
+    await ix.close();
+    return 0;
+  } catch (e) {
+    console.error(`kvgate indexer: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await bus?.close();
+  }
 }

@@ -1,5 +1,76 @@
-export const summary = '(being built)';
-export async function run(_argv: string[]): Promise<number> {
-  console.error('kvgate router: not built yet');
-  return 2;
+/** `kvgate router`: one router replica (OpenAI-compatible HTTP in front of the workers in the registry). */
+import { createBus } from '@kvgate/protocol/bus/index';
+import { initTracing, logger } from '@kvgate/protocol';
+import { loadTokenizer } from '@kvgate/protocol/tokenizer';
+import { DEFAULT_WEIGHTS, isPolicy, startRouter } from '@kvgate/router';
+import { intFlag, parseFlags } from '../flags.js';
+
+export const summary = 'OpenAI-compatible router: cache- and load-aware, horizontally scaled (run N replicas)';
+
+const USAGE = `kvgate router [--port 8080] [--nats URL] [--tokenizer path/to/tokenizer.json] [--policy kv]
+
+Score per live worker of the request's pool (lower wins; see packages/router/README.md):
+  prefill-weight · (prompt blocks − cached blocks + queued prefill blocks) + decode-weight · active blocks
+  + queue-weight · waiting requests; workers over a busy threshold are skipped unless all are busy.`;
+
+const SPEC = {
+  port: { type: 'string', default: '8080', help: 'HTTP port' },
+  host: { type: 'string', default: '0.0.0.0', help: 'bind address' },
+  nats: { type: 'string', help: 'NATS URL (absent: in-memory bus, useful only with in-process workers)' },
+  namespace: { type: 'string', default: 'default', help: 'subject namespace' },
+  id: { type: 'string', help: 'replica id (default router-<random>)' },
+  tokenizer: { type: 'string', help: 'local tokenizer.json (or "qwen3" for the bundled one); default: ask the engines (/tokenize)' },
+  policy: { type: 'string', default: 'kv', help: 'kv | round-robin | least-loaded | random' },
+  'prefill-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.prefillWeight), help: 'score weight of prefill blocks' },
+  'decode-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.decodeWeight), help: 'score weight of active decode blocks' },
+  'queue-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.queueWeight), help: 'score weight of one waiting request (in blocks)' },
+  'busy-kv': { type: 'string', default: String(DEFAULT_WEIGHTS.busyKvUsage), help: 'skip workers at or above this KV usage (0..1)' },
+  'busy-waiting': { type: 'string', default: String(DEFAULT_WEIGHTS.busyWaiting), help: 'skip workers with this many waiting requests' },
+  temperature: { type: 'string', default: '0', help: 'softmax temperature over scores (0 = always the best)' },
+  'index-timeout-ms': { type: 'string', default: '5', help: 'index answer budget before routing by load alone' },
+  'body-limit': { type: 'string', default: String(32 * 1024 * 1024), help: 'request body limit, bytes' },
+  'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
+} as const;
+
+export async function run(argv: string[]): Promise<number> {
+  const parsed = parseFlags(argv, USAGE, SPEC);
+  if (!parsed) return 0;
+  const f = parsed.flags;
+  const policy = f.policy ?? 'kv';
+  if (!isPolicy(policy)) {
+    console.error(`kvgate router: unknown policy ${JSON.stringify(policy)}`);
+    return 2;
+  }
+  await initTracing('kvgate-router');
+  const bus = await createBus(f.nats ? { nats: f.nats } : {});
+  const tokenizer = f.tokenizer ? await loadTokenizer(f.tokenizer) : undefined;
+  const router = await startRouter(bus, {
+    port: intFlag(f.port, 'port', 8080),
+    host: f.host ?? '0.0.0.0',
+    namespace: f.namespace ?? 'default',
+    ...(f.id ? { id: f.id } : {}),
+    policy,
+    ...(tokenizer ? { tokenizer } : {}),
+    indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 5),
+    bodyLimitBytes: intFlag(f['body-limit'], 'body-limit', 32 * 1024 * 1024),
+    registryTtlMs: intFlag(f['registry-ttl-ms'], 'registry-ttl-ms', 3000),
+    weights: {
+      prefillWeight: intFlag(f['prefill-weight'], 'prefill-weight', DEFAULT_WEIGHTS.prefillWeight),
+      decodeWeight: intFlag(f['decode-weight'], 'decode-weight', DEFAULT_WEIGHTS.decodeWeight),
+      queueWeight: intFlag(f['queue-weight'], 'queue-weight', DEFAULT_WEIGHTS.queueWeight),
+      busyKvUsage: intFlag(f['busy-kv'], 'busy-kv', DEFAULT_WEIGHTS.busyKvUsage),
+      busyWaiting: intFlag(f['busy-waiting'], 'busy-waiting', DEFAULT_WEIGHTS.busyWaiting),
+      temperature: intFlag(f.temperature, 'temperature', 0),
+    },
+  });
+  const log = logger('cli');
+  log.info({ url: router.url, id: router.id, policy, bus: bus.kind }, 'router ready');
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  await router.close();
+  await bus.close();
+  return 0;
 }

@@ -27,6 +27,7 @@ const SPEC = {
   'ttl-ms': { type: 'string', help: 'registration TTL in the workers bucket', default: '3000' },
   'heartbeat-ms': { type: 'string', help: 'registration heartbeat period', default: '1000' },
   'replay-timeout-ms': { type: 'string', help: 'wait per replay reply', default: '1000' },
+  'replay-probe-ms': { type: 'string', help: 'ask the replay socket for missed batches this often', default: '5000' },
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -73,6 +74,7 @@ export async function run(argv: string[]): Promise<number> {
       registryTtlMs: intFlag(f['ttl-ms'], 'ttl-ms', 3000),
       heartbeatMs: intFlag(f['heartbeat-ms'], 'heartbeat-ms', 1000),
       replayTimeoutMs: intFlag(f['replay-timeout-ms'], 'replay-timeout-ms', 1000),
+      replayProbeMs: intFlag(f['replay-probe-ms'], 'replay-probe-ms', 5000),
     });
     console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
     await new Promise<void>((resolve) => {

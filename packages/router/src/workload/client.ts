@@ -16,8 +16,6 @@ export interface RequestResult {
   itlMs: number[];
   promptTokens: number;
   cachedTokens: number;
-  /** generated text (chat: the assistant message), for multi-turn workloads */
-  text: string;
   error?: string;
 }
 
@@ -39,7 +37,7 @@ export class LoadClient {
     const pool = this.#pools[this.#next++ % this.#pools.length]!;
     const body = `{"stream":true,"stream_options":{"include_usage":true},${bodyJson.slice(1)}`;
     const t0 = performance.now();
-    const out: RequestResult = { ok: false, status: 0, worker: undefined, ttftMs: NaN, e2eMs: NaN, itlMs: [], promptTokens: 0, cachedTokens: 0, text: '' };
+    const out: RequestResult = { ok: false, status: 0, worker: undefined, ttftMs: NaN, e2eMs: NaN, itlMs: [], promptTokens: 0, cachedTokens: 0 };
     try {
       const res = await pool.request({ path, method: 'POST', body, headers: { 'content-type': 'application/json' } });
       out.status = res.statusCode;
@@ -61,20 +59,17 @@ export class LoadClient {
           if (!event.startsWith('data: ')) continue;
           const data = event.slice(6);
           if (data === '[DONE]') continue;
-          const j = JSON.parse(data) as SseChunk;
-          const c = j.choices?.[0];
-          const piece = c ? (c.text ?? c.delta?.content ?? c.delta?.reasoning_content ?? undefined) : undefined;
-          if (piece !== undefined && piece !== null) {
-            const now = performance.now();
-            if (Number.isNaN(last)) out.ttftMs = now - t0;
-            else out.itlMs.push(now - last);
-            last = now;
-            out.text += piece;
-          }
-          if (j.usage) {
-            out.promptTokens = j.usage.prompt_tokens ?? 0;
-            out.cachedTokens = j.usage.prompt_tokens_details?.cached_tokens ?? 0;
-          }
+          // token events are counted without parsing (hot path); the usage event is parsed
+          if (data.includes('"usage":{')) {
+            const j = JSON.parse(data) as SseChunk;
+            out.promptTokens = j.usage?.prompt_tokens ?? 0;
+            out.cachedTokens = j.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+            if (!j.choices || j.choices.length === 0) continue;
+          } else if (!data.includes('"choices":[{')) continue;
+          const now = performance.now();
+          if (Number.isNaN(last)) out.ttftMs = now - t0;
+          else out.itlMs.push(now - last);
+          last = now;
         }
       }
       out.e2eMs = performance.now() - t0;

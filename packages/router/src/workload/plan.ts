@@ -9,7 +9,7 @@ import type { ChatMessage } from '@kvgate/protocol/tokenizer';
 import type { PromptTokenizer } from '../tokenize.js';
 import type { BoundBlock } from './bounds.js';
 import type { LoadClient, RequestResult } from './client.js';
-import { recordTokens, TRACE_BLOCK, type TraceRecord } from './trace.js';
+import { readTrace, recordTokens, TRACE_BLOCK, type TraceRecord } from './trace.js';
 
 export interface PlannedRequest {
   /** wall ms after the run starts */
@@ -94,7 +94,7 @@ function words(r: () => number, n: number): string {
  * The built-in workload: conversations over a few shared system prompts; each turn re-sends the conversation so
  * far (with scripted assistant replies, so the plan is fixed). `tokenizer` (local) gives the bound blocks.
  */
-export function chatPlan(model: string, tokenizer: PromptTokenizer, blockSize: number, o: ChatWorkloadOptions = {}): Plan {
+export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, blockSize: number, o: ChatWorkloadOptions = {}): Plan {
   const r = rng(o.seed ?? 42);
   const systems = Array.from({ length: o.systemPrompts ?? 4 }, (_, i) => `You are assistant #${i}. ${words(r, o.systemWords ?? 900)}`);
   const conversations = o.conversations ?? 48;
@@ -121,6 +121,7 @@ export function chatPlan(model: string, tokenizer: PromptTokenizer, blockSize: n
     blockTokens: blockSize,
     *blocks() {
       for (const p of planned) {
+        if (!tokenizer) throw new Error('chatPlan: bound blocks need a local tokenizer');
         const ids = tokenizer.chatLocal({ messages: p.messages });
         yield prefixHashes(model, null, blockSize, ids).map((h) => ({ key: h, tokens: blockSize }));
       }
@@ -147,4 +148,32 @@ export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: num
   }
   await Promise.all(inflight);
   return { results, wallMs: performance.now() - t0 };
+}
+
+/** A plan described by data (it crosses into the load-client thread). */
+export type PlanSpec =
+  | { kind: 'trace'; path: string; limit: number; compress: number; model: string }
+  | { kind: 'chat'; model: string; blockSize: number; options: ChatWorkloadOptions };
+
+export function buildPlan(spec: PlanSpec, tokenizer?: PromptTokenizer): Plan {
+  if (spec.kind === 'trace') {
+    let records = readTrace(spec.path);
+    if (spec.limit > 0) records = records.slice(0, spec.limit);
+    return tracePlan(records, spec.model, spec.compress);
+  }
+  return chatPlan(spec.model, tokenizer, spec.blockSize, spec.options);
+}
+
+/** runPlan in a worker thread (client-thread.ts). */
+export async function runPlanInThread(spec: PlanSpec, urls: string[], onDone: (done: number) => void = () => {}): Promise<{ results: RequestResult[]; wallMs: number }> {
+  const { Worker } = await import('node:worker_threads');
+  const w = new Worker(new URL('./client-thread-boot.mjs', import.meta.url), { workerData: { spec, urls }, env: process.env });
+  return new Promise((resolve, reject) => {
+    w.on('message', (m: { progress?: number; results?: RequestResult[]; wallMs?: number }) => {
+      if (m.progress !== undefined) onDone(m.progress);
+      if (m.results) resolve({ results: m.results, wallMs: m.wallMs! });
+    });
+    w.once('error', reject);
+    w.once('exit', (code) => reject(new Error(`load client thread exited (${code}) before finishing`)));
+  });
 }

@@ -10,6 +10,7 @@ import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
 import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
 import { startShim, type ShimHandle } from '@kvgate/worker-shim';
 import { startRouter, type RouterHandle, type RouterOptions } from '../router.js';
+import { startEngineThread, type ThreadEngine } from './engine-threads.js';
 
 export interface StackOptions {
   /** simulated engines (default 4) */
@@ -29,12 +30,16 @@ export interface StackOptions {
   tokenizer?: Tokenizer;
   /** bind an HTTP port for the first router (default 0 = any) */
   routerPort?: number;
+  /** run each engine in its own worker thread (default false: on the main thread) */
+  engineThreads?: boolean;
 }
+
+type EngineHandle = Pick<SimEngineHandle, 'url' | 'role' | 'blockSize' | 'numBlocks' | 'kvEventsEndpoint' | 'replayEndpoint' | 'close'> | ThreadEngine;
 
 export interface Stack {
   bus: Bus;
   namespace: string;
-  engines: SimEngineHandle[];
+  engines: EngineHandle[];
   shims: ShimHandle[];
   indexer: RunningIndexer;
   routers: RouterHandle[];
@@ -45,7 +50,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   const model = o.model ?? 'qwen3-8b';
   const namespace = o.namespace ?? (o.nats ? `kvg${randomBytes(4).toString('hex')}` : 'default');
   const bus = await createBus(o.nats ? { nats: o.nats } : {});
-  const engines: SimEngineHandle[] = [];
+  const engines: EngineHandle[] = [];
   const shims: ShimHandle[] = [];
   const routers: RouterHandle[] = [];
   let indexer: RunningIndexer | undefined;
@@ -60,7 +65,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     indexer = await startIndexer(bus, { namespace });
     const n = o.engines ?? 4;
     for (let i = 0; i < n; i++) {
-      const e = await startSimEngine({ model, engineId: `sim-${i}`, ...o.engine });
+      const eo: SimEngineOptions = { model, engineId: `sim-${i}`, ...o.engine };
+      const e: EngineHandle = o.engineThreads ? await startEngineThread(eo) : await startSimEngine(eo);
       engines.push(e);
       shims.push(
         await startShim(bus, {

@@ -1,0 +1,198 @@
+/**
+ * Router figures (DESIGN.md section 7), each beside a baseline measured in the same run:
+ *   router.overhead.p50 / .p99  ms, client send → upstream sees the request, through a router (real indexer over
+ *                               the MemoryBus, 4 workers, a 2k-token prompt as token ids) at a fixed request rate;
+ *                               baseline: the same client straight to the engine stub.
+ *   router.route.rps            pick-only POST /v1/route requests/s (32 in flight); baseline: the same requests
+ *                               answered by a bare HTTP server that only parses the JSON.
+ *   router.tokenize.prompt8k    ms to tokenize a new 8k-token prompt (local Qwen3 tokenizer); baseline: a repeat
+ *                               (digest-keyed cache hit).
+ *   router.tokenize.chatTurn    ms to tokenize turn 6 of a conversation whose turns 1-5 were seen; baseline: the
+ *                               same request tokenized whole without the piece cache.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Pool } from 'undici';
+import { encode, initHashing, prefixHashes, subjects } from '@kvgate/protocol';
+import { createBus } from '@kvgate/protocol/bus/index';
+import { loadTokenizer, type ChatMessage } from '@kvgate/protocol/tokenizer';
+import { startIndexer } from '@kvgate/indexer';
+import { startRouter, PromptTokenizer } from '@kvgate/router';
+import { percentile, type BenchContext } from './figure.js';
+
+const MODEL = 'bench-model';
+const B = 16;
+
+/** An engine stub: answers at once; records when each request's headers arrived. */
+async function stubEngine(onArrive: (id: string, t: number) => void) {
+  const srv = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const t = performance.now();
+    const id = req.headers['x-request-id'];
+    if (typeof id === 'string') onArrive(id, t);
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 2 });
+      res.end('{}');
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, close: () => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); }) };
+}
+
+const words = (n: number, seed: number) => {
+  const w = ['cache', 'router', 'token', 'engine', 'prefix', 'block', 'worker', 'latency', 'queue', 'model', 'the', 'of', 'and', 'a', 'in'];
+  let s = seed;
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    out.push(w[s % w.length]! + (s % 7 === 0 ? String(s % 1000) : ''));
+  }
+  return out.join(' ');
+};
+
+export default async function (ctx: BenchContext): Promise<void> {
+  await initHashing();
+  const n = ctx.quick ? 400 : 3000;
+  const rate = 200; // requests per second
+
+  // ---- a router with a real indexer on the MemoryBus, 4 stub workers -----------------------------------------
+  const arrivals = new Map<string, number>();
+  const engines = await Promise.all(Array.from({ length: 4 }, () => stubEngine((id, t) => arrivals.set(id, t))));
+  const bus = await createBus();
+  const s = subjects('default');
+  const indexer = await startIndexer(bus, {});
+  const kv = await bus.kv(s.workersBucket, { ttlMs: 60_000 });
+  for (const [i, e] of engines.entries()) {
+    await kv.put(`w${i}`, encode({ worker: `w${i}`, model: MODEL, role: 'both', url: e.url, engineUrl: e.url, blockSize: B, capacityBlocks: 100_000, loras: [], ts: Date.now() }));
+  }
+  // ~100k indexed blocks: 400 distinct 256-block prefixes spread over the workers
+  for (let p = 0; p < 400; p++) {
+    const toks = Array.from({ length: 256 * B }, (_, i) => (p * 7919 + i * 31) % 150_000);
+    const hashes = prefixHashes(MODEL, null, B, toks);
+    bus.publish(s.events(`w${p % 4}`), encode({ worker: `w${p % 4}`, seq: Math.floor(p / 4) + 1, ts: Date.now(), model: MODEL, events: [{ t: 'stored', parent: null, hashes }] }));
+  }
+  await bus.flush();
+  await indexer.whenReady();
+  const router = await startRouter(bus, { port: 0, id: 'bench-router' });
+  await router.waitForWorkers(4);
+  ctx.progress('router up; measuring overhead');
+
+  const prompts = Array.from({ length: 64 }, (_, p) => JSON.stringify({ model: MODEL, max_tokens: 1, prompt: Array.from({ length: 2048 }, (_, i) => ((p % 400) * 7919 + i * 31) % 150_000 + (i > 1024 ? p : 0)) }));
+  const measure = async (url: string, path: string, tag: string): Promise<number[]> => {
+    const pool = new Pool(url, { connections: 64 });
+    const lat: number[] = [];
+    const t0 = performance.now();
+    const pending: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      const due = t0 + (i * 1000) / rate;
+      const wait = due - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const id = `${tag}-${i}`;
+      const body = prompts[i % prompts.length]!;
+      const sent = performance.now();
+      pending.push(
+        pool.request({ path, method: 'POST', body, headers: { 'content-type': 'application/json', 'x-request-id': id } }).then(async (res) => {
+          await res.body.dump();
+          const at = arrivals.get(id);
+          if (at !== undefined) lat.push(at - sent);
+        }),
+      );
+    }
+    await Promise.all(pending);
+    await pool.close();
+    return lat;
+  };
+  // warm-up both paths, then measure
+  await measure(router.url, '/v1/completions', 'warm-r');
+  await measure(engines[0]!.url, '/v1/completions', 'warm-d');
+  const via = await measure(router.url, '/v1/completions', 'via');
+  const direct = await measure(engines[0]!.url, '/v1/completions', 'direct');
+  const fallbacks = router.stats().indexFallbacks;
+  const [v50, v99, d50, d99] = [percentile(via, 50), percentile(via, 99), percentile(direct, 50), percentile(direct, 99)];
+  ctx.report({ bench: 'router.overhead.p50', value: v50, unit: 'ms', baseline: d50, note: `send → upstream sees it, via router (tokens→hash→index over MemoryBus→score) vs direct; ${rate} req/s, 2k-token prompts; router adds ${(v50 - d50).toFixed(3)} ms; ${fallbacks} index fallbacks` });
+  ctx.report({ bench: 'router.overhead.p99', value: v99, unit: 'ms', baseline: d99, note: `as p50; router adds ${(v99 - d99).toFixed(3)} ms at p99` });
+
+  // ---- pick-only throughput ---------------------------------------------------------------------------------
+  ctx.progress('route rps');
+  const bare = createServer((req, res) => {
+    let raw = '';
+    req.on('data', (c) => (raw += c));
+    req.on('end', () => {
+      JSON.parse(raw);
+      const out = '{"worker":"w0"}';
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': out.length });
+      res.end(out);
+    });
+  });
+  await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
+  const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}`;
+  const rps = async (url: string, path: string, seconds: number): Promise<number> => {
+    const pool = new Pool(url, { connections: 32 });
+    let done = 0;
+    const end = performance.now() + seconds * 1000;
+    await Promise.all(
+      Array.from({ length: 32 }, async (_, k) => {
+        for (let i = k; performance.now() < end; i += 32) {
+          const res = await pool.request({ path, method: 'POST', body: prompts[i % prompts.length]!, headers: { 'content-type': 'application/json' } });
+          await res.body.dump();
+          done++;
+        }
+      }),
+    );
+    const t = seconds;
+    await pool.close();
+    return done / t;
+  };
+  const secs = ctx.quick ? 1.5 : 5;
+  await rps(router.url, '/v1/route', 0.5);
+  const routeRps = await rps(router.url, '/v1/route', secs);
+  const bareRps = await rps(bareUrl, '/v1/route', secs);
+  ctx.report({ bench: 'router.route.rps', value: Math.round(routeRps), unit: 'req/s', baseline: Math.round(bareRps), note: 'pick-only /v1/route, 2k-token prompts, 32 in flight; baseline: bare HTTP server that only parses the JSON' });
+  bare.closeAllConnections();
+  bare.close();
+  await router.close();
+  await indexer.close();
+  await bus.close();
+  for (const e of engines) await e.close();
+
+  // ---- tokenization -----------------------------------------------------------------------------------------
+  ctx.progress('tokenize');
+  const tok = await loadTokenizer();
+  const pt = new PromptTokenizer({ tokenizer: tok });
+  const reps = ctx.quick ? 3 : 10;
+  let text = words(6000, 1);
+  while (tok.encode(text).length < 8192) text += ' ' + words(200, text.length);
+  const fresh: number[] = [];
+  const cached: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t = `${r} ${text}`;
+    let t0 = performance.now();
+    await pt.prompt(t, MODEL);
+    fresh.push(performance.now() - t0);
+    t0 = performance.now();
+    await pt.prompt(t, MODEL);
+    cached.push(performance.now() - t0);
+  }
+  ctx.report({ bench: 'router.tokenize.prompt8k', value: percentile(fresh, 50), unit: 'ms', baseline: percentile(cached, 50), note: `new ~${tok.encode(text).length}-token prompt, local Qwen3 tokenizer (median of ${reps}); baseline: the same prompt again (cache hit)` });
+
+  const turnMs: number[] = [];
+  const wholeMs: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const pr = new PromptTokenizer({ tokenizer: tok });
+    const msgs: ChatMessage[] = [{ role: 'system', content: `Conversation ${r}. ${words(1500, r + 7)}` }];
+    for (let t = 0; t < 5; t++) {
+      msgs.push({ role: 'user', content: words(120, r * 100 + t) });
+      pr.chatLocal({ messages: msgs });
+      msgs.push({ role: 'assistant', content: words(80, r * 100 + t + 50) });
+    }
+    msgs.push({ role: 'user', content: words(120, r * 100 + 99) });
+    let t0 = performance.now();
+    const ids = pr.chatLocal({ messages: msgs });
+    turnMs.push(performance.now() - t0);
+    t0 = performance.now();
+    const whole = tok.encode(tok.applyChatTemplate(msgs), { addSpecialTokens: false });
+    wholeMs.push(performance.now() - t0);
+    if (whole.length !== ids.length) throw new Error('chat tokenization disagrees with the whole-prompt encoding');
+  }
+  ctx.report({ bench: 'router.tokenize.chatTurn', value: percentile(turnMs, 50), unit: 'ms', baseline: percentile(wholeMs, 50), note: 'turn 6 of a chat (~2.5k-token history seen before) with the piece cache; baseline: template + encode of the whole request' });
+}
