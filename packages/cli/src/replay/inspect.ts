@@ -1,0 +1,73 @@
+/**
+ * `kvgate replay inspect`: rebuild the index as it stood at a time or stream sequence from recorded events, and
+ * show what it held, what a prompt would match, and what a router saw and chose for a request.
+ * Pure: records in, report out.
+ */
+import { PrefixIndex } from '@kvgate/indexer';
+import type { KvlogRecord, RouteDecision } from '@kvgate/protocol';
+
+export interface InspectQuery {
+  at?: number;
+  seq?: number;
+  /** prefix hashes of a prompt to match against the index as it stood */
+  hashes?: bigint[];
+  requestId?: string;
+}
+
+export interface InspectReport {
+  /** the point the index was rebuilt to */
+  upTo: { time: number | null; seq: number | null; eventsApplied: number };
+  workers: Record<string, { blocks: number; lastSeq: number }>;
+  match?: Record<string, number>;
+  request?: {
+    decision: RouteDecision;
+    /** overlaps the index held for the decision's prompt at the decision's time */
+    indexAtDecision: Record<string, number>;
+    /** workers whose overlap then was higher than the chosen worker's */
+    betterHeld: string[];
+  };
+}
+
+function rebuild(records: KvlogRecord[], stop: (r: KvlogRecord & { kind: 'event' }) => boolean) {
+  const index = new PrefixIndex();
+  const lastSeq: Record<string, number> = {};
+  let applied = 0, lastTime: number | null = null, lastStreamSeq: number | null = null;
+  for (const r of records) {
+    if (r.kind !== 'event') continue;
+    if (stop(r)) break;
+    const w = r.batch.worker;
+    for (const e of r.batch.events) {
+      if (e.t === 'stored') index.store(w, e.parent, e.hashes);
+      else if (e.t === 'removed') index.remove(w, e.hashes);
+      else index.clear(w);
+    }
+    lastSeq[w] = r.batch.seq;
+    applied++;
+    lastTime = r.time;
+    lastStreamSeq = r.seq;
+  }
+  return { index, lastSeq, applied, lastTime, lastStreamSeq };
+}
+
+export function inspect(records: KvlogRecord[], q: InspectQuery): InspectReport {
+  const stop = (r: KvlogRecord & { kind: 'event' }) => (q.seq !== undefined && r.seq > q.seq) || (q.at !== undefined && r.time > q.at);
+  const { index, lastSeq, applied, lastTime, lastStreamSeq } = rebuild(records, stop);
+  const workers: InspectReport['workers'] = {};
+  for (const w of index.workers()) workers[w] = { blocks: index.digest(w).count, lastSeq: lastSeq[w] ?? 0 };
+  const report: InspectReport = { upTo: { time: lastTime, seq: lastStreamSeq, eventsApplied: applied }, workers };
+  if (q.hashes) report.match = index.match(q.hashes);
+  if (q.requestId !== undefined) {
+    const rec = records.find((r): r is KvlogRecord & { kind: 'route' } => r.kind === 'route' && r.decision.requestId === q.requestId);
+    if (rec) {
+      const d = rec.decision;
+      const then = rebuild(records, (r) => r.time > rec.time).index.match(d.hashes);
+      const chosenDepth = then[d.chosen] ?? 0;
+      report.request = {
+        decision: d,
+        indexAtDecision: then,
+        betterHeld: Object.entries(then).filter(([, n]) => n > chosenDepth).map(([w]) => w),
+      };
+    }
+  }
+  return report;
+}
