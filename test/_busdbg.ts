@@ -566,48 +566,73 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
 
   test('kv: TTL expiry removes entries and every watcher sees it as a delete', async () => {
     const ttl = target.ttlMs;
+    console.error('STAGE 1', 'const ttl = target.ttlMs;');
     const bus = await connect();
+    console.error('STAGE 2', 'const bus = await connect();');
     const bucket = uniq('ttl');
+    console.error('STAGE 3', "const bucket = uniq('ttl');");
     const kv = await bus.kv(bucket, { ttlMs: ttl });
+    console.error('STAGE 4', 'const kv = await bus.kv(bucket, { ttlMs: ttl });');
     await kv.put('old', enc('before-watch'));
+    console.error('STAGE 5', "await kv.put('old', enc('before-watch'));");
     const w = kv.watch();
+    console.error('STAGE 6', 'const w = kv.watch();');
     const wNew = (await (await connect()).kv(bucket, { ttlMs: ttl })).watch({ newOnly: true });
+    console.error('STAGE 7', 'const wNew = (await (await connect()).kv(bucket, { ttlMs: tt');
     const [first] = await take(w, 1);
+    console.error('STAGE 8', 'const [first] = await take(w, 1);');
     assert.equal([first!.key, first!.op], ['old', 'put']);
+    console.error('STAGE 9', "assert.equal([first!.key, first!.op], ['old', 'put']);");
     await kv.put('lapse', enc('v'));
+    console.error('STAGE 10', "await kv.put('lapse', enc('v'));");
     // keep `alive` alive by re-putting well inside the TTL while the others lapse
     let keep = true;
+    console.error('STAGE 12', 'let keep = true;');
     const keeper = (async () => {
       while (keep) {
         await kv.put('alive', enc('v')).catch(() => (keep = false));
         await sleep(Math.floor(ttl / 5));
       }
     })();
+    console.error('STAGE 18', '})();');
     try {
     const seen: KvEntry[] = [];
+    console.error('STAGE 20', 'const seen: KvEntry[] = [];');
     await withTimeout((async () => {
       for await (const e of w) {
         seen.push(e);
         if (seen.filter((x) => x.op === 'delete').length === 2) break;
       }
     })(), ttl * 2 + 5000, 'two expiries');
+    console.error('STAGE 26', "})(), ttl * 2 + 5000, 'two expiries');");
     const deletes = seen.filter((e) => e.op === 'delete');
+    console.error('STAGE 27', "const deletes = seen.filter((e) => e.op === 'delete');");
     assert.equal(deletes.map((e) => e.key).sort(), ['lapse', 'old']);
+    console.error('STAGE 28', "assert.equal(deletes.map((e) => e.key).sort(), ['lapse', 'ol");
     for (const d of deletes) assert.is(d.value, null);
+    console.error('STAGE 29', 'for (const d of deletes) assert.is(d.value, null);');
     assert.ok(seen.some((e) => e.key === 'alive' && e.op === 'put'));
+    console.error('STAGE 30', "assert.ok(seen.some((e) => e.key === 'alive' && e.op === 'pu");
     assert.is(await kv.get('old'), null);
+    console.error('STAGE 31', "assert.is(await kv.get('old'), null);");
     assert.is(await kv.get('lapse'), null);
+    console.error('STAGE 32', "assert.is(await kv.get('lapse'), null);");
     assert.is(dec(await kv.get('alive')), 'v', 're-put keeps an entry alive');
+    console.error('STAGE 33', "assert.is(dec(await kv.get('alive')), 'v', 're-put keeps an ");
     assert.equal(await kv.keys(), ['alive']);
+    console.error('STAGE 34', "assert.equal(await kv.keys(), ['alive']);");
     // the newOnly watcher never saw 'old' put, yet hears of its expiry
     const newSeen: KvEntry[] = [];
+    console.error('STAGE 36', 'const newSeen: KvEntry[] = [];');
     await withTimeout((async () => {
       for await (const e of wNew) {
         newSeen.push(e);
         if (newSeen.some((x) => x.key === 'old' && x.op === 'delete') && newSeen.some((x) => x.key === 'lapse' && x.op === 'delete')) break;
       }
     })(), 5000, 'newOnly sees expiries');
+    console.error('STAGE 42', "})(), 5000, 'newOnly sees expiries');");
     assert.not.ok(newSeen.some((e) => e.key === 'old' && e.op === 'put'));
+    console.error('STAGE 43', "assert.not.ok(newSeen.some((e) => e.key === 'old' && e.op ==");
     } finally {
       keep = false;
       await keeper;

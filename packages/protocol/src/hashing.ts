@@ -111,6 +111,7 @@ function checkBlockSize(blockSize: number): void {
 /** p_i from p_{i-1} and the token ids tokens[start, start+blockSize). */
 export function blockHash(parent: bigint, tokens: ArrayLike<number>, start: number, blockSize: number): bigint {
   checkBlockSize(blockSize);
+  if (start + blockSize > tokens.length) throw new RangeError(`block of ${blockSize} from ${start} overruns ${tokens.length} tokens`);
   return u64[runChain(parent, tokens, start, 1, blockSize)]!;
 }
 

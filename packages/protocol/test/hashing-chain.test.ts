@@ -72,6 +72,7 @@ test('blockHash and chainHashes from a mid-prompt parent continue the prefix cha
   assert.throws(() => chainHashes(all[4]!, tokens, 80, 6, 16), RangeError);
   assert.throws(() => prefixHashes('m', null, 0, tokens), RangeError);
   assert.throws(() => blockHash(1n, tokens, 0, 1.5), RangeError);
+  assert.throws(() => blockHash(1n, tokens, 150, 16), RangeError);
 });
 
 test('typed-array and plain-array tokens hash alike; out-of-range ids wrap like a Uint32Array write', () => {

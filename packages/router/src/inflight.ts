@@ -21,7 +21,7 @@ export interface InflightOptions {
   routerId: string;
   /** forget a peer router's contributions after this long without a batch; default 5000 ms */
   peerTtlMs?: number;
-  /** how long a predicted prefix credit lasts; default 10000 ms */
+  /** how long a predicted prefix credit lasts; default 30000 ms */
   predictedTtlMs?: number;
   /** most predicted block hashes remembered; default 100000 */
   predictedMax?: number;
@@ -67,7 +67,7 @@ export class Inflight {
     this.#stride = Math.max(1, Math.floor(opts.predictStride ?? 8));
     this.#predicted = new LRUCache<bigint, string[]>({
       max: opts.predictedMax ?? 100_000,
-      ttl: opts.predictedTtlMs ?? 10_000,
+      ttl: opts.predictedTtlMs ?? 30_000,
       perf: { now: this.#now },
       // an injected clock is read on every check (the default caches "now" for 1 ms)
       ttlResolution: opts.now ? 0 : 1,

@@ -30,6 +30,7 @@ import {
   type Subjects,
   type Subscription,
   type KvWatcher,
+  type MatchReply,
 } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import type { Agent } from 'undici';
@@ -57,6 +58,11 @@ export interface RouterOptions {
   weights?: Partial<ScoreWeights>;
   /** how long to wait for the index before routing by load alone; default 5 ms */
   indexTimeoutMs?: number;
+  /**
+   * an indexer in the same process (its IndexClient): matched by direct call instead of a bus request, still
+   * within indexTimeoutMs. Default: ask `…index.match` on the bus.
+   */
+  index?: { match(model: string, lora: string | null | undefined, hashes: ArrayLike<bigint>): Promise<MatchReply> };
   /** local tokenizer (instance, or a tokenizer.json path); absent = the engines' /tokenize */
   tokenizer?: Tokenizer;
   /** request body limit; default 32 MiB */
@@ -65,7 +71,7 @@ export interface RouterOptions {
   flushMs?: number;
   /** a worker whose last load report is older than this is not live; default 3000 ms */
   staleMs?: number;
-  /** predicted-prefix credit lifetime; default 10000 ms */
+  /** predicted-prefix credit lifetime; default 30000 ms */
   predictedTtlMs?: number;
   /** TTL the workers bucket is opened with: the bus applies it to the bucket, so it must match the shims' (default 3000 ms, the shim default) */
   registryTtlMs?: number;
@@ -121,7 +127,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const defaultMaxTokens = options.defaultMaxTokens ?? 256;
   const metrics = new RouterMetrics(id);
   const view = new WorkerView({ staleMs: options.staleMs ?? 3000 });
-  const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 10_000 });
+  const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 30_000 });
   const selector = new Selector(view, inflight, policy, weights, options.random ?? Math.random);
   const agent: Agent = createAgent({ upstreamTimeoutMs: options.upstreamTimeoutMs ?? 600_000 });
   const tokenizer = new PromptTokenizer({ ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}), dispatcher: agent });
@@ -204,6 +210,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
 
   async function matchIndex(pool: Pool, hashes: bigint[]): Promise<Record<string, number> | null> {
     try {
+      if (options.index) {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('index timeout')), indexTimeoutMs)));
+        try {
+          return (await Promise.race([options.index.match(pool.model, pool.lora, hashes), late])).overlaps;
+        } finally {
+          clearTimeout(timer);
+        }
+      }
       const reply = await bus.request(subj.indexMatch, encode({ model: pool.model, lora: pool.lora, hashes }), { timeoutMs: indexTimeoutMs });
       return decodeMatchReply(reply.data).overlaps;
     } catch {
@@ -216,6 +231,11 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   // ---- routing --------------------------------------------------------------------------------------------------
   function poolFor(model: string): Pool {
     const pool = view.pool(model);
+    if (!pool && view.empty) {
+      stats.noWorker++;
+      metrics.noWorker.inc();
+      throw new KvgateError('KVG_NO_WORKER', 'no live worker is registered');
+    }
     if (!pool) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${model}\` does not exist (served: ${view.models().map((m) => m.id).join(', ') || 'none'})`);
     if (pool.both.length + pool.prefill.length + pool.decode.length === 0) {
       stats.noWorker++;
@@ -324,7 +344,13 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
           stats.retries++;
           metrics.retries.inc();
           const exclude = new Set([decision.worker.worker, ...(decision.prefill ? [decision.prefill.worker] : [])]);
-          routed = await route(req, exclude, routed);
+          try {
+            routed = await route(req, exclude, routed);
+          } catch (again) {
+            // no other worker to try: the upstream failure is the better answer
+            if (again instanceof KvgateError && again.code === 'KVG_NO_WORKER') throw e;
+            throw again;
+          }
           continue;
         }
         throw e;

@@ -1,11 +1,14 @@
 /**
  * The routing score (pure: data in, data out). Lower is better.
  *
- *   cost(w) = prefillWeight · (promptBlocks − overlap(w) + inflightPrefillTokens(w) / B)
- *           + decodeWeight  · activeBlocks(w)
- *           + queueWeight   · waiting(w)
+ *   cost(w) = uncachedWeight · (promptBlocks − overlap(w))
+ *           + prefillWeight  · inflightPrefillTokens(w) / B
+ *           + decodeWeight   · activeBlocks(w)
+ *           + queueWeight    · waiting(w)
  *
  * - `promptBlocks − overlap(w)`: full blocks w must still prefill for this request (its cache holds `overlap(w)`).
+ *   With uncachedWeight = prefillWeight the score is greedy time-to-first-token (queue ahead + own prefill); a
+ *   larger uncachedWeight values the cache more: computing a prefix again elsewhere also costs later hits.
  * - `inflightPrefillTokens(w)`: prefill tokens already sent to w by every router replica and not yet answered
  *   (the prefill queue in front of this request).
  * - `activeBlocks(w)`: KV blocks held by w's running sequences (router in-flight accounting, or the engine's own
@@ -18,7 +21,9 @@
  */
 
 export interface ScoreWeights {
-  /** weight of prefill blocks (uncached part of this prompt plus queued prefill); default 1 */
+  /** weight of this prompt's uncached blocks on the worker; default 2 */
+  uncachedWeight: number;
+  /** weight of prefill blocks already queued on the worker (in flight from every router); default 1 */
   prefillWeight: number;
   /** weight of active decode blocks; default 0.1 (a running sequence slows each step a little, a prefill blocks it) */
   decodeWeight: number;
@@ -33,6 +38,7 @@ export interface ScoreWeights {
 }
 
 export const DEFAULT_WEIGHTS: ScoreWeights = {
+  uncachedWeight: 2,
   prefillWeight: 1,
   decodeWeight: 0.1,
   queueWeight: 4,
@@ -93,7 +99,7 @@ export function score(input: ScoreInput, w: ScoreWeights = DEFAULT_WEIGHTS): Sco
     const newPrefillBlocks = input.promptBlocks - overlap;
     const queuedPrefill = c.inflightPrefillTokens / B;
     const active = activeBlocks(c);
-    const cost = w.prefillWeight * (newPrefillBlocks + queuedPrefill) + w.decodeWeight * active + w.queueWeight * c.waiting;
+    const cost = w.uncachedWeight * newPrefillBlocks + w.prefillWeight * queuedPrefill + w.decodeWeight * active + w.queueWeight * c.waiting;
     return { worker: c.worker, overlap, cost, newPrefillBlocks, load: queuedPrefill + active + c.waiting, busy: isBusy(c, w) };
   });
 }

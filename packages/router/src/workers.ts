@@ -2,8 +2,9 @@
  * The router's view of the workers: registrations (from the `…workers` KV bucket watch) and their latest load
  * reports (from `…load.*`). No I/O: the bus edge (router.ts) feeds it.
  *
- * A worker is live while its registration exists (the bucket's TTL expires dead shims) and its last load report,
- * if it ever sent one, is younger than `staleMs`.
+ * A worker is live while its registration exists (the bucket's TTL expires dead shims: that is the liveness
+ * signal). A load report older than `staleMs` is ignored (the worker counts as unloaded but for in-flight
+ * accounting): a shim slow to report must not take a healthy worker out of rotation.
  * A request's `model` names a pool: either a base model (every worker registered with it), or a LoRA adapter
  * (every worker listing it in `loras`; prompts then hash under the base model with that adapter name).
  */
@@ -31,6 +32,8 @@ interface LoadSeen {
 
 export class WorkerView {
   #regs = new Map<string, WorkerRegistration>();
+  /** every model / adapter name ever registered → its base model (a pool whose workers all left is empty, not unknown) */
+  #known = new Map<string, { model: string; lora: string | null }>();
   #loads = new Map<string, LoadSeen>();
   #staleMs: number;
   #now: () => number;
@@ -42,6 +45,8 @@ export class WorkerView {
 
   upsert(reg: WorkerRegistration): void {
     this.#regs.set(reg.worker, reg);
+    this.#known.set(reg.model, { model: reg.model, lora: null });
+    for (const l of reg.loras) if (!this.#known.has(l)) this.#known.set(l, { model: reg.model, lora: l });
   }
 
   /** The registration was deleted or expired. */
@@ -54,8 +59,10 @@ export class WorkerView {
     this.#loads.set(report.worker, { report, at: this.#now() });
   }
 
+  /** The worker's last load report, unless older than staleMs. */
   lastLoad(worker: string): LoadReport | undefined {
-    return this.#loads.get(worker)?.report;
+    const l = this.#loads.get(worker);
+    return l && this.#now() - l.at <= this.#staleMs ? l.report : undefined;
   }
 
   registration(worker: string): WorkerRegistration | undefined {
@@ -63,9 +70,7 @@ export class WorkerView {
   }
 
   isLive(worker: string): boolean {
-    if (!this.#regs.has(worker)) return false;
-    const l = this.#loads.get(worker);
-    return !l || this.#now() - l.at <= this.#staleMs;
+    return this.#regs.has(worker);
   }
 
   /** Every registered worker (live or not). */
@@ -84,13 +89,20 @@ export class WorkerView {
     return [...out.values()];
   }
 
-  /** Is `model` known at all (registered, even if no worker is live now)? */
+  /** Has `model` (or an adapter of that name) ever been registered? */
   knows(model: string): boolean {
-    for (const r of this.#regs.values()) if (r.model === model || r.loras.includes(model)) return true;
-    return false;
+    return this.#known.has(model);
   }
 
-  /** The live pool serving `model` (base model or LoRA adapter name), or undefined if no worker is registered for it. */
+  /** Are there any workers at all? */
+  get empty(): boolean {
+    return this.#regs.size === 0;
+  }
+
+  /**
+   * The live pool serving `model` (base model or LoRA adapter name); empty when every worker that served it left;
+   * undefined when nothing ever served it.
+   */
   pool(model: string, lora?: string | null): Pool | undefined {
     let base: string | undefined;
     let adapter: string | null = lora ?? null;
@@ -109,7 +121,12 @@ export class WorkerView {
         }
       }
     }
-    if (base === undefined) return undefined;
+    if (base === undefined) {
+      const k = this.#known.get(model);
+      if (!k) return undefined;
+      base = k.model;
+      adapter = k.lora;
+    }
     const pool: Pool = { model: base, lora: adapter, blockSize: 0, both: [], prefill: [], decode: [] };
     for (const r of this.#regs.values()) {
       if (r.model !== base || !this.isLive(r.worker)) continue;

@@ -102,7 +102,7 @@ function build(kind: BusKind) {
     // 64-block head start is worth five 8-block prefills plus their decode load), then spreads. Two routers that
     // do not share their in-flight load would each do that.
     const counts = async (flushMs: number) => {
-      const c = await setup(kind, 4, { flushMs }, 2);
+      const c = await setup(kind, 4, { flushMs, weights: { uncachedWeight: 1, prefillWeight: 1, decodeWeight: 0.1 } }, 2);
       const shared = tokens(256, 90_000);
       const holds = new Map([['w0', new Set(prefixHashes('stub-model', null, 4, shared))]]);
       const idx = fakeIndex(c.bus, holds, c.ns);
@@ -235,19 +235,21 @@ function build(kind: BusKind) {
       const path = await request(`${url}/v2/nothing`);
       assert.is(path.statusCode, 404);
       shape({ json: await path.body.json() }, 'KVG_NOT_FOUND');
-      // the only worker's load reports go stale → no live worker
+      // the only worker leaves the registry → no live worker
       const r = c.routers[0]!;
-      publishLoad(c.bus, { worker: 'w0' }, c.ns);
-      await until(() => r.workers.lastLoad('w0') !== undefined, 5000, 'load report');
-      await c.bus.flush();
-      const stale = await startRouter(c.bus, { port: 0, namespace: c.ns, staleMs: 1 });
-      c.routers.push(stale);
-      publishLoad(c.bus, { worker: 'w0' }, c.ns);
-      await until(() => stale.workers.lastLoad('w0') !== undefined, 5000, 'load report');
-      await new Promise((res) => setTimeout(res, 10));
-      const none = await post(`${stale.url}/v1/completions`, { model: 'stub-model', prompt: 'hi' });
-      assert.is(none.status, 503);
-      shape(none, 'KVG_NO_WORKER');
+      await deregister(c.bus, 'w0', c.ns);
+      await until(() => r.workers.all().length === 0, 5000, 'deregistration');
+      await register(c.bus, registration('w1', 'http://127.0.0.1:1', { model: 'other' }), c.ns);
+      await until(() => r.workers.all().length === 1, 5000, 'registration');
+      const none = await post(`${url}/v1/completions`, { model: 'other', prompt: 'hi' });
+      await deregister(c.bus, 'w1', c.ns);
+      await until(() => r.workers.all().length === 0, 5000, 'deregistration');
+      assert.is(none.status, 502, 'a registered worker whose engine is down: upstream error after one retry');
+      shape(none, 'KVG_UPSTREAM');
+      const gone = await post(`${url}/v1/completions`, { model: 'stub-model', prompt: 'hi' });
+      assert.is(gone.status, 503, 'every worker of a known model left');
+      shape(gone, 'KVG_NO_WORKER');
+      const stale = r;
       const ready = await request(`${stale.url}/readyz`);
       assert.is(ready.statusCode, 503);
       await ready.body.dump();

@@ -7,10 +7,10 @@ const cand = (worker: string, over: Partial<Candidate> = {}): Candidate => ({
 });
 
 test('cost is uncached prefill + queued prefill + decode + queue, weighted', () => {
-  const w = { ...DEFAULT_WEIGHTS, prefillWeight: 2, decodeWeight: 0.5, queueWeight: 3 };
+  const w = { ...DEFAULT_WEIGHTS, uncachedWeight: 3, prefillWeight: 2, decodeWeight: 0.5, queueWeight: 3 };
   const [s] = score({ promptBlocks: 10, blockSize: 16, candidates: [cand('a', { overlap: 4, inflightPrefillTokens: 32, inflightDecodeBlocks: 20, waiting: 1 })] }, w);
-  // 2·(6 + 2) + 0.5·20 + 3·1
-  assert.is(s!.cost, 16 + 10 + 3);
+  // 3·6 + 2·2 + 0.5·20 + 3·1
+  assert.is(s!.cost, 18 + 4 + 10 + 3);
   assert.is(s!.newPrefillBlocks, 6);
 });
 
@@ -32,7 +32,7 @@ test('load outweighs a small overlap', () => {
 
 test('engine-reported KV usage counts as active blocks when above the router accounting', () => {
   const s = score({ promptBlocks: 4, blockSize: 16, candidates: [cand('a', { kvUsage: 0.5, inflightDecodeBlocks: 10 })] });
-  assert.is(s[0]!.cost, 4 + 0.1 * 500);
+  assert.is(s[0]!.cost, DEFAULT_WEIGHTS.uncachedWeight * 4 + 0.1 * 500);
 });
 
 test('busy workers are excluded unless all are busy', () => {

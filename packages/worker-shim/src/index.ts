@@ -190,7 +190,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   await Promise.all([scraper.scrape(), refreshLoras()]);
   scraper.start();
 
-  // A new shim incarnation starts its event numbering at 1 with `cleared`: whatever an earlier
+  // A new shim incarnation starts its event numbering at 0 with `cleared`: whatever an earlier
   // incarnation published for this worker is void; replay (below) relearns what the engine holds.
   await relay.publishCleared();
 

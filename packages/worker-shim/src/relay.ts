@@ -2,7 +2,8 @@
  * EventRelay: the actor that turns one engine's KV event stream into kvgate EventBatches.
  *
  * Messages in: raw ZMQ frames `[topic, seq, payload]` from the subscriber (through `post`).
- * Messages out: `EventBatch`es handed to `publish`, numbered 1, 2, 3, … without gaps.
+ * Messages out: `EventBatch`es handed to `publish`, numbered 0, 1, 2, … without gaps (a new shim
+ * incarnation starts again at 0, with `cleared`; indexers read seq 0 after a higher one as a shim restart).
  * State (private, changed only while the mailbox runs one message at a time): the engine-hash map,
  * the engine sequence, the LoRA names, the outgoing sequence.
  *
@@ -59,7 +60,7 @@ export class EventRelay {
   readonly #d: RelayDeps;
   readonly #map: EngineMap;
   readonly #seq = new EngineSeq();
-  #outSeq = 0;
+  #outSeq = -1;
   #mail: Mail[] = [];
   #head = 0;
   #running = false;
@@ -74,7 +75,7 @@ export class EventRelay {
     this.#map = new EngineMap({ model: deps.model, maxEntries: deps.maxMapEntries });
   }
 
-  /** last outgoing sequence used */
+  /** last outgoing sequence used (-1 before the first) */
   get outSeq(): number {
     return this.#outSeq;
   }
@@ -269,7 +270,8 @@ export class EventRelay {
   #clear(reason: string): void {
     this.#map.clear();
     this.#emit([{ t: 'cleared' }], Date.now() / 1000);
-    log.info({ reason }, 'worker cleared');
+    if (reason === 'requested') log.debug({ reason }, 'worker cleared');
+    else log.info({ reason }, 'worker cleared');
   }
 
   /** map one engine batch and publish it; marks `seq` accepted */

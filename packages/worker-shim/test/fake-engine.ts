@@ -234,8 +234,8 @@ export class BusView {
       callback: (m) => {
         const b = decodeEventBatch(m.data);
         const prev = this.batches.at(-1);
-        // a new shim incarnation starts again at 1 (with `cleared`)
-        if (prev && b.seq !== prev.seq + 1 && b.seq !== 1) this.seqErrors++;
+        // a new shim incarnation starts again at 0 (with `cleared`)
+        if ((prev && b.seq !== prev.seq + 1 && b.seq !== 0) || (!prev && b.seq !== 0)) this.seqErrors++;
         this.batches.push(b);
         for (const e of b.events) {
           if (e.t === 'stored') for (const h of e.hashes) this.blocks.add(h);

@@ -10,7 +10,7 @@ export const summary = 'OpenAI-compatible router: cache- and load-aware, horizon
 const USAGE = `kvgate router [--port 8080] [--nats URL] [--tokenizer path/to/tokenizer.json] [--policy kv]
 
 Score per live worker of the request's pool (lower wins; see packages/router/README.md):
-  prefill-weight · (prompt blocks − cached blocks + queued prefill blocks) + decode-weight · active blocks
+  uncached-weight · (prompt blocks − cached blocks) + prefill-weight · queued prefill blocks + decode-weight · active blocks
   + queue-weight · waiting requests; workers over a busy threshold are skipped unless all are busy.`;
 
 const SPEC = {
@@ -21,7 +21,8 @@ const SPEC = {
   id: { type: 'string', help: 'replica id (default router-<random>)' },
   tokenizer: { type: 'string', help: 'local tokenizer.json (or "qwen3" for the bundled one); default: ask the engines (/tokenize)' },
   policy: { type: 'string', default: 'kv', help: 'kv | round-robin | least-loaded | random' },
-  'prefill-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.prefillWeight), help: 'score weight of prefill blocks' },
+  'uncached-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.uncachedWeight), help: "score weight of the prompt's blocks the worker does not cache" },
+  'prefill-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.prefillWeight), help: 'score weight of prefill blocks queued on the worker' },
   'decode-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.decodeWeight), help: 'score weight of active decode blocks' },
   'queue-weight': { type: 'string', default: String(DEFAULT_WEIGHTS.queueWeight), help: 'score weight of one waiting request (in blocks)' },
   'busy-kv': { type: 'string', default: String(DEFAULT_WEIGHTS.busyKvUsage), help: 'skip workers at or above this KV usage (0..1)' },
@@ -55,6 +56,7 @@ export async function run(argv: string[]): Promise<number> {
     bodyLimitBytes: intFlag(f['body-limit'], 'body-limit', 32 * 1024 * 1024),
     registryTtlMs: intFlag(f['registry-ttl-ms'], 'registry-ttl-ms', 3000),
     weights: {
+      uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', DEFAULT_WEIGHTS.uncachedWeight),
       prefillWeight: intFlag(f['prefill-weight'], 'prefill-weight', DEFAULT_WEIGHTS.prefillWeight),
       decodeWeight: intFlag(f['decode-weight'], 'decode-weight', DEFAULT_WEIGHTS.decodeWeight),
       queueWeight: intFlag(f['queue-weight'], 'queue-weight', DEFAULT_WEIGHTS.queueWeight),

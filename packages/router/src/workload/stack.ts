@@ -30,6 +30,8 @@ export interface StackOptions {
   tokenizer?: Tokenizer;
   /** bind an HTTP port for the first router (default 0 = any) */
   routerPort?: number;
+  /** ask the index over the bus even in memory (default false: direct call to the in-process indexer) */
+  indexOverBus?: boolean;
   /** run each engine in its own worker thread (default false: on the main thread) */
   engineThreads?: boolean;
 }
@@ -91,6 +93,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
         namespace,
         id: `router-${i}`,
         ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
+        // in one process the indexer answers by direct call (NATS: over the bus, as in production)
+        ...(o.nats || o.indexOverBus ? {} : { index: indexer.client }),
         ...o.router,
         port: i === 0 ? (o.routerPort ?? 0) : 0,
       });
