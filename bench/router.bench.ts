@@ -60,7 +60,7 @@ export default async function (ctx: BenchContext): Promise<void> {
   const engines = await Promise.all(Array.from({ length: 4 }, () => stubEngine((id, t) => arrivals.set(id, t))));
   const bus = await createBus();
   const s = subjects('default');
-  const indexer = await startIndexer(bus, {});
+  const indexer = await startIndexer(bus, { registryTtlMs: 60_000 });
   const kv = await bus.kv(s.workersBucket, { ttlMs: 60_000 });
   for (const [i, e] of engines.entries()) {
     await kv.put(`w${i}`, encode({ worker: `w${i}`, model: MODEL, role: 'both', url: e.url, engineUrl: e.url, blockSize: B, capacityBlocks: 100_000, loras: [], ts: Date.now() }));
@@ -73,7 +73,7 @@ export default async function (ctx: BenchContext): Promise<void> {
   }
   await bus.flush();
   await indexer.whenReady();
-  const router = await startRouter(bus, { port: 0, id: 'bench-router' });
+  const router = await startRouter(bus, { port: 0, id: 'bench-router', registryTtlMs: 60_000 });
   await router.waitForWorkers(4);
   ctx.progress('router up; measuring overhead');
 

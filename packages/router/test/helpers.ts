@@ -104,12 +104,12 @@ export function registration(worker: string, url: string, over: Partial<WorkerRe
 }
 
 export async function register(bus: Bus, reg: WorkerRegistration, ns = 'default'): Promise<void> {
-  const kv = await bus.kv(subjects(ns).workersBucket, { ttlMs: 3000 });
+  const kv = await bus.kv(subjects(ns).workersBucket, { ttlMs: 0 });
   await kv.put(reg.worker, encode(reg));
 }
 
 export async function deregister(bus: Bus, worker: string, ns = 'default'): Promise<void> {
-  const kv = await bus.kv(subjects(ns).workersBucket, { ttlMs: 3000 });
+  const kv = await bus.kv(subjects(ns).workersBucket, { ttlMs: 0 });
   await kv.delete(worker);
 }
 

@@ -27,7 +27,7 @@ async function setup(kind: BusKind, n: number, routerOpts: RouterOptions = {}, r
   for (const e of engines) await register(bus, registration(e.name, e.url), ns);
   const rs: RouterHandle[] = [];
   for (let i = 0; i < routers; i++) {
-    const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 200, ...routerOpts });
+    const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 200, registryTtlMs: 0, ...routerOpts });
     await r.waitForWorkers(n);
     rs.push(r);
   }
@@ -308,7 +308,7 @@ function build(kind: BusKind) {
     await register(bus, registration('d0', d0.url, { role: 'decode' }), ns);
     const prompt = tokens(32);
     const idx = fakeIndex(bus, new Map([['p1', new Set(prefixHashes('stub-model', null, 4, prompt))]]), ns);
-    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200 });
+    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200, registryTtlMs: 0 });
     try {
       await r.waitForWorkers(3);
       const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt });

@@ -4,8 +4,10 @@
  * waits its modelled duration divided by `speedup`, then delivers the step's tokens and publishes its KV events
  * as one batch, and runs the next step.
  *
- * Simulated time: `now()` = wall milliseconds since start × speedup. Requests are stamped on arrival with it;
- * TTFT and latency metrics are simulated milliseconds.
+ * Simulated time follows wall time × speedup while the engine keeps up, but the simulator's own CPU lag is never
+ * billed as GPU time: a step starts when the previous one ended (or when the request that woke an idle engine
+ * arrived), and a request arriving during a step is stamped within that step. So TTFT and latency (simulated ms,
+ * in the metrics) come from the timing model and queueing, not from how busy the host happens to be.
  */
 import { Scheduler, type SchedulerOptions, type SchedulerStats, type StepResult, type SubmitRequest, type TokenOutput, type HeldBlocks } from './scheduler.js';
 import type { KvCacheEvent } from './kv-cache.js';
@@ -39,7 +41,12 @@ export class EngineCore {
   #tracks = new Map<string, Track>();
   #holdTimers = new Map<string, NodeJS.Timeout>();
   #busy = false;
+  /** end of the last step started (simulated ms) */
   #cursor = 0;
+  #stepStart = 0;
+  #inStep = false;
+  /** arrival of the request that woke the idle engine */
+  #wakeAt = 0;
   #closed = false;
   #timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
 
@@ -74,10 +81,13 @@ export class EngineCore {
   /** Queues a request; `sink` receives each generated token (the last has a finishReason). Throws on bad input. */
   submit(req: Omit<SubmitRequest, 'arrivalMs'>, sink: Sink): void {
     if (this.#closed) throw new Error('engine closed');
-    const arrivalMs = this.now();
+    const now = this.now();
+    const arrivalMs = this.#inStep ? Math.min(Math.max(now, this.#stepStart), this.#cursor) : Math.max(now, this.#cursor);
     this.#sched.submit({ ...req, arrivalMs });
     this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs });
-    this.#kick();
+    // busy but not in a step = woken, first step not started yet: it must not start before this arrival
+    if (this.#busy && !this.#inStep) this.#wakeAt = Math.max(this.#wakeAt, arrivalMs);
+    else this.#kick(arrivalMs);
   }
 
   /** Client gone or cancelled: frees everything the request holds. */
@@ -131,23 +141,29 @@ export class EngineCore {
     if (ev.length) this.#onEvents(ev, Date.now() / 1000);
   }
 
-  #kick(): void {
+  /** Wakes the idle loop; its first step starts at `at` (simulated ms). */
+  #kick(at = Math.max(this.now(), this.#cursor)): void {
     if (this.#busy || this.#closed) return;
     this.#busy = true;
+    this.#wakeAt = at;
     this.#timer = setImmediate(() => this.#loop());
   }
 
-  #loop(): void {
+  /** `continuing`: called right after a step completed (start at its end), else woken from idle. */
+  #loop(continuing = false): void {
     this.#timer = undefined;
     if (this.#closed) return;
-    // steps never overlap in simulated time, even when a short step's wall wait was cut to setImmediate
-    const r = this.#sched.step(Math.max(this.now(), this.#cursor));
+    // steps never overlap in simulated time, and lag of the host between steps is not simulated time
+    const start = continuing ? this.#cursor : Math.max(this.#cursor, this.#wakeAt);
+    const r = this.#sched.step(start);
     if (!r) {
       this.#busy = false;
       this.#flushLooseEvents();
       return;
     }
+    this.#stepStart = r.startMs;
     this.#cursor = r.endMs;
+    this.#inStep = true;
     // wait until the step's modelled end; coarse timers only when the wait is ≥ 1 ms of wall time
     const delay = (r.endMs - this.now()) / this.speedup;
     const done = () => this.#complete(r);
@@ -156,6 +172,7 @@ export class EngineCore {
 
   #complete(r: StepResult): void {
     this.#timer = undefined;
+    this.#inStep = false;
     if (this.#closed) return;
     if (r.events.length) this.#onEvents(r.events, Date.now() / 1000);
     for (const out of r.outputs) {
@@ -181,6 +198,6 @@ export class EngineCore {
         /* a sink failing (socket gone) must not stop the engine */
       }
     }
-    this.#loop();
+    this.#loop(true);
   }
 }

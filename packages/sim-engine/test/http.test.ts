@@ -8,7 +8,7 @@ import { post, readSse, tokens, metricValue, sleep } from './helpers.js';
 let e: SimEngineHandle;
 
 test.before(async () => {
-  e = await startSimEngine({ speedup: 4, numBlocks: 4096, maxModelLen: 16384, kvEventsEndpoint: null, hashSeed: 'http' });
+  e = await startSimEngine({ speedup: 2, numBlocks: 4096, maxModelLen: 16384, kvEventsEndpoint: null, hashSeed: 'http' });
 });
 test.after(async () => {
   await e.close();

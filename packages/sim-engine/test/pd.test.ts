@@ -9,7 +9,7 @@ let decode: SimEngineHandle;
 let decodeEvents: EventCollector;
 
 test.before(async () => {
-  prefill = await startSimEngine({ role: 'prefill', engineId: 'pre-0', speedup: 50, numBlocks: 512, kvReplayEndpoint: null, kvHoldTimeoutS: 5 });
+  prefill = await startSimEngine({ role: 'prefill', engineId: 'pre-0', speedup: 50, numBlocks: 512, kvReplayEndpoint: null, kvHoldTimeoutS: 600 });
   decode = await startSimEngine({ role: 'decode', engineId: 'dec-0', speedup: 50, numBlocks: 512, kvReplayEndpoint: null });
   decodeEvents = await EventCollector.connect(decode.kvEventsEndpoint!);
 });
@@ -91,14 +91,22 @@ test('a used, unknown or malformed descriptor fails cleanly', async () => {
 });
 
 test('held blocks expire after the hold timeout; the descriptor is then refused', async () => {
-  const prompt = tokens(200, 34);
-  const d = await prefillFor(prompt);
-  // 5 simulated seconds at speedup 50 = 100 ms of wall time
-  for (let i = 0; i < 100 && prefill.stats().held > 0; i++) await sleep(20);
-  assert.is(prefill.stats().held, 0);
-  const r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: d });
-  assert.is(r.status, 400);
-  assert.match(r.json.error.message, /unknown or expired/);
+  const shortHold = await startSimEngine({ role: 'prefill', speedup: 50, numBlocks: 128, kvEventsEndpoint: null, kvHoldTimeoutS: 2 });
+  try {
+    const prompt = tokens(200, 34);
+    const r0 = await post(shortHold.url + '/v1/completions', { prompt, max_tokens: 1, kv_transfer_params: { do_remote_decode: true } });
+    const d = r0.json.kv_transfer_params;
+    assert.is(d.remote_engine_id, shortHold.engineId);
+    // 2 simulated seconds at speedup 50 = 40 ms of wall time
+    for (let i = 0; i < 250 && shortHold.stats().held > 0; i++) await sleep(20);
+    assert.is(shortHold.stats().held, 0);
+    assert.is(shortHold.stats().freeBlocks, 128, 'expired blocks went back to the pool');
+    const r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: d });
+    assert.is(r.status, 400);
+    assert.match(r.json.error.message, /unknown or expired/);
+  } finally {
+    await shortHold.close();
+  }
 });
 
 test.run();

@@ -99,7 +99,7 @@ function busSuite(kind: 'memory' | 'nats') {
       await shim.idle();
       return view.has(prefixHashes(MODEL, '', B, await tokenize(engine, p)));
     }, 'shim subscribed');
-    return {
+    const r: Rig = {
       bus,
       engine,
       shim,
@@ -108,9 +108,10 @@ function busSuite(kind: 'memory' | 'nats') {
       async close() {
         await shim.stop();
         view.close();
-        await engine.close();
+        await r.engine.close(); // the restart test swaps the engine
       },
     };
+    return r;
   }
 
   t('published prefix hashes equal kvgate hashes of the prompts\' full blocks', async () => {

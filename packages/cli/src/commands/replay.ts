@@ -32,6 +32,10 @@ const SPEC = {
   trace: { type: 'string', help: 'whatif: Mooncake trace (.jsonl) or .kvlog' },
   policy: { type: 'string', help: 'whatif: policies to compare', default: 'kv,least-loaded,round-robin' },
   engines: { type: 'string', help: 'whatif: simulated engines', default: '4' },
+  'num-blocks': { type: 'string', help: 'whatif: KV blocks per engine', default: '16384' },
+  'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens', default: '16' },
+  compress: { type: 'string', help: 'whatif: divide trace arrival times by this', default: '1' },
+  limit: { type: 'string', help: 'whatif: replay only the first N requests' },
   json: { type: 'boolean', help: 'machine-readable output' },
 } as const;
 
@@ -130,7 +134,16 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'whatif': {
         const { runWhatif } = await import('../replay/whatif.js');
-        return await runWhatif({ trace: f.trace, policies: (f.policy ?? 'kv').split(','), engines: intFlag(f.engines, 'engines', 4), json: f.json });
+        return await runWhatif({
+          trace: f.trace,
+          policies: (f.policy ?? 'kv').split(','),
+          engines: intFlag(f.engines, 'engines', 4),
+          json: f.json,
+          numBlocks: intFlag(f['num-blocks'], 'num-blocks', 16384),
+          blockSize: intFlag(f['engine-block-size'], 'engine-block-size', 16),
+          compress: intFlag(f.compress, 'compress', 1),
+          ...(f.limit !== undefined ? { limit: intFlag(f.limit, 'limit', Infinity) } : {}),
+        });
       }
       default:
         console.error(`kvgate replay: expected export|import|inspect|whatif\n\n${USAGE}`);

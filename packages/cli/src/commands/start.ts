@@ -31,6 +31,8 @@ const SPEC = {
   'block-size': { type: 'string', help: 'engine KV block size in tokens (default: trace 128, built-in 16)' },
   'num-blocks': { type: 'string', help: 'engine KV capacity in blocks (default: trace 16384, built-in 2048)' },
   'index-timeout-ms': { type: 'string', default: '50', help: 'router budget for the index answer before routing by load alone' },
+  'uncached-weight': { type: 'string', help: 'kv score: weight of uncached prompt blocks (router default 2)' },
+  'decode-weight': { type: 'string', help: 'kv score: weight of active decode blocks (router default 0.1)' },
   model: { type: 'string', default: 'qwen3-8b', help: 'served model name' },
   conversations: { type: 'string', default: '48', help: 'built-in workload: conversations' },
   turns: { type: 'string', default: '4', help: 'built-in workload: turns per conversation' },
@@ -119,7 +121,14 @@ export async function run(argv: string[]): Promise<number> {
       routerPort: intFlag(f.port, 'port', 0),
       engineThreads: true,
       engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize, maxNumSeqs: 256 },
-      router: { policy, indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50) },
+      router: {
+        policy,
+        indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50),
+        weights: {
+          ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 2) } : {}),
+          ...(f['decode-weight'] ? { decodeWeight: intFlag(f['decode-weight'], 'decode-weight', 0.1) } : {}),
+        },
+      },
     });
     const bar = progressBar(policy, plan.requests.length);
     try {

@@ -507,21 +507,18 @@ export class NatsBus implements Bus {
    */
   async #liveKeys(bucket: string, ttlMs: number): Promise<string[]> {
     const prefix = `$KV.${bucket}.`;
-    const consumer = await this.#js.consumers.get(`KV_${bucket}`, {
-      filterSubjects: `${prefix}>`,
-      deliver_policy: DeliverPolicy.LastPerSubject,
-      headers_only: true,
-    });
+    // every message, not DeliverPolicy.LastPerSubject: see the note on #watch
+    const consumer = await this.#js.consumers.get(`KV_${bucket}`, { filterSubjects: `${prefix}>`, headers_only: true });
     const msgs = await consumer.consume({ max_messages: 512 });
-    const out: string[] = [];
+    const live = new Map<string, boolean>();
     try {
       const now = Date.now();
       for await (const m of orderedMessages(consumer, msgs, false)) {
         const op = m.headers?.get('KV-Operation');
         const lapsed = ttlMs > 0 && m.info.timestampNanos / 1e6 + ttlMs <= now;
-        if (op !== 'DEL' && op !== 'PURGE' && !lapsed) out.push(m.subject.slice(prefix.length));
+        live.set(m.subject.slice(prefix.length), op !== 'DEL' && op !== 'PURGE' && !lapsed);
       }
-      return out;
+      return [...live].filter(([, isLive]) => isLive).map(([k]) => k);
     } finally {
       msgs.stop();
       consumer.delete().catch(() => undefined);
@@ -575,14 +572,14 @@ export class NatsBus implements Bus {
     const run = async (): Promise<void> => {
       let initialUpTo = 0;
       if (newOnly) initialUpTo = (await (await this.#jsmgr()).streams.info(`KV_${bucket}`)).state.last_seq;
-      // an ordered *pull* consumer, not nats.js kv.watch(): kv.watch rides a push consumer that, after a
+      // An ordered *pull* consumer, not nats.js kv.watch(): kv.watch rides a push consumer that, after a
       // server restart, only recovers once its idle heartbeats are missed (~15 s on 2.9); the pull
-      // consumer re-creates itself as soon as the connection is back
+      // consumer re-creates itself as soon as the connection is back.
+      // DeliverPolicy.All, not LastPerSubject: on nats-server 2.9 a last-per-subject consumer whose
+      // starting message is replaced (a key re-put) before delivery can stall with num_pending > 0 and
+      // never deliver again. Buckets are made with history 1, so "all" is one message per key anyway.
       const prefix = `$KV.${bucket}.`;
-      const consumer = await this.#js.consumers.get(`KV_${bucket}`, {
-        filterSubjects: `${prefix}>`,
-        deliver_policy: DeliverPolicy.LastPerSubject,
-      });
+      const consumer = await this.#js.consumers.get(`KV_${bucket}`, { filterSubjects: `${prefix}>` });
       const msgs = await consumer.consume({ max_messages: 256 });
       stopSource = () => {
         msgs.stop();
