@@ -156,7 +156,7 @@ function busSuite(kind: 'memory' | 'nats') {
   });
 
   t('a forced gap (dropped frames) is repaired through replay', async () => {
-    const r = await rig();
+    const r = await rig({}, { replayProbeMs: 600_000 }); // only the gap may trigger the replay here
     try {
       r.shim.dropNextFrames(2);
       const p1 = prompt(20, 60);
