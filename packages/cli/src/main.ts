@@ -45,5 +45,15 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cmd = await load();
-  return cmd.run(rest);
+  try {
+    return await cmd.run(rest);
+  } catch (e) {
+    // bad flags and other usage errors: one clear line, no stack
+    const err = e as { code?: string; message?: string };
+    if (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`kvgate ${name}: ${err.message}\n(kvgate ${name} --help lists the options)`);
+      return 2;
+    }
+    throw e;
+  }
 }

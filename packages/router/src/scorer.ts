@@ -21,7 +21,7 @@
  */
 
 export interface ScoreWeights {
-  /** weight of this prompt's uncached blocks on the worker; default 2 */
+  /** weight of this prompt's uncached blocks on the worker; default 4 */
   uncachedWeight: number;
   /** weight of prefill blocks already queued on the worker (in flight from every router); default 1 */
   prefillWeight: number;
@@ -38,7 +38,7 @@ export interface ScoreWeights {
 }
 
 export const DEFAULT_WEIGHTS: ScoreWeights = {
-  uncachedWeight: 2,
+  uncachedWeight: 4,
   prefillWeight: 1,
   decodeWeight: 0.1,
   queueWeight: 4,

@@ -42,6 +42,7 @@ async function setup(extra: Partial<ShimOptions> = {}, engineOpts: { models?: un
     port: -1,
     scrapeIntervalMs: 50,
     replayTimeoutMs: 500,
+    replayProbeMs: 600_000, // probes only on connect: the tests below count gaps and replays exactly
     ...extra,
   });
   await engine.subscribed();

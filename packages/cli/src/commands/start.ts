@@ -25,13 +25,13 @@ const SPEC = {
   routers: { type: 'string', default: '2', help: 'router replicas (requests alternate between them)' },
   policy: { type: 'string', default: 'kv,round-robin,least-loaded', help: 'policies to compare: kv, round-robin, least-loaded, random' },
   trace: { type: 'string', help: 'Mooncake trace (JSONL) to replay instead of the built-in workload' },
-  compress: { type: 'string', help: 'trace time compression: timestamps divided by this (default 4)' },
+  compress: { type: 'string', help: 'trace time compression: timestamps divided by this (default 8)' },
   limit: { type: 'string', help: 'replay only the first N trace requests' },
-  speedup: { type: 'string', help: 'engine simulated-ms per wall-ms (default: trace 1, built-in 1)' },
+  speedup: { type: 'string', help: 'engine simulated-ms per wall-ms (default: trace 2, built-in 1)' },
   'block-size': { type: 'string', help: 'engine KV block size in tokens (default: trace 128, built-in 16)' },
   'num-blocks': { type: 'string', help: 'engine KV capacity in blocks (default: trace 16384, built-in 2048)' },
   'index-timeout-ms': { type: 'string', default: '50', help: 'router budget for the index answer before routing by load alone' },
-  'uncached-weight': { type: 'string', help: 'kv score: weight of uncached prompt blocks (router default 2)' },
+  'uncached-weight': { type: 'string', help: 'kv score: weight of uncached prompt blocks (router default 4)' },
   'decode-weight': { type: 'string', help: 'kv score: weight of active decode blocks (router default 0.1)' },
   model: { type: 'string', default: 'qwen3-8b', help: 'served model name' },
   conversations: { type: 'string', default: '48', help: 'built-in workload: conversations' },
@@ -91,7 +91,7 @@ export async function run(argv: string[]): Promise<number> {
   const routers = intFlag(f.routers, 'routers', 2);
     const traceMode = f.trace !== undefined;
   const blockSize = intFlag(f['block-size'], 'block-size', traceMode ? 128 : 16);
-  const speedup = intFlag(f.speedup, 'speedup', 1);
+  const speedup = intFlag(f.speedup, 'speedup', traceMode ? 2 : 1);
   const numBlocks = intFlag(f['num-blocks'], 'num-blocks', traceMode ? 16_384 : 2048);
   const model = f.model ?? 'qwen3-8b';
   await initHashing();
@@ -99,7 +99,7 @@ export async function run(argv: string[]): Promise<number> {
   const pt = new PromptTokenizer({ tokenizer });
 
   const spec: PlanSpec = traceMode
-    ? { kind: 'trace', path: f.trace!, limit: intFlag(f.limit, 'limit', 0), compress: intFlag(f.compress, 'compress', 4), model }
+    ? { kind: 'trace', path: f.trace!, limit: intFlag(f.limit, 'limit', 0), compress: intFlag(f.compress, 'compress', 8), model }
     : { kind: 'chat', model, blockSize, options: { conversations: intFlag(f.conversations, 'conversations', 48), turns: intFlag(f.turns, 'turns', 4) } };
   const plan = buildPlan(spec, pt);
   const capacityTokens = engines * numBlocks * blockSize;
@@ -125,7 +125,7 @@ export async function run(argv: string[]): Promise<number> {
         policy,
         indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50),
         weights: {
-          ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 2) } : {}),
+          ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 4) } : {}),
           ...(f['decode-weight'] ? { decodeWeight: intFlag(f['decode-weight'], 'decode-weight', 0.1) } : {}),
         },
       },
