@@ -137,9 +137,21 @@ function tokenIds(ctx: HttpContext, v: unknown[], what: string): number[] {
   return v as number[];
 }
 
+/**
+ * Tokenizing is synchronous (~5 µs/token); a text far beyond the context window would stall the engine for
+ * seconds before failing the length check. No vocabulary token is near 32 characters on average, so refuse
+ * such text up front.
+ */
+function encodeBounded(ctx: HttpContext, text: string, addSpecialTokens: boolean): number[] {
+  if (text.length > ctx.maxModelLen * 32) {
+    throw badReq(`This model's maximum context length is ${ctx.maxModelLen} tokens; the prompt text (${text.length} characters) is far longer.`);
+  }
+  return ctx.tokenizer.encode(text, { addSpecialTokens });
+}
+
 function completionPrompt(ctx: HttpContext, p: unknown): number[] {
   if (Array.isArray(p) && p.length === 1 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0];
-  if (typeof p === 'string') return ctx.tokenizer.encode(p);
+  if (typeof p === 'string') return encodeBounded(ctx, p, true);
   if (Array.isArray(p)) {
     if (p.length > 0 && (typeof p[0] === 'string' || Array.isArray(p[0]))) throw badReq('batched prompts are not supported by the simulated engine; send one prompt per request');
     return tokenIds(ctx, p, 'prompt');
@@ -171,7 +183,7 @@ function renderChat(ctx: HttpContext, body: Json): number[] {
     ...(Array.isArray(tools) ? { tools } : {}),
     ...(isObj(kwargs) ? { kwargs } : {}),
   });
-  return ctx.tokenizer.encode(text, { addSpecialTokens: body.add_special_tokens === true });
+  return encodeBounded(ctx, text, body.add_special_tokens === true);
 }
 
 function parseGen(ctx: HttpContext, kind: 'completion' | 'chat', body: Json): GenRequest {
@@ -362,7 +374,7 @@ function tokenize(ctx: HttpContext, body: Json): Json {
   if (body.messages !== undefined) {
     tokens = renderChat(ctx, body);
   } else if (typeof body.prompt === 'string') {
-    tokens = ctx.tokenizer.encode(body.prompt, { addSpecialTokens: body.add_special_tokens !== false });
+    tokens = encodeBounded(ctx, body.prompt, body.add_special_tokens !== false);
   } else throw badReq('prompt (string) or messages is required');
   return { count: tokens.length, max_model_len: ctx.maxModelLen, tokens, token_strs: body.return_token_strs === true ? ctx.tokenizer.tokenStrings(tokens) : null };
 }

@@ -141,6 +141,9 @@ test('bad input answers OpenAI-shaped errors and the engine keeps serving', asyn
   r = await post(e.url + '/v1/completions', { prompt: tokens(16380, 5), max_tokens: 10 });
   assert.is(r.status, 400);
   assert.match(r.json.error.message, /maximum context length is 16384 tokens/);
+  r = await post(e.url + '/v1/completions', { prompt: 'word '.repeat(200_000) });
+  assert.is(r.status, 400, 'text far beyond the context is refused before tokenizing');
+  assert.match(r.json.error.message, /maximum context length/);
   r = await post(e.url + '/v1/completions', { prompt: 'x'.repeat(17 * 1024 * 1024) });
   assert.is(r.status, 413);
   shape(r, 'KVG_BODY_TOO_LARGE');

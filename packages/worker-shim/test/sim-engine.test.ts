@@ -89,7 +89,7 @@ function busSuite(kind: 'memory' | 'nats') {
       kvReplay: engine.replayEndpoint ?? undefined,
       port: 0,
       scrapeIntervalMs: 50,
-      replayTimeoutMs: 500,
+      replayTimeoutMs: 2000,
       ...shimOpts,
     });
     // the SUB joins asynchronously: wait until a request's blocks show up before the test starts counting
