@@ -3,6 +3,7 @@
  * ZMQ KV events + replay) and returns a handle; many instances coexist in one process.
  * The pure core (KvCache, Scheduler, timing model) is exported for virtual-clock drivers (`kvgate replay whatif`).
  */
+import { initHashing } from '@kvgate/protocol';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -17,7 +18,8 @@ import type { SchedulerStats } from './scheduler.js';
 export * from './timing.js';
 export { KvCache, type KvCacheEvent } from './kv-cache.js';
 export { Scheduler, type SchedulerOptions, type SubmitRequest, type StepResult, type TokenOutput, type SchedulerStats, type HeldBlocks } from './scheduler.js';
-export { BlockHasher, type BlockDigest } from './block-hash.js';
+export { BlockHasher, type BlockDigest, type HashAlgo } from './block-hash.js';
+import type { HashAlgo } from './block-hash.js';
 export { encodeEventBatch, KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
 export { parseDescriptor, type TransferDescriptor } from './pd.js';
 export type { EngineRole } from './openai-http.js';
@@ -68,6 +70,8 @@ export interface SimEngineOptions {
   replayBufferSteps?: number;
   /** seed of the engine's block-hash chain (default random per instance, like vLLM without PYTHONHASHSEED) */
   hashSeed?: string;
+  /** engine block-hash algorithm, as vLLM's --prefix-caching-hash-algo: sha256 (default) | xxhash */
+  prefixCachingHashAlgo?: HashAlgo;
   /** max_tokens when a request gives none (default 16) */
   defaultMaxTokens?: number;
   /** request body limit in bytes (default 16 MiB) */
@@ -116,6 +120,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
   const role = options.role ?? 'both';
   if (!['prefill', 'decode', 'both'].includes(role)) throw new RangeError(`role must be prefill, decode or both, got ${role}`);
   const engineId = options.engineId ?? `sim-${randomUUID().slice(0, 8)}`;
+  if (options.prefixCachingHashAlgo === 'xxhash') await initHashing();
   const blockSize = options.blockSize ?? 16;
   const numBlocks = options.numBlocks ?? 16384;
   const maxModelLen = Math.min(options.maxModelLen ?? 32768, numBlocks * blockSize);
@@ -154,6 +159,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
         maxNumBatchedTokens: options.maxNumBatchedTokens ?? 8192,
         timing: { ...DEFAULT_TIMING, ...options.timing },
         ...(options.hashSeed !== undefined ? { hashSeed: options.hashSeed } : {}),
+        ...(options.prefixCachingHashAlgo !== undefined ? { hashAlgo: options.prefixCachingHashAlgo } : {}),
         sample,
       },
       speedup: options.speedup ?? 1,

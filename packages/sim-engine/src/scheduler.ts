@@ -15,7 +15,7 @@
  * already moved the bytes); it computes only its last prompt token. A request with `holdOnFinish` keeps its
  * blocks after finishing until `releaseHeld` (the prefill side waiting for the decode side to pull them).
  */
-import { BlockHasher, type BlockDigest } from './block-hash.js';
+import { BlockHasher, type BlockDigest, type HashAlgo } from './block-hash.js';
 import { KvCache, type KvCacheEvent } from './kv-cache.js';
 import { DEFAULT_TIMING, stepMs, type TimingModel } from './timing.js';
 
@@ -32,6 +32,8 @@ export interface SchedulerOptions {
   timing?: TimingModel;
   /** seed of the engine's block-hash chain (default: random per instance, like vLLM) */
   hashSeed?: string;
+  /** engine block-hash algorithm, as vLLM's --prefix-caching-hash-algo (default sha256) */
+  hashAlgo?: HashAlgo;
   /** output token for a request's `index`-th generated token (default: a deterministic spread over 100..10099) */
   sample?: (requestId: string, index: number) => number;
 }
@@ -141,7 +143,7 @@ export class Scheduler {
   constructor(opts: SchedulerOptions = {}) {
     this.blockSize = opts.blockSize ?? 16;
     this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize);
-    this.hasher = new BlockHasher(opts.hashSeed);
+    this.hasher = new BlockHasher(opts.hashSeed, opts.hashAlgo);
     this.#maxNumSeqs = opts.maxNumSeqs ?? 256;
     this.#budget = opts.maxNumBatchedTokens ?? 8192;
     this.#timing = opts.timing ?? DEFAULT_TIMING;

@@ -3,6 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { KvCache, Scheduler, BlockHasher, type StepResult, type KvCacheEvent } from '@kvgate/sim-engine';
 import { tokens } from './helpers.js';
+import { initHashing } from '@kvgate/protocol';
 
 /** Runs the scheduler until idle on a virtual clock; returns first-token times and all events. */
 function drain(s: Scheduler, start = 0) {
@@ -187,6 +188,29 @@ test('scheduler: abort frees blocks; bad submissions are refused', () => {
   assert.not.ok(s.abort('a'));
   assert.throws(() => s.submit({ id: 'b', promptTokens: [], maxTokens: 1, arrivalMs: 0 }));
   assert.throws(() => s.submit({ id: 'c', promptTokens: tokens(2000, 1), maxTokens: 1, arrivalMs: 0 }), /capacity/);
+});
+
+test('hasher (xxhash): chained like sha256 mode, prefix-stable, seeded per engine', async () => {
+  await initHashing();
+  const t = tokens(64, 7);
+  const a = new BlockHasher('e1', 'xxhash');
+  const whole: ReturnType<BlockHasher['hashBlock']>[] = [];
+  a.extend(whole, t, 16);
+  assert.is(whole.length, 4);
+  // one block at a time gives the same chain as the batched fast path
+  let parent: ReturnType<BlockHasher['hashBlock']> | null = null;
+  for (let i = 0; i < 4; i++) {
+    parent = a.hashBlock(parent, t, i * 16, 16);
+    assert.is(parent.key, whole[i]!.key);
+  }
+  assert.is(whole[3]!.bytes.readBigUInt64BE(0), whole[3]!.key);
+  const half: ReturnType<BlockHasher['hashBlock']>[] = [];
+  a.extend(half, t.slice(0, 40), 16);
+  assert.equal(half.map((d) => d.key), whole.slice(0, 2).map((d) => d.key));
+  const b = new BlockHasher('e2', 'xxhash');
+  const other: ReturnType<BlockHasher['hashBlock']>[] = [];
+  b.extend(other, t, 16);
+  assert.is.not(other[0]!.key, whole[0]!.key);
 });
 
 test.run();

@@ -1,4 +1,4 @@
-import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat } from '@kvgate/sim-engine';
+import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
 
 export const summary = 'run one simulated vLLM engine (OpenAI HTTP, /metrics, ZMQ KV events + replay, P/D)';
@@ -23,6 +23,7 @@ const SPEC = {
   'kv-events-topic': { type: 'string', help: 'ZMQ topic frame', default: '' },
   'kv-events-encoding': { type: 'string', help: 'event payload: array (vLLM ≤ 0.23) | map (newer vLLM)', default: 'array' },
   'block-hash-format': { type: 'string', help: 'block hashes in events: int (uint64) | bytes (32-byte digest)', default: 'int' },
+  'prefix-caching-hash-algo': { type: 'string', help: 'engine block-hash algorithm: sha256 | xxhash (as vLLM)', default: 'sha256' },
   'hash-seed': { type: 'string', help: 'seed of the engine block-hash chain (default: random, like vLLM)' },
   'default-max-tokens': { type: 'string', help: 'max_tokens when a request gives none', default: '16' },
   'max-body-bytes': { type: 'string', help: 'request body limit', default: String(16 * 1024 * 1024) },
@@ -74,6 +75,7 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     kvEventsTopic: f['kv-events-topic'] ?? '',
     kvEventsEncoding: oneOf<EventEncoding>(f['kv-events-encoding'], 'kv-events-encoding', ['array', 'map']),
     blockHashFormat: oneOf<BlockHashFormat>(f['block-hash-format'], 'block-hash-format', ['int', 'bytes']),
+    prefixCachingHashAlgo: oneOf<HashAlgo>(f['prefix-caching-hash-algo'], 'prefix-caching-hash-algo', ['sha256', 'xxhash']),
     ...(f['hash-seed'] !== undefined ? { hashSeed: f['hash-seed'] } : {}),
     defaultMaxTokens: pos('default-max-tokens', 16),
     maxBodyBytes: pos('max-body-bytes', 16 * 1024 * 1024),

@@ -86,7 +86,7 @@ interface EngineSim {
 export function simulatePolicy(reqs: readonly SimRequest[], policy: Policy, opts: { engines: number; numBlocks: number; blockSize: number; seed?: number }, onProgress?: (done: number) => void): WhatifPolicyResult {
   const B = opts.blockSize;
   const engines: EngineSim[] = Array.from({ length: opts.engines }, (_, i) => ({
-    sched: new Scheduler({ numBlocks: opts.numBlocks, blockSize: B, hashSeed: `whatif-${i}` }),
+    sched: new Scheduler({ numBlocks: opts.numBlocks, blockSize: B, hashSeed: `whatif-${i}`, hashAlgo: 'xxhash' }),
     busyUntil: 0,
     inflightPrefillTokens: 0,
     inflightDecodeBlocks: 0,
