@@ -134,8 +134,13 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     if (!force && key === lastKey && now - lastSent < o.loadIntervalMs) return;
     lastKey = key;
     lastSent = now;
-    bus.publish(s.load(o.worker), encode(report()));
-    metrics.loadReports.inc();
+    try {
+      bus.publish(s.load(o.worker), encode(report()));
+      metrics.loadReports.inc();
+    } catch (e) {
+      // a closed or failing bus must not take the process down from a timer; the next tick retries
+      log.warn({ err: String(e) }, 'load report not published');
+    }
   };
   const onLoad = (l: EngineLoad) => {
     load = l;
