@@ -44,6 +44,17 @@ export class WorkerSequencer<B> {
     return this.#pending.size;
   }
 
+  /**
+   * The common case without allocating: when `seq` is the next one (or the first) and nothing is buffered,
+   * take it and return true — the caller applies the batch itself. Otherwise change nothing, return false
+   * (then call offer).
+   */
+  takeInOrder(seq: number): boolean {
+    if (this.#pending.size !== 0 || (this.#last !== null && seq !== this.#last + 1)) return false;
+    this.#last = seq;
+    return true;
+  }
+
   /** Offer one batch; returns the batches to apply now, in order. */
   offer(seq: number, batch: B): B[] {
     const last = this.#last;

@@ -41,6 +41,8 @@ export interface ShardStats extends ShardCounters {
   evictedNodes: number;
   evictedEntries: number;
   arrayBytes: number;
+  /** hash-table lookups made by match (CPU-independent cost figure) */
+  matchLookups: number;
 }
 
 /** Messages a shard understands (postMessage-able: bigints, typed arrays, plain objects). */
@@ -107,18 +109,25 @@ export class ShardState {
   ingest(data: Uint8Array): boolean {
     let b: FastBatch;
     try {
-      b = decodeBatchFast(data);
+      b = decodeBatchFast(data, true); // hashes in a scratch buffer: copied below if the batch must wait
     } catch (e) {
       if (!(e instanceof DecodeError)) throw e;
       this.#counters.decodeErrors++;
       return false;
     }
-    this.offer(b);
+    const s = this.#sequencer(b.worker);
+    if (s.takeInOrder(b.seq)) this.#apply(b);
+    else {
+      for (const ev of b.events) ev.pairs = ev.pairs.slice();
+      for (const ready of s.offer(b.seq, b)) this.#apply(ready);
+    }
     return true;
   }
 
   offer(b: FastBatch): void {
-    for (const ready of this.#sequencer(b.worker).offer(b.seq, b)) this.#apply(ready);
+    const s = this.#sequencer(b.worker);
+    if (s.takeInOrder(b.seq)) this.#apply(b);
+    else for (const ready of s.offer(b.seq, b)) this.#apply(ready);
   }
 
   /** Apply an already-decoded EventBatch (in-process producers, tests). */
@@ -211,7 +220,7 @@ export class ShardState {
       restarts += s.stats.restarts;
     }
     const ix = this.#index.stats();
-    return { ...this.#counters, duplicates, gaps, restarts, nodes: ix.nodes, entries: ix.entries, workers: ix.workers, evictedNodes: ix.evictedNodes, evictedEntries: ix.evictedEntries, arrayBytes: ix.arrayBytes };
+    return { ...this.#counters, duplicates, gaps, restarts, nodes: ix.nodes, entries: ix.entries, workers: ix.workers, evictedNodes: ix.evictedNodes, evictedEntries: ix.evictedEntries, arrayBytes: ix.arrayBytes, matchLookups: ix.matchLookups };
   }
 }
 

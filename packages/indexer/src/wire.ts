@@ -3,7 +3,8 @@
  * form: hashes as (lo, hi) uint32 pairs, no BigInt and no intermediate objects per hash. It accepts the same
  * inputs as `decodeEventBatch` (any msgpack encoder, keys in any order, unknown keys skipped, hashes as
  * uint64 / int64 / smaller ints / 8-byte bin) and throws DecodeError on the same malformed ones; the test
- * wire.test.ts checks both decoders agree. This is the ingest hot path: decoding dominates applying.
+ * wire.test.ts checks both decoders agree. On the bench workload decoding is about a fifth of ingest time
+ * (see README, Numbers).
  */
 import { DecodeError } from '@kvgate/protocol';
 
@@ -209,14 +210,70 @@ const BATCH_KEYS = names('worker', 'seq', 'ts', 'events');
 const EVENT_KEYS = names('t', 'parent', 'hashes');
 const EVENT_TYPES = names('stored', 'removed', 'cleared');
 
+/**
+ * Hash arrays are carved out of shared 256 KiB slabs: `new Uint32Array(32)` per event would allocate a
+ * backing store of its own (off the V8 heap above 64 bytes: a malloc and a finaliser each), which cost
+ * more than decoding the hashes. A slab lives until the last view into it is collected.
+ */
+const SLAB = 1 << 16;
+let slab = new Uint32Array(SLAB);
+let slabAt = 0;
+/**
+ * Transient decoding (`decodeBatchFast(bytes, true)`) carves from one scratch buffer instead, rewound at every
+ * transient call: no allocation at all, for a caller that applies the batch before decoding the next one and
+ * copies what it keeps (ShardState: a batch that arrives in order is applied at once; one that must wait in
+ * the reorder buffer is copied).
+ */
+let scratch = new Uint32Array(SLAB);
+let scratchAt = 0;
+let transient = false;
+
+function carve(n: number): Uint32Array {
+  if (transient) {
+    if (scratchAt + n > scratch.length) {
+      // views handed out earlier in this batch keep the old buffer alive
+      scratch = new Uint32Array(Math.max(scratch.length * 2, n));
+      scratchAt = 0;
+    }
+    const out = scratch.subarray(scratchAt, scratchAt + n);
+    scratchAt += n;
+    return out;
+  }
+  if (n > SLAB >>> 4) return new Uint32Array(n);
+  if (slabAt + n > SLAB) {
+    slab = new Uint32Array(SLAB);
+    slabAt = 0;
+  }
+  const out = slab.subarray(slabAt, slabAt + n);
+  slabAt += n;
+  return out;
+}
+
 function hashes(r: Reader, what: string): Uint32Array {
   const n = r.arrayLen();
   if (n < 0) throw new DecodeError(`${what} must be an array`);
   if (n === 0) return EMPTY;
-  const out = new Uint32Array(2 * n);
-  for (let i = 0; i < n; i++) r.hash(out, i);
+  const out = carve(2 * n);
+  const buf = r.buf, len = buf.length;
+  let p = r.pos;
+  for (let i = 0; i < n; i++) {
+    const b = buf[p];
+    if ((b === 0xcf || b === 0xd3) && p + 9 <= len) {
+      // the common case, in the loop: big-endian u64 straight into (lo, hi)
+      out[2 * i + 1] = (buf[p + 1]! << 24) | (buf[p + 2]! << 16) | (buf[p + 3]! << 8) | buf[p + 4]!;
+      out[2 * i] = (buf[p + 5]! << 24) | (buf[p + 6]! << 16) | (buf[p + 7]! << 8) | buf[p + 8]!;
+      p += 9;
+    } else {
+      r.pos = p;
+      r.hash(out, i);
+      p = r.pos;
+    }
+  }
+  r.pos = p;
   return out;
 }
+
+const parentTmp = new Uint32Array(2);
 
 function event(r: Reader): FastEvent {
   const n = r.mapLen();
@@ -235,10 +292,9 @@ function event(r: Reader): FastEvent {
     } else if (k === 1) {
       if (r.buf[r.pos] === 0xc0) r.pos++;
       else {
-        const tmp = new Uint32Array(2);
-        r.hash(tmp, 0);
-        parentLo = tmp[0]!;
-        parentHi = tmp[1]!;
+        r.hash(parentTmp, 0);
+        parentLo = parentTmp[0]!;
+        parentHi = parentTmp[1]!;
       }
     } else if (k === 2) pairs = hashes(r, 'hashes');
     else r.skip();
@@ -255,7 +311,50 @@ function event(r: Reader): FastEvent {
   throw new DecodeError('unknown event type');
 }
 
-export function decodeBatchFast(bytes: Uint8Array): FastBatch {
+/**
+ * Worker ids repeat on every batch: a small direct-mapped cache from the id's bytes to one string instance
+ * skips building the string, and the maps keyed by it (sequencers, ordinals) then hash an already-hashed
+ * string.
+ */
+const NAME_CACHE = 256;
+const cachedBytes: (Uint8Array | undefined)[] = new Array(NAME_CACHE);
+const cachedNames: string[] = new Array(NAME_CACHE);
+
+function workerName(r: Reader): string | null {
+  const buf = r.buf, b = buf[r.pos];
+  if (b === undefined || (b & 0xe0) !== 0xa0) return r.str(); // fixstr only (ids up to 31 bytes)
+  const n = b & 0x1f, at = r.pos + 1;
+  if (at + n > buf.length) return r.str(); // truncated: str() throws
+  let h = n;
+  for (let j = 0; j < n; j++) h = Math.imul(h ^ buf[at + j]!, 0x01000193);
+  const slot = (h ^ (h >>> 16)) & (NAME_CACHE - 1);
+  const c = cachedBytes[slot];
+  if (c !== undefined && c.length === n) {
+    let same = true;
+    for (let j = 0; j < n; j++) {
+      if (c[j] !== buf[at + j]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) {
+      r.pos = at + n;
+      return cachedNames[slot]!;
+    }
+  }
+  const name = r.str()!;
+  cachedBytes[slot] = buf.slice(at, at + n);
+  cachedNames[slot] = name;
+  return name;
+}
+
+/**
+ * Decode one EventBatch. With `transientPairs`, the events' `pairs` are views into a scratch buffer valid only
+ * until the next transient decode (see carve): copy them (`slice()`) to keep them longer.
+ */
+export function decodeBatchFast(bytes: Uint8Array, transientPairs = false): FastBatch {
+  transient = transientPairs;
+  scratchAt = 0;
   const r = new Reader(bytes);
   const n = r.mapLen();
   if (n < 0) throw new DecodeError('event batch must be a map');
@@ -269,7 +368,7 @@ export function decodeBatchFast(bytes: Uint8Array): FastBatch {
       r.skip();
       r.skip();
     } else if (k === 0) {
-      worker = r.str();
+      worker = workerName(r);
       if (worker === null) throw new DecodeError('worker must be a string');
     } else if (k === 1) seq = r.num('seq');
     else if (k === 2) ts = r.num('ts');

@@ -71,6 +71,20 @@ test('sequencer: in order, duplicate, reordered, gap, restart', () => {
   assert.is(s.last, 5, 'a full reorder buffer skips the gap');
 });
 
+test('sequencer: takeInOrder takes only the next batch with nothing buffered, else leaves the state to offer', () => {
+  const s = new WorkerSequencer<string>(3);
+  assert.ok(s.takeInOrder(5), 'first batch of a worker');
+  assert.ok(s.takeInOrder(6));
+  assert.not.ok(s.takeInOrder(6), 'duplicate');
+  assert.not.ok(s.takeInOrder(8), 'gap');
+  assert.is(s.last, 6);
+  assert.equal(s.offer(8, 'h'), []);
+  assert.not.ok(s.takeInOrder(7), 'in order but a later batch is buffered');
+  assert.equal(s.offer(7, 'g'), ['g', 'h']);
+  assert.ok(s.takeInOrder(9));
+  assert.is(s.last, 9);
+});
+
 test('property: duplicated and locally shuffled deliveries equal the reference applied in order', () => {
   for (let seed = 1; seed <= 25; seed++) {
     const r = rng(seed * 101);

@@ -43,6 +43,7 @@ test('fast decoder equals the reference decoder on msgpackr output', () => {
   for (let i = 0; i < 300; i++) {
     const bytes = encode(randomBatch(r));
     assert.equal(normalise(decodeBatchFast(bytes)), reference(bytes));
+    assert.equal(normalise(decodeBatchFast(bytes, true)), reference(bytes), 'transient (scratch) decoding');
   }
 });
 
@@ -60,6 +61,22 @@ test('hashes as 8-byte buffers and unknown event fields are accepted', () => {
   new DataView(buf.buffer).setBigUint64(0, 0xfedcba9876543210n);
   const bytes = encode({ worker: 'a', seq: 1, ts: 2, events: [{ t: 'stored', parent: null, hashes: [buf], group_idx: 3 }] });
   assert.equal(normalise(decodeBatchFast(bytes)), reference(bytes));
+});
+
+test('decoded batches stay intact while many more are decoded (shared hash slabs, worker-name cache)', () => {
+  const r = rng(9);
+  const kept: { bytes: Uint8Array; fast: FastBatch }[] = [];
+  // > 256 distinct ids (the name cache collides), ids longer than a fixstr, enough hashes for several slabs
+  for (let i = 0; i < 3000; i++) {
+    const b = randomBatch(r);
+    b.worker = i % 3 === 0 ? `a-very-long-worker-identifier-that-is-not-a-fixstr-${i % 7}` : `w${Math.floor(r() * 600)}`;
+    b.events.push({ t: 'stored', parent: null, hashes: Array.from({ length: 40 }, (_, j) => BigInt(i * 1000 + j + 1)) });
+    const bytes = encode(b);
+    kept.push({ bytes, fast: decodeBatchFast(bytes) });
+  }
+  for (const k of kept) assert.equal(normalise(k.fast), reference(k.bytes));
+  const cut = encode({ worker: 'abcdefgh', seq: 1, ts: 1, events: [] }).subarray(0, 12); // inside the worker id
+  assert.throws(() => decodeBatchFast(cut), (e: unknown) => e instanceof DecodeError);
 });
 
 test('malformed input throws DecodeError in both decoders', () => {
