@@ -35,7 +35,8 @@ const SPEC = {
   'decode-weight': { type: 'string', help: 'kv score: weight of active decode blocks (router default 0.1)' },
   model: { type: 'string', default: 'qwen3-8b', help: 'served model name' },
   conversations: { type: 'string', default: '48', help: 'built-in workload: conversations' },
-  turns: { type: 'string', default: '4', help: 'built-in workload: turns per conversation' },
+  turns: { type: 'string', default: '6', help: 'built-in workload: turns per conversation' },
+  warmup: { type: 'string', default: '80', help: 'requests sent to a throwaway deployment first (0 = none)' },
   port: { type: 'string', default: '0', help: 'HTTP port of the first router (0 = any; it lives only during the run)' },
   nats: { type: 'string', help: 'run over NATS (nats://host:port) instead of the in-memory bus' },
   json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…]} as JSON' },
@@ -100,7 +101,7 @@ export async function run(argv: string[]): Promise<number> {
 
   const spec: PlanSpec = traceMode
     ? { kind: 'trace', path: f.trace!, limit: intFlag(f.limit, 'limit', 0), compress: intFlag(f.compress, 'compress', 8), model }
-    : { kind: 'chat', model, blockSize, options: { conversations: intFlag(f.conversations, 'conversations', 48), turns: intFlag(f.turns, 'turns', 4) } };
+    : { kind: 'chat', model, blockSize, options: { conversations: intFlag(f.conversations, 'conversations', 48), turns: intFlag(f.turns, 'turns', 6) } };
   const plan = buildPlan(spec, pt);
   const capacityTokens = engines * numBlocks * blockSize;
   const infinite = infiniteHitRate(plan.blocks());
@@ -109,6 +110,20 @@ export async function run(argv: string[]): Promise<number> {
   process.stderr.write(
     `kvgate start: ${plan.requests.length} ${plan.name} requests over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${f.nats}` : 'in-memory bus'}\n`,
   );
+
+  // One throwaway pass over the first requests: JIT, connection pools and thread start-up would otherwise all
+  // be charged to whichever policy runs first.
+  const warmup = intFlag(f.warmup, 'warmup', 80);
+  if (warmup > 0) {
+    const stack = await startStack({ engines, routers, model, ...(f.nats ? { nats: f.nats } : {}), tokenizer, engineThreads: true, engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize }, router: { policy: 'round-robin' } });
+    const bar = progressBar('warm-up', Math.min(warmup, plan.requests.length));
+    try {
+      await runPlanInThread({ ...spec, warmup }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+      bar.end();
+    } finally {
+      await stack.close();
+    }
+  }
 
   const results: PolicyResult[] = [];
   for (const policy of policies as Policy[]) {

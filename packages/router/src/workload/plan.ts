@@ -54,15 +54,15 @@ export interface ChatWorkloadOptions {
   systemWords?: number;
   /** conversations (default 48) */
   conversations?: number;
-  /** turns per conversation (default 4) */
+  /** turns per conversation (default 6) */
   turns?: number;
-  /** words per user turn (default 120) */
+  /** words per user turn (default 150) */
   userWords?: number;
-  /** words per (scripted) assistant turn (default 40) */
+  /** words per (scripted) assistant turn (default 60) */
   replyWords?: number;
-  /** conversations start spread over this many wall ms (default 8000) */
+  /** conversations start spread over this many wall ms (default 6000) */
   spreadMs?: number;
-  /** wall ms between a conversation's turns (default 2000) */
+  /** wall ms between a conversation's turns (default 1200) */
   turnGapMs?: number;
   /** max_tokens per request (default 32) */
   maxTokens?: number;
@@ -98,20 +98,20 @@ export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, 
   const r = rng(o.seed ?? 42);
   const systems = Array.from({ length: o.systemPrompts ?? 4 }, (_, i) => `You are assistant #${i}. ${words(r, o.systemWords ?? 900)}`);
   const conversations = o.conversations ?? 48;
-  const turns = o.turns ?? 4;
-  const spread = o.spreadMs ?? 8000;
-  const gap = o.turnGapMs ?? 2000;
+  const turns = o.turns ?? 6;
+  const spread = o.spreadMs ?? 6000;
+  const gap = o.turnGapMs ?? 1200;
   const maxTokens = o.maxTokens ?? 32;
   const planned: Array<PlannedRequest & { messages: ChatMessage[] }> = [];
   for (let c = 0; c < conversations; c++) {
     const start = (spread * c) / conversations + r() * 200;
     const messages: ChatMessage[] = [{ role: 'system', content: systems[c % systems.length]! }];
     for (let t = 0; t < turns; t++) {
-      messages.push({ role: 'user', content: `Question ${t + 1} of conversation ${c}: ${words(r, o.userWords ?? 120)}` });
+      messages.push({ role: 'user', content: `Question ${t + 1} of conversation ${c}: ${words(r, o.userWords ?? 150)}` });
       const snapshot = messages.slice();
       const body = JSON.stringify({ model, messages: snapshot, max_tokens: maxTokens, ignore_eos: true });
       planned.push({ atMs: start + t * gap, path: '/v1/chat/completions', body: () => body, messages: snapshot });
-      messages.push({ role: 'assistant', content: words(r, o.replyWords ?? 40) });
+      messages.push({ role: 'assistant', content: words(r, o.replyWords ?? 60) });
     }
   }
   planned.sort((a, b) => a.atMs - b.atMs);
@@ -151,17 +151,23 @@ export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: num
 }
 
 /** A plan described by data (it crosses into the load-client thread). */
-export type PlanSpec =
+export type PlanSpec = (
   | { kind: 'trace'; path: string; limit: number; compress: number; model: string }
-  | { kind: 'chat'; model: string; blockSize: number; options: ChatWorkloadOptions };
+  | { kind: 'chat'; model: string; blockSize: number; options: ChatWorkloadOptions }
+) & {
+  /** warm-up: only the first N requests, sent `warmupGapMs` apart (default: the whole plan, on its clock) */
+  warmup?: number;
+};
 
 export function buildPlan(spec: PlanSpec, tokenizer?: PromptTokenizer): Plan {
+  let plan: Plan;
   if (spec.kind === 'trace') {
     let records = readTrace(spec.path);
     if (spec.limit > 0) records = records.slice(0, spec.limit);
-    return tracePlan(records, spec.model, spec.compress);
-  }
-  return chatPlan(spec.model, tokenizer, spec.blockSize, spec.options);
+    plan = tracePlan(records, spec.model, spec.compress);
+  } else plan = chatPlan(spec.model, tokenizer, spec.blockSize, spec.options);
+  if (spec.warmup) plan = { ...plan, name: `${plan.name} warm-up`, requests: plan.requests.slice(0, spec.warmup).map((r, i) => ({ ...r, atMs: i * 25 })) };
+  return plan;
 }
 
 /** runPlan in a worker thread (client-thread.ts). */
