@@ -31,8 +31,7 @@ import {
   type Subjects,
   type Subscription,
   type WorkerDigest,
-  type WorkerRegistration,
-} from '@kvgate/protocol';
+  type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
 import { ShardSet } from './shards.js';
 import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
@@ -180,7 +179,7 @@ export class Indexer {
         this.#log.info({ from: snap.indexer, streamSeq: snap.streamSeq, workers: snap.workers.length }, 'snapshot loaded');
       }
     }
-    this.#stream = await this.#bus.stream(s.eventStream, { subjects: [s.eventsAll] });
+    this.#stream = await this.#bus.stream(s.eventStream, eventStreamConfig(s));
     const info = await this.#stream.info();
     this.#catchUpTo = info.lastSeq;
     if (this.#applied > 0 && info.messages > 0 && info.firstSeq > this.#applied + 1) {

@@ -29,6 +29,17 @@ export interface Subjects {
 /** Subject tokens may not contain '.', '*', '>' or whitespace; worker ids are checked against this. */
 export const TOKEN_RE = /^[A-Za-z0-9_\-:@]+$/;
 
+/**
+ * The two durable streams' configs. Every process that opens a stream passes the same config (opening updates an
+ * existing stream's config), so they are defined here once. Decisions are debugging data: capped.
+ */
+export function eventStreamConfig(s: Subjects): { subjects: string[] } {
+  return { subjects: [s.eventsAll] };
+}
+export function decisionStreamConfig(s: Subjects): { subjects: string[]; maxMsgs: number } {
+  return { subjects: [s.decisionsAll], maxMsgs: 1_000_000 };
+}
+
 export function subjects(namespace = 'default'): Subjects {
   if (!TOKEN_RE.test(namespace)) throw new Error(`invalid namespace ${JSON.stringify(namespace)}`);
   const p = `kvgate.${namespace}`;

@@ -8,7 +8,7 @@
  * proxy (one retry on another worker when the upstream fails before its first byte) → relay chunk by chunk.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import {
   decodeActive,
@@ -31,6 +31,8 @@ import {
   type Subscription,
   type KvWatcher,
   type MatchReply,
+  decisionStreamConfig,
+  type RouteDecision,
 } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import type { Agent } from 'undici';
@@ -48,6 +50,8 @@ export interface RouterOptions {
   port?: number;
   /** bind address; default 127.0.0.1 */
   host?: string;
+  /** publish every routing decision on `…decisions.<router>` (the replay/debug recording); default true */
+  recordDecisions?: boolean;
   /** subject namespace; default 'default' */
   namespace?: string;
   /** replica id (stamped on in-flight batches); default `router-<random>` */
@@ -138,6 +142,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   let closed = false;
 
   // ---- bus edges ------------------------------------------------------------------------------------------------
+  const recordDecisions = options.recordDecisions ?? true;
+  if (recordDecisions) await bus.stream(subj.decisionStream, decisionStreamConfig(subj));
   const subs: Subscription[] = [];
   subs.push(
     bus.subscribe(subj.loadAll, {
@@ -276,6 +282,38 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     return { decision, pool, hashes, tokens, indexAnswered, overlaps };
   }
 
+  /** What this router saw and chose, onto the decision stream (fire and forget; `kvgate replay inspect --request`). */
+  function recordDecision(r: Routed, req: ApiRequest, requestId: string): void {
+    if (!recordDecisions) return;
+    const { decision } = r;
+    const overlaps: Record<string, number> = {};
+    const scores: Record<string, number> = {};
+    for (const sc of decision.scored) {
+      overlaps[sc.worker] = sc.overlap;
+      scores[sc.worker] = sc.cost;
+    }
+    const d: RouteDecision = {
+      router: id,
+      requestId,
+      model: req.model,
+      lora: r.pool.lora || null,
+      promptTokens: r.tokens?.length ?? 0,
+      hashes: r.hashes,
+      overlaps,
+      scores,
+      chosen: decision.prefillWorker.worker,
+      ...(decision.prefill ? { prefill: decision.prefill.worker } : {}),
+      policy: selector.policy,
+      ...(selector.policy === 'kv' && !r.indexAnswered ? { degraded: true } : {}),
+      ts: Date.now(),
+    };
+    try {
+      bus.publish(subj.decisions(id), encode(d));
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'could not record a routing decision');
+    }
+  }
+
   function credit(r: Routed, req: ApiRequest): Ticket[] {
     const { decision, pool } = r;
     const B = pool.blockSize || 16;
@@ -304,6 +342,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   async function proxy(req: ApiRequest, path: string, inReq: IncomingMessage, res: ServerResponse, span: Span): Promise<void> {
     const t0 = performance.now();
     let routed = await route(req);
+    const rid = inReq.headers['x-request-id'];
+    const requestId = typeof rid === 'string' && rid.length > 0 && rid.length <= 200 ? rid : randomUUID();
     const abort = new AbortController();
     const onClose = () => {
       if (!res.writableFinished) abort.abort();
@@ -317,11 +357,11 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (typeof tp === 'string') headers.traceparent = tp;
       const auth = inReq.headers.authorization;
       if (typeof auth === 'string') headers.authorization = auth;
-      const rid = inReq.headers['x-request-id'];
-      if (typeof rid === 'string') headers['x-request-id'] = rid;
+      headers['x-request-id'] = requestId;
+      recordDecision(routed, req, requestId);
       if (decision.prefill) headers['x-prefiller-host-port'] = hostPort(decision.prefill.engineUrl);
       injectTraceHeaders(headers, span);
-      const extra: Record<string, string> = { 'x-kvgate-worker': decision.worker.worker };
+      const extra: Record<string, string> = { 'x-kvgate-worker': decision.worker.worker, 'x-request-id': requestId };
       if (decision.prefill) extra['x-kvgate-prefill'] = decision.prefill.worker;
       span.setAttribute('kvgate.worker', decision.worker.worker);
       span.setAttribute('kvgate.overlap_blocks', decision.overlap);

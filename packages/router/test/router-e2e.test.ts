@@ -5,7 +5,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request } from 'undici';
-import { initHashing, prefixHashes, type Bus } from '@kvgate/protocol';
+import { initHashing, prefixHashes, subjects, decisionStreamConfig, decode, type Bus, type RouteDecision } from '@kvgate/protocol';
 import { startRouter, type RouterHandle, type RouterOptions } from '../src/router.js';
 import { fakeIndex, MEMORY, NATS, publishLoad, register, registration, stopNats, StubEngine, tokens, until, type BusKind, deregister } from './helpers.js';
 
@@ -76,6 +76,39 @@ function build(kind: BusKind) {
       assert.is(pick.json.worker, 'w2');
       assert.is(pick.json.candidates.find((x: any) => x.worker === 'w2').indexOverlap, 8);
       assert.is(c.engines.reduce((a, e) => a + e.seen.length, 0), 1, '/v1/route only picks');
+    } finally {
+      idx.unsubscribe();
+      await teardown(c);
+    }
+  });
+
+  t('every routed request is recorded on the decision stream, under its x-request-id', async () => {
+    const c = await setup(kind, 3);
+    const prompt = tokens(40, 300);
+    const hs = prefixHashes('stub-model', null, 4, prompt);
+    const idx = fakeIndex(c.bus, new Map([['w0', new Set(hs.slice(0, 2))], ['w1', new Set(hs.slice(0, 6))]]), c.ns);
+    try {
+      const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt, max_tokens: 2 }, { 'x-request-id': 'dbg-42' });
+      assert.is(r.status, 200);
+      assert.is(r.headers['x-request-id'], 'dbg-42');
+      const anon = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt: tokens(8, 9000), max_tokens: 2 });
+      assert.match(String(anon.headers['x-request-id']), /^[0-9a-f-]{36}$/, 'a request without an id gets one');
+      const s = subjects(c.ns);
+      const stream = await c.bus.stream(s.decisionStream, decisionStreamConfig(s));
+      let found: RouteDecision | undefined;
+      for (let i = 0; i < 50 && !found; i++) {
+        for await (const m of stream.read()) {
+          const d = decode(m.data) as RouteDecision;
+          if (d.requestId === 'dbg-42') found = d;
+        }
+        if (!found) await new Promise((res) => setTimeout(res, 20));
+      }
+      assert.ok(found, 'decision recorded');
+      assert.is(found!.chosen, 'w1');
+      assert.is(found!.router, 'r0');
+      assert.equal(found!.overlaps, { w0: 2, w1: 6, w2: 0 });
+      assert.equal(found!.hashes.map(BigInt), hs);
+      assert.is(found!.policy, 'kv');
     } finally {
       idx.unsubscribe();
       await teardown(c);

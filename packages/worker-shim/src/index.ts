@@ -16,8 +16,7 @@ import {
   subjects,
   type Bus,
   type LoadReport,
-  type WorkerRegistration,
-} from '@kvgate/protocol';
+  type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
 import { EventRelay } from './relay.js';
@@ -65,7 +64,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   const loras = new LoraNames(o.loraMap);
 
   // the durable stream every indexer reads; create it if nobody has yet
-  await bus.stream(s.eventStream, { subjects: [s.eventsAll] });
+  await bus.stream(s.eventStream, eventStreamConfig(s));
   const kv = await bus.kv(s.workersBucket, { ttlMs: o.registryTtlMs });
 
   let blockSize = o.blockSize;

@@ -4,7 +4,7 @@
  * namespace (by default a separate one, so a recording never mixes with live traffic).
  */
 import {
-  subjects, decodeEventBatch, decode, encode, encodeHeader, encodeRecord, type Bus, type KvlogRecord, type RouteDecision,
+  subjects, eventStreamConfig, decisionStreamConfig, decodeEventBatch, decode, encode, encodeHeader, encodeRecord, type Bus, type KvlogRecord, type RouteDecision,
 } from '@kvgate/protocol';
 
 export interface ExportOptions {
@@ -17,8 +17,8 @@ export interface ExportOptions {
 export async function readStreams(bus: Bus, opts: ExportOptions): Promise<KvlogRecord[]> {
   const subj = subjects(opts.namespace);
   const out: KvlogRecord[] = [];
-  const events = await bus.stream(subj.eventStream, { subjects: [subj.eventsAll] });
-  const decisions = await bus.stream(subj.decisionStream, { subjects: [subj.decisionsAll] });
+  const events = await bus.stream(subj.eventStream, eventStreamConfig(subj));
+  const decisions = await bus.stream(subj.decisionStream, decisionStreamConfig(subj));
   for (const [stream, kind] of [[events, 'event'], [decisions, 'route']] as const) {
     const info = await stream.info();
     if (info.messages === 0) continue;
@@ -46,8 +46,8 @@ export function writeKvlog(records: KvlogRecord[], header: { namespace: string; 
 /** Append a recording's records into `namespace`'s streams, rewriting subjects to that namespace. Returns counts. */
 export async function importRecords(bus: Bus, records: KvlogRecord[], namespace: string, progress?: (n: number) => void): Promise<{ events: number; decisions: number }> {
   const subj = subjects(namespace);
-  const events = await bus.stream(subj.eventStream, { subjects: [subj.eventsAll] });
-  const decisions = await bus.stream(subj.decisionStream, { subjects: [subj.decisionsAll] });
+  const events = await bus.stream(subj.eventStream, eventStreamConfig(subj));
+  const decisions = await bus.stream(subj.decisionStream, decisionStreamConfig(subj));
   let ne = 0, nd = 0;
   for (const r of records) {
     if (r.kind === 'event') {

@@ -67,7 +67,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     indexer = await startIndexer(bus, { namespace });
     const n = o.engines ?? 4;
     for (let i = 0; i < n; i++) {
-      const eo: SimEngineOptions = { model, engineId: `sim-${i}`, ...o.engine };
+      const eo: SimEngineOptions = { model, engineId: `sim-${i}`, prefixCachingHashAlgo: 'xxhash', ...o.engine };
       const e: EngineHandle = o.engineThreads ? await startEngineThread(eo) : await startSimEngine(eo);
       engines.push(e);
       shims.push(
