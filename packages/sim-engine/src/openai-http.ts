@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage } from '@kvgate/protocol';
+import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage, tracer, extractTraceContext, SpanStatusCode, type Span } from '@kvgate/protocol';
 import type { EngineCore } from './engine.js';
 import type { EngineMetrics } from './metrics.js';
 import type { TokenOutput } from './scheduler.js';
@@ -236,6 +236,25 @@ async function generate(ctx: HttpContext, g: GenRequest, req: IncomingMessage, r
   if (wantsDecodeElsewhere && ctx.role === 'decode') throw badReq('this engine has role decode; it does not serve do_remote_decode (prefill) requests');
   if (hasDescriptor && ctx.role === 'prefill') throw badReq('this engine has role prefill; it does not accept transfer descriptors (do_remote_prefill)');
 
+  // the engine's span, parented by the caller's traceparent (router → shim → engine in one trace)
+  const span = tracer().startSpan(
+    'engine.generate',
+    { attributes: { 'kvgate.engine': ctx.engineId, 'gen_ai.request.model': ctx.model, 'gen_ai.usage.input_tokens': g.promptTokens.length } },
+    extractTraceContext(req.headers),
+  );
+  try {
+    await generateTraced(ctx, g, req, res, span);
+  } catch (e) {
+    span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+    throw e;
+  } finally {
+    span.end();
+  }
+}
+
+async function generateTraced(ctx: HttpContext, g: GenRequest, req: IncomingMessage, res: ServerResponse, span: Span): Promise<void> {
+  const wantsDecodeElsewhere = g.kvParams?.do_remote_decode === true;
+  const hasDescriptor = g.kvParams?.do_remote_prefill === true;
   const header = req.headers['x-request-id'];
   const base = typeof header === 'string' && header !== '' ? header : randomUUID().replace(/-/g, '');
   const id = `${g.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${base}`;
@@ -271,6 +290,7 @@ async function generate(ctx: HttpContext, g: GenRequest, req: IncomingMessage, r
   res.once('close', () => resolve());
   {
     const sink = (out: TokenOutput) => {
+      if (out.index === 0) span.setAttribute('kvgate.cached_tokens', out.cachedTokens);
       const text = ctx.tokenText(out.token);
       texts.push(text);
       if (out.finishReason && wantsDecodeElsewhere) descriptor = makeDescriptor(ctx, coreId);

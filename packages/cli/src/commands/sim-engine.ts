@@ -1,5 +1,6 @@
 import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
+import { initTracing } from '@kvgate/protocol';
 
 export const summary = 'run one simulated vLLM engine (OpenAI HTTP, /metrics, ZMQ KV events + replay, P/D)';
 
@@ -87,6 +88,7 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
 }
 
 export async function run(argv: string[]): Promise<number> {
+  await initTracing('kvgate-sim-engine');
   let opts: SimEngineOptions;
   try {
     const parsed = parseFlags(argv, USAGE, SPEC);
