@@ -109,8 +109,13 @@ export interface ConformanceFeatures {
   restart?: boolean;
 }
 
+/** no conformance test may hang the run: one that has not finished by then fails, naming itself */
+const TEST_DEADLINE_MS = 120_000;
+
 export function defineConformance(name: string, makeTarget: () => Promise<BusTarget>, features: ConformanceFeatures = {}) {
-  const test = suite(`bus[${name}]`);
+  const s = suite(`bus[${name}]`);
+  const test = (title: string, fn: () => unknown): void =>
+    s(title, () => withTimeout(Promise.resolve().then(fn).then(() => undefined), TEST_DEADLINE_MS, `test "${title}" did not finish (a wait without its own deadline?)`));
   let target!: BusTarget;
   const open: Bus[] = [];
   const connect = async (): Promise<Bus> => {
@@ -119,14 +124,14 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     return b;
   };
 
-  test.before(async () => {
+  s.before(async () => {
     target = await makeTarget();
     console.log(`\n# bus conformance ran against: ${target.description}`);
   });
-  test.after.each(async () => {
+  s.after.each(async () => {
     await Promise.all(open.splice(0).map((b) => b.close().catch(() => undefined)));
   });
-  test.after(async () => {
+  s.after(async () => {
     await target?.stop();
   });
 
@@ -369,6 +374,34 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.equal(await st.info(), { firstSeq: 1, lastSeq: 20, messages: 20 });
   });
 
+  test('stream: a non-follow read ends where the stream was when it started, while appends go on', async () => {
+    const bus = await connect();
+    const writer = await connect();
+    const p = uniq('snap');
+    const name = uniq('S');
+    const st = await bus.stream(name, { subjects: [`${p}.>`] });
+    const sw = await writer.stream(name, { subjects: [`${p}.>`] });
+    for (let i = 0; i < 30; i++) await st.append(`${p}.w`, enc(String(i)));
+    let writing = true;
+    const appender = (async () => {
+      while (writing) {
+        await sw.append(`${p}.w`, enc('more'));
+        await sleep(2); // let timers run (MemoryBus appends resolve at once)
+      }
+    })();
+    try {
+      await eventually(async () => (await st.info()).lastSeq > 31, 10_000, 'the writer is appending');
+      const before = (await st.info()).lastSeq;
+      const got = await drain(st.read(), 15_000);
+      const seqs = got.map((m) => m.seq);
+      assert.ok(seqs.length >= before, `read ${seqs.length} messages, ${before} were stored before it started`);
+      assert.equal(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), 'in order, none missing');
+    } finally {
+      writing = false;
+      await withTimeout(appender, 10_000, 'the appender to stop');
+    }
+  });
+
   test('stream: read from seq, with a subject filter, and both', async () => {
     const bus = await connect();
     const p = uniq('ev');
@@ -593,10 +626,11 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.equal(deletes.map((e) => e.key).sort(), ['lapse', 'old']);
     for (const d of deletes) assert.is(d.value, null);
     assert.ok(seen.some((e) => e.key === 'alive' && e.op === 'put'));
-    assert.is(await kv.get('old'), null);
-    assert.is(await kv.get('lapse'), null);
-    assert.is(dec(await kv.get('alive')), 'v', 're-put keeps an entry alive');
-    assert.equal(await kv.keys(), ['alive']);
+    assert.is(await withTimeout(kv.get('old'), 10_000, "get('old')"), null);
+    assert.is(await withTimeout(kv.get('lapse'), 10_000, "get('lapse')"), null);
+    assert.is(dec(await withTimeout(kv.get('alive'), 10_000, "get('alive')")), 'v', 're-put keeps an entry alive');
+    // keys() while `alive` is re-put all the time: it must still end (a read ends where the bucket was when it started)
+    assert.equal(await withTimeout(kv.keys(), 10_000, 'keys() while a key is re-put'), ['alive']);
     // the newOnly watcher never saw 'old' put, yet hears of its expiry
     const newSeen: KvEntry[] = [];
     await withTimeout((async () => {
@@ -608,7 +642,7 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.not.ok(newSeen.some((e) => e.key === 'old' && e.op === 'put'));
     } finally {
       keep = false;
-      await keeper;
+      await withTimeout(keeper, 10_000, 'the keeper loop to end');
     }
   });
 
@@ -686,5 +720,5 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     watcher.stop();
   });
 
-  return test;
+  return s;
 }

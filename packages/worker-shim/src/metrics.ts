@@ -10,6 +10,7 @@ export interface ShimMetrics {
   restarts: Counter;
   replays: Counter<'result'>;
   replayedBatches: Counter;
+  probes: Counter;
   duplicates: Counter;
   unknownParents: Counter;
   unknownRemovals: Counter;
@@ -44,6 +45,7 @@ export function createMetrics(worker: string): ShimMetrics {
     restarts: c('engine_restarts_total', 'engine restarts seen (sequence went down or the socket lost its engine)'),
     replays: c('replays_total', 'replay requests, by result (complete, partial, empty, unavailable)', ['result']),
     replayedBatches: c('replayed_batches_total', 'engine batches applied from replay'),
+    probes: c('replay_probes_total', 'replay probes finished (after the event socket (re)connected, and on the probe timer)'),
     duplicates: c('duplicate_batches_total', 'live engine batches skipped because a replay probe had applied them'),
     unknownParents: c('unknown_parents_total', 'BlockStored events dropped because their parent block was unknown'),
     unknownRemovals: c('unknown_removals_total', 'BlockRemoved hashes the shim did not know'),

@@ -165,6 +165,7 @@ export class EventRelay {
           this.#probedUpTo = -1n;
         } else if (m.kind === 'connected') {
           await this.#replayFrom(this.#seq.next);
+          this.#d.metrics.probes.inc();
         } else {
           this.#clear('requested');
           m.done();

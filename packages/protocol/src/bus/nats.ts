@@ -29,6 +29,7 @@ import {
   type KV,
   type NatsConnection,
   type Msg as NatsMsg,
+  type MsgHdrs,
   type StreamConfig as JsStreamConfig,
   type OrderedConsumerOptions,
 } from 'nats';
@@ -82,32 +83,85 @@ function toBusError(err: unknown, what: string): KvgateError {
 }
 
 const IDLE = Symbol('idle');
+/** direct gets in flight at once while listing a bucket's keys */
+const KEYS_CONCURRENCY = 32;
+/** how long a snapshot read waits for its consumer before it checks the stream itself */
+const SNAPSHOT_IDLE_MS = 1000;
+
+/** one stored message, from a consumer delivery or a direct get */
+interface Stored {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  headers: MsgHdrs | undefined;
+  /** store time, ms since the epoch */
+  timeMs: number;
+}
+
+function fromJsMsg(m: JsMsg): Stored {
+  return { seq: m.seq, subject: m.subject, data: m.data, headers: m.headers, timeMs: m.info.timestampNanos / 1e6 };
+}
+
+/** Every message of an ordered pull consumer, for as long as it delivers (follow readers, watchers). */
+async function* followMessages(msgs: ConsumerMessages): AsyncGenerator<Stored> {
+  for await (const m of msgs) yield fromJsMsg(m);
+}
+
+/** Where a snapshot read ends, and how it looks at the stream without its consumer. */
+interface SnapshotBounds {
+  /** the stream's last sequence when the read started: nothing after it belongs to the read */
+  lastSeq: number;
+  /** only messages stored at or after this time (a fromTime read) */
+  fromTimeMs?: number;
+  /** the first stored message with seq >= `seq` that matches the read's filter; null if none */
+  next(seq: number): Promise<Stored | null>;
+}
 
 /**
- * Messages of an ordered pull consumer. Unless `follow`, ends after the last message that was pending
- * when the consumer was created: the creation reply's num_pending, then each message's `pending`. If the
- * stream drops what was pending before it arrives (max_age, purge), an idle second re-asks the server.
+ * Messages of an ordered pull consumer up to `bounds.lastSeq`, the last message stored when the read
+ * started; then the generator ends. A message past the bound (written since) ends it too, as does one
+ * that reports nothing pending after it.
+ *
+ * The consumer's pending counts are not enough on their own: nats-server 2.9 over-counts them when a
+ * message is removed while it is pending (a KV key re-put under history 1, an entry aged out by
+ * max_age), so a delivery can report `pending: 1` forever. While writes keep coming (a key kept alive by
+ * re-puts) the consumer is never idle either, and a read that waited for `pending: 0` never ended. So:
+ * the bound ends the read however busy the stream is, and when the consumer stays quiet for a second
+ * the read asks the stream directly for the next matching message up to the bound and yields it itself
+ * (skipping it if the consumer delivers it later). Each quiet second therefore either ends the read or
+ * moves it forward: it always ends.
  */
-async function* orderedMessages(consumer: Consumer, msgs: ConsumerMessages, follow: boolean): AsyncGenerator<JsMsg> {
-  if (!follow && (await consumer.info(true)).num_pending === 0) return;
+async function* snapshotMessages(consumer: Consumer, msgs: ConsumerMessages, bounds: SnapshotBounds, fromSeq: number): AsyncGenerator<Stored> {
+  if (bounds.lastSeq < fromSeq) return;
+  if ((await consumer.info(true)).num_pending === 0) return;
   const it = msgs[Symbol.asyncIterator]();
   let next = it.next();
+  /** the highest sequence yielded (or skipped as older than fromTime) */
+  let seen = fromSeq - 1;
   for (;;) {
-    let r: IteratorResult<JsMsg> | typeof IDLE;
-    if (follow) r = await next;
-    else {
-      let t: NodeJS.Timeout | undefined;
-      r = await Promise.race([next, new Promise<typeof IDLE>((res) => (t = setTimeout(() => res(IDLE), 1000)))]);
-      clearTimeout(t);
-      if (r === IDLE) {
-        if ((await consumer.info()).num_pending === 0) return;
-        continue;
+    let t: NodeJS.Timeout | undefined;
+    const r = await Promise.race([next, new Promise<typeof IDLE>((res) => (t = setTimeout(() => res(IDLE), SNAPSHOT_IDLE_MS)))]);
+    clearTimeout(t);
+    if (r === IDLE) {
+      let m = await bounds.next(seen + 1);
+      while (m && m.seq <= bounds.lastSeq && bounds.fromTimeMs !== undefined && m.timeMs < bounds.fromTimeMs) {
+        seen = m.seq;
+        m = await bounds.next(seen + 1);
       }
+      if (!m || m.seq > bounds.lastSeq) return;
+      seen = m.seq;
+      yield m;
+      if (m.seq >= bounds.lastSeq) return;
+      continue;
     }
     if (r.done) return;
     next = it.next();
-    yield r.value;
-    if (!follow && r.value.info.pending === 0) return;
+    const m = r.value;
+    if (m.seq <= seen) continue; // already yielded from a direct get
+    if (m.seq > bounds.lastSeq) return;
+    seen = m.seq;
+    yield fromJsMsg(m);
+    if (m.seq >= bounds.lastSeq || m.info.pending === 0) return;
   }
 }
 
@@ -372,6 +426,27 @@ export class NatsBus implements Bus {
     };
   }
 
+  /** the end of a snapshot read that starts now, and a direct look at the stream for it (see snapshotMessages) */
+  async #snapshotBounds(stream: string, filter: string, fromTimeMs?: number): Promise<SnapshotBounds> {
+    const jsm = await this.#jsmgr();
+    const lastSeq = (await jsm.streams.info(stream)).state.last_seq;
+    return {
+      lastSeq,
+      fromTimeMs,
+      async next(seq: number): Promise<Stored | null> {
+        try {
+          // STREAM.MSG.GET's {seq, next_by_subj} (nats-server >= 2.9); nats.js types only name it for direct get
+          const query: { seq: number; next_by_subj: string } = { seq, next_by_subj: filter };
+          const sm = await jsm.streams.getMessage(stream, query as unknown as { seq: number });
+          return { seq: sm.seq, subject: sm.subject, data: sm.data, headers: sm.header, timeMs: Date.parse(sm.timestamp) };
+        } catch (err) {
+          if ((err as NatsError)?.api_error?.err_code === 10037) return null; // no message found
+          throw err;
+        }
+      },
+    };
+  }
+
   #reader(stream: string, opts: StreamReadOptions): StreamReader {
     if (opts.fromSeq !== undefined && opts.fromTime !== undefined) {
       throw new KvgateError('KVG_BAD_REQUEST', 'stream read: fromSeq and fromTime are exclusive');
@@ -400,6 +475,9 @@ export class NatsBus implements Bus {
         co.deliver_policy = DeliverPolicy.StartSequence;
         co.opt_start_seq = opts.fromSeq;
       }
+      // a snapshot read ends at the last message stored now: take the bound before the consumer exists
+      const bounds = follow ? undefined : await this.#snapshotBounds(stream, opts.filter ?? '>', opts.fromTime);
+      if (stopped) return;
       const consumer = await this.#js.consumers.get(stream, co);
       if (stopped) return;
       const msgs = await consumer.consume({ max_messages: 512 });
@@ -408,9 +486,10 @@ export class NatsBus implements Bus {
         consumer.delete().catch(() => undefined);
       };
       if (stopped) return stopSource();
-      for await (const m of orderedMessages(consumer, msgs, follow)) {
+      const source = bounds ? snapshotMessages(consumer, msgs, bounds, opts.fromTime !== undefined ? 1 : Math.max(1, opts.fromSeq ?? 1)) : followMessages(msgs);
+      for await (const m of source) {
         if (stopped) break;
-        chan.push(Object.freeze({ seq: m.seq, subject: m.subject, data: m.data, time: Math.floor(m.info.timestampNanos / 1e6) }));
+        chan.push(Object.freeze({ seq: m.seq, subject: m.subject, data: m.data, time: Math.floor(m.timeMs) }));
       }
       stop();
     };
@@ -500,29 +579,40 @@ export class NatsBus implements Bus {
   }
 
   /**
-   * Keys whose last operation is a put that has not lapsed. Not nats.js `kv.keys()`: that one reads a
-   * push consumer and stops when the creation reply says nothing is pending, which races with the first
-   * delivery and can return an empty list for a non-empty bucket. A pull consumer delivers nothing
-   * before it is asked, so its creation count is exact.
+   * Keys whose last operation is a put that has not lapsed: the stream's subjects (one per key, delete
+   * markers included), then each key's last message by a direct get, a few dozen at a time. Not a
+   * consumer read: nats.js `kv.keys()` stops when a push consumer's creation reply says nothing is
+   * pending (racing with the first delivery, it can return an empty list for a non-empty bucket), and a
+   * pull consumer's pending counts are over-counted by nats-server 2.9 once a pending message is removed
+   * — a key re-put all the time (history 1) then kept a read that waited for `pending: 0` going forever;
+   * cutting the read at the last sequence seen at the start instead loses a key whose message is
+   * replaced before the consumer reaches it. Listing then getting always ends and never loses a key
+   * that stays live throughout.
    */
   async #liveKeys(bucket: string, ttlMs: number): Promise<string[]> {
+    const stream = `KV_${bucket}`;
     const prefix = `$KV.${bucket}.`;
-    // every message, not DeliverPolicy.LastPerSubject: see the note on #watch
-    const consumer = await this.#js.consumers.get(`KV_${bucket}`, { filterSubjects: `${prefix}>`, headers_only: true });
-    const msgs = await consumer.consume({ max_messages: 512 });
-    const live = new Map<string, boolean>();
-    try {
-      const now = Date.now();
-      for await (const m of orderedMessages(consumer, msgs, false)) {
-        const op = m.headers?.get('KV-Operation');
-        const lapsed = ttlMs > 0 && m.info.timestampNanos / 1e6 + ttlMs <= now;
-        live.set(m.subject.slice(prefix.length), op !== 'DEL' && op !== 'PURGE' && !lapsed);
-      }
-      return [...live].filter(([, isLive]) => isLive).map(([k]) => k);
-    } finally {
-      msgs.stop();
-      consumer.delete().catch(() => undefined);
+    const jsm = await this.#jsmgr();
+    const si = await jsm.streams.info(stream, { subjects_filter: `${prefix}>` });
+    const subjects = Object.keys(si.state.subjects ?? {});
+    const now = Date.now();
+    const live: { key: string; seq: number }[] = [];
+    for (let i = 0; i < subjects.length; i += KEYS_CONCURRENCY) {
+      await Promise.all(subjects.slice(i, i + KEYS_CONCURRENCY).map(async (subject) => {
+        let sm;
+        try {
+          sm = await jsm.streams.getMessage(stream, { last_by_subj: subject });
+        } catch (err) {
+          if ((err as NatsError)?.api_error?.err_code === 10037) return; // gone since the listing (aged out)
+          throw err;
+        }
+        const op = sm.header.get('KV-Operation');
+        if (op === 'DEL' || op === 'PURGE') return;
+        if (ttlMs > 0 && Date.parse(sm.timestamp) + ttlMs <= now) return;
+        live.push({ key: subject.slice(prefix.length), seq: sm.seq });
+      }));
     }
+    return live.sort((x, y) => x.seq - y.seq).map((e) => e.key);
   }
 
   /**
@@ -586,10 +676,10 @@ export class NatsBus implements Bus {
         consumer.delete().catch(() => undefined);
       };
       if (stopped) return stopSource();
-      for await (const m of orderedMessages(consumer, msgs, true)) {
+      for await (const m of followMessages(msgs)) {
         if (stopped) break;
         const op = m.headers?.get('KV-Operation');
-        const e = { key: m.subject.slice(prefix.length), revision: m.seq, value: m.data, created: m.info.timestampNanos / 1e6 };
+        const e = { key: m.subject.slice(prefix.length), revision: m.seq, value: m.data, created: m.timeMs };
         if (op !== 'DEL' && op !== 'PURGE') {
           const expiresAt = ttlMs > 0 ? e.created + ttlMs : Infinity;
           if (expiresAt <= Date.now()) {
