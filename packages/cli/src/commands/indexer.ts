@@ -20,13 +20,8 @@ const SPEC = {
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseFlags(argv, USAGE, SPEC);
-  } catch (e) {
-    console.error(`kvgate indexer: ${(e as Error).message}\nusage: ${USAGE}`);
-    return 2;
-  }
+  // a bad flag throws; main.ts prints it in one line (exit 2)
+  const parsed = parseFlags(argv, USAGE, SPEC);
   if (!parsed) return 0;
   const f = parsed.flags;
   let opts;
