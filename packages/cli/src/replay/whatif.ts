@@ -12,7 +12,7 @@ import { Scheduler, type TokenOutput } from '@kvgate/sim-engine';
 import { DEFAULT_WEIGHTS, score, pick, isPolicy, type Candidate, type Policy } from '@kvgate/router';
 import { readTrace, recordTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/router/workload/trace';
 import { infiniteHitRate, pooledHitRate } from '@kvgate/router/workload/bounds';
-import { percentile } from '@kvgate/router/workload/stats';
+import { percentile, type PolicyResult } from '@kvgate/router/workload/stats';
 import { readFileSync } from 'node:fs';
 
 export interface WhatifOptions {
@@ -29,16 +29,10 @@ export interface WhatifOptions {
   limit?: number;
 }
 
-export interface WhatifPolicyResult {
-  policy: string;
-  hitRate: number;
-  ttftP50Ms: number;
-  ttftP99Ms: number;
-  itlP50Ms: number;
-  e2eP50Ms: number;
-  throughputRps: number;
+/** The same figures `kvgate start` reports per policy (router workload stats), plus requests per engine. */
+export type WhatifPolicyResult = Pick<PolicyResult, 'policy' | 'hitRate' | 'ttftP50Ms' | 'ttftP99Ms' | 'itlP50Ms' | 'e2eP50Ms' | 'throughputRps'> & {
   perEngine: number[];
-}
+};
 
 export interface WhatifResult {
   requests: number;
