@@ -1,24 +1,26 @@
 /**
  * `kvgate start`: the whole system in one process — K simulated engines with shims, an indexer, two router
- * replicas — driven by a workload once per routing policy (engines restarted between policies: cold caches).
+ * replicas — driven by a workload once per routing policy (fresh routers and emptied prefix caches each time).
  * Prints one table (or --json) with each policy's prefix-cache hit rate and latencies, and two bounds: the
  * infinite-cache hit rate and the pooled hit rate (one LRU with the engines' total capacity).
  */
-import { initHashing } from '@kvgate/protocol';
-import { loadTokenizer } from '@kvgate/protocol/tokenizer';
-import { isPolicy, PromptTokenizer, type Policy } from '@kvgate/router';
-import { infiniteHitRate, pooledHitRate } from '@kvgate/router/workload/bounds';
-import { buildPlan, runPlanInThread, type PlanSpec } from '@kvgate/router/workload/plan';
-import { startStack } from '@kvgate/router/workload/stack';
-import { summarize, type PolicyResult } from '@kvgate/router/workload/stats';
+import type { Policy, RouterOptions } from '@kvgate/router';
+import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/router/workload/plan';
+import type { PolicyResult } from '@kvgate/router/workload/stats';
 import { intFlag, parseFlags } from '../flags.js';
+
+/**
+ * Built-in workload: per-engine KV blocks of 16 tokens (49k tokens). A quarter of the 16 shared contexts plus their
+ * conversations fit (the kv policy's partition); all 16 (round-robin's replicated working set, ≈ 100k) do not.
+ */
+const BUILTIN_NUM_BLOCKS = 3072;
 
 export const summary = 'everything in one process (simulated engines, shims, indexer, 2 routers), a workload per policy, one table';
 
 const USAGE = `kvgate start [options]
 
-Runs the built-in workload (multi-turn chats over shared system prompts), or --trace (Mooncake JSONL:
-timestamp ms, input_length, output_length, hash_ids of 512-token blocks), once per policy, on fresh engines.`;
+Runs the built-in workload (RAG-style multi-turn chats over a few long shared contexts), or --trace (Mooncake
+JSONL: timestamp ms, input_length, output_length, hash_ids of 512-token blocks), once per policy, on cold caches.`;
 
 const SPEC = {
   engines: { type: 'string', default: '4', help: 'simulated engines (one shim each)' },
@@ -29,14 +31,17 @@ const SPEC = {
   limit: { type: 'string', help: 'replay only the first N trace requests' },
   speedup: { type: 'string', help: 'engine simulated-ms per wall-ms (default: trace 2, built-in 1)' },
   'block-size': { type: 'string', help: 'engine KV block size in tokens (default: trace 128, built-in 16)' },
-  'num-blocks': { type: 'string', help: 'engine KV capacity in blocks (default: trace 16384, built-in 2048)' },
+  'num-blocks': { type: 'string', help: `engine KV capacity in blocks (default: trace 16384, built-in ${BUILTIN_NUM_BLOCKS})` },
   'index-timeout-ms': { type: 'string', default: '50', help: 'router budget for the index answer before routing by load alone' },
   'uncached-weight': { type: 'string', help: 'kv score: weight of uncached prompt blocks (router default 4)' },
   'decode-weight': { type: 'string', help: 'kv score: weight of active decode blocks (router default 0.1)' },
   model: { type: 'string', default: 'qwen3-8b', help: 'served model name' },
-  conversations: { type: 'string', default: '48', help: 'built-in workload: conversations' },
-  turns: { type: 'string', default: '6', help: 'built-in workload: turns per conversation' },
-  warmup: { type: 'string', default: '80', help: 'requests sent to a throwaway deployment first (0 = none)' },
+  conversations: { type: 'string', default: '56', help: 'built-in workload: conversations' },
+  turns: { type: 'string', default: '5', help: 'built-in workload: turns per conversation' },
+  contexts: { type: 'string', default: '16', help: 'built-in workload: shared contexts (system prompt + reference document)' },
+  'context-words': { type: 'string', default: '6000', help: 'built-in workload: words per shared context (≈ 1 token each)' },
+  'chat-text': { type: 'boolean', help: 'built-in workload: send chat messages (tokenized by routers and engines) instead of token ids' },
+  warmup: { type: 'string', default: '80', help: 'requests of a throwaway pass first (caches are emptied after it; 0 = none)' },
   port: { type: 'string', default: '0', help: 'HTTP port of the first router (0 = any; it lives only during the run)' },
   nats: { type: 'string', help: 'run over NATS (nats://host:port) instead of the in-memory bus' },
   json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…]} as JSON' },
@@ -81,6 +86,19 @@ export async function run(argv: string[]): Promise<number> {
   const parsed = parseFlags(argv, USAGE, SPEC);
   if (!parsed) return 0;
   const f = parsed.flags;
+  // the table is the output; component info logs (shims leaving, …) would bury it (KVGATE_LOG_LEVEL=info shows
+  // them). Set before the components' modules load: some create their logger at import.
+  process.env.KVGATE_LOG_LEVEL ??= 'warn';
+  const [{ initHashing }, { loadTokenizer }, { isPolicy, PromptTokenizer }, { infiniteHitRate, pooledHitRate }, { buildPlan, planData, runPlanInThread }, { startStack }, { summarize }] =
+    await Promise.all([
+      import('@kvgate/protocol'),
+      import('@kvgate/protocol/tokenizer'),
+      import('@kvgate/router'),
+      import('@kvgate/router/workload/bounds'),
+      import('@kvgate/router/workload/plan'),
+      import('@kvgate/router/workload/stack'),
+      import('@kvgate/router/workload/stats'),
+    ]);
   const policies = (f.policy ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   for (const p of policies) {
     if (!isPolicy(p)) {
@@ -88,75 +106,87 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
+  const t0 = Date.now();
   const engines = intFlag(f.engines, 'engines', 4);
   const routers = intFlag(f.routers, 'routers', 2);
-    const traceMode = f.trace !== undefined;
+  const traceMode = f.trace !== undefined;
   const blockSize = intFlag(f['block-size'], 'block-size', traceMode ? 128 : 16);
   const speedup = intFlag(f.speedup, 'speedup', traceMode ? 2 : 1);
-  const numBlocks = intFlag(f['num-blocks'], 'num-blocks', traceMode ? 16_384 : 2048);
+  const numBlocks = intFlag(f['num-blocks'], 'num-blocks', traceMode ? 16_384 : BUILTIN_NUM_BLOCKS);
   const model = f.model ?? 'qwen3-8b';
   await initHashing();
   const tokenizer = await loadTokenizer();
   const pt = new PromptTokenizer({ tokenizer });
 
-  const spec: PlanSpec = traceMode
-    ? { kind: 'trace', path: f.trace!, limit: intFlag(f.limit, 'limit', 0), compress: intFlag(f.compress, 'compress', 8), model }
-    : { kind: 'chat', model, blockSize, options: { conversations: intFlag(f.conversations, 'conversations', 48), turns: intFlag(f.turns, 'turns', 6) } };
-  const plan = buildPlan(spec, pt);
+  const chatOptions: ChatWorkloadOptions = {
+    conversations: intFlag(f.conversations, 'conversations', 56),
+    turns: intFlag(f.turns, 'turns', 5),
+    systemPrompts: intFlag(f.contexts, 'contexts', 16),
+    systemWords: intFlag(f['context-words'], 'context-words', 6000),
+    format: f['chat-text'] ? 'chat' : 'tokens',
+  };
+  const traceSpec: PlanSpec | undefined = traceMode ? { kind: 'trace', path: f.trace!, limit: intFlag(f.limit, 'limit', 0), compress: intFlag(f.compress, 'compress', 8), model } : undefined;
+  const plan = buildPlan(traceSpec ?? { kind: 'chat', model, blockSize, options: chatOptions }, pt);
+  // the built-in plan is rendered here once (its prompts need the tokenizer) and handed to the client as data;
+  // a trace is read again by the client thread (its bodies are built as they are sent)
+  const spec: PlanSpec = traceSpec ?? { kind: 'list', name: plan.name, blockTokens: plan.blockTokens, requests: planData(plan) };
   const capacityTokens = engines * numBlocks * blockSize;
   const infinite = infiniteHitRate(plan.blocks());
   const pooled = pooledHitRate(plan.blocks(), capacityTokens, plan.blockTokens);
   const lastAt = plan.requests.at(-1)?.atMs ?? 0;
+  const what = traceMode
+    ? `${plan.requests.length} trace requests`
+    : `${plan.requests.length} chat requests (${chatOptions.conversations} conversations × ${chatOptions.turns} turns over ${chatOptions.systemPrompts} shared ${chatOptions.systemWords}-word contexts, sent as ${chatOptions.format === 'chat' ? 'chat messages' : 'token ids'})`;
   process.stderr.write(
-    `kvgate start: ${plan.requests.length} ${plan.name} requests over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${f.nats}` : 'in-memory bus'}\n`,
+    `kvgate start: ${what} over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${f.nats}` : 'in-memory bus'}\n`,
   );
 
-  // One throwaway pass over the first requests: JIT, connection pools and thread start-up would otherwise all
-  // be charged to whichever policy runs first.
-  const warmup = intFlag(f.warmup, 'warmup', 80);
-  if (warmup > 0) {
-    const stack = await startStack({ engines, routers, model, ...(f.nats ? { nats: f.nats } : {}), tokenizer, engineThreads: true, engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize }, router: { policy: 'round-robin' } });
-    const bar = progressBar('warm-up', Math.min(warmup, plan.requests.length));
-    try {
-      await runPlanInThread({ ...spec, warmup }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
-      bar.end();
-    } finally {
-      await stack.close();
-    }
-  }
-
+  const routerOptions = (policy: Policy): RouterOptions => ({
+    policy,
+    indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50),
+    weights: {
+      ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 4) } : {}),
+      ...(f['decode-weight'] ? { decodeWeight: intFlag(f['decode-weight'], 'decode-weight', 0.1) } : {}),
+    },
+  });
+  process.stderr.write(`starting ${engines} engines (worker threads), ${engines} shims, the indexer and ${routers} routers…\n`);
+  // One deployment for the whole command: between policies the routers are replaced and the engines' prefix
+  // caches emptied (POST /reset_prefix_cache, the index drained). Engine threads, shims and indexer stay warm, so
+  // the first policy pays no start-up cost the others do not.
+  const stack = await startStack({
+    engines,
+    routers,
+    model,
+    ...(f.nats ? { nats: f.nats } : {}),
+    tokenizer,
+    routerPort: intFlag(f.port, 'port', 0),
+    engineThreads: true,
+    engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize, maxNumSeqs: 256 },
+    router: routerOptions('round-robin'),
+  });
   const results: PolicyResult[] = [];
-  for (const policy of policies as Policy[]) {
-    const stack = await startStack({
-      engines,
-      routers,
-      model,
-      ...(f.nats ? { nats: f.nats } : {}),
-      tokenizer,
-      routerPort: intFlag(f.port, 'port', 0),
-      engineThreads: true,
-      engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize, maxNumSeqs: 256 },
-      router: {
-        policy,
-        indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50),
-        weights: {
-          ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 4) } : {}),
-          ...(f['decode-weight'] ? { decodeWeight: intFlag(f['decode-weight'], 'decode-weight', 0.1) } : {}),
-        },
-      },
-    });
-    const bar = progressBar(policy, plan.requests.length);
-    try {
+  try {
+    // a short throwaway pass (JIT in every thread, connection pools) so no policy is charged for it
+    const warmup = Math.min(intFlag(f.warmup, 'warmup', 80), plan.requests.length);
+    if (warmup > 0) {
+      const bar = progressBar('warm-up', warmup);
+      await runPlanInThread({ ...spec, warmup, warmupGapMs: 20 }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+      bar.end();
+    }
+    for (const policy of policies as Policy[]) {
+      await stack.replaceRouters(routerOptions(policy));
+      await stack.resetCaches();
+      const bar = progressBar(policy, plan.requests.length);
       const { results: rs, wallMs } = await runPlanInThread(spec, stack.routers.map((r) => r.url), (d) => bar.tick(d));
       bar.end();
       const s = summarize(policy, rs, wallMs);
       const fallbacks = stack.routers.reduce((a, r) => a + r.stats().indexFallbacks, 0);
       if (s.errors > 0) process.stderr.write(`  ${policy}: ${s.errors} failed requests, e.g. ${s.sampleErrors.join(' | ')}\n`);
-      process.stderr.write(`  ${policy}: per worker ${JSON.stringify(s.perWorker)}, index fallbacks ${fallbacks}\n`);
+      process.stderr.write(`  ${policy}: hit rate ${pct(s.hitRate)}, TTFT p50 ${ms(s.ttftP50Ms)} ms; per worker ${JSON.stringify(s.perWorker)}, index fallbacks ${fallbacks}\n`);
       results.push(s);
-    } finally {
-      await stack.close();
     }
+  } finally {
+    await stack.close();
   }
 
   if (f.json) {
@@ -175,7 +205,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(line(head));
     for (const r of rows) console.log(line(r));
     console.log(`\nbounds: infinite-cache hit rate ${pct(infinite)}, pooled hit rate ${pct(pooled)} (one LRU of ${capacityTokens} tokens)`);
-    console.log(`latencies are wall-clock ms; engines run ${speedup}× faster than the modelled GPU`);
+    console.log(`latencies are wall-clock ms; engines run ${speedup}× faster than the modelled GPU; ${((Date.now() - t0) / 1000).toFixed(0)} s in all`);
   }
   return results.every((r) => r.errors < r.requests) ? 0 : 1;
 }

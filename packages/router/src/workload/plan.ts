@@ -48,24 +48,30 @@ export function tracePlan(records: readonly TraceRecord[], model: string, compre
 }
 
 export interface ChatWorkloadOptions {
-  /** distinct shared system prompts (default 4) */
+  /** distinct shared contexts: a system prompt with a reference document each (default 16) */
   systemPrompts?: number;
-  /** words per system prompt (default 900, ≈ 1.2k tokens) */
+  /** words per shared context (default 6000, ≈ 6k tokens) */
   systemWords?: number;
-  /** conversations (default 48) */
+  /** conversations (default 56); conversation c reads shared context c mod systemPrompts */
   conversations?: number;
-  /** turns per conversation (default 6) */
+  /** turns per conversation (default 5) */
   turns?: number;
-  /** words per user turn (default 150) */
+  /** words per user turn (default 100) */
   userWords?: number;
   /** words per (scripted) assistant turn (default 60) */
   replyWords?: number;
-  /** conversations start spread over this many wall ms (default 6000) */
+  /** conversations start spread over this many wall ms (default 12000) */
   spreadMs?: number;
-  /** wall ms between a conversation's turns (default 1200) */
+  /** wall ms between a conversation's turns (default 2000) */
   turnGapMs?: number;
   /** max_tokens per request (default 32) */
   maxTokens?: number;
+  /**
+   * what the client sends: 'tokens' (default) — /v1/completions with the token ids of the chat-rendered prompt
+   * (the ids the engine would compute; needs a local tokenizer when the plan is built), or 'chat' — the messages to
+   * /v1/chat/completions, tokenized by the routers (incrementally) and again, whole, by every engine.
+   */
+  format?: 'tokens' | 'chat';
   seed?: number;
 }
 
@@ -91,26 +97,42 @@ function words(r: () => number, n: number): string {
 }
 
 /**
- * The built-in workload: conversations over a few shared system prompts; each turn re-sends the conversation so
- * far (with scripted assistant replies, so the plan is fixed). `tokenizer` (local) gives the bound blocks.
+ * The built-in workload, RAG / agent style: a few long shared contexts (system prompt + reference document, ≈ 6k
+ * tokens each) and multi-turn conversations over them; each turn re-sends the conversation so far (scripted
+ * assistant replies, so the plan is fixed), so its prompt extends the previous turn's. `tokenizer` (local) renders
+ * the prompts for the 'tokens' format and gives the bound blocks.
  */
 export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, blockSize: number, o: ChatWorkloadOptions = {}): Plan {
   const r = rng(o.seed ?? 42);
-  const systems = Array.from({ length: o.systemPrompts ?? 4 }, (_, i) => `You are assistant #${i}. ${words(r, o.systemWords ?? 900)}`);
-  const conversations = o.conversations ?? 48;
-  const turns = o.turns ?? 6;
-  const spread = o.spreadMs ?? 6000;
-  const gap = o.turnGapMs ?? 1200;
+  const nSystems = o.systemPrompts ?? 16;
+  const systems = Array.from(
+    { length: nSystems },
+    (_, i) => `You are assistant #${i}. Answer from the reference document below.\n\n# Reference document ${i}\n\n${words(r, o.systemWords ?? 6000)}`,
+  );
+  const conversations = o.conversations ?? 56;
+  const turns = o.turns ?? 5;
+  const spread = o.spreadMs ?? 12_000;
+  const gap = o.turnGapMs ?? 2000;
   const maxTokens = o.maxTokens ?? 32;
-  const planned: Array<PlannedRequest & { messages: ChatMessage[] }> = [];
+  const format = o.format ?? 'tokens';
+  if (format === 'tokens' && !tokenizer) throw new Error("chatPlan: format 'tokens' needs a local tokenizer");
+  const planned: Array<PlannedRequest & { messages: ChatMessage[]; ids: number[] | null }> = [];
   for (let c = 0; c < conversations; c++) {
     const start = (spread * c) / conversations + r() * 200;
-    const messages: ChatMessage[] = [{ role: 'system', content: systems[c % systems.length]! }];
+    const messages: ChatMessage[] = [{ role: 'system', content: systems[c % nSystems]! }];
     for (let t = 0; t < turns; t++) {
-      messages.push({ role: 'user', content: `Question ${t + 1} of conversation ${c}: ${words(r, o.userWords ?? 150)}` });
+      messages.push({ role: 'user', content: `Question ${t + 1} of conversation ${c}: ${words(r, o.userWords ?? 100)}` });
       const snapshot = messages.slice();
-      const body = JSON.stringify({ model, messages: snapshot, max_tokens: maxTokens, ignore_eos: true });
-      planned.push({ atMs: start + t * gap, path: '/v1/chat/completions', body: () => body, messages: snapshot });
+      let body: string;
+      let ids: number[] | null = null;
+      if (format === 'tokens') {
+        ids = tokenizer!.chatLocal({ messages: snapshot });
+        body = `{"model":${JSON.stringify(model)},"max_tokens":${maxTokens},"ignore_eos":true,"prompt":[${ids.join(',')}]}`;
+        planned.push({ atMs: start + t * gap, path: '/v1/completions', body: () => body, messages: snapshot, ids });
+      } else {
+        body = JSON.stringify({ model, messages: snapshot, max_tokens: maxTokens, ignore_eos: true });
+        planned.push({ atMs: start + t * gap, path: '/v1/chat/completions', body: () => body, messages: snapshot, ids });
+      }
       messages.push({ role: 'assistant', content: words(r, o.replyWords ?? 60) });
     }
   }
@@ -122,7 +144,7 @@ export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, 
     *blocks() {
       for (const p of planned) {
         if (!tokenizer) throw new Error('chatPlan: bound blocks need a local tokenizer');
-        const ids = tokenizer.chatLocal({ messages: p.messages });
+        const ids = p.ids ?? tokenizer.chatLocal({ messages: p.messages });
         yield prefixHashes(model, null, blockSize, ids).map((h) => ({ key: h, tokens: blockSize }));
       }
     },
@@ -150,14 +172,29 @@ export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: num
   return { results, wallMs: performance.now() - t0 };
 }
 
+/** A request as data (bodies built up front; it crosses into the load-client thread). */
+export interface RequestData {
+  atMs: number;
+  path: PlannedRequest['path'];
+  body: string;
+}
+
 /** A plan described by data (it crosses into the load-client thread). */
 export type PlanSpec = (
   | { kind: 'trace'; path: string; limit: number; compress: number; model: string }
   | { kind: 'chat'; model: string; blockSize: number; options: ChatWorkloadOptions }
+  | { kind: 'list'; name: string; blockTokens: number; requests: RequestData[] }
 ) & {
   /** warm-up: only the first N requests, sent `warmupGapMs` apart (default: the whole plan, on its clock) */
   warmup?: number;
+  /** ms between warm-up requests (default 25) */
+  warmupGapMs?: number;
 };
+
+/** The plan's requests with their bodies built, to hand to another thread as `{kind: 'list'}`. */
+export function planData(plan: Plan): RequestData[] {
+  return plan.requests.map((r) => ({ atMs: r.atMs, path: r.path, body: r.body() }));
+}
 
 export function buildPlan(spec: PlanSpec, tokenizer?: PromptTokenizer): Plan {
   let plan: Plan;
@@ -165,8 +202,20 @@ export function buildPlan(spec: PlanSpec, tokenizer?: PromptTokenizer): Plan {
     let records = readTrace(spec.path);
     if (spec.limit > 0) records = records.slice(0, spec.limit);
     plan = tracePlan(records, spec.model, spec.compress);
+  } else if (spec.kind === 'list') {
+    plan = {
+      name: spec.name,
+      blockTokens: spec.blockTokens,
+      requests: spec.requests.map((r) => ({ atMs: r.atMs, path: r.path, body: () => r.body })),
+      blocks: () => {
+        throw new Error('a request list carries no bound blocks');
+      },
+    };
   } else plan = chatPlan(spec.model, tokenizer, spec.blockSize, spec.options);
-  if (spec.warmup) plan = { ...plan, name: `${plan.name} warm-up`, requests: plan.requests.slice(0, spec.warmup).map((r, i) => ({ ...r, atMs: i * 25 })) };
+  if (spec.warmup) {
+    const gap = spec.warmupGapMs ?? 25;
+    plan = { ...plan, name: `${plan.name} warm-up`, requests: plan.requests.slice(0, spec.warmup).map((r, i) => ({ ...r, atMs: i * gap })) };
+  }
   return plan;
 }
 

@@ -45,6 +45,13 @@ export interface Stack {
   shims: ShimHandle[];
   indexer: RunningIndexer;
   routers: RouterHandle[];
+  /**
+   * Empties every engine's prefix cache (vLLM's POST /reset_prefix_cache; the engines must be idle) and waits until
+   * the index holds no block: the next run starts cold without restarting the engines.
+   */
+  resetCaches(timeoutMs?: number): Promise<void>;
+  /** closes the routers and starts `routers` fresh replicas with these options (e.g. another policy) */
+  replaceRouters(router: RouterOptions): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -62,6 +69,22 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     for (const e of engines) await e.close().catch(() => undefined);
     await indexer?.close().catch(() => undefined);
     await bus.close().catch(() => undefined);
+  };
+  const startRouters = async (ro: RouterOptions | undefined) => {
+    const nr = o.routers ?? 2;
+    for (let i = 0; i < nr; i++) {
+      const r = await startRouter(bus, {
+        namespace,
+        id: `router-${i}`,
+        ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
+        // in one process the indexer answers by direct call (NATS: over the bus, as in production)
+        ...(o.nats || o.indexOverBus ? {} : { index: indexer!.client }),
+        ...ro,
+        port: i === 0 ? (o.routerPort ?? 0) : 0,
+      });
+      routers.push(r);
+      await r.waitForWorkers(engines.length, 15_000);
+    }
   };
   try {
     indexer = await startIndexer(bus, { namespace });
@@ -87,23 +110,32 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
       );
     }
     await indexer.whenReady();
-    const nr = o.routers ?? 2;
-    for (let i = 0; i < nr; i++) {
-      const r = await startRouter(bus, {
-        namespace,
-        id: `router-${i}`,
-        ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
-        // in one process the indexer answers by direct call (NATS: over the bus, as in production)
-        ...(o.nats || o.indexOverBus ? {} : { index: indexer.client }),
-        ...o.router,
-        port: i === 0 ? (o.routerPort ?? 0) : 0,
-      });
-      routers.push(r);
-      await r.waitForWorkers(n, 15_000);
-    }
+    await startRouters(o.router);
   } catch (e) {
     await close();
     throw e;
   }
-  return { bus, namespace, engines, shims, indexer: indexer!, routers, close };
+  const resetCaches = async (timeoutMs = 15_000) => {
+    const deadline = Date.now() + timeoutMs;
+    for (const e of engines) {
+      for (;;) {
+        const res = await fetch(new URL('/reset_prefix_cache', e.url), { method: 'POST' });
+        await res.arrayBuffer();
+        if (res.ok) break;
+        if (Date.now() > deadline) throw new Error(`reset_prefix_cache on ${e.url}: HTTP ${res.status}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    for (;;) {
+      const workers = await indexer!.indexer.workers();
+      if (Object.values(workers).every((w) => w.blocks === 0)) return;
+      if (Date.now() > deadline) throw new Error(`index still holds blocks after reset: ${JSON.stringify(workers)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const replaceRouters = async (router: RouterOptions) => {
+    for (const r of routers.splice(0)) await r.close();
+    await startRouters(router);
+  };
+  return { bus, namespace, engines, shims, indexer: indexer!, routers, resetCaches, replaceRouters, close };
 }
