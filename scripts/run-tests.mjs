@@ -28,11 +28,12 @@ const failedFiles = [];
 function runOne(file) {
   return new Promise((resolve) => {
     const t0 = Date.now();
-    const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: root, env: { KVGATE_LOG_LEVEL: 'warn', ...process.env, FORCE_COLOR: '0' } });
+    // own process group, so a timed-out file is killed with everything it started (nats-server, engines)
+    const child = spawn(process.execPath, ['--import', 'tsx', file], { cwd: root, detached: true, env: { KVGATE_LOG_LEVEL: 'warn', ...process.env, FORCE_COLOR: '0' } });
     let out = '';
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => { out += '\n[run-tests] timed out after 300 s\n'; child.kill('SIGKILL'); }, 300_000);
+    const timer = setTimeout(() => { out += '\n[run-tests] timed out after 300 s\n'; try { process.kill(-child.pid, 'SIGKILL'); } catch { child.kill('SIGKILL'); } }, 300_000);
     child.on('close', (code) => {
       clearTimeout(timer);
       const total = Number(/Total:\s+(\d+)/.exec(out)?.[1] ?? 0);
