@@ -78,12 +78,12 @@ export default async function (ctx: BenchContext): Promise<void> {
   ctx.progress('router up; measuring overhead');
 
   const prompts = Array.from({ length: 64 }, (_, p) => JSON.stringify({ model: MODEL, max_tokens: 1, prompt: Array.from({ length: 2048 }, (_, i) => ((p % 400) * 7919 + i * 31) % 150_000 + (i > 1024 ? p : 0)) }));
-  const measure = async (url: string, path: string, tag: string): Promise<number[]> => {
+  const measure = async (url: string, path: string, tag: string, count = n): Promise<number[]> => {
     const pool = new Pool(url, { connections: 64 });
     const lat: number[] = [];
     const t0 = performance.now();
     const pending: Promise<void>[] = [];
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < count; i++) {
       const due = t0 + (i * 1000) / rate;
       const wait = due - performance.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
@@ -94,6 +94,7 @@ export default async function (ctx: BenchContext): Promise<void> {
         pool.request({ path, method: 'POST', body, headers: { 'content-type': 'application/json', 'x-request-id': id } }).then(async (res) => {
           await res.body.dump();
           const at = arrivals.get(id);
+          arrivals.delete(id);
           if (at !== undefined) lat.push(at - sent);
         }),
       );
@@ -102,14 +103,22 @@ export default async function (ctx: BenchContext): Promise<void> {
     await pool.close();
     return lat;
   };
-  // warm-up both paths, then measure
+  // warm-up both paths, then measure in alternating rounds (n requests per path in all), so both paths see the
+  // same machine: a shared 2-core box drifts over a minute, and one window each would charge drift to one path
   await measure(router.url, '/v1/completions', 'warm-r');
   await measure(engines[0]!.url, '/v1/completions', 'warm-d');
-  const via = await measure(router.url, '/v1/completions', 'via');
-  const direct = await measure(engines[0]!.url, '/v1/completions', 'direct');
-  const fallbacks = router.stats().indexFallbacks;
+  const rounds = ctx.quick ? 1 : 3;
+  const via: number[] = [];
+  const direct: number[] = [];
+  const fallbacks0 = router.stats().indexFallbacks;
+  for (let r = 0; r < rounds; r++) {
+    const per = Math.ceil(n / rounds);
+    via.push(...(await measure(router.url, '/v1/completions', `via${r}`, per)));
+    direct.push(...(await measure(engines[0]!.url, '/v1/completions', `direct${r}`, per)));
+  }
+  const fallbacks = router.stats().indexFallbacks - fallbacks0;
   const [v50, v99, d50, d99] = [percentile(via, 50), percentile(via, 99), percentile(direct, 50), percentile(direct, 99)];
-  ctx.report({ bench: 'router.overhead.p50', value: v50, unit: 'ms', baseline: d50, note: `send → upstream sees it, via router (tokens→hash→index over MemoryBus→score) vs direct; ${rate} req/s, 2k-token prompts; router adds ${(v50 - d50).toFixed(3)} ms; ${fallbacks} index fallbacks` });
+  ctx.report({ bench: 'router.overhead.p50', value: v50, unit: 'ms', baseline: d50, note: `send → upstream sees it, via router (tokens→hash→index over MemoryBus→score) vs direct; ${rate} req/s, 2k-token prompts; router adds ${(v50 - d50).toFixed(3)} ms; ${fallbacks} index fallbacks in ${via.length} measured requests (${rounds} alternating rounds)` });
   ctx.report({ bench: 'router.overhead.p99', value: v99, unit: 'ms', baseline: d99, note: `as p50; router adds ${(v99 - d99).toFixed(3)} ms at p99` });
 
   // ---- pick-only throughput ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
  * Records carry their stream sequence and time. Two kinds: KV event batches (as published by shims) and routing
  * decisions (as published by routers). Unknown record kinds from a newer writer are skipped by readers.
  */
-import { decode, encode, decodeEventBatch, type EventBatch } from './schemas.js';
+import { decode, encode, decodeEventBatch, unpackHashes, type EventBatch } from './schemas.js';
 import { DecodeError } from './errors.js';
 
 export const KVLOG_MAGIC = 'KVGLOG';
@@ -41,6 +41,17 @@ export interface RouteDecision {
   ts: number;
 }
 
+/** A decision as routers publish it: hashes packed into one buffer of 8-byte big-endian values (cheap to encode). */
+export type RouteDecisionWire = Omit<RouteDecision, 'hashes'> & { hashes: Uint8Array };
+
+/** Decode a published decision (packed or array hashes). Throws DecodeError on anything else. */
+export function toRouteDecision(v: unknown): RouteDecision {
+  const d = v as Record<string, unknown> | null;
+  if (!d || typeof d !== 'object' || typeof d.chosen !== 'string' || typeof d.model !== 'string') throw new DecodeError('routing decision lacks chosen/model');
+  const hashes = d.hashes instanceof Uint8Array ? [...unpackHashes(d.hashes)] : Array.isArray(d.hashes) ? d.hashes.map((h) => BigInt(h as bigint)) : [];
+  return { ...(d as unknown as RouteDecision), hashes };
+}
+
 export type KvlogRecord =
   | { kind: 'event'; seq: number; time: number; subject: string; batch: EventBatch }
   | { kind: 'route'; seq: number; time: number; subject: string; decision: RouteDecision };
@@ -71,9 +82,7 @@ function asRecord(v: unknown): KvlogRecord | null {
   if (!Number.isFinite(seq) || !Number.isFinite(time) || typeof r.subject !== 'string') throw new DecodeError('kvlog record lacks seq/time/subject');
   if (r.kind === 'event') return { kind: 'event', seq, time, subject: r.subject, batch: decodeEventBatch(encode(r.batch)) };
   if (r.kind === 'route') {
-    const d = r.decision as RouteDecision | undefined;
-    if (!d || typeof d.chosen !== 'string' || typeof d.model !== 'string') throw new DecodeError('kvlog route record lacks decision');
-    return { kind: 'route', seq, time, subject: r.subject, decision: { ...d, hashes: (d.hashes ?? []).map((h) => BigInt(h)) } };
+    return { kind: 'route', seq, time, subject: r.subject, decision: toRouteDecision(r.decision) };
   }
   return null; // unknown kind from a newer writer
 }

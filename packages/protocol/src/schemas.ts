@@ -55,7 +55,8 @@ export interface WorkerRegistration {
 export interface MatchRequest {
   model: string;
   lora?: string | null;
-  hashes: bigint[];
+  /** a bigint[] on the wire decodes to bigint[]; one 8·n-byte buffer (big-endian u64s) to a BigUint64Array */
+  hashes: bigint[] | BigUint64Array;
 }
 export interface MatchReply {
   overlaps: Record<string, number>;
@@ -200,10 +201,28 @@ export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
   };
 }
 
+/** Hashes packed as one buffer of big-endian u64s (8·n bytes): the cheap form of a long hash list. */
+export function packHashes(hs: ArrayLike<bigint>): Uint8Array {
+  const out = new Uint8Array(hs.length * 8);
+  const dv = new DataView(out.buffer);
+  for (let i = 0; i < hs.length; i++) dv.setBigUint64(i * 8, hs[i]!, false);
+  return out;
+}
+
+export function unpackHashes(b: Uint8Array, what = 'hashes'): BigUint64Array {
+  need(b.length % 8 === 0, `${what}: a packed hash buffer must be 8·n bytes, got ${b.length}`);
+  const n = b.length / 8;
+  const out = new BigUint64Array(n);
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  for (let i = 0; i < n; i++) out[i] = dv.getBigUint64(i * 8, false);
+  return out;
+}
+
 export function decodeMatchRequest(bytes: Uint8Array): MatchRequest {
   const v = decode(bytes);
   need(isObj(v), 'match request must be a map');
-  return { model: str(v.model, 'model'), lora: typeof v.lora === 'string' ? v.lora : null, hashes: hashes(v.hashes, 'hashes') };
+  const hs = v.hashes instanceof Uint8Array ? unpackHashes(v.hashes) : hashes(v.hashes, 'hashes');
+  return { model: str(v.model, 'model'), lora: typeof v.lora === 'string' ? v.lora : null, hashes: hs };
 }
 
 export function decodeMatchReply(bytes: Uint8Array): MatchReply {

@@ -37,7 +37,7 @@ export function eventStreamConfig(s: Subjects): { subjects: string[] } {
   return { subjects: [s.eventsAll] };
 }
 export function decisionStreamConfig(s: Subjects): { subjects: string[]; maxMsgs: number } {
-  return { subjects: [s.decisionsAll], maxMsgs: 1_000_000 };
+  return { subjects: [s.decisionsAll], maxMsgs: 100_000 };
 }
 
 export function subjects(namespace = 'default'): Subjects {

@@ -14,6 +14,7 @@ import {
   encode,
   toHash,
   type EventBatch,
+  packHashes, unpackHashes,
 } from '../src/schemas.js';
 import { DecodeError } from '../src/errors.js';
 
@@ -125,6 +126,16 @@ test('generic decode wraps every msgpack failure in DecodeError', () => {
       }
     }
   }
+});
+
+test('match request: hashes packed as one 8·n-byte buffer decode exactly; a ragged buffer is a DecodeError', () => {
+  const hs = [0n, 1n, 0xffffffffffffffffn, 0x8000000000000001n, 0x0123456789abcdefn];
+  const packed = packHashes(hs);
+  assert.is(packed.length, 40);
+  assert.equal([...unpackHashes(packed)], hs);
+  const req = decodeMatchRequest(encode({ model: 'm', hashes: packed }));
+  assert.equal([...req.hashes], hs);
+  assert.throws(() => decodeMatchRequest(encode({ model: 'm', hashes: packed.subarray(0, 13) })), (e: unknown) => e instanceof DecodeError);
 });
 
 test.run();

@@ -21,6 +21,7 @@ import {
   injectTraceHeaders,
   KvgateError,
   logger,
+  packHashes,
   prefixHashes,
   SpanStatusCode,
   subjects,
@@ -32,14 +33,14 @@ import {
   type KvWatcher,
   type MatchReply,
   decisionStreamConfig,
-  type RouteDecision,
+  type RouteDecisionWire,
 } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import type { Agent } from 'undici';
 import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
 import { Inflight, type Ticket } from './inflight.js';
 import { RouterMetrics } from './metrics.js';
-import { createAgent, openUpstream, relay, UpstreamError } from './proxy.js';
+import { createAgent, openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
 import { isPolicy, Selector, type Decision, type Policy } from './select.js';
 import { DEFAULT_WEIGHTS, type ScoreWeights } from './scorer.js';
 import { PromptTokenizer } from './tokenize.js';
@@ -225,7 +226,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
           clearTimeout(timer);
         }
       }
-      const reply = await bus.request(subj.indexMatch, encode({ model: pool.model, lora: pool.lora, hashes }), { timeoutMs: indexTimeoutMs });
+      // the hashes as one packed buffer: msgpack of 128 BigInts costs more on both ends (DESIGN.md §4 allows Buffer)
+      const reply = await bus.request(subj.indexMatch, encode({ model: pool.model, lora: pool.lora, hashes: packHashes(hashes) }), { timeoutMs: indexTimeoutMs });
       return decodeMatchReply(reply.data).overlaps;
     } catch {
       stats.indexFallbacks++;
@@ -282,6 +284,23 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     return { decision, pool, hashes, tokens, indexAnswered, overlaps };
   }
 
+  /**
+   * Decisions wait here for the next setImmediate: encoding one (128 hashes) and appending it to the stream then
+   * runs after the upstream request went out, not between request in and upstream first byte.
+   */
+  let decisionQueue: RouteDecisionWire[] = [];
+  function flushDecisions(): void {
+    const q = decisionQueue;
+    decisionQueue = [];
+    for (const d of q) {
+      try {
+        bus.publish(subj.decisions(id), encode(d));
+      } catch (e) {
+        log.warn({ err: (e as Error).message }, 'could not record a routing decision');
+      }
+    }
+  }
+
   /** What this router saw and chose, onto the decision stream (fire and forget; `kvgate replay inspect --request`). */
   function recordDecision(r: Routed, req: ApiRequest, requestId: string): void {
     if (!recordDecisions) return;
@@ -292,13 +311,13 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       overlaps[sc.worker] = sc.overlap;
       scores[sc.worker] = sc.cost;
     }
-    const d: RouteDecision = {
+    const d: RouteDecisionWire = {
       router: id,
       requestId,
       model: req.model,
       lora: r.pool.lora || null,
       promptTokens: r.tokens?.length ?? 0,
-      hashes: r.hashes,
+      hashes: packHashes(r.hashes),
       overlaps,
       scores,
       chosen: decision.prefillWorker.worker,
@@ -307,11 +326,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       ...(selector.policy === 'kv' && !r.indexAnswered ? { degraded: true } : {}),
       ts: Date.now(),
     };
-    try {
-      bus.publish(subj.decisions(id), encode(d));
-    } catch (e) {
-      log.warn({ err: (e as Error).message }, 'could not record a routing decision');
-    }
+    if (decisionQueue.push(d) === 1) setImmediate(flushDecisions);
   }
 
   function credit(r: Routed, req: ApiRequest): Ticket[] {
@@ -327,9 +342,20 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     return [inflight.start(decision.worker.worker, prefillTokens, decodeBlocks)];
   }
 
+  /** parsed worker URLs (a handful of distinct ones; parsing each request's costs a few µs and garbage) */
+  const urls = new Map<string, { origin: string; basePath: string; host: string }>();
+  function parsedUrl(url: string): { origin: string; basePath: string; host: string } {
+    let p = urls.get(url);
+    if (!p) {
+      const u = new URL(url);
+      p = { origin: u.origin, basePath: u.pathname.replace(/\/$/, ''), host: u.host };
+      if (urls.size >= 1024) urls.clear();
+      urls.set(url, p);
+    }
+    return p;
+  }
   function hostPort(url: string): string {
-    const u = new URL(url);
-    return u.host;
+    return parsedUrl(url).host;
   }
 
   function setOpen(worker: string, d: number): void {
@@ -344,7 +370,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     let routed = await route(req);
     const rid = inReq.headers['x-request-id'];
     const requestId = typeof rid === 'string' && rid.length > 0 && rid.length <= 200 ? rid : randomUUID();
-    const abort = new AbortController();
+    const abort = new UpstreamAbort();
     const onClose = () => {
       if (!res.writableFinished) abort.abort();
     };
@@ -366,16 +392,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       span.setAttribute('kvgate.worker', decision.worker.worker);
       span.setAttribute('kvgate.overlap_blocks', decision.overlap);
       if (attempt === 0) metrics.routeSeconds.observe((performance.now() - t0) / 1000);
-      const u = new URL(decision.worker.url);
-      const basePath = u.pathname.replace(/\/$/, '');
+      const u = parsedUrl(decision.worker.url);
       setOpen(decision.worker.worker, 1);
       let up;
       try {
-        up = await openUpstream(agent, u.origin, basePath + path, req.raw, headers, abort.signal);
+        up = await openUpstream(agent, u.origin, u.basePath + path, req.raw, headers, abort);
       } catch (e) {
         for (const t of tickets) inflight.finish(t);
         setOpen(decision.worker.worker, -1);
-        if (abort.signal.aborted) {
+        if (abort.aborted) {
           span.end();
           return;
         }
@@ -521,6 +546,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (closed) return;
       closed = true;
       clearInterval(flushTimer);
+      if (decisionQueue.length > 0) flushDecisions();
       for (const s of subs) s.unsubscribe();
       watcher.stop();
       await watchLoop;

@@ -4,7 +4,7 @@
  * namespace (by default a separate one, so a recording never mixes with live traffic).
  */
 import {
-  subjects, eventStreamConfig, decisionStreamConfig, decodeEventBatch, decode, encode, encodeHeader, encodeRecord, type Bus, type KvlogRecord, type RouteDecision,
+  subjects, eventStreamConfig, decisionStreamConfig, decodeEventBatch, decode, encode, encodeHeader, encodeRecord, type Bus, type KvlogRecord, toRouteDecision,
 } from '@kvgate/protocol';
 
 export interface ExportOptions {
@@ -29,7 +29,7 @@ export async function readStreams(bus: Bus, opts: ExportOptions): Promise<KvlogR
         break;
       }
       if (kind === 'event') out.push({ kind, seq: m.seq, time: m.time, subject: m.subject, batch: decodeEventBatch(m.data) });
-      else out.push({ kind, seq: m.seq, time: m.time, subject: m.subject, decision: decode(m.data) as RouteDecision });
+      else out.push({ kind, seq: m.seq, time: m.time, subject: m.subject, decision: toRouteDecision(decode(m.data)) });
       if (out.length % 1000 === 0) opts.progress?.(out.length);
     }
   }
