@@ -8,7 +8,7 @@
  * Errors are OpenAI-shaped JSON ({error: {message, type, code}}), never a stack trace.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { errorBody, hexToHash, KvgateError, logger, prefixHashes } from '@kvgate/protocol';
+import { errorBody, hexToHash, KvgateError, logger, prefixHashes, readBody, parseJsonObject } from '@kvgate/protocol';
 import type { Indexer } from './actor.js';
 
 const MAX_BODY = 8 * 1024 * 1024;
@@ -21,18 +21,7 @@ function send(res: ServerResponse, status: number, body: unknown, type = 'applic
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req as AsyncIterable<Buffer>) {
-    size += c.length;
-    if (size > MAX_BODY) throw new KvgateError('KVG_BODY_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
-    chunks.push(c);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch {
-    throw new KvgateError('KVG_BAD_JSON', 'request body is not valid JSON');
-  }
+  return parseJsonObject(await readBody(req, MAX_BODY));
 }
 
 function bad(message: string): never {

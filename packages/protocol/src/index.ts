@@ -10,3 +10,4 @@ export * from './engine-events/types.js';
 export * from './engine-events/decode.js';
 export * from './tokenizer.js';
 export * from './bus/index.js';
+export * from './http-body.js';

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage, tracer, extractTraceContext, SpanStatusCode, type Span } from '@kvgate/protocol';
+import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage, tracer, extractTraceContext, SpanStatusCode, type Span, readBody, parseJsonObject } from '@kvgate/protocol';
 import type { EngineCore } from './engine.js';
 import type { EngineMetrics } from './metrics.js';
 import type { TokenOutput } from './scheduler.js';
@@ -65,41 +65,8 @@ function sendError(res: ServerResponse, err: unknown): void {
   sendJson(res, status, body);
 }
 
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length']);
-    if (declared > limit) {
-      reject(new KvgateError('KVG_BODY_TOO_LARGE', `request body of ${declared} bytes exceeds the limit of ${limit} bytes`));
-      return;
-    }
-    const parts: Buffer[] = [];
-    let size = 0;
-    let failed = false;
-    req.on('data', (c: Buffer) => {
-      if (failed) return;
-      size += c.length;
-      if (size > limit) {
-        failed = true;
-        reject(new KvgateError('KVG_BODY_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`));
-        return;
-      }
-      parts.push(c);
-    });
-    req.on('end', () => failed || resolve(Buffer.concat(parts)));
-    req.on('error', (e) => failed || reject(e));
-  });
-}
-
 async function readJson(req: IncomingMessage, limit: number): Promise<Json> {
-  const buf = await readBody(req, limit);
-  let v: unknown;
-  try {
-    v = JSON.parse(buf.toString('utf8'));
-  } catch (e) {
-    throw new KvgateError('KVG_BAD_JSON', `invalid JSON body: ${(e as Error).message}`);
-  }
-  if (!isObj(v)) throw new KvgateError('KVG_BAD_JSON', 'request body must be a JSON object');
-  return v;
+  return parseJsonObject(await readBody(req, limit)) as Json;
 }
 
 // ---- request parsing ----------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ test('bad input answers OpenAI-shaped errors and the engine keeps serving', asyn
   shape(r, 'KVG_BAD_JSON');
   r = await post(e.url + '/v1/completions', '[1,2]');
   assert.is(r.status, 400);
-  shape(r, 'KVG_BAD_JSON');
+  shape(r, 'KVG_BAD_REQUEST'); // valid JSON, wrong shape: the same code at every kvgate edge
   r = await post(e.url + '/v1/completions', { max_tokens: 3 });
   assert.is(r.status, 400);
   shape(r, 'KVG_BAD_REQUEST');
