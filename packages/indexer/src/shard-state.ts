@@ -4,7 +4,7 @@
  * both drive it with the same ShardRequest messages, so it is the single definition of shard behaviour.
  */
 import { DecodeError, type EventBatch, type KvEvent, type WorkerDigest } from '@kvgate/protocol';
-import { PrefixIndex } from './radix.js';
+import { PrefixIndex, type PrefixIndexStats } from './radix.js';
 import { WorkerSequencer } from './sequencer.js';
 import { decodeBatchFast, type FastBatch } from './wire.js';
 
@@ -34,16 +34,8 @@ export interface WorkerState {
   blocks: BigUint64Array;
 }
 
-export interface ShardStats extends ShardCounters {
-  nodes: number;
-  entries: number;
-  workers: number;
-  evictedNodes: number;
-  evictedEntries: number;
-  arrayBytes: number;
-  /** hash-table lookups made by match (CPU-independent cost figure) */
-  matchLookups: number;
-}
+/** A shard's figures: its counters plus its PrefixIndex's stats. */
+export interface ShardStats extends ShardCounters, PrefixIndexStats {}
 
 /** Messages a shard understands (postMessage-able: bigints, typed arrays, plain objects). */
 export type ShardRequest =
