@@ -1,7 +1,8 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import type { Figure, BenchModule } from '../../../../bench/figure.js';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { Figure } from '../../../../bench/figure.js';
 import { parseFlags } from '../flags.js';
 
 export const summary = 'run the benchmarks (one human table, or --json: one JSON line per figure)';
@@ -25,21 +26,31 @@ export async function run(argv: string[]): Promise<number> {
   const figures: Figure[] = [];
   const fmt = (n: number | undefined) => (n === undefined ? '' : Math.abs(n) >= 100 ? n.toFixed(0) : n.toPrecision(3));
   if (!flags.json) console.log(`${'bench'.padEnd(28)} ${'value'.padStart(12)} ${'unit'.padEnd(10)} ${'baseline'.padStart(12)} ${'ratio'.padStart(7)}  note`);
+  const report = (fig: Figure) => {
+    figures.push(fig);
+    if (flags.json) console.log(JSON.stringify(fig));
+    else {
+      const ratio = fig.baseline ? (fig.value / fig.baseline).toFixed(2) + 'x' : '';
+      console.log(`${fig.bench.padEnd(28)} ${fmt(fig.value).padStart(12)} ${fig.unit.padEnd(10)} ${fmt(fig.baseline).padStart(12)} ${ratio.padStart(7)}  ${fig.note ?? ''}`);
+    }
+  };
+  // each bench file in its own process: one bench's heap (the index bench holds 1.3 M entries) and JIT state
+  // must not colour the next one's latency figures
+  let failed = 0;
   for (const f of files) {
-    const mod = (await import(pathToFileURL(join(BENCH_DIR, f)).href)) as { default: BenchModule };
     process.stderr.write(`[bench] ${f}\n`);
-    await mod.default({
-      quick: flags.quick,
-      progress: (m) => process.stderr.write(`[bench] ${f}: ${m}\n`),
-      report: (fig) => {
-        figures.push(fig);
-        if (flags.json) console.log(JSON.stringify(fig));
-        else {
-          const ratio = fig.baseline ? (fig.value / fig.baseline).toFixed(2) + 'x' : '';
-          console.log(`${fig.bench.padEnd(28)} ${fmt(fig.value).padStart(12)} ${fig.unit.padEnd(10)} ${fmt(fig.baseline).padStart(12)} ${ratio.padStart(7)}  ${fig.note ?? ''}`);
-        }
-      },
+    const child = spawn(process.execPath, ['--import', 'tsx', join(BENCH_DIR, 'run-one.ts'), join(BENCH_DIR, f), ...(flags.quick ? ['--quick'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines = createInterface({ input: child.stdout! });
+    lines.on('line', (line) => {
+      if (line.startsWith('FIGURE ')) report(JSON.parse(line.slice(7)) as Figure);
+      else process.stderr.write(line + '\n');
     });
+    const code = await new Promise<number>((res) => child.on('close', (c) => res(c ?? 1)));
+    if (code !== 0) {
+      failed++;
+      process.stderr.write(`[bench] ${f} failed (exit ${code})\n`);
+    }
   }
+  if (failed > 0) return 1;
   return figures.length > 0 ? 0 : 1;
 }
