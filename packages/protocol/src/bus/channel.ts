@@ -1,3 +1,5 @@
+import type { Msg, Subscription } from './bus.js';
+
 /**
  * Channel: an unbounded FIFO read through async iterators, the plumbing under every Subscription,
  * StreamReader and KvWatcher of both buses. `push` never blocks; `end` lets the consumer drain what is
@@ -92,4 +94,20 @@ export class Channel<T> implements AsyncIterable<T> {
       },
     };
   }
+}
+
+/**
+ * The Subscription both buses hand out: iteration drains `chan`, except in callback mode, where the callback
+ * already receives every message and iterating would silently get nothing.
+ */
+export function subscriptionHandle(subject: string, chan: Channel<Msg>, end: () => void, callbackMode: boolean): Subscription {
+  return {
+    subject,
+    closed: chan.closed,
+    unsubscribe: end,
+    [Symbol.asyncIterator]: () => {
+      if (callbackMode) throw new Error('subscription delivers to its callback; it cannot also be iterated');
+      return chan[Symbol.asyncIterator]();
+    },
+  };
 }

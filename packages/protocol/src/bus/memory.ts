@@ -29,7 +29,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from './bus.js';
-import { Channel } from './channel.js';
+import { Channel, subscriptionHandle } from './channel.js';
 import { checkAge, checkKey, checkName, checkPattern, checkSubject, copyBytes, patternsOverlap } from './names.js';
 
 const log = logger('bus.memory');
@@ -376,15 +376,7 @@ export class MemoryBus implements Bus {
     state = { pattern: subject, queue: opts.queue, box };
     this.hub.addSub(state);
     this.#enders.add(end);
-    return {
-      subject,
-      closed: chan.closed,
-      unsubscribe: end,
-      [Symbol.asyncIterator]: () => {
-        if (callback) throw new Error('subscription delivers to its callback; it cannot also be iterated');
-        return chan[Symbol.asyncIterator]();
-      },
-    };
+    return subscriptionHandle(subject, chan, end, callback !== undefined);
   }
 
   request(subject: string, data: Uint8Array, opts: RequestOptions = {}): Promise<Msg> {

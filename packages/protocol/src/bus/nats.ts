@@ -53,7 +53,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from './bus.js';
-import { Channel } from './channel.js';
+import { Channel, subscriptionHandle } from './channel.js';
 import { checkAge, checkKey, checkName, checkPattern, checkSubject, copyBytes } from './names.js';
 
 export interface NatsBusOptions {
@@ -299,15 +299,7 @@ export class NatsBus implements Bus {
     });
     void sub.closed.then(() => chan.end(), () => chan.end());
     this.#enders.add(end);
-    return {
-      subject,
-      closed: chan.closed,
-      unsubscribe: end,
-      [Symbol.asyncIterator]: () => {
-        if (callback) throw new Error('subscription delivers to its callback; it cannot also be iterated');
-        return chan[Symbol.asyncIterator]();
-      },
-    };
+    return subscriptionHandle(subject, chan, end, callback !== undefined);
   }
 
   request(subject: string, data: Uint8Array, opts: RequestOptions = {}): Promise<Msg> {
