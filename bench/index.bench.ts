@@ -14,7 +14,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { encode, decodeEventBatch } from '@kvgate/protocol';
+import { encode, decodeEventBatch, mulberry32 } from '@kvgate/protocol';
 import { ShardState } from '@kvgate/indexer/shard-state';
 import { NaiveIndex } from '@kvgate/indexer/naive';
 import { PrefixIndex } from '@kvgate/indexer/radix';
@@ -25,16 +25,6 @@ import { percentile, type BenchContext } from './figure.js';
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomChain(r: () => number, n: number): BigUint64Array {
   const out = new BigUint64Array(n);
@@ -51,7 +41,7 @@ function memory(): number {
 }
 
 export default async function (ctx: BenchContext): Promise<void> {
-  const r = rng(42);
+  const r = mulberry32(42);
   const WORKERS = 256, SYS = 16, SYS_LEN = 64, LEN = 512;
   const DOCS = ctx.quick ? 400 : 2560;
   const systems = Array.from({ length: SYS }, () => randomChain(r, SYS_LEN));

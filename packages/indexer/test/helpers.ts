@@ -1,16 +1,7 @@
 /** Shared test helpers (not a test file). */
 
 /** mulberry32: deterministic pseudo-random numbers in [0, 1) */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 as rng } from '@kvgate/protocol';
 
 /** a random 64-bit hash, often ≥ 2^63 */
 export function randomHash(r: () => number): bigint {

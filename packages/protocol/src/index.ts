@@ -11,3 +11,4 @@ export * from './engine-events/decode.js';
 export * from './tokenizer.js';
 export * from './bus/index.js';
 export * from './http-body.js';
+export * from './prng.js';

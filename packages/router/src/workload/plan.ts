@@ -4,7 +4,7 @@
  * workload (shared system prompts; turn k of a conversation carries turns 1..k-1, so it extends an earlier prompt).
  * `runPlan` replays a plan open-loop against the routers: each request leaves at its time, whatever the replies.
  */
-import { prefixHashes } from '@kvgate/protocol';
+import { mulberry32, prefixHashes } from '@kvgate/protocol';
 import type { ChatMessage } from '@kvgate/protocol/tokenizer';
 import type { PromptTokenizer } from '../tokenize.js';
 import type { BoundBlock } from './bounds.js';
@@ -80,15 +80,6 @@ const WORDS =
     ' ',
   );
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function words(r: () => number, n: number): string {
   const out: string[] = [];
@@ -103,7 +94,7 @@ function words(r: () => number, n: number): string {
  * the prompts for the 'tokens' format and gives the bound blocks.
  */
 export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, blockSize: number, o: ChatWorkloadOptions = {}): Plan {
-  const r = rng(o.seed ?? 42);
+  const r = mulberry32(o.seed ?? 42);
   const nSystems = o.systemPrompts ?? 16;
   const systems = Array.from(
     { length: nSystems },
