@@ -30,6 +30,25 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * A free port below Linux's ephemeral range (32768+), for a test that must give a port up and bind it again
+ * (an engine restarted on the same ports): port-0 allocations by other tests running at the same time can then
+ * never be handed the port while it is free.
+ */
+export async function stablePort(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const ok = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.unref();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+  throw new Error('no free port found in 20000-31999');
+}
+
 function natsBinary(): string {
   for (const p of ['/usr/sbin/nats-server', '/usr/bin/nats-server', '/usr/local/bin/nats-server']) if (existsSync(p)) return p;
   return 'nats-server';
@@ -51,7 +70,8 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs = 10_000
 }
 
 export async function startNatsServer(): Promise<NatsServerHandle> {
-  const port = await freePort();
+  // restart() binds the same port again, so take one no concurrent port-0 allocation can be handed meanwhile
+  const port = await stablePort();
   const storeDir = mkdtempSync(join(tmpdir(), 'kvgate-nats-'));
   let child: ChildProcess;
   let log = '';

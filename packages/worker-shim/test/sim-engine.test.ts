@@ -10,7 +10,7 @@ import * as assert from 'uvu/assert';
 import { request } from 'undici';
 import { connectNats, decodeRegistration, initHashing, MemoryBus, prefixHashes, subjects, type Bus } from '@kvgate/protocol';
 import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
-import { freePort, startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
+import { freePort, stablePort, startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
 import { startShim, registryKey, type ShimHandle, type ShimOptions } from '../src/index.js';
 import { BusView, waitFor } from './fake-engine.js';
 
@@ -183,7 +183,7 @@ function busSuite(kind: 'memory' | 'nats') {
   });
 
   t('an engine restart yields cleared, then the new engine\'s state', async () => {
-    const [httpPort, pubPort, replayPort] = [await freePort(), await freePort(), await freePort()];
+    const [httpPort, pubPort, replayPort] = [await stablePort(), await stablePort(), await stablePort()];
     const opts: SimEngineOptions = { port: httpPort, kvEventsEndpoint: `tcp://127.0.0.1:${pubPort}`, kvReplayEndpoint: `tcp://127.0.0.1:${replayPort}` };
     const r = await rig(opts);
     try {
