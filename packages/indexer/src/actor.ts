@@ -128,7 +128,7 @@ export class Indexer {
     this.#log = logger('indexer', { indexer: this.id });
     const reg = [this.metrics];
     const shards = this.#shards;
-    const gauge = (name: string, help: string, key: 'entries' | 'nodes' | 'workers' | 'evictedEntries' | 'evictedNodes' | 'batches' | 'storedBlocks' | 'removedBlocks' | 'duplicates' | 'gaps' | 'decodeErrors') =>
+    const gauge = (name: string, help: string, key: 'entries' | 'nodes' | 'workers' | 'evictedEntries' | 'evictedNodes' | 'batches' | 'storedBlocks' | 'removedBlocks' | 'duplicates' | 'gaps' | 'decodeErrors' | 'arrayBytes') =>
       new Gauge({ name, help, registers: reg, async collect() { this.set((await shards.stats())[key]); } });
     this.#m = {
       streamMsgs: new Counter({ name: 'kvgate_indexer_stream_messages_total', help: 'event batches read from the durable stream', registers: reg }),
@@ -144,6 +144,7 @@ export class Indexer {
       entries: gauge('kvgate_indexer_entries', '(block, worker) entries held', 'entries'),
       prefixes: gauge('kvgate_indexer_prefixes', 'distinct prefixes held', 'nodes'),
       workers: gauge('kvgate_indexer_workers', 'workers with index state', 'workers'),
+      indexBytes: gauge('kvgate_indexer_index_bytes', 'bytes held by the index arrays (capacity; sized from the KV capacity workers register)', 'arrayBytes'),
       evicted: gauge('kvgate_indexer_evicted_entries', 'entries evicted by the memory bound (since start)', 'evictedEntries'),
       evictedPrefixes: gauge('kvgate_indexer_evicted_prefixes', 'prefixes evicted by the memory bound (since start)', 'evictedNodes'),
       batches: gauge('kvgate_indexer_batches_applied', 'event batches applied (since start)', 'batches'),
@@ -252,7 +253,10 @@ export class Indexer {
         if (e.op === 'put' && e.value) {
           try {
             const reg = decodeRegistration(e.value);
+            const before = this.#registry.get(reg.worker)?.capacityBlocks;
             this.#registry.set(reg.worker, reg);
+            // the index never holds more prefixes than the engines' caches: size it now, not by rehashing during ingest
+            if (before !== reg.capacityBlocks) this.#shards.reserve([...this.#registry.values()].map((r) => [r.worker, r.capacityBlocks]));
           } catch (err) {
             this.#log.warn({ err, key: e.key }, 'bad worker registration ignored');
           }

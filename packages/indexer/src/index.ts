@@ -8,5 +8,5 @@ export { ShardState, type ShardOptions, type WorkerState, type ShardStats } from
 export { ShardSet, LocalShard, ThreadShard, shardOf } from './shards.js';
 export { GossipTracker, type GossipOptions, type RepairOrder } from './gossip.js';
 export { readNewestSnapshot, writeSnapshot, encodeSnapshot, decodeSnapshot, type Snapshot } from './snapshot.js';
-export { decodeBatchFast, type FastBatch, type FastEvent } from './wire.js';
+export { decodeBatchFast, decodeBatchInto, DecodedBatch, STORED, REMOVED, CLEARED } from './wire.js';
 export { createIndexerHttp, parseMatchBody } from './http.js';

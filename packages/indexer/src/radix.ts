@@ -69,6 +69,8 @@ const E = 6;
 const ENODE = 0, EW = 1, NEXTN = 2, PREVN = 3, NEXTW = 4, PREVW = 5;
 /** a prefix with this many holders gets a worker bitset, so "does w hold it?" stays O(1) on store */
 const POPULAR = 8;
+/** reserve() sizes the slot table up to this many slots (64 MiB) */
+const RESERVE_MAX = 1 << 24;
 
 export interface PrefixIndexOptions {
   /** cap on (block, worker) entries; 0 = unbounded. Default 0. */
@@ -270,9 +272,27 @@ export class PrefixIndex implements IndexCore {
     }
   }
 
+  /**
+   * Size the hash table up front for an index of `blocks` (block, worker) entries, so that ingest does not
+   * rehash while the index fills. The indexer calls it with the KV capacity its workers registered: their
+   * caches never hold more blocks than that, and at steady state they hold about that many. Prefixes ≤
+   * entries, and shared prefixes make them fewer (1.8 holders per prefix on the bench workload), so the
+   * table gets one slot per block: it grows again only past 0.7 prefixes per block of capacity. Capped at
+   * RESERVE_MAX slots (beyond, the table still grows on demand); the cost is 4 B per block of capacity.
+   */
+  reserve(blocks: number): void {
+    const want = Math.min(Math.max(0, Math.floor(blocks)), RESERVE_MAX, this.#maxEntries > 0 ? this.#maxEntries : Infinity);
+    while (this.#slots.length < want) this.#grow();
+  }
+
   /** double the slot table when the next node would push the load over 0.7 (returns whether it did) */
   #reserveSlot(): boolean {
     if ((this.#nodes + 1) <= this.#slots.length * 0.7) return false;
+    this.#grow();
+    return true;
+  }
+
+  #grow(): void {
     const size = this.#slots.length * 2;
     this.#slots = new Int32Array(size);
     this.#mask = size - 1;
@@ -307,7 +327,6 @@ export class PrefixIndex implements IndexCore {
       while (slots[x] !== 0) x = (x + 1) & mask;
       slots[x] = PrefixIndex.#slotOf(ns2[i]!, h);
     }
-    return true;
   }
 
   /** a new node for a key #find just missed (`hole` = that miss's empty slot) */
@@ -520,7 +539,7 @@ export class PrefixIndex implements IndexCore {
 
   store(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>): void {
     const p = parent === null ? 0n : BigInt.asUintN(64, parent);
-    this.storePairs(this.#worker(worker), Number(p & 0xffffffffn), Number(p >> 32n), asPairs(hashes), hashes.length);
+    this.storePairs(this.#worker(worker), Number(p & 0xffffffffn), Number(p >> 32n), asPairs(hashes), 0, hashes.length);
   }
 
   /** the live node `prev`'s child hint points at, if its key is (lo, hi); else NONE */
@@ -536,20 +555,21 @@ export class PrefixIndex implements IndexCore {
    * table misses of a new chain cost about one miss instead of one each when #find comes to them.
    * Returns the first block not touched.
    */
-  #touchSlots(pairs: Uint32Array, from: number, count: number): number {
+  #touchSlots(pairs: Uint32Array, o: number, from: number, count: number): number {
     const slots = this.#slots, shift = this.#shift, end = Math.min(count, from + 32);
     let x = 0;
-    for (let j = from; j < end; j++) x ^= slots[PrefixIndex.#mix(pairs[2 * j]! | 0, pairs[2 * j + 1]! | 0) >>> shift]!;
+    for (let j = from; j < end; j++) x ^= slots[PrefixIndex.#mix(pairs[o + 2 * j]! | 0, pairs[o + 2 * j + 1]! | 0) >>> shift]!;
     this.#sink ^= x;
     return end;
   }
 
   /**
-   * Hot path: hashes as (lo, hi) uint32 pairs; parent (0, 0) = root.
+   * Hot path: `count` hashes as (lo, hi) uint32 pairs from pairs[2·from]; parent (0, 0) = root.
    * Each block is first looked for where the previous block's child hint points (a replica storing a chain
    * that is already indexed: sequential record reads, no hash-table probe), then in the table.
    */
-  storePairs(w: number, pLo: number, pHi: number, pairs: Uint32Array, count: number): void {
+  storePairs(w: number, pLo: number, pHi: number, pairs: Uint32Array, from: number, count: number): void {
+    const o = 2 * from;
     const now = this.#tick();
     const stamp = this.#maxEntries > 0; // only eviction reads the stamps (new nodes get one regardless)
     pLo |= 0;
@@ -563,10 +583,10 @@ export class PrefixIndex implements IndexCore {
     if (prev === NONE && (pLo | pHi) !== 0) prev = this.#find(pLo, pHi);
     let touched = 0;
     for (let i = 0; i < count; i++) {
-      const lo = pairs[2 * i]! | 0, hi = pairs[2 * i + 1]! | 0;
+      const lo = pairs[o + 2 * i]! | 0, hi = pairs[o + 2 * i + 1]! | 0;
       let n = prev === NONE ? NONE : this.#hinted(prev, lo, hi);
       if (n === NONE) {
-        if (i >= touched && count - i > 2) touched = this.#touchSlots(pairs, i, count);
+        if (i >= touched && count - i > 2) touched = this.#touchSlots(pairs, o, i, count);
         n = this.#find(lo, hi);
         if (n === NONE) {
           n = this.#newNode(lo, hi, pLo, pHi, this.#hole);
@@ -590,13 +610,14 @@ export class PrefixIndex implements IndexCore {
 
   remove(worker: string, hashes: ArrayLike<bigint>): void {
     const w = this.#ordinal.get(worker);
-    if (w !== undefined) this.removePairs(w, asPairs(hashes), hashes.length);
+    if (w !== undefined) this.removePairs(w, asPairs(hashes), 0, hashes.length);
   }
 
   /** O(1) per block, plus a walk of the holders of a popular prefix the worker does hold */
-  removePairs(w: number, pairs: Uint32Array, count: number): void {
+  removePairs(w: number, pairs: Uint32Array, from: number, count: number): void {
+    const o = 2 * from;
     for (let i = 0; i < count; i++) {
-      const n = this.#find(pairs[2 * i]! | 0, pairs[2 * i + 1]! | 0);
+      const n = this.#find(pairs[o + 2 * i]! | 0, pairs[o + 2 * i + 1]! | 0);
       if (n === NONE || !this.#holds(n, w)) continue;
       const e = this.#entryOf(n, w);
       if (e !== NONE) this.#removeEntry(e);
@@ -808,7 +829,7 @@ export class PrefixIndex implements IndexCore {
     this.clearOrdinal(w);
     const v = new Uint32Array(dump.blocks.buffer, dump.blocks.byteOffset, dump.blocks.length * 2);
     // entries are pushed at the head of the worker list: load in reverse so dump → load keeps the order
-    for (let j = v.length - 4; j >= 0; j -= 4) this.storePairs(w, v[j]!, v[j + 1]!, v.subarray(j + 2, j + 4), 1);
+    for (let j = v.length - 4; j >= 0; j -= 4) this.storePairs(w, v[j]!, v[j + 1]!, v, (j + 2) >>> 1, 1);
   }
 
   dump(): IndexDump {

@@ -6,7 +6,7 @@
 import { DecodeError, type EventBatch, type KvEvent, type WorkerDigest } from '@kvgate/protocol';
 import { PrefixIndex, type PrefixIndexStats } from './radix.js';
 import { WorkerSequencer } from './sequencer.js';
-import { decodeBatchFast, type FastBatch } from './wire.js';
+import { CLEARED, DecodedBatch, REMOVED, STORED, decodeBatchInto } from './wire.js';
 
 export interface ShardOptions {
   /** cap on (block, worker) entries in this shard; 0 = unbounded */
@@ -48,16 +48,16 @@ export type ShardRequest =
   | { op: 'inject'; worker: string; events: KvEvent[] }
   | { op: 'flushGaps' }
   | { op: 'snapshot' }
-  | { op: 'stats' };
+  | { op: 'stats' }
+  | { op: 'reserve'; blocks: number };
 
 export type MatchPart = [workers: string[], depths: number[]];
 
-const EMPTY_PAIRS = new Uint32Array(0);
-
 export class ShardState {
   readonly #index: PrefixIndex;
-  readonly #seqs = new Map<string, WorkerSequencer<FastBatch>>();
+  readonly #seqs = new Map<string, WorkerSequencer<DecodedBatch>>();
   readonly #window: number;
+  readonly #decoded = new DecodedBatch();
   readonly #counters = { batches: 0, storedBlocks: 0, removedBlocks: 0, clears: 0, decodeErrors: 0 };
 
   constructor(opts: ShardOptions = {}) {
@@ -88,38 +88,36 @@ export class ShardState {
         return this.snapshot();
       case 'stats':
         return this.stats();
+      case 'reserve':
+        return this.reserve(req.blocks);
     }
   }
 
-  #sequencer(worker: string): WorkerSequencer<FastBatch> {
+  #sequencer(worker: string): WorkerSequencer<DecodedBatch> {
     let s = this.#seqs.get(worker);
-    if (!s) this.#seqs.set(worker, (s = new WorkerSequencer<FastBatch>(this.#window)));
+    if (!s) this.#seqs.set(worker, (s = new WorkerSequencer<DecodedBatch>(this.#window)));
     return s;
   }
 
   /** Decode one `…events.<worker>` payload and apply it in sequence. Bad bytes are counted, never thrown. */
   ingest(data: Uint8Array): boolean {
-    let b: FastBatch;
+    const b = this.#decoded; // refilled per payload: copied (clone) only if the batch must wait
     try {
-      b = decodeBatchFast(data, true); // hashes in a scratch buffer: copied below if the batch must wait
+      decodeBatchInto(data, b);
     } catch (e) {
       if (!(e instanceof DecodeError)) throw e;
       this.#counters.decodeErrors++;
       return false;
     }
-    const s = this.#sequencer(b.worker);
-    if (s.takeInOrder(b.seq)) this.#apply(b);
-    else {
-      for (const ev of b.events) ev.pairs = ev.pairs.slice();
-      for (const ready of s.offer(b.seq, b)) this.#apply(ready);
-    }
+    this.offer(b);
     return true;
   }
 
-  offer(b: FastBatch): void {
+  /** Apply a decoded batch in sequence (a batch that must wait for its predecessors is cloned). */
+  offer(b: DecodedBatch): void {
     const s = this.#sequencer(b.worker);
     if (s.takeInOrder(b.seq)) this.#apply(b);
-    else for (const ready of s.offer(b.seq, b)) this.#apply(ready);
+    else for (const ready of s.offer(b.seq, b.clone())) this.#apply(ready);
   }
 
   /** Apply an already-decoded EventBatch (in-process producers, tests). */
@@ -127,18 +125,19 @@ export class ShardState {
     this.offer(fromEventBatch(batch));
   }
 
-  #apply(b: FastBatch): void {
+  #apply(b: DecodedBatch): void {
     const ix = this.#index;
     const w = ix.ordinal(b.worker);
     this.#counters.batches++;
-    for (const ev of b.events) {
-      if (ev.t === 0) {
-        ix.storePairs(w, ev.parentLo, ev.parentHi, ev.pairs, ev.pairs.length >>> 1);
-        this.#counters.storedBlocks += ev.pairs.length >>> 1;
-      } else if (ev.t === 1) {
-        ix.removePairs(w, ev.pairs, ev.pairs.length >>> 1);
-        this.#counters.removedBlocks += ev.pairs.length >>> 1;
-      } else {
+    for (let i = 0; i < b.count; i++) {
+      const t = b.type[i]!, len = b.len[i]!;
+      if (t === STORED) {
+        ix.storePairs(w, b.parentLo[i]!, b.parentHi[i]!, b.pairs, b.start[i]!, len);
+        this.#counters.storedBlocks += len;
+      } else if (t === REMOVED) {
+        ix.removePairs(w, b.pairs, b.start[i]!, len);
+        this.#counters.removedBlocks += len;
+      } else if (t === CLEARED) {
         ix.clearOrdinal(w);
         this.#counters.clears++;
       }
@@ -182,6 +181,11 @@ export class ShardState {
     return true;
   }
 
+  /** size the index for the KV capacity (blocks) of this shard's workers; see PrefixIndex.reserve */
+  reserve(blocks: number): void {
+    this.#index.reserve(blocks);
+  }
+
   dropWorker(worker: string): void {
     this.#index.dropWorker(worker);
     this.#seqs.delete(worker);
@@ -217,22 +221,23 @@ export class ShardState {
 }
 
 function pairsOf(hashes: bigint[]): Uint32Array {
-  if (hashes.length === 0) return EMPTY_PAIRS;
-  const b = BigUint64Array.from(hashes, (h) => BigInt.asUintN(64, h));
-  return new Uint32Array(b.buffer);
+  return new Uint32Array(BigUint64Array.from(hashes, (h) => BigInt.asUintN(64, h)).buffer);
 }
 
-export function fromEventBatch(batch: EventBatch): FastBatch {
-  return {
-    worker: batch.worker,
-    seq: batch.seq,
-    events: batch.events.map((ev) => {
-      if (ev.t === 'stored') {
-        const p = ev.parent === null ? 0n : BigInt.asUintN(64, ev.parent);
-        return { t: 0, parentLo: Number(p & 0xffffffffn), parentHi: Number(p >> 32n), pairs: pairsOf(ev.hashes) };
-      }
-      if (ev.t === 'removed') return { t: 1, parentLo: 0, parentHi: 0, pairs: pairsOf(ev.hashes) };
-      return { t: 2, parentLo: 0, parentHi: 0, pairs: EMPTY_PAIRS };
-    }),
-  };
+export function fromEventBatch(batch: EventBatch): DecodedBatch {
+  const b = new DecodedBatch();
+  b.worker = batch.worker;
+  b.seq = batch.seq;
+  b.ts = batch.ts;
+  for (const ev of batch.events) {
+    if (ev.t === 'stored') {
+      const p = ev.parent === null ? 0n : BigInt.asUintN(64, ev.parent);
+      b.pushEvent(STORED, Number(p & 0xffffffffn), Number(p >> 32n));
+      b.pushHashes(pairsOf(ev.hashes));
+    } else if (ev.t === 'removed') {
+      b.pushEvent(REMOVED, 0, 0);
+      b.pushHashes(pairsOf(ev.hashes));
+    } else b.pushEvent(CLEARED, 0, 0);
+  }
+  return b;
 }

@@ -136,6 +136,13 @@ export class ShardSet {
     this.#of(state.worker).post({ op: 'installWorker', state, onlyIfNotBehind });
   }
 
+  /** size each shard for the KV capacity (blocks) of the workers it owns */
+  reserve(capacityByWorker: Iterable<[worker: string, blocks: number]>): void {
+    const sums = new Array<number>(this.shards.length).fill(0);
+    for (const [w, blocks] of capacityByWorker) sums[this.shards.length === 1 ? 0 : shardOf(w, this.shards.length)]! += blocks;
+    this.shards.forEach((s, i) => s.post({ op: 'reserve', blocks: sums[i]! }));
+  }
+
   dropWorker(worker: string): void {
     this.#of(worker).post({ op: 'dropWorker', worker });
   }

@@ -8,29 +8,116 @@
  */
 import { DecodeError } from '@kvgate/protocol';
 
-/** t: 0 stored, 1 removed, 2 cleared. pairs: [lo0, hi0, lo1, hi1, …]. */
-export interface FastEvent {
-  t: 0 | 1 | 2;
-  parentLo: number;
-  parentHi: number;
-  pairs: Uint32Array;
+export const STORED = 0, REMOVED = 1, CLEARED = 2;
+
+/**
+ * One EventBatch in flat arrays: event i has type type[i], parent (parentLo[i], parentHi[i]) (0, 0 = none)
+ * and hashes pairs[2·start[i] … 2·(start[i] + len[i])) as (lo, hi) uint32 pairs. `decodeBatchInto` refills
+ * one instance batch after batch without allocating; `clone()` keeps a copy (the reorder buffer does).
+ */
+export class DecodedBatch {
+  worker = '';
+  seq = 0;
+  ts = 0;
+  /** events */
+  count = 0;
+  /** hashes over all events */
+  blocks = 0;
+  type = new Uint8Array(4);
+  parentLo = new Uint32Array(4);
+  parentHi = new Uint32Array(4);
+  start = new Int32Array(4);
+  len = new Int32Array(4);
+  pairs = new Uint32Array(64);
+
+  /** event i's hashes (a view) */
+  hashes(i: number): Uint32Array {
+    return this.pairs.subarray(2 * this.start[i]!, 2 * (this.start[i]! + this.len[i]!));
+  }
+
+  /** an exact-size copy that later decodes into this one do not touch */
+  clone(): DecodedBatch {
+    const c = new DecodedBatch();
+    c.worker = this.worker;
+    c.seq = this.seq;
+    c.ts = this.ts;
+    c.count = this.count;
+    c.blocks = this.blocks;
+    c.type = this.type.slice(0, this.count);
+    c.parentLo = this.parentLo.slice(0, this.count);
+    c.parentHi = this.parentHi.slice(0, this.count);
+    c.start = this.start.slice(0, this.count);
+    c.len = this.len.slice(0, this.count);
+    c.pairs = this.pairs.slice(0, 2 * this.blocks);
+    return c;
+  }
+
+  /** start over (keeps the arrays) */
+  reset(): void {
+    this.count = 0;
+    this.blocks = 0;
+  }
+
+  /** append an event; its hashes are then written with `reserveHashes` (decoder) or `pushHashes` */
+  pushEvent(type: number, parentLo: number, parentHi: number): number {
+    const i = this.count++;
+    if (i === this.type.length) {
+      const n = 2 * i;
+      this.type = growTo(this.type, n);
+      this.parentLo = growTo(this.parentLo, n);
+      this.parentHi = growTo(this.parentHi, n);
+      this.start = growTo(this.start, n);
+      this.len = growTo(this.len, n);
+    }
+    this.type[i] = type;
+    this.parentLo[i] = parentLo;
+    this.parentHi[i] = parentHi;
+    this.start[i] = this.blocks;
+    this.len[i] = 0;
+    return i;
+  }
+
+  /** room for n more hashes of the last event: returns the pair offset to write them at */
+  reserveHashes(n: number): number {
+    const at = 2 * this.blocks;
+    if (at + 2 * n > this.pairs.length) this.pairs = growTo(this.pairs, Math.max(2 * this.pairs.length, at + 2 * n));
+    this.blocks += n;
+    this.len[this.count - 1] += n;
+    return at;
+  }
+
+  pushHashes(pairs: Uint32Array): void {
+    this.pairs.set(pairs, this.reserveHashes(pairs.length >>> 1));
+  }
 }
 
-export interface FastBatch {
-  worker: string;
-  seq: number;
-  events: FastEvent[];
+function growTo<T extends Uint8Array | Uint32Array | Int32Array>(a: T, n: number): T {
+  const b = new (a.constructor as new (n: number) => T)(n);
+  b.set(a);
+  return b;
 }
 
 const td = new TextDecoder();
 
+/** big-endian bytes of one number are copied here reversed (little-endian host; hashing.ts checks it) */
+const numBytes = new Uint8Array(8);
+const numF64 = new Float64Array(numBytes.buffer);
+const numF32 = new Float32Array(numBytes.buffer, 0, 1);
+const numI32 = new Int32Array(numBytes.buffer);
+
+/** One reader, reset per batch (no allocation per decode). */
 class Reader {
   pos = 0;
-  #view: DataView | null = null;
-  constructor(readonly buf: Uint8Array) {}
-  /** only numbers need a DataView: made on first use, most batches never do */
-  get view(): DataView {
-    return (this.#view ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength));
+  buf: Uint8Array = new Uint8Array(0);
+  reset(buf: Uint8Array): void {
+    this.buf = buf;
+    this.pos = 0;
+  }
+  /** the next n bytes reversed into numBytes (a big-endian number as the host reads it) */
+  #swap(n: number): void {
+    this.need(n);
+    for (let i = 0; i < n; i++) numBytes[n - 1 - i] = this.buf[this.pos + i]!;
+    this.pos += n;
   }
   need(n: number): void {
     if (this.pos + n > this.buf.length) throw new DecodeError('malformed msgpack: truncated');
@@ -118,13 +205,13 @@ class Reader {
       case 0xcc: return this.byte();
       case 0xcd: return this.u16();
       case 0xce: return this.u32();
-      case 0xcf: { this.need(8); const v = Number(this.view.getBigUint64(this.pos)); this.pos += 8; return v; }
-      case 0xd0: { this.need(1); const v = this.view.getInt8(this.pos); this.pos += 1; return v; }
-      case 0xd1: { this.need(2); const v = this.view.getInt16(this.pos); this.pos += 2; return v; }
-      case 0xd2: { this.need(4); const v = this.view.getInt32(this.pos); this.pos += 4; return v; }
-      case 0xd3: { this.need(8); const v = Number(this.view.getBigInt64(this.pos)); this.pos += 8; return v; }
-      case 0xca: { this.need(4); const v = this.view.getFloat32(this.pos); this.pos += 4; if (!Number.isFinite(v)) break; return v; }
-      case 0xcb: { this.need(8); const v = this.view.getFloat64(this.pos); this.pos += 8; if (!Number.isFinite(v)) break; return v; }
+      case 0xcf: this.#swap(8); return (numI32[1]! >>> 0) * 2 ** 32 + (numI32[0]! >>> 0);
+      case 0xd0: { const v = this.byte(); return v > 0x7f ? v - 256 : v; }
+      case 0xd1: { const v = this.u16(); return v > 0x7fff ? v - 0x10000 : v; }
+      case 0xd2: return this.u32() | 0;
+      case 0xd3: this.#swap(8); return numI32[1]! * 2 ** 32 + (numI32[0]! >>> 0);
+      case 0xca: { this.#swap(4); const v = numF32[0]!; if (!Number.isFinite(v)) break; return v; }
+      case 0xcb: { this.#swap(8); const v = numF64[0]!; if (!Number.isFinite(v)) break; return v; }
     }
     throw new DecodeError(`${what} must be a number`);
   }
@@ -203,186 +290,186 @@ function ascii(buf: Uint8Array, at: number, n: number): string {
   return s;
 }
 
-const EMPTY = new Uint32Array(0);
 const te = new TextEncoder();
 const names = (...xs: string[]) => xs.map((x) => te.encode(x));
 const BATCH_KEYS = names('worker', 'seq', 'ts', 'events');
 const EVENT_KEYS = names('t', 'parent', 'hashes');
 const EVENT_TYPES = names('stored', 'removed', 'cleared');
 
-/**
- * Hash arrays are carved out of shared 256 KiB slabs: `new Uint32Array(32)` per event would allocate a
- * backing store of its own (off the V8 heap above 64 bytes: a malloc and a finaliser each), which cost
- * more than decoding the hashes. A slab lives until the last view into it is collected.
- */
-const SLAB = 1 << 16;
-let slab = new Uint32Array(SLAB);
-let slabAt = 0;
-/**
- * Transient decoding (`decodeBatchFast(bytes, true)`) carves from one scratch buffer instead, rewound at every
- * transient call: no allocation at all, for a caller that applies the batch before decoding the next one and
- * copies what it keeps (ShardState: a batch that arrives in order is applied at once; one that must wait in
- * the reorder buffer is copied).
- */
-let scratch = new Uint32Array(SLAB);
-let scratchAt = 0;
-let transient = false;
-
-function carve(n: number): Uint32Array {
-  if (transient) {
-    if (scratchAt + n > scratch.length) {
-      // views handed out earlier in this batch keep the old buffer alive
-      scratch = new Uint32Array(Math.max(scratch.length * 2, n));
-      scratchAt = 0;
-    }
-    const out = scratch.subarray(scratchAt, scratchAt + n);
-    scratchAt += n;
-    return out;
-  }
-  if (n > SLAB >>> 4) return new Uint32Array(n);
-  if (slabAt + n > SLAB) {
-    slab = new Uint32Array(SLAB);
-    slabAt = 0;
-  }
-  const out = slab.subarray(slabAt, slabAt + n);
-  slabAt += n;
-  return out;
-}
-
-function hashes(r: Reader, what: string): Uint32Array {
+/** the hashes array of the event being decoded, into out's pairs */
+function hashes(r: Reader, out: DecodedBatch, what: string): void {
   const n = r.arrayLen();
   if (n < 0) throw new DecodeError(`${what} must be an array`);
-  if (n === 0) return EMPTY;
-  const out = carve(2 * n);
-  const buf = r.buf, len = buf.length;
+  if (n === 0) return;
+  // every hash takes at least one byte: a length beyond the input is malformed (and must not size an array)
+  if (n > r.buf.length - r.pos) throw new DecodeError('malformed msgpack: truncated');
+  let o = out.reserveHashes(n);
+  const pairs = out.pairs, buf = r.buf, len = buf.length;
   let p = r.pos;
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n; i++, o += 2) {
     const b = buf[p];
     if ((b === 0xcf || b === 0xd3) && p + 9 <= len) {
       // the common case, in the loop: big-endian u64 straight into (lo, hi)
-      out[2 * i + 1] = (buf[p + 1]! << 24) | (buf[p + 2]! << 16) | (buf[p + 3]! << 8) | buf[p + 4]!;
-      out[2 * i] = (buf[p + 5]! << 24) | (buf[p + 6]! << 16) | (buf[p + 7]! << 8) | buf[p + 8]!;
+      pairs[o + 1] = (buf[p + 1]! << 24) | (buf[p + 2]! << 16) | (buf[p + 3]! << 8) | buf[p + 4]!;
+      pairs[o] = (buf[p + 5]! << 24) | (buf[p + 6]! << 16) | (buf[p + 7]! << 8) | buf[p + 8]!;
       p += 9;
     } else {
       r.pos = p;
-      r.hash(out, i);
+      r.hash(pairs, o >>> 1);
       p = r.pos;
     }
   }
   r.pos = p;
-  return out;
 }
 
 const parentTmp = new Uint32Array(2);
 
-function event(r: Reader): FastEvent {
+/** one event map, appended to out (hashes may precede `t` in the map: the type is patched in at the end) */
+function event(r: Reader, out: DecodedBatch): void {
   const n = r.mapLen();
   if (n < 0) throw new DecodeError('event must be a map');
-  let t = -1;
+  let t = -1, sawHashes = false;
   let parentLo = 0, parentHi = 0;
-  let pairs: Uint32Array | null = null;
-  for (let i = 0; i < n; i++) {
-    const k = r.name(EVENT_KEYS);
-    if (k === -2) {
+  const i = out.pushEvent(CLEARED, 0, 0);
+  for (let k = 0; k < n; k++) {
+    const key = r.name(EVENT_KEYS);
+    if (key === -2) {
       r.skip();
       r.skip();
-    } else if (k === 0) {
+    } else if (key === 0) {
       t = r.name(EVENT_TYPES);
       if (t === -2) r.skip();
-    } else if (k === 1) {
+    } else if (key === 1) {
       if (r.buf[r.pos] === 0xc0) r.pos++;
       else {
         r.hash(parentTmp, 0);
         parentLo = parentTmp[0]!;
         parentHi = parentTmp[1]!;
       }
-    } else if (k === 2) pairs = hashes(r, 'hashes');
-    else r.skip();
+    } else if (key === 2) {
+      if (sawHashes) {
+        // a repeated key: the last one wins, as in the reference decoder
+        out.blocks -= out.len[i]!;
+        out.len[i] = 0;
+      }
+      hashes(r, out, 'hashes');
+      sawHashes = true;
+    } else r.skip();
   }
-  if (t === 0) {
-    if (!pairs) throw new DecodeError('stored.hashes must be an array');
-    return { t: 0, parentLo, parentHi, pairs };
+  if (t === STORED || t === REMOVED) {
+    if (!sawHashes) throw new DecodeError(t === STORED ? 'stored.hashes must be an array' : 'removed.hashes must be an array');
+    out.type[i] = t;
+    if (t === STORED) {
+      out.parentLo[i] = parentLo;
+      out.parentHi[i] = parentHi;
+    }
+    return;
   }
-  if (t === 1) {
-    if (!pairs) throw new DecodeError('removed.hashes must be an array');
-    return { t: 1, parentLo: 0, parentHi: 0, pairs };
-  }
-  if (t === 2) return { t: 2, parentLo: 0, parentHi: 0, pairs: EMPTY };
-  throw new DecodeError('unknown event type');
+  if (t !== CLEARED) throw new DecodeError('unknown event type');
+  // cleared carries no hashes: drop any it had
+  out.blocks -= out.len[i]!;
+  out.len[i] = 0;
 }
 
 /**
- * Worker ids repeat on every batch: a small direct-mapped cache from the id's bytes to one string instance
- * skips building the string, and the maps keyed by it (sequencers, ordinals) then hash an already-hashed
- * string.
+ * Worker ids repeat on every batch: a cache from the id's bytes to one string instance skips building the
+ * string, and the maps keyed by it (sequencers, ordinals) then hash an already-hashed string. Ids of up to
+ * 31 bytes (a fixstr) are cached; two candidate slots per id (two hashes), so a few hundred workers do not
+ * evict each other (a direct-mapped cache of 256 did, at 256 workers, and fell back to building strings).
  */
-const NAME_CACHE = 256;
-const cachedBytes: (Uint8Array | undefined)[] = new Array(NAME_CACHE);
-const cachedNames: string[] = new Array(NAME_CACHE);
+const CACHE_SLOTS = 1024;
+const cacheBytes = new Uint8Array(CACHE_SLOTS * 32);
+/** id length + 1 per slot (0 = empty) */
+const cacheLen = new Uint8Array(CACHE_SLOTS);
+const cacheNames: string[] = new Array<string>(CACHE_SLOTS).fill('');
+
+function cachedAt(slot: number, buf: Uint8Array, at: number, n: number): boolean {
+  if (cacheLen[slot] !== n + 1) return false;
+  const o = slot * 32;
+  for (let j = 0; j < n; j++) if (cacheBytes[o + j] !== buf[at + j]) return false;
+  return true;
+}
 
 function workerName(r: Reader): string | null {
   const buf = r.buf, b = buf[r.pos];
   if (b === undefined || (b & 0xe0) !== 0xa0) return r.str(); // fixstr only (ids up to 31 bytes)
   const n = b & 0x1f, at = r.pos + 1;
   if (at + n > buf.length) return r.str(); // truncated: str() throws
-  let h = n;
+  let h = 0x811c9dc5 ^ n;
   for (let j = 0; j < n; j++) h = Math.imul(h ^ buf[at + j]!, 0x01000193);
-  const slot = (h ^ (h >>> 16)) & (NAME_CACHE - 1);
-  const c = cachedBytes[slot];
-  if (c !== undefined && c.length === n) {
-    let same = true;
-    for (let j = 0; j < n; j++) {
-      if (c[j] !== buf[at + j]) {
-        same = false;
-        break;
-      }
-    }
-    if (same) {
-      r.pos = at + n;
-      return cachedNames[slot]!;
-    }
+  const s1 = (h ^ (h >>> 16)) & (CACHE_SLOTS - 1), s2 = (h >>> 20) & (CACHE_SLOTS - 1);
+  if (cachedAt(s1, buf, at, n)) {
+    r.pos = at + n;
+    return cacheNames[s1]!;
+  }
+  if (cachedAt(s2, buf, at, n)) {
+    r.pos = at + n;
+    return cacheNames[s2]!;
   }
   const name = r.str()!;
-  cachedBytes[slot] = buf.slice(at, at + n);
-  cachedNames[slot] = name;
+  // the new id takes an empty candidate slot, else its first one (the id there keeps its other slot, if free)
+  const slot = cacheLen[s1] === 0 || cacheLen[s2] !== 0 ? s1 : s2;
+  cacheBytes.set(buf.subarray(at, at + n), slot * 32);
+  cacheLen[slot] = n + 1;
+  cacheNames[slot] = name;
   return name;
 }
 
+const reader = new Reader();
+/** decodeBatchFast's own instance (cloned before it is returned) */
+const shared = new DecodedBatch();
+
 /**
- * Decode one EventBatch. With `transientPairs`, the events' `pairs` are views into a scratch buffer valid only
- * until the next transient decode (see carve): copy them (`slice()`) to keep them longer.
+ * Decode one EventBatch into `out` (its previous content is replaced; nothing is allocated once out's arrays
+ * are large enough). Throws DecodeError on malformed input, leaving `out` unspecified.
  */
-export function decodeBatchFast(bytes: Uint8Array, transientPairs = false): FastBatch {
-  transient = transientPairs;
-  scratchAt = 0;
-  const r = new Reader(bytes);
-  const n = r.mapLen();
-  if (n < 0) throw new DecodeError('event batch must be a map');
-  let worker: string | null = null;
-  let seq: number | null = null;
-  let ts: number | null = null;
-  let events: FastEvent[] | null = null;
-  for (let i = 0; i < n; i++) {
-    const k = r.name(BATCH_KEYS);
-    if (k === -2) {
-      r.skip();
-      r.skip();
-    } else if (k === 0) {
-      worker = workerName(r);
-      if (worker === null) throw new DecodeError('worker must be a string');
-    } else if (k === 1) seq = r.num('seq');
-    else if (k === 2) ts = r.num('ts');
-    else if (k === 3) {
-      const m = r.arrayLen();
-      if (m < 0) throw new DecodeError('event batch: events must be an array');
-      events = new Array<FastEvent>(m);
-      for (let j = 0; j < m; j++) events[j] = event(r);
-    } else r.skip();
+export function decodeBatchInto(bytes: Uint8Array, out: DecodedBatch): void {
+  const r = reader;
+  r.reset(bytes);
+  out.reset();
+  try {
+    const n = r.mapLen();
+    if (n < 0) throw new DecodeError('event batch must be a map');
+    let worker: string | null = null;
+    let seq: number | null = null;
+    let ts: number | null = null;
+    let events = false;
+    for (let i = 0; i < n; i++) {
+      const k = r.name(BATCH_KEYS);
+      if (k === -2) {
+        r.skip();
+        r.skip();
+      } else if (k === 0) {
+        worker = workerName(r);
+        if (worker === null) throw new DecodeError('worker must be a string');
+      } else if (k === 1) seq = r.num('seq');
+      else if (k === 2) ts = r.num('ts');
+      else if (k === 3) {
+        if (events) out.reset(); // a repeated key: the last one wins, as in the reference decoder
+        const m = r.arrayLen();
+        if (m < 0) throw new DecodeError('event batch: events must be an array');
+        if (m > bytes.length - r.pos) throw new DecodeError('malformed msgpack: truncated');
+        for (let j = 0; j < m; j++) event(r, out);
+        events = true;
+      } else r.skip();
+    }
+    if (!events) throw new DecodeError('event batch: events must be an array');
+    if (worker === null) throw new DecodeError('worker must be a string');
+    if (seq === null) throw new DecodeError('seq must be a number');
+    if (ts === null) throw new DecodeError('ts must be a number');
+    if (r.pos !== bytes.length) throw new DecodeError('malformed msgpack: trailing bytes');
+    out.worker = worker;
+    out.seq = seq;
+    out.ts = ts;
+  } finally {
+    r.reset(EMPTY_BYTES); // do not keep the caller's buffer alive
   }
-  if (events === null) throw new DecodeError('event batch: events must be an array');
-  if (worker === null) throw new DecodeError('worker must be a string');
-  if (seq === null) throw new DecodeError('seq must be a number');
-  if (ts === null) throw new DecodeError('ts must be a number');
-  if (r.pos !== bytes.length) throw new DecodeError('malformed msgpack: trailing bytes');
-  return { worker, seq, events };
+}
+
+const EMPTY_BYTES = new Uint8Array(0);
+
+/** Decode one EventBatch into a new DecodedBatch of its own (cold paths, tests). */
+export function decodeBatchFast(bytes: Uint8Array): DecodedBatch {
+  decodeBatchInto(bytes, shared);
+  return shared.clone();
 }

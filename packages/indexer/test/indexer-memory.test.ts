@@ -19,9 +19,9 @@ function batch(worker: string, seq: number, events: KvEvent[]): Uint8Array {
 /** the shim's key escaping: characters outside [A-Za-z0-9_-] as `=xx` */
 const keyOf = (worker: string) => worker.replace(/[^A-Za-z0-9_-]/g, (c) => '=' + c.charCodeAt(0).toString(16).padStart(2, '0'));
 
-async function register(bus: MemoryBus, worker: string, model: string, blockSize: number): Promise<void> {
+async function register(bus: MemoryBus, worker: string, model: string, blockSize: number, capacityBlocks = 100): Promise<void> {
   const kv = await bus.kv(S.workersBucket, { ttlMs: 3000 });
-  await kv.put(keyOf(worker), encode({ worker, model, role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize, capacityBlocks: 100, loras: [], ts: Date.now() }));
+  await kv.put(keyOf(worker), encode({ worker, model, role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize, capacityBlocks, loras: [], ts: Date.now() }));
 }
 
 async function http(port: number, method: string, path: string, body?: string): Promise<{ status: number; json: any; text: string }> {
@@ -86,6 +86,12 @@ for (const shards of [0, 2]) {
       r = await http(port, 'GET', '/metrics');
       assert.match(r.text, /kvgate_indexer_unregistered_batches_total 1/);
       assert.match(r.text, /kvgate_indexer_entries 6/);
+      // a worker registering a large KV capacity sizes the index up front (4 B per block: ≥ 1 MiB for 300k)
+      const bytesOf = (text: string) => Number(/kvgate_indexer_index_bytes (\d+)/.exec(text)![1]);
+      const small = bytesOf(r.text);
+      await register(bus, 'w3', 'm1', 16, 300_000);
+      await waitFor(async () => bytesOf((await http(port, 'GET', '/metrics')).text) >= small + (1 << 20), 20_000, 'index sized from capacity');
+      assert.equal((await ix.client.match('m1', null, hs)).overlaps, { w1: 4, [W2]: 2 }, 'answers unchanged by sizing');
       assert.is((await http(port, 'GET', '/readyz')).status, 200);
       assert.is((await http(port, 'GET', '/healthz')).status, 200);
       assert.is((await http(port, 'GET', '/nope')).status, 404);

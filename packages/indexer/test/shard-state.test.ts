@@ -125,6 +125,25 @@ test('snapshot → install into a fresh shard → same digests and answers', () 
   for (const chain of u) assert.equal(b.match(BigUint64Array.from(chain)), a.match(BigUint64Array.from(chain)));
 });
 
+test('an index sized up front (reserve) answers exactly like one that grew; reserve is capped', () => {
+  const r = rng(4);
+  const u = universe(r, 8, 40);
+  const grown = new ShardState(), sized = new ShardState();
+  sized.reserve(50_000);
+  assert.ok(sized.stats().arrayBytes >= grown.stats().arrayBytes + 4 * 50_000, 'slot table allocated');
+  for (const b of randomBatches(r, u, ['a', 'b', 'c', 'd'], 200)) {
+    const bytes = encode(b);
+    grown.ingest(bytes);
+    sized.ingest(bytes);
+  }
+  assert.equal(sized.digests(), grown.digests());
+  for (const chain of u) assert.equal(sized.match(BigUint64Array.from(chain)), grown.match(BigUint64Array.from(chain)));
+  const huge = new ShardState();
+  huge.reserve(1e12); // a nonsense capacity must not allocate without bound
+  assert.ok(huge.stats().arrayBytes <= 80 * 2 ** 20, `capped: ${huge.stats().arrayBytes}`);
+  huge.reserve(Number.NaN);
+});
+
 test('bad bytes are counted, not thrown', () => {
   const s = new ShardState();
   assert.is(s.ingest(new Uint8Array([1, 2, 3])), false);
