@@ -2,7 +2,8 @@
  * Router figures (DESIGN.md section 7), each beside a baseline measured in the same run:
  *   router.overhead.p50 / .p99  ms, client send → upstream sees the request, through a router (real indexer over
  *                               the MemoryBus, 4 workers, a 2k-token prompt as token ids) at a fixed request rate;
- *                               baseline: the same client straight to the engine stub.
+ *                               baseline: the same client straight to the engine stub. Client and stubs run in a
+ *                               process of their own (router-load.ts); the router process holds router + indexer.
  *   router.route.rps            pick-only POST /v1/route requests/s (32 in flight); baseline: the same requests
  *                               answered by a bare HTTP server that only parses the JSON.
  *   router.tokenize.prompt8k    ms to tokenize a new 8k-token prompt (local Qwen3 tokenizer); baseline: a repeat
@@ -10,33 +11,48 @@
  *   router.tokenize.chatTurn    ms to tokenize turn 6 of a conversation whose turns 1-5 were seen; baseline: the
  *                               same request tokenized whole without the piece cache.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { fork } from 'node:child_process';
+import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Pool } from 'undici';
+import { fileURLToPath } from 'node:url';
 import { encode, initHashing, prefixHashes, subjects } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { loadTokenizer, type ChatMessage } from '@kvgate/protocol/tokenizer';
 import { startIndexer } from '@kvgate/indexer';
 import { startRouter, PromptTokenizer } from '@kvgate/router';
 import { percentile, type BenchContext } from './figure.js';
+import type { LoadRequest, Timed } from './router-load.js';
 
 const MODEL = 'bench-model';
 const B = 16;
 
-/** An engine stub: answers at once; records when each request's headers arrived. */
-async function stubEngine(onArrive: (id: string, t: number) => void) {
-  const srv = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const t = performance.now();
-    const id = req.headers['x-request-id'];
-    if (typeof id === 'string') onArrive(id, t);
-    req.resume();
-    req.on('end', () => {
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': 2 });
-      res.end('{}');
-    });
+/** The load process (bench/router-load.ts): stub engines + HTTP client, off the router's process. */
+function startLoadProcess() {
+  const child = fork(fileURLToPath(new URL('./router-load.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  let next = 1;
+  child.on('message', (m: { id: number; value?: unknown; error?: string }) => {
+    const p = pending.get(m.id);
+    pending.delete(m.id);
+    if (m.error !== undefined) p?.reject(new Error(`load process: ${m.error}`));
+    else p?.resolve(m.value);
   });
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`, close: () => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); }) };
+  child.on('exit', (code) => {
+    for (const p of pending.values()) p.reject(new Error(`load process exited (${code})`));
+    pending.clear();
+  });
+  return {
+    call<T>(req: LoadRequest): Promise<T> {
+      const id = next++;
+      return new Promise<T>((resolve, reject) => {
+        pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+        child.send({ id, req });
+      });
+    },
+    close(): void {
+      child.disconnect();
+    },
+  };
 }
 
 const words = (n: number, seed: number) => {
@@ -56,15 +72,17 @@ export default async function (ctx: BenchContext): Promise<void> {
   const rate = 200; // requests per second
 
   // ---- a router with a real indexer on the MemoryBus, 4 stub workers -----------------------------------------
-  const arrivals = new Map<string, number>();
-  const engines = await Promise.all(Array.from({ length: 4 }, () => stubEngine((id, t) => arrivals.set(id, t))));
+  const load = startLoadProcess();
+  const engines = await load.call<string[]>({ op: 'engines', count: 4 });
   const bus = await createBus();
   const s = subjects('default');
-  const indexer = await startIndexer(bus, { registryTtlMs: 60_000 });
-  const kv = await bus.kv(s.workersBucket, { ttlMs: 60_000 });
-  for (const [i, e] of engines.entries()) {
-    await kv.put(`w${i}`, encode({ worker: `w${i}`, model: MODEL, role: 'both', url: e.url, engineUrl: e.url, blockSize: B, capacityBlocks: 100_000, loras: [], ts: Date.now() }));
-  }
+  const indexer = await startIndexer(bus, { registryTtlMs: 15_000 });
+  const kv = await bus.kv(s.workersBucket, { ttlMs: 15_000 });
+  // registrations with a heartbeat, as shims keep them (the bench outlives one TTL: expired workers would turn
+  // the measured requests into 503s)
+  const registerAll = () => Promise.all(engines.map((e, i) => kv.put(`w${i}`, encode({ worker: `w${i}`, model: MODEL, role: 'both', url: e, engineUrl: e, blockSize: B, capacityBlocks: 100_000, loras: [], ts: Date.now() }))));
+  await registerAll();
+  const heartbeat = setInterval(() => void registerAll(), 5_000);
   // ~100k indexed blocks: 400 distinct 256-block prefixes spread over the workers
   for (let p = 0; p < 400; p++) {
     const toks = Array.from({ length: 256 * B }, (_, i) => (p * 7919 + i * 31) % 150_000);
@@ -73,54 +91,42 @@ export default async function (ctx: BenchContext): Promise<void> {
   }
   await bus.flush();
   await indexer.whenReady();
-  const router = await startRouter(bus, { port: 0, id: 'bench-router', registryTtlMs: 60_000 });
+  const router = await startRouter(bus, { port: 0, id: 'bench-router', registryTtlMs: 15_000 });
   await router.waitForWorkers(4);
   ctx.progress('router up; measuring overhead');
 
   const prompts = Array.from({ length: 64 }, (_, p) => JSON.stringify({ model: MODEL, max_tokens: 1, prompt: Array.from({ length: 2048 }, (_, i) => ((p % 400) * 7919 + i * 31) % 150_000 + (i > 1024 ? p : 0)) }));
-  const measure = async (url: string, path: string, tag: string, count = n): Promise<number[]> => {
-    const pool = new Pool(url, { connections: 64 });
-    const lat: number[] = [];
-    const t0 = performance.now();
-    const pending: Promise<void>[] = [];
-    for (let i = 0; i < count; i++) {
-      const due = t0 + (i * 1000) / rate;
-      const wait = due - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      const id = `${tag}-${i}`;
-      const body = prompts[i % prompts.length]!;
-      const sent = performance.now();
-      pending.push(
-        pool.request({ path, method: 'POST', body, headers: { 'content-type': 'application/json', 'x-request-id': id } }).then(async (res) => {
-          await res.body.dump();
-          const at = arrivals.get(id);
-          arrivals.delete(id);
-          if (at !== undefined) lat.push(at - sent);
-        }),
-      );
-    }
-    await Promise.all(pending);
-    await pool.close();
-    return lat;
-  };
+  await load.call({ op: 'prompts', bodies: prompts });
+  const measure = (url: string, path: string, tag: string, count = n) => load.call<Timed[]>({ op: 'measure', url, path, tag, count, rate });
+  // "request in" at the router: its HTTP server has the request's headers (same monotonic clock as the load process)
+  const inAt = new Map<string, number>();
+  router.server.prependListener('request', (req: IncomingMessage) => {
+    const rid = req.headers['x-request-id'];
+    if (typeof rid === 'string') inAt.set(rid, Number(process.hrtime.bigint()) / 1e6);
+  });
   // warm-up both paths, then measure in alternating rounds (n requests per path in all), so both paths see the
   // same machine: a shared 2-core box drifts over a minute, and one window each would charge drift to one path
   await measure(router.url, '/v1/completions', 'warm-r');
-  await measure(engines[0]!.url, '/v1/completions', 'warm-d');
+  await measure(engines[0]!, '/v1/completions', 'warm-d');
   const rounds = ctx.quick ? 1 : 3;
-  const via: number[] = [];
-  const direct: number[] = [];
+  const via: Timed[] = [];
+  const direct: Timed[] = [];
   const fallbacks0 = router.stats().indexFallbacks;
   for (let r = 0; r < rounds; r++) {
     const per = Math.ceil(n / rounds);
     via.push(...(await measure(router.url, '/v1/completions', `via${r}`, per)));
-    direct.push(...(await measure(engines[0]!.url, '/v1/completions', `direct${r}`, per)));
+    direct.push(...(await measure(engines[0]!, '/v1/completions', `direct${r}`, per)));
   }
   const fallbacks = router.stats().indexFallbacks - fallbacks0;
-  const [v50, v99, d50, d99] = [percentile(via, 50), percentile(via, 99), percentile(direct, 50), percentile(direct, 99)];
-  ctx.report({ bench: 'router.overhead.p50', value: v50, unit: 'ms', baseline: d50, note: `send → upstream sees it, via router (tokens→hash→index over MemoryBus→score) vs direct; ${rate} req/s, 2k-token prompts; router adds ${(v50 - d50).toFixed(3)} ms; ${fallbacks} index fallbacks in ${via.length} measured requests (${rounds} alternating rounds)` });
-  ctx.report({ bench: 'router.overhead.p99', value: v99, unit: 'ms', baseline: d99, note: `as p50; router adds ${(v99 - d99).toFixed(3)} ms at p99` });
+  const inRouter = via.map((t) => t.at - inAt.get(t.id)!);
+  if (inRouter.some((x) => !Number.isFinite(x) || x < 0)) throw new Error('router request-in times missing or after the upstream arrival');
+  const viaTotal = via.map((t) => t.at - t.sent), directTotal = direct.map((t) => t.at - t.sent);
+  const [r50, r99, v50, v99, d50, d99] = [percentile(inRouter, 50), percentile(inRouter, 99), percentile(viaTotal, 50), percentile(viaTotal, 99), percentile(directTotal, 50), percentile(directTotal, 99)];
+  const how = `${rate} req/s, 2k-token prompts as token ids, 4 workers, real indexer over the MemoryBus; client and stub engines in another process; ${fallbacks} index fallbacks in ${via.length} requests (${rounds} alternating rounds)`;
+  ctx.report({ bench: 'router.overhead.p50', value: r50, unit: 'ms', baseline: d50, note: `request in at the router (headers) → upstream sees it (tokens → hashes → index over the bus → score → proxy); baseline: client → engine directly; client-observed send → upstream: via router ${v50.toFixed(3)} ms, direct ${d50.toFixed(3)} ms; ${how}` });
+  ctx.report({ bench: 'router.overhead.p99', value: r99, unit: 'ms', baseline: d99, note: `as p50; client-observed send → upstream at p99: via router ${v99.toFixed(3)} ms, direct ${d99.toFixed(3)} ms` });
 
+  if (process.env.ONLY_OVERHEAD) { await router.close(); await indexer.close(); await bus.close(); load.close(); clearInterval(heartbeat); return; }
   // ---- pick-only throughput ---------------------------------------------------------------------------------
   ctx.progress('route rps');
   const bare = createServer((req, res) => {
@@ -135,34 +141,19 @@ export default async function (ctx: BenchContext): Promise<void> {
   });
   await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
   const bareUrl = `http://127.0.0.1:${(bare.address() as AddressInfo).port}`;
-  const rps = async (url: string, path: string, seconds: number): Promise<number> => {
-    const pool = new Pool(url, { connections: 32 });
-    let done = 0;
-    const end = performance.now() + seconds * 1000;
-    await Promise.all(
-      Array.from({ length: 32 }, async (_, k) => {
-        for (let i = k; performance.now() < end; i += 32) {
-          const res = await pool.request({ path, method: 'POST', body: prompts[i % prompts.length]!, headers: { 'content-type': 'application/json' } });
-          await res.body.dump();
-          done++;
-        }
-      }),
-    );
-    const t = seconds;
-    await pool.close();
-    return done / t;
-  };
+  const rps = (url: string, path: string, seconds: number) => load.call<number>({ op: 'rps', url, path, seconds, inFlight: 32 });
   const secs = ctx.quick ? 1.5 : 5;
   await rps(router.url, '/v1/route', 0.5);
   const routeRps = await rps(router.url, '/v1/route', secs);
   const bareRps = await rps(bareUrl, '/v1/route', secs);
-  ctx.report({ bench: 'router.route.rps', value: Math.round(routeRps), unit: 'req/s', baseline: Math.round(bareRps), note: 'pick-only /v1/route, 2k-token prompts, 32 in flight; baseline: bare HTTP server that only parses the JSON' });
+  ctx.report({ bench: 'router.route.rps', value: Math.round(routeRps), unit: 'req/s', baseline: Math.round(bareRps), note: 'pick-only /v1/route, 2k-token prompts, 32 in flight from another process; baseline: bare HTTP server that only parses the JSON' });
   bare.closeAllConnections();
   bare.close();
   await router.close();
   await indexer.close();
   await bus.close();
-  for (const e of engines) await e.close();
+  load.close();
+  clearInterval(heartbeat);
 
   // ---- tokenization -----------------------------------------------------------------------------------------
   ctx.progress('tokenize');

@@ -104,6 +104,8 @@ export interface RouterHandle {
   readonly workers: WorkerView;
   /** the in-flight ledger (read-only use) */
   readonly inflight: Inflight;
+  /** the HTTP server (for instrumentation listeners; the router owns it) */
+  readonly server: Server;
   stats(): RouterStats;
   /** resolves once at least `n` live workers are known (or rejects after timeoutMs) */
   waitForWorkers(n: number, timeoutMs?: number): Promise<void>;
@@ -523,6 +525,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     metrics,
     workers: view,
     inflight,
+    server,
     stats: () => ({ ...stats }),
     waitForWorkers(n: number, timeoutMs = 10_000): Promise<void> {
       const live = () => view.all().filter((r) => view.isLive(r.worker)).length;

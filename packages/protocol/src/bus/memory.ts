@@ -5,9 +5,9 @@
  * to it, so several actors can hold their own bus, close it on their own, and still share streams and
  * buckets — the same shape as several NATS connections to one nats-server.
  *
- * Delivery is asynchronous and batched: a publish enqueues into each target's mailbox and one
- * `setImmediate` drains every mailbox that has work. setImmediate (not a microtask) so two actors that
- * answer each other forever still let timers and sockets run. Order is FIFO per subscription.
+ * Delivery is asynchronous and batched: a publish enqueues into each target's mailbox and one deferred
+ * batch drains every mailbox that has work (a microtask, bounded per event-loop turn: see Scheduler).
+ * Order is FIFO per subscription.
  */
 import { BusError, KvgateError } from '../errors.js';
 import { logger } from '../log.js';
@@ -36,18 +36,35 @@ const log = logger('bus.memory');
 const INBOX = '_INBOX.';
 const DEFAULT_TIMEOUT_MS = 1000;
 
-/** one deferred batch: everything scheduled before the next setImmediate runs in it, in order */
+/**
+ * One deferred batch: everything scheduled before the batch runs goes into it, in order. A batch runs as a
+ * microtask — a request and its reply cross the bus within the sender's turn of the event loop instead of
+ * waiting two loop iterations behind socket and timer callbacks (the router's index query on the embedded
+ * bus: 0.26 ms p50 / 1.3 ms p99 with setImmediate under load). After MICRO_ROUNDS batches in one turn the
+ * next batch waits for setImmediate, so two actors that answer each other forever still let timers and
+ * sockets run.
+ */
+const MICRO_ROUNDS = 64;
+
 class Scheduler {
   #jobs: (() => void)[] = [];
   #armed = false;
+  /** batches run as microtasks since the event loop last turned */
+  #rounds = 0;
 
   schedule(job: () => void): void {
     this.#jobs.push(job);
-    if (!this.#armed) {
-      this.#armed = true;
-      setImmediate(this.#run);
-    }
+    if (this.#armed) return;
+    this.#armed = true;
+    if (this.#rounds < MICRO_ROUNDS) {
+      if (this.#rounds++ === 0) setImmediate(this.#turned);
+      queueMicrotask(this.#run);
+    } else setImmediate(this.#run);
   }
+
+  #turned = (): void => {
+    this.#rounds = 0;
+  };
 
   #run = (): void => {
     const jobs = this.#jobs;
