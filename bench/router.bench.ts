@@ -126,7 +126,6 @@ export default async function (ctx: BenchContext): Promise<void> {
   ctx.report({ bench: 'router.overhead.p50', value: r50, unit: 'ms', baseline: d50, note: `request in at the router (headers) → upstream sees it (tokens → hashes → index over the bus → score → proxy); baseline: client → engine directly; client-observed send → upstream: via router ${v50.toFixed(3)} ms, direct ${d50.toFixed(3)} ms; ${how}` });
   ctx.report({ bench: 'router.overhead.p99', value: r99, unit: 'ms', baseline: d99, note: `as p50; client-observed send → upstream at p99: via router ${v99.toFixed(3)} ms, direct ${d99.toFixed(3)} ms` });
 
-  if (process.env.ONLY_OVERHEAD) { await router.close(); await indexer.close(); await bus.close(); load.close(); clearInterval(heartbeat); return; }
   // ---- pick-only throughput ---------------------------------------------------------------------------------
   ctx.progress('route rps');
   const bare = createServer((req, res) => {

@@ -130,10 +130,13 @@ export class Indexer {
     const shards = this.#shards;
     const gauge = (name: string, help: string, key: 'entries' | 'nodes' | 'workers' | 'evictedEntries' | 'evictedNodes' | 'batches' | 'storedBlocks' | 'removedBlocks' | 'duplicates' | 'gaps' | 'decodeErrors' | 'arrayBytes') =>
       new Gauge({ name, help, registers: reg, async collect() { this.set((await shards.stats())[key]); } });
+    const matches = new Counter({ name: 'kvgate_indexer_match_requests_total', help: 'match requests answered', labelNames: ['via'], registers: reg });
     this.#m = {
+      // label children resolved once: the bus path counts every router query
+      matchesBus: matches.labels({ via: 'bus' }),
+      matchesLocal: matches.labels({ via: 'local' }),
       streamMsgs: new Counter({ name: 'kvgate_indexer_stream_messages_total', help: 'event batches read from the durable stream', registers: reg }),
       unregistered: new Counter({ name: 'kvgate_indexer_unregistered_batches_total', help: 'event batches of workers never seen in the registry (applied anyway)', registers: reg }),
-      matches: new Counter({ name: 'kvgate_indexer_match_requests_total', help: 'match requests answered', labelNames: ['via'], registers: reg }),
       matchErrors: new Counter({ name: 'kvgate_indexer_match_errors_total', help: 'match requests rejected', registers: reg }),
       matchSeconds: new Histogram({ name: 'kvgate_indexer_match_seconds', help: 'match latency inside the indexer', buckets: [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2], registers: reg }),
       repairs: new Counter({ name: 'kvgate_indexer_repairs_requested_total', help: 'worker repairs asked of peers', labelNames: ['reason'], registers: reg }),
@@ -369,7 +372,7 @@ export class Indexer {
   async match(_model: string, _lora: string | null | undefined, hashes: ArrayLike<bigint>, via: 'bus' | 'local' = 'local'): Promise<MatchReply> {
     const h = hashes instanceof BigUint64Array ? hashes : BigUint64Array.from(hashes as ArrayLike<bigint>, (x) => BigInt.asUintN(64, x));
     const overlaps = await this.#shards.match(h);
-    this.#m.matches.inc({ via });
+    (via === 'bus' ? this.#m.matchesBus : this.#m.matchesLocal).inc();
     return { overlaps, indexerSeq: this.#applied };
   }
 

@@ -287,8 +287,9 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   }
 
   /**
-   * Decisions wait here for the next setImmediate: encoding one (128 hashes) and appending it to the stream then
-   * runs after the upstream request went out, not between request in and upstream first byte.
+   * Decisions wait here for a 1 ms timer: encoding one (128 hashes) and appending it to the stream then runs after
+   * the upstream request went out, not between request in and upstream first byte. (A setImmediate ran before
+   * undici's own deferred write of the upstream request on a reused connection: in the path.)
    */
   let decisionQueue: RouteDecisionWire[] = [];
   function flushDecisions(): void {
@@ -328,8 +329,12 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       ...(selector.policy === 'kv' && !r.indexAnswered ? { degraded: true } : {}),
       ts: Date.now(),
     };
-    if (decisionQueue.push(d) === 1) setImmediate(flushDecisions);
+    if (decisionQueue.push(d) === 1) setTimeout(flushDecisions, 1);
   }
+
+  // label children resolved once (prom-client hashes the label set on every labelled inc)
+  const decisionsPd = metrics.decisions.labels({ policy: selector.policy, mode: 'pd' });
+  const decisionsSingle = metrics.decisions.labels({ policy: selector.policy, mode: 'single' });
 
   function credit(r: Routed, req: ApiRequest): Ticket[] {
     const { decision, pool } = r;
@@ -338,7 +343,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     const prefillTokens = Math.max(0, promptTokens - decision.overlap * B);
     const decodeBlocks = Math.ceil((promptTokens + (req.maxTokens ?? defaultMaxTokens)) / B);
     if (selector.policy === 'kv' && r.hashes.length > 0) inflight.predict(decision.prefillWorker.worker, r.hashes);
-    metrics.decisions.inc({ policy: selector.policy, mode: decision.prefill ? 'pd' : 'single' });
+    (decision.prefill ? decisionsPd : decisionsSingle).inc();
     if (r.decision.promptBlocks > 0) metrics.overlapRatio.observe(decision.overlap / decision.promptBlocks);
     if (decision.prefill) return [inflight.start(decision.prefill.worker, prefillTokens, 0), inflight.start(decision.worker.worker, 0, decodeBlocks)];
     return [inflight.start(decision.worker.worker, prefillTokens, decodeBlocks)];

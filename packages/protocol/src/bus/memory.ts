@@ -291,7 +291,7 @@ export class MemoryHub {
   }
 
   newInbox(onReply: (m: Msg) => void): string {
-    const inbox = `${INBOX}${(++this.#nextInbox).toString(36)}.${Math.random().toString(36).slice(2, 8)}`;
+    const inbox = `${INBOX}${(++this.#nextInbox).toString(36)}`; // unique per hub: nothing outside the process can reply
     this.#inboxes.set(inbox, onReply);
     return inbox;
   }
