@@ -287,26 +287,31 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   }
 
   /**
-   * Decisions wait here for a 1 ms timer: encoding one (128 hashes) and appending it to the stream then runs after
-   * the upstream request went out, not between request in and upstream first byte. (A setImmediate ran before
-   * undici's own deferred write of the upstream request on a reused connection: in the path.)
+   * Decisions wait here for a 1 ms timer: building and encoding one (128 hashes) and appending it to the stream
+   * then runs after the upstream request went out, not between request in and upstream first byte. (A
+   * setImmediate ran before undici's own deferred write of the upstream request on a reused connection: in the
+   * path.) Everything a record is built from is fixed once the decision is made; only the time is taken now.
    */
-  let decisionQueue: RouteDecisionWire[] = [];
+  interface PendingDecision {
+    r: Routed;
+    model: string;
+    requestId: string;
+    ts: number;
+  }
+  let decisionQueue: PendingDecision[] = [];
   function flushDecisions(): void {
     const q = decisionQueue;
     decisionQueue = [];
-    for (const d of q) {
+    for (const p of q) {
       try {
-        bus.publish(subj.decisions(id), encode(d));
+        bus.publish(subj.decisions(id), encode(decisionRecord(p)));
       } catch (e) {
         log.warn({ err: (e as Error).message }, 'could not record a routing decision');
       }
     }
   }
 
-  /** What this router saw and chose, onto the decision stream (fire and forget; `kvgate replay inspect --request`). */
-  function recordDecision(r: Routed, req: ApiRequest, requestId: string): void {
-    if (!recordDecisions) return;
+  function decisionRecord({ r, model, requestId, ts }: PendingDecision): RouteDecisionWire {
     const { decision } = r;
     const overlaps: Record<string, number> = {};
     const scores: Record<string, number> = {};
@@ -314,10 +319,10 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       overlaps[sc.worker] = sc.overlap;
       scores[sc.worker] = sc.cost;
     }
-    const d: RouteDecisionWire = {
+    return {
       router: id,
       requestId,
-      model: req.model,
+      model,
       lora: r.pool.lora || null,
       promptTokens: r.tokens?.length ?? 0,
       hashes: packHashes(r.hashes),
@@ -327,9 +332,14 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       ...(decision.prefill ? { prefill: decision.prefill.worker } : {}),
       policy: selector.policy,
       ...(selector.policy === 'kv' && !r.indexAnswered ? { degraded: true } : {}),
-      ts: Date.now(),
+      ts,
     };
-    if (decisionQueue.push(d) === 1) setTimeout(flushDecisions, 1);
+  }
+
+  /** What this router saw and chose, onto the decision stream (fire and forget; `kvgate replay inspect --request`). */
+  function recordDecision(r: Routed, req: ApiRequest, requestId: string): void {
+    if (!recordDecisions) return;
+    if (decisionQueue.push({ r, model: req.model, requestId, ts: Date.now() }) === 1) setTimeout(flushDecisions, 1);
   }
 
   // label children resolved once (prom-client hashes the label set on every labelled inc)

@@ -39,7 +39,9 @@ export async function run(argv: string[]): Promise<number> {
   let failed = 0;
   for (const f of files) {
     process.stderr.write(`[bench] ${f}\n`);
-    const child = spawn(process.execPath, ['--import', 'tsx', join(BENCH_DIR, 'run-one.ts'), join(BENCH_DIR, f), ...(flags.quick ? ['--quick'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // the actors a bench starts log at info; in a results table that is noise (KVGATE_LOG_LEVEL still wins)
+    const env = { ...process.env, KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' };
+    const child = spawn(process.execPath, ['--import', 'tsx', join(BENCH_DIR, 'run-one.ts'), join(BENCH_DIR, f), ...(flags.quick ? ['--quick'] : [])], { stdio: ['ignore', 'pipe', 'inherit'], env });
     const lines = createInterface({ input: child.stdout! });
     lines.on('line', (line) => {
       if (line.startsWith('FIGURE ')) report(JSON.parse(line.slice(7)) as Figure);
