@@ -3,7 +3,7 @@
  * form: hashes as (lo, hi) uint32 pairs, no BigInt and no intermediate objects per hash. It accepts the same
  * inputs as `decodeEventBatch` (any msgpack encoder, keys in any order, unknown keys skipped, hashes as
  * uint64 / int64 / smaller ints / 8-byte bin) and throws DecodeError on the same malformed ones; the test
- * wire.test.ts checks both decoders agree. On the bench workload decoding is about a fifth of ingest time
+ * wire.test.ts checks both decoders agree. On the bench workload decoding is about 15 % of ingest time
  * (see README, Numbers).
  */
 import { DecodeError } from '@kvgate/protocol';
