@@ -57,6 +57,41 @@ test('fast decoder equals the reference on an independent encoder (@msgpack/msgp
   }
 });
 
+test('seq and ts in every msgpack number encoding decode as the reference does', () => {
+  // hand-built: {worker:'w', seq:<n>, ts:<n>, events:[]} with the number bytes given
+  const head = [0x84, 0xa6, ...Buffer.from('worker'), 0xa1, 0x77];
+  const tail = [0xa6, ...Buffer.from('events'), 0x90];
+  const nums: number[][] = [
+    [0x05],
+    [0xff], // -1 fixint
+    [0xcc, 0xc8],
+    [0xcd, 0x12, 0x34],
+    [0xce, 0x89, 0xab, 0xcd, 0xef],
+    [0xcf, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00],
+    [0xd0, 0x85],
+    [0xd1, 0x80, 0x01],
+    [0xd2, 0x80, 0x00, 0x00, 0x01],
+    [0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+    [0xd3, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x07],
+    [0xca, 0x40, 0x49, 0x0f, 0xdb],
+    [0xcb, 0x42, 0x7a, 0x21, 0x5c, 0x61, 0x9f, 0x50, 0x00],
+  ];
+  const reused = new DecodedBatch();
+  for (const seq of nums) {
+    for (const ts of [nums[0]!, seq]) {
+      const bytes = new Uint8Array([...head, 0xa3, ...Buffer.from('seq'), ...seq, 0xa2, ...Buffer.from('ts'), ...ts, ...tail]);
+      const ref = decodeEventBatch(bytes);
+      decodeBatchInto(bytes, reused);
+      assert.is(reused.seq, Number(ref.seq), Buffer.from(bytes).toString('hex'));
+      assert.is(reused.ts, Number(ref.ts));
+    }
+  }
+  // a non-finite float is not a number here, in either decoder
+  const nan = new Uint8Array([...head, 0xa3, ...Buffer.from('seq'), 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0, 0xa2, ...Buffer.from('ts'), 0x01, ...tail]);
+  assert.throws(() => decodeBatchFast(nan), (e: unknown) => e instanceof DecodeError);
+  assert.throws(() => decodeEventBatch(nan), (e: unknown) => e instanceof DecodeError);
+});
+
 test('hashes as 8-byte buffers and unknown event fields are accepted', () => {
   const buf = new Uint8Array(8);
   new DataView(buf.buffer).setBigUint64(0, 0xfedcba9876543210n);
