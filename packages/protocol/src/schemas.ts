@@ -213,8 +213,9 @@ export function unpackHashes(b: Uint8Array, what = 'hashes'): BigUint64Array {
   need(b.length % 8 === 0, `${what}: a packed hash buffer must be 8·n bytes, got ${b.length}`);
   const n = b.length / 8;
   const out = new BigUint64Array(n);
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  for (let i = 0; i < n; i++) out[i] = dv.getBigUint64(i * 8, false);
+  // big-endian → host (little-endian, checked in hashing.ts) by bytes: no BigInt is made per hash
+  const o = new Uint8Array(out.buffer);
+  for (let i = 0; i < b.length; i += 8) for (let k = 0; k < 8; k++) o[i + k] = b[i + 7 - k]!;
   return out;
 }
 

@@ -275,6 +275,22 @@ export class MemoryHub {
     if (this.#subs.delete(s)) this.#match.clear();
   }
 
+  /** the streams that capture a subject, cached per subject (the cache is dropped when a stream is made or changed) */
+  readonly #captures = new Map<string, MemStream[]>();
+  #capturing(subject: string): MemStream[] {
+    let c = this.#captures.get(subject);
+    if (!c) {
+      c = [...this.streams.values()].filter((st) => st.captures(subject));
+      if (this.#captures.size > 10_000) this.#captures.clear();
+      this.#captures.set(subject, c);
+    }
+    return c;
+  }
+
+  streamsChanged(): void {
+    this.#captures.clear();
+  }
+
   #targets(subject: string): SubState[] {
     let t = this.#match.get(subject);
     if (!t) {
@@ -323,7 +339,7 @@ export class MemoryHub {
       }
       return;
     }
-    for (const st of this.streams.values()) if (st.captures(subject)) st.append(subject, data);
+    for (const st of this.#capturing(subject)) st.append(subject, data);
     const targets = this.#targets(subject);
     if (targets.length === 0) return;
     const msg = this.#makeMsg(subject, data, reply);
@@ -458,6 +474,7 @@ export class MemoryBus implements Bus {
       st.maxMsgs = config.maxMsgs ?? 0;
       st.enforceLimits();
     }
+    this.hub.streamsChanged();
     return this.#streamHandle(st);
   }
 

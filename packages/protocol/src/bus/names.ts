@@ -7,10 +7,16 @@ import { KvgateError } from '../errors.js';
 const TOKEN = /^[^\s.*>]+$/;
 
 /** a concrete subject to publish on: non-empty tokens, no wildcards */
+/** subjects already found valid: a process publishes on a few subjects many times (bounded; cleared when full) */
+const validSubjects = new Set<string>();
+
 export function checkSubject(subject: string): void {
+  if (validSubjects.has(subject)) return;
   if (typeof subject !== 'string' || subject.length === 0 || !subject.split('.').every((t) => TOKEN.test(t))) {
     throw new KvgateError('KVG_BAD_REQUEST', `invalid subject ${JSON.stringify(subject)}`);
   }
+  if (validSubjects.size >= 10_000) validSubjects.clear();
+  validSubjects.add(subject);
 }
 
 /** a subscription pattern: tokens, `*` for one token, `>` only last */
