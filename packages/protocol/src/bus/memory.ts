@@ -47,13 +47,16 @@ const DEFAULT_TIMEOUT_MS = 1000;
 const MICRO_ROUNDS = 64;
 
 class Scheduler {
-  #jobs: (() => void)[] = [];
+  #jobs: ((arg: never) => void)[] = [];
+  #args: unknown[] = [];
   #armed = false;
   /** batches run as microtasks since the event loop last turned */
   #rounds = 0;
 
-  schedule(job: () => void): void {
-    this.#jobs.push(job);
+  /** run job(arg) in the next batch (a job with its argument, so callers need not make a closure per call) */
+  schedule<A>(job: (arg: A) => void, arg?: A): void {
+    this.#jobs.push(job as (arg: never) => void);
+    this.#args.push(arg);
     if (this.#armed) return;
     this.#armed = true;
     if (this.#rounds < MICRO_ROUNDS) {
@@ -67,12 +70,13 @@ class Scheduler {
   };
 
   #run = (): void => {
-    const jobs = this.#jobs;
+    const jobs = this.#jobs, args = this.#args;
     this.#jobs = [];
+    this.#args = [];
     this.#armed = false;
-    for (const job of jobs) {
+    for (let i = 0; i < jobs.length; i++) {
       try {
-        job();
+        (jobs[i] as (arg: unknown) => void)(args[i]);
       } catch (err) {
         log.error({ err }, 'bus delivery job threw');
       }
@@ -254,13 +258,76 @@ class MemKv {
   }
 }
 
+/** where a reply to an inbox goes: the hub sets `reply`, then settles it in its next batch */
+interface ReplyTarget {
+  reply: Msg | null;
+  settle(err: null): void;
+}
+
+function deliverReply(t: ReplyTarget): void {
+  t.settle(null);
+}
+
+/** a message as subscribers see it; `respond` is a method (a closure per message cost a name definition under tsx) */
+class MemMsg implements Msg {
+  readonly #hub: MemoryHub;
+  constructor(
+    hub: MemoryHub,
+    readonly subject: string,
+    readonly data: Uint8Array,
+    readonly reply: string | undefined,
+  ) {
+    this.#hub = hub;
+  }
+
+  respond(d: Uint8Array): boolean {
+    if (!this.reply) return false;
+    this.#hub.publish(this.reply, copyBytes(d));
+    return true;
+  }
+}
+
+/**
+ * One request waiting for its reply: one object per request instead of four closures (a request is the router's
+ * per-request index query; under tsx every named closure also costs a property definition when it is made).
+ */
+class PendingRequest implements ReplyTarget {
+  inbox = '';
+  timer: NodeJS.Timeout | undefined;
+  /** the bus's open requests (this one is in it until settled) */
+  open: Set<PendingRequest> | null = null;
+  reply: Msg | null = null;
+
+  constructor(
+    private readonly hub: MemoryHub,
+    readonly subject: string,
+    private readonly resolve: (m: Msg) => void,
+    private readonly reject: (e: Error) => void,
+  ) {}
+
+  /** reply (err null) or failure; only the first call counts */
+  settle(err: Error | null): void {
+    if (this.open === null) return;
+    clearTimeout(this.timer);
+    this.hub.dropInbox(this.inbox);
+    this.open.delete(this);
+    this.open = null;
+    if (err) this.reject(err);
+    else this.resolve(this.reply!);
+  }
+}
+
+function timeOut(p: PendingRequest, ms: number): void {
+  p.settle(new BusError('KVG_TIMEOUT', `request on ${p.subject} timed out after ${ms} ms`));
+}
+
 /** The in-process "server": shared state for every MemoryBus connected to it. */
 export class MemoryHub {
   readonly sched = new Scheduler();
   readonly #subs = new Set<SubState>();
   /** subject → matching subscriptions; rebuilt lazily after any subscribe/unsubscribe */
   #match = new Map<string, SubState[]>();
-  readonly #inboxes = new Map<string, (m: Msg) => void>();
+  readonly #inboxes = new Map<string, ReplyTarget>();
   readonly #rr = new Map<string, number>();
   readonly streams = new Map<string, MemStream>();
   readonly kvs = new Map<string, MemKv>();
@@ -306,9 +373,9 @@ export class MemoryHub {
     return this.#targets(subject).length > 0;
   }
 
-  newInbox(onReply: (m: Msg) => void): string {
+  newInbox(target: ReplyTarget): string {
     const inbox = `${INBOX}${(++this.#nextInbox).toString(36)}`; // unique per hub: nothing outside the process can reply
-    this.#inboxes.set(inbox, onReply);
+    this.#inboxes.set(inbox, target);
     return inbox;
   }
 
@@ -317,25 +384,16 @@ export class MemoryHub {
   }
 
   #makeMsg(subject: string, data: Uint8Array, reply?: string): Msg {
-    return Object.freeze({
-      subject,
-      data,
-      reply,
-      respond: (d: Uint8Array): boolean => {
-        if (!reply) return false;
-        this.publish(reply, copyBytes(d));
-        return true;
-      },
-    });
+    return Object.freeze(new MemMsg(this, subject, data, reply));
   }
 
   /** data must already be a private copy */
   publish(subject: string, data: Uint8Array, reply?: string): void {
     if (subject.startsWith(INBOX)) {
-      const onReply = this.#inboxes.get(subject);
-      if (onReply) {
-        const m = this.#makeMsg(subject, data);
-        this.sched.schedule(() => onReply(m));
+      const target = this.#inboxes.get(subject);
+      if (target) {
+        target.reply = this.#makeMsg(subject, data);
+        this.sched.schedule(deliverReply, target);
       }
       return;
     }
@@ -372,6 +430,8 @@ export class MemoryBus implements Bus {
   #closed = false;
   /** everything this connection opened, ended by close() */
   readonly #enders = new Set<() => void>();
+  /** requests waiting for a reply (failed on close) */
+  readonly #requests = new Set<PendingRequest>();
 
   constructor(opts: { hub?: MemoryHub } = {}) {
     this.hub = opts.hub ?? new MemoryHub();
@@ -425,26 +485,12 @@ export class MemoryBus implements Bus {
       return Promise.reject(new BusError('KVG_NO_RESPONDERS', `no responders on ${subject}`));
     }
     return new Promise<Msg>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.hub.dropInbox(inbox);
-        this.#enders.delete(onClose);
-      };
-      const onClose = (): void => {
-        finish();
-        reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`));
-      };
-      const inbox = this.hub.newInbox((m) => {
-        finish();
-        resolve(m);
-      });
-      timer = setTimeout(() => {
-        finish();
-        reject(new BusError('KVG_TIMEOUT', `request on ${subject} timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.#enders.add(onClose);
-      this.hub.publish(subject, payload, inbox);
+      const p = new PendingRequest(this.hub, subject, resolve, reject);
+      p.inbox = this.hub.newInbox(p);
+      p.timer = setTimeout(timeOut, timeoutMs, p, timeoutMs);
+      p.open = this.#requests;
+      this.#requests.add(p);
+      this.hub.publish(subject, payload, p.inbox);
     });
   }
 
@@ -617,5 +663,6 @@ export class MemoryBus implements Bus {
     this.#closed = true;
     for (const end of [...this.#enders]) end();
     this.#enders.clear();
+    for (const p of [...this.#requests]) p.settle(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${p.subject}`));
   }
 }
