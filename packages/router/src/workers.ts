@@ -134,10 +134,14 @@ export class WorkerView {
       pool[r.role].push(r);
       if (pool.blockSize === 0) pool.blockSize = r.blockSize;
     }
-    const byId = (a: WorkerRegistration, b: WorkerRegistration) => (a.worker < b.worker ? -1 : a.worker > b.worker ? 1 : 0);
-    pool.both.sort(byId);
-    pool.prefill.sort(byId);
-    pool.decode.sort(byId);
+    pool.both.sort(byWorkerId);
+    pool.prefill.sort(byWorkerId);
+    pool.decode.sort(byWorkerId);
     return pool;
   }
+}
+
+/** module level, not per call: a named closure is made (and, under tsx, named) every time its scope runs */
+function byWorkerId(a: WorkerRegistration, b: WorkerRegistration): number {
+  return a.worker < b.worker ? -1 : a.worker > b.worker ? 1 : 0;
 }
