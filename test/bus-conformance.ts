@@ -283,6 +283,19 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.equal(replies.map((r) => dec(r.data)), ['echo:1', 'echo:2', 'echo:3']);
   });
 
+  test('a request answered by two subscribers resolves once, with the first reply', async () => {
+    const server = await connect();
+    const client = await connect();
+    const s = uniq('rpc2');
+    server.subscribe(s, { callback: (m) => m.respond(enc('first')) });
+    server.subscribe(s, { callback: (m) => m.respond(enc('second')) });
+    await server.flush();
+    for (let i = 0; i < 5; i++) {
+      const r = await client.request(s, enc('x'), { timeoutMs: 3000 });
+      assert.is(dec(r.data), 'first', 'the subscriber that answered first');
+    }
+  });
+
   test('request/reply works with an iterating responder and a queue group', async () => {
     const s1 = await connect();
     const s2 = await connect();

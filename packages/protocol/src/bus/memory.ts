@@ -258,7 +258,7 @@ class MemKv {
   }
 }
 
-/** where a reply to an inbox goes: the hub sets `reply`, then settles it in its next batch */
+/** where a reply to an inbox goes: the hub sets `reply` (once), then settles it in its next batch */
 interface ReplyTarget {
   reply: Msg | null;
   settle(err: null): void;
@@ -391,7 +391,8 @@ export class MemoryHub {
   publish(subject: string, data: Uint8Array, reply?: string): void {
     if (subject.startsWith(INBOX)) {
       const target = this.#inboxes.get(subject);
-      if (target) {
+      // the first reply wins (several subscribers may answer one request); later ones are dropped, as on NATS
+      if (target && target.reply === null) {
         target.reply = this.#makeMsg(subject, data);
         this.sched.schedule(deliverReply, target);
       }
