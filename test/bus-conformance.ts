@@ -283,17 +283,15 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.equal(replies.map((r) => dec(r.data)), ['echo:1', 'echo:2', 'echo:3']);
   });
 
-  test('a request answered by two subscribers resolves once, with the first reply', async () => {
+  test('a request answered by two subscribers resolves once, with one whole reply', async () => {
     const server = await connect();
     const client = await connect();
     const s = uniq('rpc2');
     server.subscribe(s, { callback: (m) => m.respond(enc('first')) });
     server.subscribe(s, { callback: (m) => m.respond(enc('second')) });
     await server.flush();
-    for (let i = 0; i < 5; i++) {
-      const r = await client.request(s, enc('x'), { timeoutMs: 3000 });
-      assert.is(dec(r.data), 'first', 'the subscriber that answered first');
-    }
+    // which reply wins depends on delivery order, which NATS does not fix between two subscriptions
+    for (let i = 0; i < 5; i++) assert.ok(['first', 'second'].includes(dec((await client.request(s, enc('x'), { timeoutMs: 3000 })).data) ?? ''));
   });
 
   test('request/reply works with an iterating responder and a queue group', async () => {
