@@ -204,6 +204,12 @@ export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
 /** Hashes packed as one buffer of big-endian u64s (8·n bytes): the cheap form of a long hash list. */
 export function packHashes(hs: ArrayLike<bigint>): Uint8Array {
   const out = new Uint8Array(hs.length * 8);
+  if (hs instanceof BigUint64Array) {
+    // host (little-endian, checked in hashing.ts) → big-endian by bytes: no BigInt is read per hash
+    const b = new Uint8Array(hs.buffer, hs.byteOffset, hs.byteLength);
+    for (let i = 0; i < b.length; i += 8) for (let k = 0; k < 8; k++) out[i + k] = b[i + 7 - k]!;
+    return out;
+  }
   const dv = new DataView(out.buffer);
   for (let i = 0; i < hs.length; i++) dv.setBigUint64(i * 8, hs[i]!, false);
   return out;

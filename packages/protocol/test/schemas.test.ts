@@ -132,6 +132,8 @@ test('match request: hashes packed as one 8·n-byte buffer decode exactly; a rag
   const hs = [0n, 1n, 0xffffffffffffffffn, 0x8000000000000001n, 0x0123456789abcdefn];
   const packed = packHashes(hs);
   assert.is(packed.length, 40);
+  assert.equal(packHashes(BigUint64Array.from(hs)), packed, 'a BigUint64Array packs to the same bytes');
+  assert.equal(packHashes(BigUint64Array.from(hs).subarray(1, 3)), packed.subarray(8, 24), 'also a view at an offset');
   assert.equal([...unpackHashes(packed)], hs);
   const req = decodeMatchRequest(encode({ model: 'm', hashes: packed }));
   assert.equal([...req.hashes], hs);

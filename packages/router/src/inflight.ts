@@ -169,7 +169,7 @@ export class Inflight {
   }
 
   /** Credit a prompt's block hashes to the worker it was just routed to. */
-  predict(worker: string, hashes: readonly bigint[]): void {
+  predict(worker: string, hashes: ArrayLike<bigint>): void {
     const n = hashes.length;
     for (let i = this.#stride - 1; i < n + this.#stride - 1; i += this.#stride) {
       const h = hashes[Math.min(i, n - 1)]!;
@@ -181,7 +181,7 @@ export class Inflight {
   }
 
   /** Per worker, how many leading blocks of `hashes` a recent prediction credits to it (see predictStride). */
-  predictedOverlaps(hashes: readonly bigint[]): Map<string, number> {
+  predictedOverlaps(hashes: ArrayLike<bigint>): Map<string, number> {
     const out = new Map<string, number>();
     const m = hashes.length;
     const s = this.#stride;

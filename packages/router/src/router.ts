@@ -22,7 +22,7 @@ import {
   KvgateError,
   logger,
   packHashes,
-  prefixHashes,
+  prefixHashesU64,
   SpanStatusCode,
   subjects,
   tracer,
@@ -112,10 +112,12 @@ export interface RouterHandle {
   close(): Promise<void>;
 }
 
+const NO_HASHES = new BigUint64Array(0);
+
 interface Routed {
   decision: Decision;
   pool: Pool;
-  hashes: bigint[];
+  hashes: BigUint64Array;
   tokens: number[] | null;
   indexAnswered: boolean;
   overlaps: Record<string, number> | null;
@@ -217,7 +219,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     for (const w of [...waiters]) w();
   }
 
-  async function matchIndex(pool: Pool, hashes: bigint[]): Promise<Record<string, number> | null> {
+  async function matchIndex(pool: Pool, hashes: BigUint64Array): Promise<Record<string, number> | null> {
     try {
       if (options.index) {
         let timer: NodeJS.Timeout | undefined;
@@ -270,7 +272,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   async function route(req: ApiRequest, exclude?: Set<string>, prior?: Routed): Promise<Routed> {
     const pool = prior?.pool ?? poolFor(req.model);
     const tokens = prior ? prior.tokens : await tokensOf(req, pool);
-    const hashes = prior ? prior.hashes : tokens && pool.blockSize > 0 ? prefixHashes(pool.model, pool.lora, pool.blockSize, tokens) : [];
+    // as a BigUint64Array: no BigInt per block, and it packs for the index query by swapping bytes
+    const hashes = prior ? prior.hashes : tokens && pool.blockSize > 0 ? prefixHashesU64(pool.model, pool.lora, pool.blockSize, tokens) : NO_HASHES;
     let overlaps = prior?.overlaps ?? null;
     let indexAnswered = prior?.indexAnswered ?? false;
     if (!prior && selector.policy === 'kv' && hashes.length > 0) {

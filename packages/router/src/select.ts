@@ -27,7 +27,7 @@ export function isPolicy(s: string): s is Policy {
 export interface SelectInput {
   pool: Pool;
   /** prefix hashes of the prompt's full blocks (may be empty: tokenization unavailable) */
-  hashes: readonly bigint[];
+  hashes: ArrayLike<bigint>;
   /** the index's answer, or null when it did not answer in time */
   indexOverlaps: Readonly<Record<string, number>> | null;
   /** workers to skip (a retry after an upstream failure) */
