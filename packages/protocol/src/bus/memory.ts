@@ -258,14 +258,19 @@ class MemKv {
   }
 }
 
-/** where a reply to an inbox goes: the hub sets `reply` (once), then settles it in its next batch */
-interface ReplyTarget {
-  reply: Msg | null;
-  settle(err: null): void;
+/** a per-subject answer from `cache`, computed on a miss; the cache is bounded (cleared past 10,000 subjects) */
+function perSubject<T>(cache: Map<string, T>, subject: string, compute: () => T): T {
+  let v = cache.get(subject);
+  if (v === undefined) {
+    v = compute();
+    if (cache.size > 10_000) cache.clear();
+    cache.set(subject, v);
+  }
+  return v;
 }
 
-function deliverReply(t: ReplyTarget): void {
-  t.settle(null);
+function deliverReply(p: PendingRequest): void {
+  p.settle(null);
 }
 
 /** a message as subscribers see it; `respond` is a method (a closure per message cost a name definition under tsx) */
@@ -290,28 +295,35 @@ class MemMsg implements Msg {
 /**
  * One request waiting for its reply: one object per request instead of four closures (a request is the router's
  * per-request index query; under tsx every named closure also costs a property definition when it is made).
+ * Its inbox is registered with the hub, which sets `reply` (the first one only) and settles it in its next batch.
  */
-class PendingRequest implements ReplyTarget {
-  inbox = '';
-  timer: NodeJS.Timeout | undefined;
-  /** the bus's open requests (this one is in it until settled) */
-  open: Set<PendingRequest> | null = null;
+class PendingRequest {
+  readonly inbox: string;
+  readonly #timer: NodeJS.Timeout;
+  #done = false;
   reply: Msg | null = null;
 
   constructor(
     private readonly hub: MemoryHub,
+    /** the bus's open requests: this one is in it until settled */
+    private readonly open: Set<PendingRequest>,
     readonly subject: string,
+    timeoutMs: number,
     private readonly resolve: (m: Msg) => void,
     private readonly reject: (e: Error) => void,
-  ) {}
+  ) {
+    this.inbox = hub.newInbox(this);
+    this.#timer = setTimeout(timeOut, timeoutMs, this, timeoutMs);
+    open.add(this);
+  }
 
   /** reply (err null) or failure; only the first call counts */
   settle(err: Error | null): void {
-    if (this.open === null) return;
-    clearTimeout(this.timer);
+    if (this.#done) return;
+    this.#done = true;
+    clearTimeout(this.#timer);
     this.hub.dropInbox(this.inbox);
     this.open.delete(this);
-    this.open = null;
     if (err) this.reject(err);
     else this.resolve(this.reply!);
   }
@@ -327,7 +339,7 @@ export class MemoryHub {
   readonly #subs = new Set<SubState>();
   /** subject → matching subscriptions; rebuilt lazily after any subscribe/unsubscribe */
   #match = new Map<string, SubState[]>();
-  readonly #inboxes = new Map<string, ReplyTarget>();
+  readonly #inboxes = new Map<string, PendingRequest>();
   readonly #rr = new Map<string, number>();
   readonly streams = new Map<string, MemStream>();
   readonly kvs = new Map<string, MemKv>();
@@ -345,13 +357,7 @@ export class MemoryHub {
   /** the streams that capture a subject, cached per subject (the cache is dropped when a stream is made or changed) */
   readonly #captures = new Map<string, MemStream[]>();
   #capturing(subject: string): MemStream[] {
-    let c = this.#captures.get(subject);
-    if (!c) {
-      c = [...this.streams.values()].filter((st) => st.captures(subject));
-      if (this.#captures.size > 10_000) this.#captures.clear();
-      this.#captures.set(subject, c);
-    }
-    return c;
+    return perSubject(this.#captures, subject, () => [...this.streams.values()].filter((st) => st.captures(subject)));
   }
 
   streamsChanged(): void {
@@ -359,21 +365,14 @@ export class MemoryHub {
   }
 
   #targets(subject: string): SubState[] {
-    let t = this.#match.get(subject);
-    if (!t) {
-      t = [];
-      for (const s of this.#subs) if (subjectMatches(s.pattern, subject)) t.push(s);
-      if (this.#match.size > 10_000) this.#match.clear();
-      this.#match.set(subject, t);
-    }
-    return t;
+    return perSubject(this.#match, subject, () => [...this.#subs].filter((s) => subjectMatches(s.pattern, subject)));
   }
 
   hasResponders(subject: string): boolean {
     return this.#targets(subject).length > 0;
   }
 
-  newInbox(target: ReplyTarget): string {
+  newInbox(target: PendingRequest): string {
     const inbox = `${INBOX}${(++this.#nextInbox).toString(36)}`; // unique per hub: nothing outside the process can reply
     this.#inboxes.set(inbox, target);
     return inbox;
@@ -486,11 +485,7 @@ export class MemoryBus implements Bus {
       return Promise.reject(new BusError('KVG_NO_RESPONDERS', `no responders on ${subject}`));
     }
     return new Promise<Msg>((resolve, reject) => {
-      const p = new PendingRequest(this.hub, subject, resolve, reject);
-      p.inbox = this.hub.newInbox(p);
-      p.timer = setTimeout(timeOut, timeoutMs, p, timeoutMs);
-      p.open = this.#requests;
-      this.#requests.add(p);
+      const p = new PendingRequest(this.hub, this.#requests, subject, timeoutMs, resolve, reject);
       this.hub.publish(subject, payload, p.inbox);
     });
   }
