@@ -201,13 +201,19 @@ export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
   };
 }
 
+/**
+ * Big-endian u64s ↔ host order (little-endian, checked in hashing.ts): reverses each 8-byte group of `from` into
+ * `to` (same length). By bytes, so no BigInt is made or read per hash.
+ */
+function swapU64s(from: Uint8Array, to: Uint8Array): void {
+  for (let i = 0; i < from.length; i += 8) for (let k = 0; k < 8; k++) to[i + k] = from[i + 7 - k]!;
+}
+
 /** Hashes packed as one buffer of big-endian u64s (8·n bytes): the cheap form of a long hash list. */
 export function packHashes(hs: ArrayLike<bigint>): Uint8Array {
   const out = new Uint8Array(hs.length * 8);
   if (hs instanceof BigUint64Array) {
-    // host (little-endian, checked in hashing.ts) → big-endian by bytes: no BigInt is read per hash
-    const b = new Uint8Array(hs.buffer, hs.byteOffset, hs.byteLength);
-    for (let i = 0; i < b.length; i += 8) for (let k = 0; k < 8; k++) out[i + k] = b[i + 7 - k]!;
+    swapU64s(new Uint8Array(hs.buffer, hs.byteOffset, hs.byteLength), out);
     return out;
   }
   const dv = new DataView(out.buffer);
@@ -217,11 +223,8 @@ export function packHashes(hs: ArrayLike<bigint>): Uint8Array {
 
 export function unpackHashes(b: Uint8Array, what = 'hashes'): BigUint64Array {
   need(b.length % 8 === 0, `${what}: a packed hash buffer must be 8·n bytes, got ${b.length}`);
-  const n = b.length / 8;
-  const out = new BigUint64Array(n);
-  // big-endian → host (little-endian, checked in hashing.ts) by bytes: no BigInt is made per hash
-  const o = new Uint8Array(out.buffer);
-  for (let i = 0; i < b.length; i += 8) for (let k = 0; k < 8; k++) o[i + k] = b[i + 7 - k]!;
+  const out = new BigUint64Array(b.length / 8);
+  swapU64s(b, new Uint8Array(out.buffer));
   return out;
 }
 
