@@ -89,6 +89,13 @@ export class DecodedBatch {
   pushHashes(pairs: Uint32Array): void {
     this.pairs.set(pairs, this.reserveHashes(pairs.length >>> 1));
   }
+
+  /** forget the hashes of the last event (they are the last ones written) */
+  dropLastHashes(): void {
+    const i = this.count - 1;
+    this.blocks -= this.len[i]!;
+    this.len[i] = 0;
+  }
 }
 
 function growTo<T extends Uint8Array | Uint32Array | Int32Array>(a: T, n: number): T {
@@ -347,11 +354,7 @@ function event(r: Reader, out: DecodedBatch): void {
         parentHi = parentTmp[1]!;
       }
     } else if (key === 2) {
-      if (sawHashes) {
-        // a repeated key: the last one wins, as in the reference decoder
-        out.blocks -= out.len[i]!;
-        out.len[i] = 0;
-      }
+      if (sawHashes) out.dropLastHashes(); // a repeated key: the last one wins, as in the reference decoder
       hashes(r, out, 'hashes');
       sawHashes = true;
     } else r.skip();
@@ -366,9 +369,7 @@ function event(r: Reader, out: DecodedBatch): void {
     return;
   }
   if (t !== CLEARED) throw new DecodeError('unknown event type');
-  // cleared carries no hashes: drop any it had
-  out.blocks -= out.len[i]!;
-  out.len[i] = 0;
+  out.dropLastHashes(); // cleared carries no hashes: drop any it had
 }
 
 /**
