@@ -12,3 +12,4 @@ export * from './tokenizer.js';
 export * from './bus/index.js';
 export * from './http-body.js';
 export * from './prng.js';
+export * from './fifo.js';

@@ -20,7 +20,7 @@
  *     next good frame shows a gap and replay fetches the batch again).
  * Sockets are not here: `replay`, `publish` and `refreshLoras` are injected by the edge (index.ts).
  */
-import { decodeEngineFrames, DecodeError, logger, type EngineBatch, type EventBatch, type KvEvent, type ReplayMessage } from '@kvgate/protocol';
+import { decodeEngineFrames, DecodeError, Fifo, logger, type EngineBatch, type EventBatch, type KvEvent, type ReplayMessage } from '@kvgate/protocol';
 import { EngineMap } from './engine-map.js';
 import { EngineSeq } from './engine-seq.js';
 import { LoraNames } from './lora.js';
@@ -61,8 +61,7 @@ export class EventRelay {
   readonly #map: EngineMap;
   readonly #seq = new EngineSeq();
   #outSeq = -1;
-  #mail: Mail[] = [];
-  #head = 0;
+  readonly #mail = new Fifo<Mail>();
   #running = false;
   #idle: (() => void)[] = [];
   #blockSize: number | undefined;
@@ -89,7 +88,7 @@ export class EventRelay {
   /** enqueue one ZMQ message */
   post(frames: Uint8Array[]): void {
     if (this.#stopped) return;
-    if (this.#mail.length - this.#head >= this.#d.maxMailbox) {
+    if (this.#mail.length >= this.#d.maxMailbox) {
       this.#d.metrics.mailboxDrops.inc();
       return;
     }
@@ -115,7 +114,7 @@ export class EventRelay {
    * replay socket now for everything from the next expected sequence.
    */
   engineConnected(): void {
-    if (this.#mail.length - this.#head > 0 && this.#mail.at(-1)?.kind === 'connected') return; // one probe queued is enough
+    if (this.#mail.last()?.kind === 'connected') return; // one probe queued is enough
     if (this.#stopped) return;
     this.#mail.push({ kind: 'connected' });
     this.#kick();
@@ -131,7 +130,7 @@ export class EventRelay {
 
   /** resolves once the mailbox is empty */
   idle(): Promise<void> {
-    if (!this.#running && this.#head >= this.#mail.length) return Promise.resolve();
+    if (!this.#running && this.#mail.length === 0) return Promise.resolve();
     return new Promise((r) => this.#idle.push(r));
   }
 
@@ -146,14 +145,7 @@ export class EventRelay {
   }
 
   async #drain(): Promise<void> {
-    while (this.#head < this.#mail.length) {
-      const m = this.#mail[this.#head]!;
-      (this.#mail as (Mail | undefined)[])[this.#head] = undefined;
-      this.#head++;
-      if (this.#head > 1024 && this.#head * 2 > this.#mail.length) {
-        this.#mail = this.#mail.slice(this.#head);
-        this.#head = 0;
-      }
+    for (let m = this.#mail.shift(); m !== undefined; m = this.#mail.shift()) {
       try {
         if (m.kind === 'frames') await this.#onFrames(m.frames);
         else if (m.kind === 'disconnected') {

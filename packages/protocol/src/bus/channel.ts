@@ -1,3 +1,4 @@
+import { Fifo } from '../fifo.js';
 import type { Msg, Subscription } from './bus.js';
 
 /**
@@ -8,8 +9,7 @@ import type { Msg, Subscription } from './bus.js';
  * early (break/return/throw) calls `onReturn`, which the owner uses to unsubscribe.
  */
 export class Channel<T> implements AsyncIterable<T> {
-  #buf: T[] = [];
-  #head = 0;
+  readonly #buf = new Fifo<T>();
   #waiters: { resolve: (r: IteratorResult<T>) => void; reject: (err: unknown) => void }[] = [];
   #ended = false;
   #error: unknown;
@@ -33,7 +33,7 @@ export class Channel<T> implements AsyncIterable<T> {
 
   /** buffered, not yet consumed */
   get pending(): number {
-    return this.#buf.length - this.#head;
+    return this.#buf.length;
   }
 
   push(v: T): void {
@@ -63,16 +63,7 @@ export class Channel<T> implements AsyncIterable<T> {
   }
 
   #next(): Promise<IteratorResult<T>> {
-    if (this.#head < this.#buf.length) {
-      const v = this.#buf[this.#head]!;
-      (this.#buf as (T | undefined)[])[this.#head] = undefined;
-      this.#head++;
-      if (this.#head > 1024 && this.#head * 2 > this.#buf.length) {
-        this.#buf = this.#buf.slice(this.#head);
-        this.#head = 0;
-      }
-      return Promise.resolve({ value: v, done: false });
-    }
+    if (this.#buf.length > 0) return Promise.resolve({ value: this.#buf.shift() as T, done: false });
     if (this.#ended) {
       if (this.#error !== undefined) {
         const e = this.#error;
