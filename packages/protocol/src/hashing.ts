@@ -50,20 +50,29 @@ function ready(): Xxh64Wasm {
 
 const enc = new TextEncoder();
 
-/** p_{-1}: the root of every prefix chain for one (model, lora, block size). */
-export function rootHash(model: string, lora: string | undefined | null, blockSize: number): bigint {
+/**
+ * p_{-1}: the root of every prefix chain for one (model, lora, block size[, cache salt]).
+ * A salted request (`cache_salt`, vLLM and SGLang) roots its chain in `…|salt:<salt>` (DESIGN.md §2), so no
+ * unsalted prompt and no prompt of another salt can match its blocks; unsalted roots are unchanged.
+ */
+export function rootHash(model: string, lora: string | undefined | null, blockSize: number, salt?: string | null): bigint {
   ready();
-  return h64Raw!(enc.encode(`${model}|${lora ?? ''}|${blockSize}`), HASH_SEED);
+  return h64Raw!(enc.encode(rootText(model, lora, blockSize, salt)), HASH_SEED);
+}
+
+function rootText(model: string, lora: string | undefined | null, blockSize: number, salt: string | undefined | null): string {
+  const base = `${model}|${lora ?? ''}|${blockSize}`;
+  return salt ? `${base}|salt:${salt}` : base;
 }
 
 // Roots are few (one per model × lora × block size) and prefixHashes needs one per call: memoise them.
 const roots = new Map<string, bigint>();
-function cachedRoot(model: string, lora: string | undefined | null, blockSize: number): bigint {
-  const key = `${model}|${lora ?? ''}|${blockSize}`;
+function cachedRoot(model: string, lora: string | undefined | null, blockSize: number, salt?: string | null): bigint {
+  const key = rootText(model, lora, blockSize, salt);
   let r = roots.get(key);
   if (r === undefined) {
     if (roots.size >= 4096) roots.clear();
-    r = rootHash(model, lora, blockSize);
+    r = rootHash(model, lora, blockSize, salt);
     roots.set(key, r);
   }
   return r;
@@ -136,9 +145,10 @@ export function prefixHashes(
   blockSize: number,
   tokens: ArrayLike<number>,
   parent?: bigint,
+  salt?: string | null,
 ): bigint[] {
   checkBlockSize(blockSize);
-  return chainHashes(parent ?? cachedRoot(model, lora, blockSize), tokens, 0, Math.floor(tokens.length / blockSize), blockSize);
+  return chainHashes(parent ?? cachedRoot(model, lora, blockSize, salt), tokens, 0, Math.floor(tokens.length / blockSize), blockSize);
 }
 
 /**
@@ -151,11 +161,12 @@ export function prefixHashesU64(
   blockSize: number,
   tokens: ArrayLike<number>,
   parent?: bigint,
+  salt?: string | null,
 ): BigUint64Array {
   checkBlockSize(blockSize);
   const n = Math.floor(tokens.length / blockSize);
   if (n === 0) return new BigUint64Array(0);
-  const at = runChain(parent ?? cachedRoot(model, lora, blockSize), tokens, 0, n, blockSize);
+  const at = runChain(parent ?? cachedRoot(model, lora, blockSize, salt), tokens, 0, n, blockSize);
   return u64.slice(at, at + n);
 }
 

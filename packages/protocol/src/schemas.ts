@@ -6,10 +6,20 @@
 import { Packr } from 'msgpackr';
 import { DecodeError } from './errors.js';
 
-/** Normalised KV event (prefix hashes only). `parent` null = chained from the root. */
+/**
+ * Storage tier of a block (DESIGN.md §4): `gpu` (absent on the wire), `cpu` (host memory: vLLM's offloading
+ * connector, SGLang's CPU_PINNED), `disk` (SSD/NVMe and any slower or remote pool: SGLang DISK, EXTERNAL).
+ */
+export type Tier = 'gpu' | 'cpu' | 'disk';
+export const TIERS: readonly Tier[] = ['gpu', 'cpu', 'disk'];
+
+/**
+ * Normalised KV event (prefix hashes only). `parent` null = chained from the root. `tier` absent = `gpu`:
+ * a block may be held on several tiers at once; `removed` with a tier drops only that tier's copy.
+ */
 export type KvEvent =
-  | { t: 'stored'; parent: bigint | null; hashes: bigint[] }
-  | { t: 'removed'; hashes: bigint[] }
+  | { t: 'stored'; parent: bigint | null; hashes: bigint[]; tier?: Tier }
+  | { t: 'removed'; hashes: bigint[]; tier?: Tier }
   | { t: 'cleared' };
 
 /** `…events.<worker>`: one batch, `seq` gap-free per worker (assigned by the shim). */
@@ -49,6 +59,11 @@ export interface WorkerRegistration {
   blockSize: number;
   capacityBlocks: number;
   loras: string[];
+  /**
+   * Data-parallel rank this worker is (one engine server, `--data-parallel-size N`, publishes each rank as its
+   * own worker `<id>-dp<r>`): routers send it as the `X-data-parallel-rank` request header. Absent = no DP.
+   */
+  dpRank?: number;
   ts: number;
 }
 
@@ -58,8 +73,21 @@ export interface MatchRequest {
   /** a bigint[] on the wire decodes to bigint[]; one 8·n-byte buffer (big-endian u64s) to a BigUint64Array */
   hashes: bigint[] | BigUint64Array;
 }
+/**
+ * Per worker, blocks of the matched prefix reachable through each tier, cumulative: `gpu` = the GPU prefix
+ * (= overlaps), `cpu` = that plus the run of blocks held on CPU right after it, `disk` = the same through
+ * CPU or disk. So gpu ≤ cpu ≤ disk, and a worker without lower tiers has all three equal.
+ */
+export interface TierOverlap {
+  gpu: number;
+  cpu: number;
+  disk: number;
+}
 export interface MatchReply {
+  /** GPU overlap per worker (workers holding the first block on GPU) */
   overlaps: Record<string, number>;
+  /** present when some worker reaches further through lower tiers; workers absent = gpu only */
+  tiers?: Record<string, TierOverlap>;
   indexerSeq: number;
 }
 
@@ -81,6 +109,8 @@ export interface SyncMsg {
   seq: number;
   /** pairs flattened: [parent0, hash0, parent1, hash1, …]; parent 0n = root */
   blocks: bigint[];
+  /** tier bit mask per block (1 gpu, 2 cpu, 4 disk), one byte each; absent = every block on gpu only */
+  tiers?: Uint8Array;
 }
 
 export interface ActiveDelta {
@@ -137,13 +167,27 @@ function num(v: unknown, what: string): number {
   return v;
 }
 
+function tier(v: unknown, what: string): Tier | undefined {
+  if (v == null || v === 'gpu') return undefined;
+  need(v === 'cpu' || v === 'disk', `${what}: unknown tier ${JSON.stringify(v)}`);
+  return v;
+}
+
 function kvEvent(v: unknown): KvEvent {
   need(isObj(v), 'event must be a map');
   switch (v.t) {
-    case 'stored':
-      return { t: 'stored', parent: v.parent == null ? null : toHash(v.parent), hashes: hashes(v.hashes, 'stored.hashes') };
-    case 'removed':
-      return { t: 'removed', hashes: hashes(v.hashes, 'removed.hashes') };
+    case 'stored': {
+      const ev: KvEvent = { t: 'stored', parent: v.parent == null ? null : toHash(v.parent), hashes: hashes(v.hashes, 'stored.hashes') };
+      const t = tier(v.tier, 'stored.tier');
+      if (t) ev.tier = t;
+      return ev;
+    }
+    case 'removed': {
+      const ev: KvEvent = { t: 'removed', hashes: hashes(v.hashes, 'removed.hashes') };
+      const t = tier(v.tier, 'removed.tier');
+      if (t) ev.tier = t;
+      return ev;
+    }
     case 'cleared':
       return { t: 'cleared' };
     default:
@@ -197,6 +241,7 @@ export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
     blockSize: num(v.blockSize, 'blockSize'),
     capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
     loras: Array.isArray(v.loras) ? v.loras.filter((x): x is string => typeof x === 'string') : [],
+    ...(v.dpRank != null ? { dpRank: num(v.dpRank, 'dpRank') } : {}),
     ts: num(v.ts, 'ts'),
   };
 }
@@ -240,7 +285,19 @@ export function decodeMatchReply(bytes: Uint8Array): MatchReply {
   need(isObj(v) && isObj(v.overlaps), 'match reply must be a map with overlaps');
   const overlaps: Record<string, number> = {};
   for (const [k, n] of Object.entries(v.overlaps)) overlaps[k] = num(n, `overlaps.${k}`);
-  return { overlaps, indexerSeq: num(v.indexerSeq ?? 0, 'indexerSeq') };
+  const out: MatchReply = { overlaps, indexerSeq: num(v.indexerSeq ?? 0, 'indexerSeq') };
+  if (v.tiers != null) {
+    need(isObj(v.tiers), 'match reply: tiers must be a map');
+    const tiers: Record<string, TierOverlap> = {};
+    for (const [k, t] of Object.entries(v.tiers)) {
+      need(isObj(t), `tiers.${k} must be a map`);
+      const gpu = num(t.gpu ?? overlaps[k] ?? 0, `tiers.${k}.gpu`);
+      const cpu = num(t.cpu ?? gpu, `tiers.${k}.cpu`);
+      tiers[k] = { gpu, cpu, disk: num(t.disk ?? cpu, `tiers.${k}.disk`) };
+    }
+    out.tiers = tiers;
+  }
+  return out;
 }
 
 export function decodeGossip(bytes: Uint8Array): GossipMsg {
@@ -257,13 +314,18 @@ export function decodeGossip(bytes: Uint8Array): GossipMsg {
 export function decodeSync(bytes: Uint8Array): SyncMsg {
   const v = decode(bytes);
   need(isObj(v), 'sync must be a map');
-  return {
+  const out: SyncMsg = {
     from: str(v.from, 'from'),
     worker: str(v.worker, 'worker'),
     request: v.request === true,
     seq: num(v.seq, 'seq'),
     blocks: v.blocks == null ? [] : hashes(v.blocks, 'blocks'),
   };
+  if (v.tiers != null) {
+    need(v.tiers instanceof Uint8Array && v.tiers.length * 2 === out.blocks.length, 'sync: tiers must be one byte per block');
+    out.tiers = v.tiers;
+  }
+  return out;
 }
 
 export function decodeActive(bytes: Uint8Array): ActiveBatch {

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFileSync } from 'node:child_process';
-import { initHashing, prefixHashes, rootHash, hashToHex, hexToHash } from '../src/hashing.js';
+import { initHashing, prefixHashes, prefixHashesU64, rootHash, hashToHex, hexToHash } from '../src/hashing.js';
 
 // ---- reference: a straightforward XXH64 over BigInt, independent of xxhash-wasm -----------------
 const M = (1n << 64n) - 1n;
@@ -27,9 +27,9 @@ function xxh64Ref(b: Uint8Array, seed: bigint): bigint {
   h ^= h >> 33n; h = (h * P2) & M; h ^= h >> 29n; h = (h * P3) & M; h ^= h >> 32n;
   return h;
 }
-function refPrefixHashes(model: string, lora: string, B: number, tokens: number[]): string[] {
+function refPrefixHashes(model: string, lora: string, B: number, tokens: number[], salt = ''): string[] {
   const seed = 0x6b766761n;
-  let p = xxh64Ref(new TextEncoder().encode(`${model}|${lora}|${B}`), seed);
+  let p = xxh64Ref(new TextEncoder().encode(`${model}|${lora}|${B}` + (salt ? `|salt:${salt}` : '')), seed);
   const out: string[] = [];
   for (let i = 0; i + B <= tokens.length; i += B) {
     const buf = new Uint8Array(8 + 4 * B);
@@ -58,6 +58,18 @@ test('reference XXH64 matches the published test vectors', () => {
 test('DESIGN.md golden vector (qwen3-8b, B=8, 39 tokens → 4 blocks)', () => {
   assert.equal(refPrefixHashes('qwen3-8b', '', 8, DESIGN_TOKENS), DESIGN_VECTOR);
   assert.equal(prefixHashes('qwen3-8b', null, 8, DESIGN_TOKENS).map(hashToHex), DESIGN_VECTOR);
+});
+
+const SALTED_VECTOR = ['b8e46651f0aa60da', '437290a7058b85cf', 'd85edb981e89b894', '53b5bd19857e7750'];
+
+test('DESIGN.md salted golden vector (salt tenant-42): salt enters the root only', () => {
+  assert.equal(refPrefixHashes('qwen3-8b', '', 8, DESIGN_TOKENS, 'tenant-42'), SALTED_VECTOR);
+  assert.equal(prefixHashes('qwen3-8b', null, 8, DESIGN_TOKENS, undefined, 'tenant-42').map(hashToHex), SALTED_VECTOR);
+  assert.equal([...prefixHashesU64('qwen3-8b', null, 8, DESIGN_TOKENS, undefined, 'tenant-42')].map(hashToHex), SALTED_VECTOR);
+  // an empty or absent salt is the unsalted chain; another salt is another chain
+  assert.equal(prefixHashes('qwen3-8b', null, 8, DESIGN_TOKENS, undefined, '').map(hashToHex), DESIGN_VECTOR);
+  assert.is.not(hashToHex(prefixHashes('qwen3-8b', null, 8, DESIGN_TOKENS, undefined, 'tenant-43')[0]!), SALTED_VECTOR[0]);
+  assert.is(rootHash('qwen3-8b', null, 8, 'tenant-42'), xxh64Ref(new TextEncoder().encode('qwen3-8b||8|salt:tenant-42'), 0x6b766761n));
 });
 
 test('production hashing equals the reference on random prompts, block sizes and loras', () => {
@@ -97,6 +109,8 @@ test('hex round trip and validation', () => {
 test('`kvgate hash` CLI prints the golden vector', () => {
   const out = execFileSync(process.execPath, ['bin/kvgate.js', 'hash', '--model', 'qwen3-8b', '--block-size', '8', '--tokens', DESIGN_TOKENS.join(',')], { encoding: 'utf8' });
   assert.equal(out.trim().split('\n'), DESIGN_VECTOR);
+  const salted = execFileSync(process.execPath, ['bin/kvgate.js', 'hash', '--model', 'qwen3-8b', '--block-size', '8', '--salt', 'tenant-42', '--tokens', DESIGN_TOKENS.join(',')], { encoding: 'utf8' });
+  assert.equal(salted.trim().split('\n'), SALTED_VECTOR);
 });
 
 test('`kvgate hash` rejects bad tokens with a clear message', () => {

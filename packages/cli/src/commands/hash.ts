@@ -3,10 +3,11 @@ import { parseFlags, intFlag } from '../flags.js';
 
 export const summary = 'print kvgate prefix hashes of a token list (debug "overlap is always zero")';
 
-const USAGE = 'kvgate hash --model M [--lora L] --block-size B --tokens 1,2,3,...';
+const USAGE = 'kvgate hash --model M [--lora L] [--salt S] --block-size B --tokens 1,2,3,...';
 const SPEC = {
   model: { type: 'string', help: 'model name as the engine reports it' },
   lora: { type: 'string', help: 'LoRA adapter name (empty: base model)' },
+  salt: { type: 'string', help: "the request's cache_salt (empty: unsalted)" },
   'block-size': { type: 'string', help: 'engine KV block size in tokens', default: '16' },
   tokens: { type: 'string', help: 'comma-separated token ids' },
   json: { type: 'boolean', help: 'print a JSON array instead of one hash per line' },
@@ -33,7 +34,7 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   }
   await initHashing();
-  const hashes = prefixHashes(flags.model, flags.lora ?? '', blockSize, tokens).map(hashToHex);
+  const hashes = prefixHashes(flags.model, flags.lora ?? '', blockSize, tokens, undefined, flags.salt || null).map(hashToHex);
   console.log(flags.json ? JSON.stringify(hashes) : hashes.join('\n'));
   return 0;
 }

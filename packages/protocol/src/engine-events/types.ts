@@ -13,6 +13,14 @@
  */
 export type EngineHash = bigint | string;
 
+/**
+ * One entry of vLLM's per-block `extra_keys` (kv_cache_utils.generate_block_hash_extra_keys): the LoRA name,
+ * multimodal keys (`[identifier, offset]` pairs, older versions a hash string), the request's `cache_salt`
+ * (first block of a prompt only) and prompt-embedding digests (bytes), in that order. Decoded as msgpack
+ * gives them: strings, numbers, nested arrays, Uint8Array.
+ */
+export type ExtraKey = string | number | bigint | boolean | Uint8Array | ExtraKey[] | null;
+
 export interface BlockStored {
   type: 'BlockStored';
   /** hashes of the newly stored full blocks, in prefix order */
@@ -29,13 +37,27 @@ export interface BlockStored {
   blockSize: number;
   /** true when there is exactly one hash per token block: only then may hash i be paired with block i */
   aligned: boolean;
+  /**
+   * A hash-only placeholder: no tokens (`token_ids` empty, `block_size` 0), as vLLM's offloading connector
+   * sends for blocks it copied to another tier. Only the engine hashes name the blocks; `tokenIds` is empty,
+   * `blockSize` is 0 and `aligned` false.
+   */
+  hashOnly: boolean;
   /** vLLM's (deprecated) numeric LoRA id; null = base model */
   loraId: number | null;
   /** storage tier, e.g. "GPU" / "CPU"; absent on old engines */
   medium?: string;
   loraName?: string;
+  /** vLLM: per block, the extra keys mixed into that block's engine hash (null entry = none); see ExtraKey */
+  extraKeys?: (ExtraKey[] | null)[];
+  /** SGLang ≥ 0.5.18 `BlockStoredWithMetadata`: the request's `cache_salt` */
+  cacheSalt?: string;
   /** vLLM KV-cache group (hybrid models); absent = the only group */
   groupIdx?: number;
+  /** vLLM: the group's cache spec kind, e.g. "full_attention", "sliding_window", "mamba"; absent on older engines */
+  kvCacheSpecKind?: string;
+  /** vLLM: sliding window of that group, in tokens */
+  kvCacheSpecSlidingWindow?: number;
 }
 
 export interface BlockRemoved {
@@ -61,6 +83,11 @@ export interface EngineBatch {
   events: EngineEvent[];
   /** events with a tag this decoder does not know (new engine versions); they are dropped */
   skipped: number;
+  /**
+   * Events that have a known tag but could not be understood: each is dropped alone (the rest of the batch
+   * still applies). `reason` is a short stable label for metrics; `message` says what was wrong.
+   */
+  invalid: { index: number; reason: string; message: string }[];
 }
 
 /** One ZMQ PUB message `[topic, seq, payload]`. */
