@@ -7,7 +7,7 @@
  * Records carry their stream sequence and time. Two kinds: KV event batches (as published by shims) and routing
  * decisions (as published by routers). Unknown record kinds from a newer writer are skipped by readers.
  */
-import { decode, encode, decodeEventBatch, unpackHashes, type EventBatch } from './schemas.js';
+import { decode, encode, decodeEventBatch, unpackHashes, type EventBatch, type TierOverlap } from './schemas.js';
 import { DecodeError } from './errors.js';
 
 export const KVLOG_MAGIC = 'KVGLOG';
@@ -32,6 +32,10 @@ export interface RouteDecision {
   /** prefix hashes of the prompt's full blocks (so inspect can replay the match) */
   hashes: bigint[];
   overlaps: Record<string, number>;
+  /** per-tier overlaps (cumulative gpu ≤ cpu ≤ disk) of the workers that reach past their GPU prefix; absent = none */
+  tiers?: Record<string, TierOverlap>;
+  /** true when the request carried a `cache_salt` (its hashes are salted; the salt itself is not recorded) */
+  salted?: boolean;
   scores: Record<string, number>;
   chosen: string;
   prefill?: string;

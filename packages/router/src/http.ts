@@ -23,6 +23,11 @@ export interface ApiRequest {
   messages?: ChatMessage[];
   tools?: unknown[];
   templateKwargs?: Record<string, unknown>;
+  /**
+   * `cache_salt` (vLLM and SGLang, top level of both request kinds): the engine seeds the prompt's block hashes
+   * with it, so the router hashes under the salted root too (DESIGN.md §2). Forwarded unchanged in `raw`.
+   */
+  cacheSalt?: string;
   raw: Buffer;
   body: Record<string, unknown>;
 }
@@ -43,6 +48,19 @@ function optPositiveInt(body: Record<string, unknown>, key: string): number | un
   return v as number;
 }
 
+/**
+ * `cache_salt`: absent or null = unsalted; else a non-empty string (vLLM rejects an empty one, and an empty salt
+ * would hash as unsalted here while the engine salts with it). Completions also take SGLang's batch form, one salt
+ * per prompt: the router routes a batch by its first prompt, so it hashes with the first salt.
+ */
+function cacheSaltOf(body: Record<string, unknown>, kind: ApiKind): string | undefined {
+  const v = body.cache_salt;
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'string' && v.length > 0) return v;
+  if (kind === 'completion' && Array.isArray(v) && v.length > 0 && v.every((s) => typeof s === 'string' && s.length > 0)) return v[0] as string;
+  throw bad(kind === 'completion' ? 'cache_salt must be a non-empty string (or an array of them, one per prompt of a batch)' : 'cache_salt must be a non-empty string');
+}
+
 /** Validates a /v1/completions or /v1/chat/completions body (also /v1/route, which takes either). */
 export function validateApiRequest(kind: ApiKind | 'either', raw: Buffer): ApiRequest {
   const body = parseJsonObject(raw);
@@ -53,6 +71,8 @@ export function validateApiRequest(kind: ApiKind | 'either', raw: Buffer): ApiRe
   const maxTokens = optPositiveInt(body, 'max_completion_tokens') ?? optPositiveInt(body, 'max_tokens');
   const k: ApiKind = kind === 'either' ? (body.messages !== undefined ? 'chat' : 'completion') : kind;
   const out: ApiRequest = { kind: k, model, stream, maxTokens, raw, body };
+  const salt = cacheSaltOf(body, k);
+  if (salt !== undefined) out.cacheSalt = salt;
   if (k === 'completion') {
     let p = body.prompt;
     if (Array.isArray(p) && p.length > 0 && (typeof p[0] === 'string' || Array.isArray(p[0]))) p = p[0]; // a batch: route by its first prompt

@@ -1,5 +1,5 @@
 export { startRouter, type RouterOptions, type RouterHandle, type RouterStats } from './router.js';
-export { DEFAULT_WEIGHTS, score, pick, type ScoreWeights, type Candidate, type Scored } from './scorer.js';
+export { DEFAULT_WEIGHTS, DEFAULT_TIER_WEIGHTS, score, pick, parseTierWeights, resolveWeights, type ScoreWeights, type TierWeights, type WeightOptions, type Candidate, type Scored, type TierBlocks } from './scorer.js';
 export { POLICIES, isPolicy, Selector, type Policy, type Decision } from './select.js';
 export { Inflight, type InflightOptions, type Ticket } from './inflight.js';
 export { WorkerView, type Pool } from './workers.js';

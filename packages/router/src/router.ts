@@ -3,8 +3,9 @@
  * (registry watch, load reports, peer in-flight batches), index requests and upstream calls — around the pure
  * parts (workers.ts, select.ts, scorer.ts, inflight.ts).
  *
- * Request path: read + validate (http.ts) → pool by model → token ids (tokenize.ts) → prefix hashes → index
- * match (budget `indexTimeoutMs`, else load only) → select → credit in-flight load and predicted prefix →
+ * Request path: read + validate (http.ts) → pool by model → token ids (tokenize.ts) → prefix hashes (under the
+ * request's `cache_salt` when it has one) → index match with per-tier overlaps (budget `indexTimeoutMs`, else load
+ * only) → select → credit in-flight load and predicted prefix →
  * proxy (one retry on another worker when the upstream fails before its first byte) → relay chunk by chunk.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -32,6 +33,7 @@ import {
   type Subscription,
   type KvWatcher,
   type MatchReply,
+  type TierOverlap,
   decisionStreamConfig,
   type RouteDecisionWire,
 } from '@kvgate/protocol';
@@ -42,7 +44,7 @@ import { Inflight, type Ticket } from './inflight.js';
 import { RouterMetrics } from './metrics.js';
 import { createAgent, openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
 import { isPolicy, Selector, type Decision, type Policy } from './select.js';
-import { DEFAULT_WEIGHTS, type ScoreWeights } from './scorer.js';
+import { resolveWeights, type ScoreWeights, type WeightOptions } from './scorer.js';
 import { PromptTokenizer } from './tokenize.js';
 import { WorkerView, type Pool } from './workers.js';
 
@@ -59,8 +61,8 @@ export interface RouterOptions {
   id?: string;
   /** routing policy; default 'kv' */
   policy?: Policy;
-  /** score weights and busy thresholds (scorer.ts); defaults DEFAULT_WEIGHTS */
-  weights?: Partial<ScoreWeights>;
+  /** score weights, tier weights and busy thresholds (scorer.ts); defaults DEFAULT_WEIGHTS */
+  weights?: WeightOptions;
   /** how long to wait for the index before routing by load alone; default 5 ms */
   indexTimeoutMs?: number;
   /**
@@ -121,6 +123,9 @@ interface Routed {
   tokens: number[] | null;
   indexAnswered: boolean;
   overlaps: Record<string, number> | null;
+  /** the index's per-tier overlaps, when its reply carried them */
+  tiers: Record<string, TierOverlap> | null;
+  salted: boolean;
 }
 
 export async function startRouter(bus: Bus, options: RouterOptions = {}): Promise<RouterHandle> {
@@ -130,7 +135,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const subj: Subjects = subjects(options.namespace ?? 'default');
   const policy = options.policy ?? 'kv';
   if (!isPolicy(policy)) throw new KvgateError('KVG_CONFIG', `unknown policy ${JSON.stringify(policy)}`);
-  const weights: ScoreWeights = { ...DEFAULT_WEIGHTS, ...(options.weights ?? {}) };
+  const weights: ScoreWeights = resolveWeights(options.weights);
   const indexTimeoutMs = options.indexTimeoutMs ?? 5;
   const bodyLimit = options.bodyLimitBytes ?? 32 * 1024 * 1024;
   const defaultMaxTokens = options.defaultMaxTokens ?? 256;
@@ -219,20 +224,20 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     for (const w of [...waiters]) w();
   }
 
-  async function matchIndex(pool: Pool, hashes: BigUint64Array): Promise<Record<string, number> | null> {
+  async function matchIndex(pool: Pool, hashes: BigUint64Array): Promise<MatchReply | null> {
     try {
       if (options.index) {
         let timer: NodeJS.Timeout | undefined;
         const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('index timeout')), indexTimeoutMs)));
         try {
-          return (await Promise.race([options.index.match(pool.model, pool.lora, hashes), late])).overlaps;
+          return await Promise.race([options.index.match(pool.model, pool.lora, hashes), late]);
         } finally {
           clearTimeout(timer);
         }
       }
       // the hashes as one packed buffer: msgpack of 128 BigInts costs more on both ends (DESIGN.md §4 allows Buffer)
       const reply = await bus.request(subj.indexMatch, encode({ model: pool.model, lora: pool.lora, hashes: packHashes(hashes) }), { timeoutMs: indexTimeoutMs });
-      return decodeMatchReply(reply.data).overlaps;
+      return decodeMatchReply(reply.data);
     } catch {
       stats.indexFallbacks++;
       metrics.indexFallbacks.inc();
@@ -272,21 +277,25 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   async function route(req: ApiRequest, exclude?: Set<string>, prior?: Routed): Promise<Routed> {
     const pool = prior?.pool ?? poolFor(req.model);
     const tokens = prior ? prior.tokens : await tokensOf(req, pool);
-    // as a BigUint64Array: no BigInt per block, and it packs for the index query by swapping bytes
-    const hashes = prior ? prior.hashes : tokens && pool.blockSize > 0 ? prefixHashesU64(pool.model, pool.lora, pool.blockSize, tokens) : NO_HASHES;
+    // as a BigUint64Array: no BigInt per block, and it packs for the index query by swapping bytes. A salted
+    // request's chain starts at the salted root, as the engine's does: its blocks match only the same salt.
+    const hashes = prior ? prior.hashes : tokens && pool.blockSize > 0 ? prefixHashesU64(pool.model, pool.lora, pool.blockSize, tokens, undefined, req.cacheSalt) : NO_HASHES;
     let overlaps = prior?.overlaps ?? null;
+    let tiers = prior?.tiers ?? null;
     let indexAnswered = prior?.indexAnswered ?? false;
     if (!prior && selector.policy === 'kv' && hashes.length > 0) {
-      overlaps = await matchIndex(pool, hashes);
-      indexAnswered = overlaps !== null;
+      const reply = await matchIndex(pool, hashes);
+      overlaps = reply?.overlaps ?? null;
+      tiers = reply?.tiers ?? null;
+      indexAnswered = reply !== null;
     }
-    const decision = selector.select({ pool, hashes, indexOverlaps: overlaps, ...(exclude ? { exclude } : {}) });
+    const decision = selector.select({ pool, hashes, indexOverlaps: overlaps, indexTiers: tiers, ...(exclude ? { exclude } : {}) });
     if (!decision) {
       stats.noWorker++;
       metrics.noWorker.inc();
       throw new KvgateError('KVG_NO_WORKER', `no live worker left for model \`${req.model}\``);
     }
-    return { decision, pool, hashes, tokens, indexAnswered, overlaps };
+    return { decision, pool, hashes, tokens, indexAnswered, overlaps, tiers, salted: req.cacheSalt !== undefined };
   }
 
   /**
@@ -318,9 +327,12 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     const { decision } = r;
     const overlaps: Record<string, number> = {};
     const scores: Record<string, number> = {};
+    let tiers: Record<string, TierOverlap> | undefined;
     for (const sc of decision.scored) {
       overlaps[sc.worker] = sc.overlap;
       scores[sc.worker] = sc.cost;
+      // only workers reaching past their GPU prefix: a GPU-only record stays the size it was
+      if (sc.tiers.disk > sc.tiers.gpu) (tiers ??= {})[sc.worker] = { ...sc.tiers };
     }
     return {
       router: id,
@@ -330,6 +342,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       promptTokens: r.tokens?.length ?? 0,
       hashes: packHashes(r.hashes),
       overlaps,
+      ...(tiers ? { tiers } : {}),
+      ...(r.salted ? { salted: true } : {}),
       scores,
       chosen: decision.prefillWorker.worker,
       ...(decision.prefill ? { prefill: decision.prefill.worker } : {}),
@@ -353,7 +367,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     const { decision, pool } = r;
     const B = pool.blockSize || 16;
     const promptTokens = r.tokens?.length ?? Math.ceil(req.raw.length / 4);
-    const prefillTokens = Math.max(0, promptTokens - decision.overlap * B);
+    // blocks on a lower tier still cost their reload: credited at their tier weight, as the scorer counts them
+    const prefillTokens = Math.max(0, Math.round(promptTokens - decision.cached * B));
     const decodeBlocks = Math.ceil((promptTokens + (req.maxTokens ?? defaultMaxTokens)) / B);
     if (selector.policy === 'kv' && r.hashes.length > 0) inflight.predict(decision.prefillWorker.worker, r.hashes);
     (decision.prefill ? decisionsPd : decisionsSingle).inc();
@@ -474,9 +489,24 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       promptTokens: r.tokens?.length ?? null,
       promptBlocks: decision.promptBlocks,
       overlap: decision.overlap,
+      cached: decision.cached,
+      ...(r.salted ? { salted: true } : {}),
       indexAnswered: r.indexAnswered,
       policy: selector.policy,
-      candidates: decision.scored.map((s) => ({ worker: s.worker, overlap: s.overlap, indexOverlap: r.overlaps?.[s.worker] ?? 0, score: s.cost, busy: s.busy, load: load(s.worker) })),
+      tierWeights: selector.weights.tierWeights,
+      // per worker, the cumulative per-tier overlap the score used (gpu ≤ cpu ≤ disk; gpu only: all three equal)
+      tiers: Object.fromEntries(decision.scored.map((s) => [s.worker, s.tiers])),
+      candidates: decision.scored.map((s) => ({
+        worker: s.worker,
+        overlap: s.overlap,
+        indexOverlap: r.overlaps?.[s.worker] ?? 0,
+        tiers: s.tiers,
+        ...(r.tiers?.[s.worker] ? { indexTiers: r.tiers[s.worker] } : {}),
+        cached: s.cached,
+        score: s.cost,
+        busy: s.busy,
+        load: load(s.worker),
+      })),
     });
   }
 

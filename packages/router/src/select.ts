@@ -9,10 +9,14 @@
  *   random        a uniformly random live worker.
  * Busy workers are excluded by every policy unless all are busy.
  *
+ * Overlap: a worker's GPU overlap is the larger of the index's and the router's own prediction (inflight.ts: the
+ * prompts it just sent there, which the engine holds on GPU once prefilled). The index's lower tiers (CPU, disk)
+ * extend that prefix; the scorer weighs them (scorer.ts).
+ *
  * P/D: when the pool has prefill and decode workers, the prefill worker is picked by the policy (overlap matters
  * there) and the decode worker by load alone (`least-loaded` over decode workers).
  */
-import type { WorkerRegistration } from '@kvgate/protocol';
+import type { TierOverlap, WorkerRegistration } from '@kvgate/protocol';
 import type { Inflight } from './inflight.js';
 import { pick, score, type Candidate, type ScoreWeights, type Scored } from './scorer.js';
 import type { Pool, WorkerView } from './workers.js';
@@ -30,6 +34,8 @@ export interface SelectInput {
   hashes: ArrayLike<bigint>;
   /** the index's answer, or null when it did not answer in time */
   indexOverlaps: Readonly<Record<string, number>> | null;
+  /** the index's per-tier overlaps (cumulative gpu ≤ cpu ≤ disk); workers absent hold GPU blocks only */
+  indexTiers?: Readonly<Record<string, TierOverlap>> | null;
   /** workers to skip (a retry after an upstream failure) */
   exclude?: ReadonlySet<string>;
 }
@@ -42,6 +48,8 @@ export interface Decision {
   /** the worker doing prefill (prefill in P/D, else `worker`) and its overlap */
   prefillWorker: WorkerRegistration;
   overlap: number;
+  /** the prefill worker's tier-weighted cached blocks (scorer.ts `cached`; = overlap without lower tiers) */
+  cached: number;
   promptBlocks: number;
   /** every candidate's score, for /v1/route and logs */
   scored: Scored[];
@@ -72,8 +80,8 @@ export class Selector {
     if (pool.prefill.length > 0 && pool.decode.length > 0) {
       const pre = [...pool.prefill, ...pool.both].filter(keep);
       const dec = [...pool.decode, ...pool.both].filter(keep);
-      const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
-      const d = this.#choose(dec, pool, promptBlocks, null, new Map(), this.policy === 'kv' ? 'least-loaded' : this.policy, `${pool.model}|${pool.lora}|d`);
+      const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
+      const d = this.#choose(dec, pool, promptBlocks, null, null, new Map(), this.policy === 'kv' ? 'least-loaded' : this.policy, `${pool.model}|${pool.lora}|d`);
       if (!p || !d) return undefined;
       const same = p.reg.worker === d.reg.worker;
       return {
@@ -81,14 +89,15 @@ export class Selector {
         ...(same ? {} : { prefill: p.reg }),
         prefillWorker: p.reg,
         overlap: p.pick.overlap,
+        cached: p.pick.cached,
         promptBlocks,
         scored: p.scored,
       };
     }
     const all = (pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep);
-    const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, predicted, this.policy, `${pool.model}|${pool.lora}`);
+    const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}`);
     if (!c) return undefined;
-    return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, promptBlocks, scored: c.scored };
+    return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, cached: c.pick.cached, promptBlocks, scored: c.scored };
   }
 
   #choose(
@@ -96,6 +105,7 @@ export class Selector {
     pool: Pool,
     promptBlocks: number,
     index: Readonly<Record<string, number>> | null,
+    tiers: Readonly<Record<string, TierOverlap>> | null,
     predicted: Map<string, number>,
     policy: Policy,
     rrKey: string,
@@ -105,10 +115,12 @@ export class Selector {
     const candidates: Candidate[] = regs.map((r) => {
       const load = this.#view.lastLoad(r.worker);
       const inflight = this.#inflight.total(r.worker);
-      const overlap = useOverlap ? Math.max(index?.[r.worker] ?? 0, predicted.get(r.worker) ?? 0) : 0;
+      const overlap = useOverlap ? Math.max(index?.[r.worker] ?? 0, tiers?.[r.worker]?.gpu ?? 0, predicted.get(r.worker) ?? 0) : 0;
+      const t = useOverlap ? tiers?.[r.worker] : undefined;
       return {
         worker: r.worker,
         overlap,
+        ...(t ? { cpuOverlap: t.cpu, diskOverlap: t.disk } : {}),
         inflightPrefillTokens: inflight.prefillTokens,
         inflightDecodeBlocks: inflight.decodeBlocks,
         waiting: load?.waiting ?? 0,

@@ -2,7 +2,7 @@
 import { createBus } from '@kvgate/protocol/bus/index';
 import { initTracing, logger } from '@kvgate/protocol';
 import { loadTokenizer } from '@kvgate/protocol/tokenizer';
-import { DEFAULT_WEIGHTS, isPolicy, startRouter } from '@kvgate/router';
+import { DEFAULT_TIER_WEIGHTS, DEFAULT_WEIGHTS, isPolicy, parseTierWeights, startRouter, type TierWeights } from '@kvgate/router';
 import { intFlag, parseFlags } from '../flags.js';
 
 export const summary = 'OpenAI-compatible router: cache- and load-aware, horizontally scaled (run N replicas)';
@@ -11,7 +11,9 @@ const USAGE = `kvgate router [--port 8080] [--nats URL] [--tokenizer path/to/tok
 
 Score per live worker of the request's pool (lower wins; see packages/router/README.md):
   uncached-weight · (prompt blocks − cached blocks) + prefill-weight · queued prefill blocks + decode-weight · active blocks
-  + queue-weight · waiting requests; workers over a busy threshold are skipped unless all are busy.`;
+  + queue-weight · waiting requests; workers over a busy threshold are skipped unless all are busy.
+Cached blocks are weighed by the tier holding them (--tier-weights): gpu·w_gpu + (cpu − gpu)·w_cpu + (disk − cpu)·w_disk,
+where gpu ≤ cpu ≤ disk are the prompt's prefix reachable on GPU, then through host memory, then through disk.`;
 
 const SPEC = {
   port: { type: 'string', default: '8080', help: 'HTTP port' },
@@ -28,6 +30,11 @@ const SPEC = {
   'busy-kv': { type: 'string', default: String(DEFAULT_WEIGHTS.busyKvUsage), help: 'skip workers at or above this KV usage (0..1)' },
   'busy-waiting': { type: 'string', default: String(DEFAULT_WEIGHTS.busyWaiting), help: 'skip workers with this many waiting requests' },
   temperature: { type: 'string', default: '0', help: 'softmax temperature over scores (0 = always the best)' },
+  'tier-weights': {
+    type: 'string',
+    default: `gpu=${DEFAULT_TIER_WEIGHTS.gpu},cpu=${DEFAULT_TIER_WEIGHTS.cpu},disk=${DEFAULT_TIER_WEIGHTS.disk}`,
+    help: 'worth of a cached block per tier, each in [0, 1] (a CPU or disk block must be reloaded first)',
+  },
   'index-timeout-ms': { type: 'string', default: '5', help: 'index answer budget before routing by load alone' },
   'body-limit': { type: 'string', default: String(32 * 1024 * 1024), help: 'request body limit, bytes' },
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
@@ -40,6 +47,13 @@ export async function run(argv: string[]): Promise<number> {
   const policy = f.policy ?? 'kv';
   if (!isPolicy(policy)) {
     console.error(`kvgate router: unknown policy ${JSON.stringify(policy)}`);
+    return 2;
+  }
+  let tierWeights: TierWeights;
+  try {
+    tierWeights = parseTierWeights(f['tier-weights'] ?? '');
+  } catch (e) {
+    console.error(`kvgate router: --tier-weights (or KVGATE_TIER_WEIGHTS): ${(e as Error).message}`);
     return 2;
   }
   await initTracing('kvgate-router');
@@ -63,6 +77,7 @@ export async function run(argv: string[]): Promise<number> {
       busyKvUsage: intFlag(f['busy-kv'], 'busy-kv', DEFAULT_WEIGHTS.busyKvUsage),
       busyWaiting: intFlag(f['busy-waiting'], 'busy-waiting', DEFAULT_WEIGHTS.busyWaiting),
       temperature: intFlag(f.temperature, 'temperature', 0),
+      tierWeights,
     },
   });
   const log = logger('cli');
