@@ -5,7 +5,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request } from 'undici';
-import { initHashing, prefixHashes, subjects, decisionStreamConfig, decode, toRouteDecision, type Bus, type RouteDecision } from '@kvgate/protocol';
+import { initHashing, prefixHashes, subjects, decisionStreamConfig, decode, encode, toRouteDecision, type Bus, type EventBatch, type MatchReply, type RouteDecision } from '@kvgate/protocol';
+import { startIndexer } from '@kvgate/indexer';
 import { startRouter, type RouterHandle, type RouterOptions } from '../src/router.js';
 import { fakeIndex, MEMORY, NATS, publishLoad, register, registration, stopNats, StubEngine, tokens, until, type BusKind, deregister } from './helpers.js';
 
@@ -51,6 +52,29 @@ async function post(url: string, body: unknown, headers: Record<string, string> 
     json = undefined;
   }
   return { status: res.statusCode, headers: res.headers, text, json };
+}
+
+/** The decision `requestId` was recorded under (polls the decision stream; the router records off the request path). */
+async function findDecision(c: Ctx, requestId: string): Promise<RouteDecision | undefined> {
+  const s = subjects(c.ns);
+  const stream = await c.bus.stream(s.decisionStream, decisionStreamConfig(s));
+  for (let i = 0; i < 100; i++) {
+    for await (const m of stream.read()) {
+      const d = toRouteDecision(decode(m.data));
+      if (d.requestId === requestId) return d;
+    }
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  return undefined;
+}
+
+/** Polls until `cond` holds (async conditions: index replies, HTTP answers). */
+async function eventually(cond: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await cond()) return;
+    await new Promise((res) => setTimeout(res, 10));
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }
 
 function build(kind: BusKind) {
@@ -109,6 +133,106 @@ function build(kind: BusKind) {
       assert.equal(found!.overlaps, { w0: 2, w1: 6, w2: 0 });
       assert.equal(found!.hashes, hs);
       assert.is(found!.policy, 'kv');
+    } finally {
+      idx.unsubscribe();
+      await teardown(c);
+    }
+  });
+
+  t('cache_salt: a salted prompt\'s blocks in the real indexer match the same salt only; the salt reaches the engine', async () => {
+    const c = await setup(kind, 3);
+    const ix = await startIndexer(c.bus, { namespace: c.ns, id: 'ix0', registryTtlMs: 0, gossipIntervalMs: 60_000 });
+    try {
+      await ix.whenReady();
+      const prompt = tokens(40, 7000); // 10 blocks of 4
+      const salted = prefixHashes('stub-model', null, 4, prompt, undefined, 'tenant-a');
+      const plain = prefixHashes('stub-model', null, 4, prompt);
+      // no shim: kvgate event batches straight onto the bus, as a shim would publish them
+      const s = subjects(c.ns);
+      const batch = (worker: string, hashes: bigint[]): EventBatch => ({ worker, seq: 1, ts: Date.now(), events: [{ t: 'stored', parent: null, hashes }] });
+      c.bus.publish(s.events('w1'), encode(batch('w1', salted)));
+      c.bus.publish(s.events('w2'), encode(batch('w2', plain.slice(0, 6))));
+      await eventually(async () => (await ix.client.match('stub-model', null, salted)).overlaps.w1 === 10 && (await ix.client.match('stub-model', null, plain)).overlaps.w2 === 6, 'the indexer to apply both batches');
+      const url = c.routers[0]!.url;
+      const route = async (salt?: unknown) => {
+        const r = await post(`${url}/v1/route`, { model: 'stub-model', prompt, ...(salt !== undefined ? { cache_salt: salt } : {}) });
+        assert.is(r.status, 200, r.text);
+        return { worker: r.json.worker as string, salted: r.json.salted === true, index: Object.fromEntries(r.json.candidates.map((x: any) => [x.worker, x.indexOverlap])), overlap: Object.fromEntries(r.json.candidates.map((x: any) => [x.worker, x.overlap])) };
+      };
+      const a = await route('tenant-a');
+      assert.equal(a.index, { w0: 0, w1: 10, w2: 0 }, 'the salted prompt sees only the salted blocks');
+      assert.is(a.worker, 'w1');
+      assert.ok(a.salted);
+      const u = await route();
+      assert.equal(u.index, { w0: 0, w1: 0, w2: 6 }, 'the unsalted prompt is shown no hit on the salted blocks');
+      assert.is(u.worker, 'w2');
+      assert.not.ok(u.salted);
+      assert.equal((await route('tenant-b')).index, { w0: 0, w1: 0, w2: 0 }, 'another salt matches neither');
+      assert.equal((await route(null)).index, u.index, 'null is unsalted');
+      // proxied: the salted request goes to the salted holder with its body (salt included) unchanged
+      const body = { model: 'stub-model', prompt, cache_salt: 'tenant-a', max_tokens: 2 };
+      const r = await post(`${url}/v1/completions`, body, { 'x-request-id': 'salted-1' });
+      assert.is(r.status, 200);
+      assert.is(r.headers['x-kvgate-worker'], 'w1');
+      assert.equal(c.engines[1]!.seen[0]!.body, body);
+      // the router's own prediction for w1 (it just sent the salted prompt there) is salted too
+      assert.equal((await route()).overlap, { w0: 0, w1: 0, w2: 6 });
+      assert.is((await route('tenant-a')).overlap.w1, 10);
+      const d = await findDecision(c, 'salted-1');
+      assert.ok(d, 'decision recorded');
+      assert.ok(d!.salted);
+      assert.equal(d!.hashes, salted);
+      assert.not.match(JSON.stringify(d, (_k, v) => (typeof v === 'bigint' ? String(v) : v)), /tenant-a/, 'the salt itself is not recorded');
+      // a bad salt is the client's error, on every endpoint, and reaches no engine
+      const seen = c.engines.reduce((n, e) => n + e.seen.length, 0);
+      for (const [path, bad] of [['/v1/completions', 42], ['/v1/route', { s: 1 }], ['/v1/completions', '']] as const) {
+        const b = await post(`${url}${path}`, { model: 'stub-model', prompt, cache_salt: bad });
+        assert.is(b.status, 400, `${path} ${JSON.stringify(bad)}`);
+        assert.is(b.json.error.code, 'KVG_BAD_REQUEST');
+        assert.match(b.json.error.message, /cache_salt/);
+      }
+      const chat = await post(`${url}/v1/chat/completions`, { model: 'stub-model', messages: [{ role: 'user', content: 'hi' }], cache_salt: 7 });
+      assert.is(chat.status, 400);
+      assert.is(chat.json.error.code, 'KVG_BAD_REQUEST');
+      assert.is(c.engines.reduce((n, e) => n + e.seen.length, 0), seen);
+    } finally {
+      await ix.close();
+      await teardown(c);
+    }
+  });
+
+  t('tiers: per-tier overlaps in the index reply are weighed, shown by /v1/route and recorded', async () => {
+    const c = await setup(kind, 3);
+    const s = subjects(c.ns);
+    // stands in for the indexer: w1 holds the whole prompt in host memory, w2 two blocks on GPU and more on disk
+    const reply: MatchReply = { overlaps: { w2: 2 }, tiers: { w1: { gpu: 0, cpu: 10, disk: 10 }, w2: { gpu: 2, cpu: 2, disk: 6 } }, indexerSeq: 1 };
+    const idx = c.bus.subscribe(s.indexMatch, { queue: s.indexQueue, callback: (m) => m.respond(encode(reply)) });
+    const noLower = await startRouter(c.bus, { port: 0, namespace: c.ns, id: 'r-gpu-only', indexTimeoutMs: 200, registryTtlMs: 0, weights: { tierWeights: { cpu: 0, disk: 0 } } });
+    c.routers.push(noLower);
+    await noLower.waitForWorkers(3);
+    try {
+      const prompt = tokens(40, 3000);
+      const r = await post(`${c.routers[0]!.url}/v1/route`, { model: 'stub-model', prompt });
+      assert.is(r.status, 200);
+      assert.is(r.json.worker, 'w1', 'ten CPU blocks (worth 8) beat two GPU + four disk blocks (worth 3)');
+      assert.equal(r.json.tiers, { w0: { gpu: 0, cpu: 0, disk: 0 }, w1: { gpu: 0, cpu: 10, disk: 10 }, w2: { gpu: 2, cpu: 2, disk: 6 } });
+      assert.equal(r.json.tierWeights, { gpu: 1, cpu: 0.8, disk: 0.25 });
+      const byWorker = Object.fromEntries(r.json.candidates.map((x: any) => [x.worker, x]));
+      assert.is(byWorker.w1.overlap, 0);
+      assert.is(byWorker.w1.cached, 8);
+      assert.is(byWorker.w2.cached, 3);
+      assert.equal(byWorker.w2.indexTiers, { gpu: 2, cpu: 2, disk: 6 });
+      assert.is(byWorker.w0.indexTiers, undefined);
+      assert.ok(byWorker.w1.score < byWorker.w0.score && byWorker.w1.score < byWorker.w2.score);
+      const g = await post(`${noLower.url}/v1/route`, { model: 'stub-model', prompt });
+      assert.is(g.json.worker, 'w2', 'with lower tiers worth nothing only the GPU prefix counts');
+      const p = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt, max_tokens: 2 }, { 'x-request-id': 'tiered-1' });
+      assert.is(p.headers['x-kvgate-worker'], 'w1');
+      const d = await findDecision(c, 'tiered-1');
+      assert.ok(d, 'decision recorded');
+      assert.equal(d!.tiers, { w1: { gpu: 0, cpu: 10, disk: 10 }, w2: { gpu: 2, cpu: 2, disk: 6 } }, 'only workers reaching past their GPU prefix');
+      assert.equal(d!.overlaps, { w0: 0, w1: 0, w2: 2 });
+      assert.is(d!.salted, undefined);
     } finally {
       idx.unsubscribe();
       await teardown(c);

@@ -78,6 +78,33 @@ test('predicted prefixes make a burst of identical prompts stick before the inde
   assert.is(second.overlap, 50);
 });
 
+test('index tiers: a CPU-held prefix counts at its tier weight; least-loaded ignores tiers too', () => {
+  const { view, inflight } = setup(3);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  inflight.start('w1', 0, 50); // the CPU holder is not the idlest
+  const d = s.select({ pool: view.pool('m')!, hashes: hashes(40), indexOverlaps: { w2: 4 }, indexTiers: { w1: { gpu: 0, cpu: 40, disk: 40 }, w2: { gpu: 4, cpu: 4, disk: 10 } } })!;
+  assert.is(d.worker.worker, 'w1');
+  assert.is(d.overlap, 0, 'overlap is the GPU prefix');
+  assert.is(d.cached, 32);
+  const byWorker = Object.fromEntries(d.scored.map((x) => [x.worker, x.tiers]));
+  assert.equal(byWorker, { w0: { gpu: 0, cpu: 0, disk: 0 }, w1: { gpu: 0, cpu: 40, disk: 40 }, w2: { gpu: 4, cpu: 4, disk: 10 } });
+  s.policy = 'least-loaded';
+  const l = s.select({ pool: view.pool('m')!, hashes: hashes(40), indexOverlaps: {}, indexTiers: { w1: { gpu: 0, cpu: 40, disk: 40 } } })!;
+  assert.is(l.cached, 0);
+  assert.not.equal(l.worker.worker, 'w1');
+});
+
+test('index tiers: a predicted GPU prefix beyond the index tiers wins over them', () => {
+  const { view, inflight } = setup(2);
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  const h = hashes(30);
+  inflight.predict('w0', h);
+  const d = s.select({ pool: view.pool('m')!, hashes: h, indexOverlaps: {}, indexTiers: { w0: { gpu: 0, cpu: 10, disk: 20 } } })!;
+  assert.is(d.worker.worker, 'w0');
+  assert.equal(d.scored.find((x) => x.worker === 'w0')!.tiers, { gpu: 30, cpu: 30, disk: 30 });
+  assert.is(d.cached, 30);
+});
+
 test('in-flight prefill spreads distinct prompts', () => {
   const { view, inflight } = setup(3);
   const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
