@@ -59,6 +59,28 @@ function throwsDecode(fn: () => unknown, re?: RegExp) {
   assert.unreachable('expected a DecodeError');
 }
 
+/** the batch decodes, but its only event is dropped as invalid (one bad event never costs its batch) */
+function rejectsEvent(payload: B, re: RegExp, reason?: string) {
+  const b = decodeEngineBatch(bytes(payload));
+  assert.is(b.events.length, 0, 'the bad event is not decoded');
+  assert.is(b.invalid.length, 1, `one invalid event for ${re}`);
+  assert.match(b.invalid[0]!.message, re);
+  assert.match(b.invalid[0]!.reason, /^[a-z_-]+$/);
+  if (reason) assert.is(b.invalid[0]!.reason, reason);
+}
+
+/** a frame-level DecodeError, or a batch whose events are all dropped as invalid */
+function rejected(payload: B) {
+  let b: EngineBatch;
+  try {
+    b = decodeEngineBatch(bytes(payload));
+  } catch (e) {
+    assert.instance(e, DecodeError, `expected DecodeError, got ${String(e)}`);
+    return;
+  }
+  assert.ok(b.invalid.length > 0 && b.events.length === 0, 'nothing of it decodes');
+}
+
 // ---- fixtures --------------------------------------------------------------------------------------
 const BIG1 = 0xfedcba9876543210n; // ≥ 2^63: must not lose a bit
 const BIG2 = (1n << 64n) - 2n;
@@ -86,8 +108,9 @@ test('array encoding (vLLM ≤ 0.23): every field, hashes ≥ 2^63 exact, dp_ran
     ts: 1732000000.25,
     dpRank: 3,
     skipped: 0,
+    invalid: [],
     events: [
-      { type: 'BlockStored', blockHashes: [BIG1, BIG2], parentBlockHash: null, tokenIds: TOKENS32, blockSize: 16, aligned: true, loraId: null, medium: 'GPU' },
+      { type: 'BlockStored', blockHashes: [BIG1, BIG2], parentBlockHash: null, tokenIds: TOKENS32, blockSize: 16, aligned: true, hashOnly: false, loraId: null, medium: 'GPU' },
       { type: 'BlockRemoved', blockHashes: [BIG1], medium: 'GPU' },
       { type: 'AllBlocksCleared' },
     ],
@@ -111,8 +134,8 @@ test('array encoding (older SGLang): 5-field BlockStored, no medium, no dp_rank,
   assert.is(b.dpRank, undefined);
   assert.not.ok('dpRank' in b);
   assert.equal(b.events, [
-    { type: 'BlockStored', blockHashes: [(1n << 64n) - 2n], parentBlockHash: BigInt.asUintN(64, -9_000_000_000_000_000_000n), tokenIds: [1, 2, 3, 4], blockSize: 4, aligned: true, loraId: 7 },
-    { type: 'BlockStored', blockHashes: [5n], parentBlockHash: 3_000_000_000n, tokenIds: [9, 9], blockSize: 2, aligned: true, loraId: null },
+    { type: 'BlockStored', blockHashes: [(1n << 64n) - 2n], parentBlockHash: BigInt.asUintN(64, -9_000_000_000_000_000_000n), tokenIds: [1, 2, 3, 4], blockSize: 4, aligned: true, hashOnly: false, loraId: 7 },
+    { type: 'BlockStored', blockHashes: [5n], parentBlockHash: 3_000_000_000n, tokenIds: [9, 9], blockSize: 2, aligned: true, hashOnly: false, loraId: null },
     { type: 'BlockRemoved', blockHashes: [(1n << 64n) - 2n, 5n] },
   ]);
 });
@@ -148,6 +171,7 @@ test('map encoding (newer vLLM): batch as map, events as maps, 32-byte digests, 
     ts: 99.75,
     dpRank: 0,
     skipped: 0,
+    invalid: [],
     events: [
       {
         type: 'BlockStored',
@@ -156,10 +180,13 @@ test('map encoding (newer vLLM): batch as map, events as maps, 32-byte digests, 
         tokenIds: Array.from({ length: 8 }, (_, i) => i * 1000),
         blockSize: 4,
         aligned: true,
+        hashOnly: false,
         loraId: 2,
         medium: 'GPU',
         loraName: 'sql-lora',
+        extraKeys: [null, ['salt', 1]],
         groupIdx: 1,
+        kvCacheSpecKind: 'full_attention',
       },
       { type: 'BlockRemoved', blockHashes: [hex(DIGEST_A)], groupIdx: 0 },
       { type: 'AllBlocksCleared' },
@@ -173,11 +200,11 @@ test('map encoding: trailing optional fields missing, no data_parallel_rank, bat
   const asMap = map(['ts', f64(1)], ['events', arr(map(['type', str('BlockStored')], ['block_hashes', arr(u64(BIG1))], ['token_ids', arr(uint(1), uint(2))], ['block_size', uint(2)]))]);
   const a = decodeEngineBatch(bytes(asMap));
   assert.not.ok('dpRank' in a);
-  assert.equal(a.events, [{ type: 'BlockStored', blockHashes: [BIG1], parentBlockHash: null, tokenIds: [1, 2], blockSize: 2, aligned: true, loraId: null }]);
+  assert.equal(a.events, [{ type: 'BlockStored', blockHashes: [BIG1], parentBlockHash: null, tokenIds: [1, 2], blockSize: 2, aligned: true, hashOnly: false, loraId: null }]);
   // msgspec can also emit the batch array_like with plain (map) events; dp_rank nil means absent
   const asArray = arr(f64(2), arr(map(['type', str('BlockRemoved')], ['block_hashes', arr(u64(BIG2))])), nil());
   const b = decodeEngineBatch(bytes(asArray));
-  assert.equal(b, { ts: 2, events: [{ type: 'BlockRemoved', blockHashes: [BIG2] }], skipped: 0 });
+  assert.equal(b, { ts: 2, events: [{ type: 'BlockRemoved', blockHashes: [BIG2] }], skipped: 0, invalid: [] });
 });
 
 test('unknown event tags are skipped and counted, in both encodings; known ones around them survive', () => {
@@ -223,29 +250,35 @@ test('SGLang EAGLE bigram token pairs reduce to the first token of each pair', (
   const pairs = arr(arr(uint(1), uint(2)), arr(uint(2), uint(3)), arr(uint(3), uint(4)), arr(uint(4), uint(5)));
   const ev = decodeEngineBatch(bytes(arr(f64(0), arr(arr(str('BlockStored'), arr(uint(1)), nil(), pairs, uint(4), nil()))))).events[0] as BlockStored;
   assert.equal(ev.tokenIds, [1, 2, 3, 4]);
-  throwsDecode(() => decodeEngineBatch(bytes(arr(f64(0), arr(arr(str('BlockStored'), arr(uint(1)), nil(), arr(arr(uint(1))), uint(1), nil()))))), /pair/);
+  rejectsEvent(arr(f64(0), arr(arr(str('BlockStored'), arr(uint(1)), nil(), arr(arr(uint(1))), uint(1), nil()))), /pair/, 'bad-token_ids');
 });
 
 test('block-shape validation: whole blocks only, never more hashes than blocks', () => {
-  const stored = (hashes: B, toks: number[], bs: B) => bytes(arr(f64(0), arr(arr(str('BlockStored'), hashes, nil(), arr(...toks.map(uint)), bs, nil()))));
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1)), [1, 2, 3], uint(2))), /whole number/);
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1), uint(2)), [1, 2], uint(2))), /2 block hashes but only 1/);
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1)), [1, 2], uint(0))), /block_size must be positive/);
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1)), [1, 2], f64(2.5))), /block_size/);
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1)), [1, 2], [0xff])), /block_size/);
-  throwsDecode(() => decodeEngineBatch(stored(arr(uint(1)), [1, 2], nil())), /block_size/);
+  const stored = (hashes: B, toks: number[], bs: B) => arr(f64(0), arr(arr(str('BlockStored'), hashes, nil(), arr(...toks.map(uint)), bs, nil())));
+  rejectsEvent(stored(arr(uint(1)), [1, 2, 3], uint(2)), /whole number/, 'token-count');
+  rejectsEvent(stored(arr(uint(1), uint(2)), [1, 2], uint(2)), /2 block hashes but only 1/, 'token-count');
+  rejectsEvent(stored(arr(uint(1)), [1, 2], uint(0)), /block_size must be positive/, 'bad-block_size');
+  rejectsEvent(stored(arr(uint(1)), [1, 2], f64(2.5)), /block_size/, 'bad-block_size');
+  rejectsEvent(stored(arr(uint(1)), [1, 2], [0xff]), /block_size/, 'bad-block_size');
+  rejectsEvent(stored(arr(uint(1)), [1, 2], nil()), /block_size/, 'bad-block_size');
 });
 
-test('wrong types anywhere → DecodeError naming the field', () => {
+test('batch-level wrong types → DecodeError naming the field', () => {
   const cases: [B, RegExp][] = [
     [arr(f64(0), str('nope')), /events must be an array/],
     [str('batch'), /array or a map/],
     [uint(5), /array or a map/],
     [arr(f64(0)), /needs \[ts, events\]/],
     [arr(str('yesterday'), arr()), /ts must be a number/],
-    [arr(f64(0), arr(), str('zero')), /data_parallel_rank/],
     [map(['events', arr()]), /ts must be a number/],
     [map(['ts', f64(0)]), /events must be an array/],
+    [arr(f64(0), arr(), str('zero')), /data_parallel_rank/],
+  ];
+  for (const [payload, re] of cases) throwsDecode(() => decodeEngineBatch(bytes(payload)), re);
+});
+
+test('event-level wrong types drop that event alone, with a message naming the field and a stable reason', () => {
+  const cases: [B, RegExp][] = [
     [arr(f64(0), arr(arr(uint(1), arr()))), /tag must be a string/],
     [arr(f64(0), arr(uint(3))), /event 0 must be an array or a map/],
     [arr(f64(0), arr(arr())), /tag must be a string/],
@@ -265,7 +298,95 @@ test('wrong types anywhere → DecodeError naming the field', () => {
     [arr(f64(0), arr(arr(str('BlockStored'), arr(uint(1)), nil(), arr(uint(1)), uint(1), nil(), nil(), uint(9)))), /lora_name/],
     [map(['ts', f64(0)], ['events', arr(map(['type', str('BlockStored')], ['block_hashes', arr()], ['token_ids', arr()]))]), /block_size/],
   ];
-  for (const [payload, re] of cases) throwsDecode(() => decodeEngineBatch(bytes(payload)), re);
+  for (const [payload, re] of cases) rejectsEvent(payload, re);
+});
+
+// ---- current upstream shapes (vllm/distributed/kv_events.py; sglang/srt/disaggregation/kv_events.py) ----
+
+/** vLLM's current BlockStored as an array_like struct: every field present, in declaration order */
+function vllmStoredArray(o: { hashes: B; parent: B; tokens: B; bs: B; medium: B; loraName?: B; extra?: B; group?: B; kind?: B; window?: B }): B {
+  return arr(str('BlockStored'), o.hashes, o.parent, o.tokens, o.bs, nil(), o.medium, o.loraName ?? nil(), o.extra ?? nil(), o.group ?? nil(), o.kind ?? nil(), o.window ?? nil());
+}
+
+test('vLLM offloading connector: hash-only CPU placeholders in the same batch as GPU events', () => {
+  // BlockStored(block_hashes=[…], parent_block_hash=None, token_ids=[], lora_id=None, block_size=0, medium="CPU", lora_name=None)
+  const payload = arr(
+    f64(5.5),
+    arr(
+      vllmStoredArray({ hashes: arr(u64(BIG1), u64(BIG2)), parent: nil(), tokens: arr(...[1, 2, 3, 4].map(uint)), bs: uint(2), medium: str('GPU'), group: uint(0), kind: str('full_attention') }),
+      vllmStoredArray({ hashes: arr(u64(BIG1), u64(BIG2)), parent: nil(), tokens: arr(), bs: uint(0), medium: str('CPU') }),
+      arr(str('BlockRemoved'), arr(u64(BIG1)), str('GPU'), uint(0)),
+      arr(str('BlockRemoved'), arr(u64(BIG2)), str('CPU'), nil()),
+      // older connector versions put the offloaded block size in block_size
+      vllmStoredArray({ hashes: arr(u64(BIG2)), parent: nil(), tokens: arr(), bs: uint(32), medium: str('CPU') }),
+    ),
+    uint(0),
+  );
+  const b = decodeEngineBatch(bytes(payload));
+  assert.equal(b.invalid, []);
+  assert.is(b.events.length, 5);
+  const gpu = b.events[0] as BlockStored, cpu = b.events[1] as BlockStored, old = b.events[4] as BlockStored;
+  assert.equal([gpu.hashOnly, gpu.aligned, gpu.medium, gpu.groupIdx, gpu.kvCacheSpecKind], [false, true, 'GPU', 0, 'full_attention']);
+  assert.equal([cpu.hashOnly, cpu.aligned, cpu.blockSize, cpu.tokenIds, cpu.medium, cpu.parentBlockHash], [true, false, 0, [], 'CPU', null]);
+  assert.equal(cpu.blockHashes, [BIG1, BIG2]);
+  assert.equal(b.events[3], { type: 'BlockRemoved', blockHashes: [BIG2], medium: 'CPU' });
+  assert.equal([old.hashOnly, old.blockSize], [true, 32]);
+  // the same placeholder as a map (newer vLLM: omit_defaults drops the None fields)
+  const asMap = map(['ts', f64(1)], ['events', arr(map(['type', str('BlockStored')], ['block_hashes', arr(bin(DIGEST_A))], ['parent_block_hash', nil()], ['token_ids', arr()], ['block_size', uint(0)], ['lora_id', nil()], ['medium', str('CPU')], ['lora_name', nil()]))]);
+  const m = decodeEngineBatch(bytes(asMap)).events[0] as BlockStored;
+  assert.equal([m.hashOnly, m.medium, m.blockHashes], [true, 'CPU', [hex(DIGEST_A)]]);
+});
+
+test('SGLang ≥ 0.5.18 BlockStoredWithMetadata: metadata map at position 7 carries cache_salt', () => {
+  // SGLang array_like: ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, metadata]
+  const salted = arr(str('BlockStored'), arr(i64(-5n)), nil(), arr(...[7, 8, 9, 10].map(uint)), uint(2), nil(), str('GPU'), map(['cache_salt', str('tenant-42')]));
+  const plain = arr(str('BlockStored'), arr(uint(3)), i64(-5n), arr(uint(1), uint(2)), uint(2), nil(), str('CPU_PINNED'));
+  const b = decodeEngineBatch(bytes(arr(f64(2), arr(salted, plain), uint(1))));
+  assert.equal(b.invalid, []);
+  assert.is(b.dpRank, 1);
+  const s0 = b.events[0] as BlockStored, s1 = b.events[1] as BlockStored;
+  assert.is(s0.cacheSalt, 'tenant-42');
+  assert.is(s0.loraName, undefined);
+  assert.is(s1.cacheSalt, undefined);
+  assert.is(s1.medium, 'CPU_PINNED');
+  assert.is(s1.parentBlockHash, BigInt.asUintN(64, -5n));
+  // a map event with a metadata key; a metadata map of the wrong shape drops that event only
+  const mapEv = map(['type', str('BlockStored')], ['block_hashes', arr(uint(4))], ['parent_block_hash', nil()], ['token_ids', arr(uint(1), uint(2))], ['block_size', uint(2)], ['lora_id', nil()], ['medium', str('GPU')], ['metadata', map(['cache_salt', str('s')])]);
+  assert.is((decodeEngineBatch(bytes(map(['ts', f64(0)], ['events', arr(mapEv)]))).events[0] as BlockStored).cacheSalt, 's');
+  rejectsEvent(arr(f64(0), arr(arr(str('BlockStored'), arr(uint(1)), nil(), arr(uint(1)), uint(1), nil(), str('GPU'), map(['cache_salt', uint(5)])))), /cache_salt/);
+});
+
+test('vLLM extra_keys: one entry per block (lora name, multimodal pairs, cache_salt, embedding digests)', () => {
+  const extra = arr(arr(str('sql-lora'), str('tenant-7')), arr(arr(str('mm-hash-1'), uint(3))), nil(), arr(bin([1, 2, 3])));
+  const ev = vllmStoredArray({ hashes: arr(uint(1), uint(2), uint(3), uint(4)), parent: nil(), tokens: arr(...Array.from({ length: 8 }, (_, i) => uint(i))), bs: uint(2), medium: str('GPU'), loraName: str('sql-lora'), extra });
+  const s = decodeEngineBatch(bytes(arr(f64(0), arr(ev)))).events[0] as BlockStored;
+  assert.is(s.loraName, 'sql-lora');
+  assert.equal(s.extraKeys!.slice(0, 3), [['sql-lora', 'tenant-7'], [['mm-hash-1', 3]], null]);
+  assert.equal([...(s.extraKeys![3]![0] as Uint8Array)], [1, 2, 3]);
+  // one entry per block hash, or the event is dropped
+  rejectsEvent(arr(f64(0), arr(vllmStoredArray({ hashes: arr(uint(1)), parent: nil(), tokens: arr(uint(1), uint(2)), bs: uint(2), medium: str('GPU'), extra: arr(nil(), nil()) }))), /2 entries for 1 block/, 'bad-extra_keys');
+});
+
+test('hybrid models: group index, spec kind and sliding window decode; trailing future fields are ignored', () => {
+  const sw = vllmStoredArray({ hashes: arr(uint(9)), parent: nil(), tokens: arr(uint(1), uint(2)), bs: uint(2), medium: str('GPU'), group: uint(1), kind: str('sliding_window'), window: uint(4096) });
+  const withFuture = arr(...[sw].map((e) => e), arr(str('BlockStored'), arr(uint(10)), nil(), arr(uint(1), uint(2)), uint(2), nil(), str('GPU'), nil(), nil(), uint(0), str('full_attention'), nil(), uint(2), str('local'), map(['owner', str('x')])));
+  const b = decodeEngineBatch(bytes(arr(f64(0), withFuture)));
+  assert.equal(b.invalid, []);
+  const [a, c] = b.events as BlockStored[];
+  assert.equal([a!.groupIdx, a!.kvCacheSpecKind, a!.kvCacheSpecSlidingWindow], [1, 'sliding_window', 4096]);
+  assert.equal([c!.groupIdx, c!.kvCacheSpecKind, c!.kvCacheSpecSlidingWindow], [0, 'full_attention', undefined]);
+});
+
+test('one bad event never costs its batch: the good events around it decode, the bad one is listed', () => {
+  const good1 = arr(str('BlockStored'), arr(uint(1)), nil(), arr(uint(1), uint(2)), uint(2), nil(), str('GPU'), nil());
+  const bad = arr(str('BlockStored'), arr(uint(2)), nil(), arr(uint(1), uint(2)), uint(0), nil(), str('GPU'), map(['cache_salt', arr()]));
+  const good2 = arr(str('BlockRemoved'), arr(uint(1)), str('GPU'));
+  const b = decodeEngineBatch(bytes(arr(f64(0), arr(good1, bad, arr(str('Unknown')), good2))));
+  assert.equal(b.events.map((e) => e.type), ['BlockStored', 'BlockRemoved']);
+  assert.is(b.skipped, 1);
+  assert.is(b.invalid.length, 1);
+  assert.is(b.invalid[0]!.index, 1);
+  assert.is(b.invalid[0]!.reason, 'bad-block_size');
 });
 
 test('truncated and over-long payloads → DecodeError (every prefix of a valid batch)', () => {
@@ -275,7 +396,7 @@ test('truncated and over-long payloads → DecodeError (every prefix of a valid 
     throwsDecode(() => decodeEngineBatch(bytes([...full, 0xc0])), /malformed msgpack/);
   }
   throwsDecode(() => decodeEngineBatch(bytes([0xc1])), /array or a map/); // 0xc1 "never used": msgpackr yields a marker object
-  throwsDecode(() => decodeEngineBatch(bytes(arr(f64(0), arr(arr(str('BlockRemoved'), arr([0xc1])))))), /block_hashes\[0\]/);
+  rejectsEvent(arr(f64(0), arr(arr(str('BlockRemoved'), arr([0xc1])))), /block_hashes\[0\]/, 'bad-block_hashes');
   throwsDecode(() => decodeEngineBatch('not bytes' as unknown as Uint8Array), /bytes/);
 });
 
@@ -294,7 +415,7 @@ test('msgpack extension types and other exotica never escape as anything but Dec
     [0xc6, 0x7f, 0xff, 0xff, 0xff], // bin32 claiming 2 GiB
     Array.from({ length: 100_000 }, () => 0x91), // 100k nested one-element arrays (stack depth)
   ];
-  for (const p of exotic) throwsDecode(() => decodeEngineBatch(bytes(p)));
+  for (const p of exotic) rejected(p);
 });
 
 test('fuzz: random and mutated buffers either decode or throw DecodeError', () => {

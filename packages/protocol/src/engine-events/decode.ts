@@ -2,17 +2,25 @@
  * Pure decoder for vLLM / SGLang KV event messages (DESIGN.md section 3): bytes in, events out.
  *
  * Wire shapes accepted (msgspec msgpack, as the engines encode them):
- *  - batch: `[ts, [event…], dp_rank?, …]` (array_like structs: vLLM ≤ 0.23, SGLang) or
- *           `{ts, events, data_parallel_rank?, …}` (plain structs: newer vLLM).
- *  - event: `["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium?, lora_name?, …]`,
- *           `["BlockRemoved", block_hashes, medium?, …]`, `["AllBlocksCleared", …]`, or the same as a map whose
- *           `type` key holds the tag and whose other keys are the field names.
+ *  - batch: `[ts, [event…], dp_rank?, …]` (array_like structs: vLLM ≤ 0.23, SGLang, whose third field is
+ *           `attn_dp_rank`) or `{ts, events, data_parallel_rank?, …}` (plain structs: newer vLLM).
+ *  - event: `["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
+ *           extra_keys, group_idx, kv_cache_spec_kind, kv_cache_spec_sliding_window, …]`,
+ *           `["BlockRemoved", block_hashes, medium, group_idx, …]`, `["AllBlocksCleared", …]`, or the same as a map
+ *           whose `type` key holds the tag and whose other keys are the field names (omit_defaults drops fields
+ *           equal to their default there).
+ *  - position 7 of an array BlockStored is vLLM's `lora_name` (string or nil) or, from SGLang ≥ 0.5.18
+ *    (`BlockStoredWithMetadata`, same tag), a metadata map `{cache_salt, …}`; a map event may carry `metadata`.
+ *  - hash-only placeholders (vLLM's offloading connector: `token_ids` empty, `block_size` 0 or the offloaded
+ *    block size, `medium` e.g. "CPU") decode with `hashOnly: true`.
  * Trailing optional fields may be missing; unknown fields are ignored; unknown tags are skipped and counted.
- * Anything else throws DecodeError. No other exception escapes, and decoding is linear in the input size.
+ * An event of a known tag that cannot be understood is dropped alone and listed in `invalid` with a reason:
+ * one bad event never costs its batch. Only a frame or batch that is not a batch throws DecodeError. No other
+ * exception escapes, and decoding is linear in the input size.
  */
 import { Unpackr } from 'msgpackr';
 import { DecodeError } from '../errors.js';
-import type { AllBlocksCleared, BlockRemoved, BlockStored, EngineBatch, EngineEvent, EngineHash, EngineMessage, ReplayMessage } from './types.js';
+import type { AllBlocksCleared, BlockRemoved, BlockStored, EngineBatch, EngineEvent, EngineHash, EngineMessage, ExtraKey, ReplayMessage } from './types.js';
 
 // Maps decode as `Map` (no prototype keys to trip over in untrusted input); 64-bit ints decode as BigInt
 // so uint64 hashes ≥ 2^53 stay exact, while narrower ints stay numbers. Structured-clone extensions off.
@@ -68,15 +76,22 @@ export function decodeEngineBatch(payload: Uint8Array): EngineBatch {
   } else if (v instanceof Map) {
     ts = v.get('ts');
     events = v.get('events');
-    rank = v.get('data_parallel_rank');
+    rank = v.get('data_parallel_rank') ?? v.get('attn_dp_rank');
   } else {
     throw new DecodeError(`event batch must be an array or a map, got ${describe(v)}`);
   }
   if (!Array.isArray(events)) throw new DecodeError(`event batch: events must be an array, got ${describe(events)}`);
-  const out: EngineBatch = { ts: finite(ts, 'ts'), events: [], skipped: 0 };
+  const out: EngineBatch = { ts: finite(ts, 'ts'), events: [], skipped: 0, invalid: [] };
   if (rank != null) out.dpRank = uint(rank, 'data_parallel_rank');
   for (let i = 0; i < events.length; i++) {
-    const ev = decodeEvent(events[i], i);
+    let ev: EngineEvent | undefined;
+    try {
+      ev = decodeEvent(events[i], i);
+    } catch (e) {
+      if (!(e instanceof DecodeError)) throw e;
+      out.invalid.push({ index: i, reason: reasonOf(e), message: e.message });
+      continue;
+    }
     if (ev) out.events.push(ev);
     else out.skipped++;
   }
@@ -85,10 +100,28 @@ export function decodeEngineBatch(payload: Uint8Array): EngineBatch {
 
 // ---- events ---------------------------------------------------------------------------------------
 
-/** Field order of the array_like encoding, after the tag. */
-const STORED_FIELDS = ['block_hashes', 'parent_block_hash', 'token_ids', 'block_size', 'lora_id', 'medium', 'lora_name', 'extra_keys', 'group_idx'] as const;
+/**
+ * A DecodeError of one event, with a short stable label for metrics (`kvgate_shim_skipped_events_total{reason}`):
+ * the field at fault, so label values stay few.
+ */
+class EventError extends DecodeError {
+  readonly reason: string;
+  constructor(reason: string, message: string) {
+    super(message);
+    this.reason = reason;
+  }
+}
+function reasonOf(e: DecodeError): string {
+  if (e instanceof EventError) return e.reason;
+  // validators name the field as `event i (Tag).field[j]`: the field is the label
+  const m = /\)\.([a-z_]+)/.exec(e.message);
+  return m ? `bad-${m[1]}` : 'malformed';
+}
+
+/** Field order of the array_like encoding, after the tag (vLLM's current list; SGLang's is a prefix of it). */
+const STORED_FIELDS = ['block_hashes', 'parent_block_hash', 'token_ids', 'block_size', 'lora_id', 'medium', 'lora_name', 'extra_keys', 'group_idx', 'kv_cache_spec_kind', 'kv_cache_spec_sliding_window'] as const;
 const REMOVED_FIELDS = ['block_hashes', 'medium', 'group_idx'] as const;
-type Field = (typeof STORED_FIELDS)[number] | (typeof REMOVED_FIELDS)[number];
+type Field = (typeof STORED_FIELDS)[number] | (typeof REMOVED_FIELDS)[number] | 'metadata';
 
 /** A field reader over either encoding: array position (after the tag) or map key. */
 type Get = (name: Field) => unknown;
@@ -98,14 +131,17 @@ function decodeEvent(raw: unknown, index: number): EngineEvent | undefined {
   let get: (order: readonly Field[]) => Get;
   if (Array.isArray(raw)) {
     tag = raw[0];
-    get = (order) => (name) => raw[order.indexOf(name) + 1];
+    get = (order) => (name) => {
+      const k = order.indexOf(name);
+      return k < 0 ? undefined : raw[k + 1];
+    };
   } else if (raw instanceof Map) {
     tag = raw.get('type');
     get = () => (name) => raw.get(name);
   } else {
-    throw new DecodeError(`event ${index} must be an array or a map, got ${describe(raw)}`);
+    throw new EventError('bad-event', `event ${index} must be an array or a map, got ${describe(raw)}`);
   }
-  if (typeof tag !== 'string') throw new DecodeError(`event ${index}: tag must be a string, got ${describe(tag)}`);
+  if (typeof tag !== 'string') throw new EventError('bad-tag', `event ${index}: tag must be a string, got ${describe(tag)}`);
   const where = `event ${index} (${tag})`;
   switch (tag) {
     case 'BlockStored':
@@ -131,11 +167,18 @@ function blockStored(get: Get, where: string): BlockStored {
   const parentRaw = get('parent_block_hash');
   const parentBlockHash = parentRaw == null ? null : engineHash(parentRaw, `${where}.parent_block_hash`);
   const blockSize = uint(get('block_size'), `${where}.block_size`);
-  if (blockSize === 0) throw new DecodeError(`${where}.block_size must be positive`);
   const tokenIds = tokens(get('token_ids'), `${where}.token_ids`);
-  const blocks = tokenIds.length / blockSize;
-  if (!Number.isInteger(blocks)) throw new DecodeError(`${where}: ${tokenIds.length} token ids is not a whole number of ${blockSize}-token blocks`);
-  if (blockHashes.length > blocks) throw new DecodeError(`${where}: ${blockHashes.length} block hashes but only ${blocks} block(s) of tokens`);
+  // hash-only placeholder (offloading connector): no tokens, so nothing to chain; the hashes name blocks
+  // the engine stored on GPU before
+  const hashOnly = tokenIds.length === 0 && blockHashes.length > 0;
+  let aligned = false;
+  if (!hashOnly) {
+    if (blockSize === 0) throw new DecodeError(`${where}.block_size must be positive when token_ids are given`);
+    const blocks = tokenIds.length / blockSize;
+    if (!Number.isInteger(blocks)) throw new EventError('token-count', `${where}: ${tokenIds.length} token ids is not a whole number of ${blockSize}-token blocks`);
+    if (blockHashes.length > blocks) throw new EventError('token-count', `${where}: ${blockHashes.length} block hashes but only ${blocks} block(s) of tokens`);
+    aligned = blockHashes.length === blocks;
+  }
   const loraRaw = get('lora_id');
   const ev: BlockStored = {
     type: 'BlockStored',
@@ -143,16 +186,53 @@ function blockStored(get: Get, where: string): BlockStored {
     parentBlockHash,
     tokenIds,
     blockSize,
-    aligned: blockHashes.length === blocks,
+    aligned,
+    hashOnly,
     loraId: loraRaw == null ? null : uint(loraRaw, `${where}.lora_id`),
   };
   const medium = optString(get('medium'), `${where}.medium`);
   if (medium !== undefined) ev.medium = medium;
-  const loraName = optString(get('lora_name'), `${where}.lora_name`);
-  if (loraName !== undefined) ev.loraName = loraName;
+  // position 7: vLLM's lora_name, or SGLang's metadata map (BlockStoredWithMetadata shares the tag)
+  const seventh = get('lora_name');
+  const metadata = seventh instanceof Map ? seventh : get('metadata');
+  if (!(seventh instanceof Map)) {
+    const loraName = optString(seventh, `${where}.lora_name`);
+    if (loraName !== undefined) ev.loraName = loraName;
+  }
+  if (metadata != null) {
+    if (!(metadata instanceof Map)) throw new DecodeError(`${where}.metadata must be a map, got ${describe(metadata)}`);
+    const salt = optString(metadata.get('cache_salt'), `${where}.metadata.cache_salt`);
+    if (salt) ev.cacheSalt = salt;
+  }
+  const extra = get('extra_keys');
+  if (extra != null) ev.extraKeys = extraKeys(extra, blockHashes.length, `${where}.extra_keys`);
   const group = get('group_idx');
   if (group != null) ev.groupIdx = uint(group, `${where}.group_idx`);
+  const kind = optString(get('kv_cache_spec_kind'), `${where}.kv_cache_spec_kind`);
+  if (kind !== undefined) ev.kvCacheSpecKind = kind;
+  const window = get('kv_cache_spec_sliding_window');
+  if (window != null) ev.kvCacheSpecSlidingWindow = uint(window, `${where}.kv_cache_spec_sliding_window`);
   return ev;
+}
+
+/** vLLM's per-block extra keys: one entry (array or nil) per block hash; nesting bounded so input stays linear. */
+function extraKeys(v: unknown, blocks: number, what: string): (ExtraKey[] | null)[] {
+  if (!Array.isArray(v)) throw new DecodeError(`${what} must be an array or nil, got ${describe(v)}`);
+  if (v.length !== blocks) throw new DecodeError(`${what}: ${v.length} entries for ${blocks} block hashes`);
+  const out = new Array<ExtraKey[] | null>(v.length);
+  for (let i = 0; i < v.length; i++) {
+    const e = v[i];
+    if (e == null) out[i] = null;
+    else if (Array.isArray(e)) out[i] = e.map((k, j) => extraKey(k, `${what}[${i}][${j}]`, 0));
+    else throw new DecodeError(`${what}[${i}] must be an array or nil, got ${describe(e)}`);
+  }
+  return out;
+}
+
+function extraKey(k: unknown, what: string, depth: number): ExtraKey {
+  if (k === null || typeof k === 'string' || typeof k === 'number' || typeof k === 'bigint' || typeof k === 'boolean' || k instanceof Uint8Array) return k;
+  if (Array.isArray(k) && depth < 4) return k.map((x, j) => extraKey(x, `${what}[${j}]`, depth + 1));
+  throw new DecodeError(`${what}: unsupported extra key ${describe(k)}`);
 }
 
 function blockRemoved(get: Get, where: string): BlockRemoved {
