@@ -53,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     tierWeights = parseTierWeights(f['tier-weights'] ?? '');
   } catch (e) {
-    console.error(`kvgate router: --tier-weights (or KVGATE_TIER_WEIGHTS): ${(e as Error).message}`);
+    console.error(`kvgate router: ${(e as Error).message} (from --tier-weights or KVGATE_TIER_WEIGHTS)`);
     return 2;
   }
   await initTracing('kvgate-router');
