@@ -15,6 +15,7 @@ export interface ShimMetrics {
   unknownParents: Counter;
   unknownRemovals: Counter;
   skippedEvents: Counter<'reason'>;
+  unreproducibleBlocks: Counter;
   mailboxDrops: Counter;
   droppedFrames: Counter;
   publishedBatches: Counter;
@@ -49,7 +50,12 @@ export function createMetrics(worker: string): ShimMetrics {
     duplicates: c('duplicate_batches_total', 'live engine batches skipped because a replay probe had applied them'),
     unknownParents: c('unknown_parents_total', 'BlockStored events dropped because their parent block was unknown'),
     unknownRemovals: c('unknown_removals_total', 'BlockRemoved hashes the shim did not know'),
-    skippedEvents: c('skipped_events_total', 'engine events not relayed, by reason', ['reason']),
+    skippedEvents: c(
+      'skipped_events_total',
+      'engine events (or, for unknown-offload-hash, block hashes) not relayed, by reason: a decode reason of one event the rest of its batch survived, unknown-type, non-full-attention-group, other-full-attention-group, unclassified-group, unaligned, unknown-lora, unknown-offload-hash, malformed',
+      ['reason'],
+    ),
+    unreproducibleBlocks: c('unreproducible_blocks_total', 'blocks whose engine extra keys (multimodal, prompt embeddings, …) the router cannot reproduce: indexed under keys no text prompt matches'),
     mailboxDrops: c('mailbox_drops_total', 'engine messages dropped because the relay mailbox was full'),
     droppedFrames: c('test_dropped_frames_total', 'engine messages dropped on purpose (test hook)'),
     publishedBatches: c('published_batches_total', 'EventBatches published on the bus'),

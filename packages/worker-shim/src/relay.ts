@@ -16,14 +16,27 @@
  *   - engine seq skipped [from, to): ask `replay(from)`; a complete answer is applied as if it had
  *     arrived live; a suffix [k, to) with k > from, or nothing, means some removals may be lost:
  *     publish `cleared`, forget the map, then apply whatever suffix arrived (relearning from there).
- *   - a frame that does not decode is counted and skipped (it consumes no sequence number, so the
- *     next good frame shows a gap and replay fetches the batch again).
+ *   - a frame that does not decode at all (not a batch) is counted and skipped (it consumes no sequence
+ *     number, so the next good frame shows a gap and replay fetches the batch again).
+ * One event the decoder could not understand never costs its batch: it is counted by reason
+ * (`kvgate_shim_skipped_events_total{reason}`), the rest applies and the sequence advances, so no replay and
+ * no clear follows (replay would return the same bytes).
+ *
+ * Event semantics (DESIGN.md §3):
+ *   - tiers: `medium` → gpu / cpu / disk (tiers.ts); full-token stores on any tier chain as usual and carry
+ *     their tier; hash-only placeholders are translated through the engine map into parent-linked `stored`
+ *     chains on their tier; a removal drops only its tier's copy;
+ *   - salts and extra keys: the chain root takes the cache salt; blocks with extra keys the router cannot
+ *     reproduce get opaque keys (extra-keys.ts);
+ *   - hybrid models: only one full-attention KV cache group is indexed (#groupSkip).
  * Sockets are not here: `replay`, `publish` and `refreshLoras` are injected by the edge (index.ts).
  */
-import { decodeEngineFrames, DecodeError, Fifo, logger, type EngineBatch, type EventBatch, type KvEvent, type ReplayMessage } from '@kvgate/protocol';
+import { decodeEngineFrames, DecodeError, Fifo, logger, TIERS, type BlockRemoved, type BlockStored, type EngineBatch, type EventBatch, type KvEvent, type ReplayMessage, type Tier } from '@kvgate/protocol';
 import { EngineMap } from './engine-map.js';
 import { EngineSeq } from './engine-seq.js';
 import { LoraNames } from './lora.js';
+import { interpretExtraKeys } from './extra-keys.js';
+import { tierOfMedium } from './tiers.js';
 import type { ShimMetrics } from './metrics.js';
 
 export interface RelayDeps {
@@ -42,6 +55,11 @@ export interface RelayDeps {
   refreshLoras(): Promise<void>;
   /** engine block size learned from events (first BlockStored) */
   onBlockSize?(blockSize: number): void;
+  /**
+   * GPU blocks per offloaded block, for hash-only placeholders that do not say (newer vLLM sends block_size 0;
+   * older ones the offloaded block size, which wins). Default 1.
+   */
+  offloadBlockFactor?: number;
 }
 
 type Mail =
@@ -52,8 +70,17 @@ type Mail =
 
 const log = logger('shim.relay');
 
-function isPrimaryMedium(m: string | undefined): boolean {
-  return m === undefined || m.toUpperCase() === 'GPU';
+/**
+ * vLLM KVCacheSpecKind values whose blocks hold a whole prefix: full attention, MLA (DeepSeek's latent full
+ * attention) and full attention with sink tokens. The others — sliding_window, sliding_window_mla, mamba,
+ * chunked_local_attention, encoder_only_attention, cross_attention, unknown — never make an overlap.
+ */
+const FULL_ATTENTION_KINDS = new Set(['full_attention', 'mla_attention', 'sink_full_attention']);
+
+/** a kvgate event with its tier; gpu stays implicit (absent on the wire) */
+function withTier<E extends KvEvent & { t: 'stored' | 'removed' }>(e: E, tier: Tier): E {
+  if (tier !== 'gpu') e.tier = tier;
+  return e;
 }
 
 export class EventRelay {
@@ -68,6 +95,12 @@ export class EventRelay {
   #stopped = false;
   /** last engine seq a replay probe applied; live copies at or below it are duplicates */
   #probedUpTo = -1n;
+  /** KV cache group → spec kind, learned from stores (removals and placeholders carry only the group) */
+  readonly #groupKinds = new Map<number, string>();
+  /** the full-attention group indexed (the first seen) */
+  #indexedGroup: number | undefined;
+  /** invalid-event reasons already logged */
+  readonly #warned = new Set<string>();
 
   constructor(deps: RelayDeps) {
     this.#d = deps;
@@ -271,16 +304,33 @@ export class EventRelay {
   #apply(seq: bigint, batch: EngineBatch): void {
     const { metrics, loras } = this.#d;
     this.#seq.accept(seq);
+    // events the decoder could not understand are dropped one by one; the rest of the batch applies
+    for (const bad of batch.invalid) {
+      metrics.skippedEvents.inc({ reason: bad.reason });
+      if (!this.#warned.has(bad.reason)) {
+        this.#warned.add(bad.reason);
+        log.warn({ reason: bad.reason, err: bad.message }, 'engine event not understood: skipped (the rest of its batch applies; logged once per reason)');
+      }
+    }
+    if (batch.skipped > 0) metrics.skippedEvents.inc({ reason: 'unknown-type' }, batch.skipped);
     const out: KvEvent[] = [];
     let refresh = false;
     for (const ev of batch.events) {
       metrics.engineEvents.inc({ type: ev.type });
-      if (!isPrimaryMedium(ev.medium) || ('groupIdx' in ev && ev.groupIdx !== undefined && ev.groupIdx !== 0)) {
-        metrics.skippedEvents.inc({ reason: 'tier-or-group' });
-        continue;
+      const tier = tierOfMedium(ev.medium);
+      if (ev.type !== 'AllBlocksCleared') {
+        const skip = this.#groupSkip(ev);
+        if (skip) {
+          metrics.skippedEvents.inc({ reason: skip });
+          continue;
+        }
       }
       switch (ev.type) {
         case 'BlockStored': {
+          if (ev.hashOnly) {
+            this.#placeholder(ev, tier, out);
+            continue;
+          }
           if (!ev.aligned) {
             metrics.skippedEvents.inc({ reason: 'unaligned' });
             continue;
@@ -291,16 +341,21 @@ export class EventRelay {
             refresh = true;
             continue;
           }
-          if (this.#blockSize !== ev.blockSize) {
+          const loraName = lora.kind === 'named' ? lora.name : null;
+          if (tier === 'gpu' && this.#blockSize !== ev.blockSize) {
             this.#blockSize = ev.blockSize;
             this.#d.onBlockSize?.(ev.blockSize);
           }
+          const keys = this.#blockKeys(ev, loraName);
           const r = this.#map.stored({
             blockHashes: ev.blockHashes,
             parent: ev.parentBlockHash,
             tokenIds: ev.tokenIds,
             blockSize: ev.blockSize,
-            lora: lora.kind === 'named' ? lora.name : null,
+            lora: loraName,
+            tier,
+            salt: keys.salt,
+            opaque: keys.opaque,
           });
           if (r.kind === 'unknown-parent') {
             metrics.unknownParents.inc();
@@ -310,29 +365,103 @@ export class EventRelay {
             metrics.skippedEvents.inc({ reason: 'malformed' });
             continue;
           }
-          out.push({ t: 'stored', parent: r.parent, hashes: r.hashes });
-          const evicted = this.#map.takeEvicted();
-          if (evicted.length) {
-            metrics.mapEvictions.inc(evicted.length);
-            out.push({ t: 'removed', hashes: evicted });
-          }
+          if (keys.opaqueCount > 0) metrics.unreproducibleBlocks.inc(keys.opaqueCount);
+          out.push(withTier({ t: 'stored', parent: r.parent, hashes: r.hashes }, tier));
+          this.#flushEvicted(out);
           break;
         }
         case 'BlockRemoved': {
-          const r = this.#map.removed(ev.blockHashes);
+          const r = this.#map.removed(ev.blockHashes, tier);
           if (r.unknown) metrics.unknownRemovals.inc(r.unknown);
-          if (r.hashes.length) out.push({ t: 'removed', hashes: r.hashes });
+          if (r.hashes.length) out.push(withTier({ t: 'removed', hashes: r.hashes }, tier));
           break;
         }
         case 'AllBlocksCleared':
-          this.#map.clear();
-          out.push({ t: 'cleared' });
+          if (ev.medium === undefined) {
+            // no tier named: every copy the engine announced is void (vLLM resets the offload tiers with the prefix cache)
+            this.#map.clear();
+            out.push({ t: 'cleared' });
+          } else {
+            const gone = this.#map.clearTier(tier);
+            if (gone.length) out.push(withTier({ t: 'removed', hashes: gone }, tier));
+          }
           break;
       }
     }
     if (out.length) this.#emit(out, batch.ts);
     metrics.mapSize.set(this.#map.size);
     if (refresh) void this.#d.refreshLoras();
+  }
+
+  /**
+   * Hybrid models: only full-attention KV cache groups index prefixes (a sliding-window or Mamba group holds
+   * a window or a state, never a reusable prefix). A group is classified by `kv_cache_spec_kind` when the event
+   * (or an earlier store of the same group) names it; without any kind only group 0 (or no group) is indexed.
+   * Of several full-attention groups the first seen is indexed: they cache the same prefixes under the same
+   * hashes, and counting a block once per group would let one group's removal hide the other's copy.
+   * Returns the skip reason, or undefined to index the event.
+   */
+  #groupSkip(ev: BlockStored | BlockRemoved): string | undefined {
+    const g = ev.groupIdx;
+    let kind = ev.type === 'BlockStored' ? ev.kvCacheSpecKind : undefined;
+    if (kind !== undefined && g !== undefined) this.#groupKinds.set(g, kind);
+    if (kind === undefined && g !== undefined) kind = this.#groupKinds.get(g);
+    if (kind !== undefined) {
+      if (!FULL_ATTENTION_KINDS.has(kind)) return 'non-full-attention-group';
+      if (g === undefined) return undefined;
+      this.#indexedGroup ??= g;
+      return g === this.#indexedGroup ? undefined : 'other-full-attention-group';
+    }
+    if (g === undefined || g === (this.#indexedGroup ?? 0)) return undefined;
+    return 'unclassified-group';
+  }
+
+  /**
+   * Salt and unreproducible extra keys of a full-token store. SGLang names the salt (`cacheSalt`); vLLM puts
+   * it, with everything else it hashes, in `extra_keys` (see extra-keys.ts). The salt only matters for a
+   * store that starts a prompt (parent null): later blocks chain from a parent whose hash already took it.
+   */
+  #blockKeys(ev: BlockStored, loraName: string | null): { salt?: string; opaque?: (string | undefined)[]; opaqueCount: number } {
+    const root = ev.parentBlockHash === null;
+    let salt = root ? ev.cacheSalt : undefined;
+    if (!ev.extraKeys) return { salt, opaqueCount: 0 };
+    let opaque: (string | undefined)[] | undefined;
+    let opaqueCount = 0;
+    const name = ev.loraName ?? loraName ?? undefined;
+    for (let i = 0; i < ev.extraKeys.length; i++) {
+      const k = interpretExtraKeys(ev.extraKeys[i], root && i === 0, name, ev.loraId);
+      if (k.kind === 'salt') salt = k.salt;
+      else if (k.kind === 'opaque') {
+        opaque ??= new Array<string | undefined>(ev.blockHashes.length).fill(undefined);
+        opaque[i] = k.text;
+        opaqueCount++;
+      }
+    }
+    return { salt, opaque, opaqueCount };
+  }
+
+  /**
+   * A hash-only placeholder (vLLM's offloading connector): the engine copied blocks it announced on GPU to
+   * another tier. Translated through the map, never guessed. Each hash names the last GPU block of one
+   * offloaded block; older vLLM sends the offloaded block size (a multiple of the GPU block size), newer 0 (then
+   * `offloadBlockFactor`, default 1).
+   */
+  #placeholder(ev: BlockStored, tier: Tier, out: KvEvent[]): void {
+    let span = this.#d.offloadBlockFactor ?? 1;
+    const gpuB = this.#blockSize;
+    if (ev.blockSize > 0 && gpuB !== undefined && gpuB > 0 && ev.blockSize % gpuB === 0) span = ev.blockSize / gpuB;
+    const r = this.#map.addTier(ev.blockHashes, tier, span);
+    if (r.unknown) this.#d.metrics.skippedEvents.inc({ reason: 'unknown-offload-hash' }, r.unknown);
+    for (const c of r.chains) out.push(withTier({ t: 'stored', parent: c.parent, hashes: c.hashes }, tier));
+  }
+
+  /** publishes the removal of whatever the map's cap evicted (or a GPU store replaced), per tier */
+  #flushEvicted(out: KvEvent[]): void {
+    const ev = this.#map.takeEvicted();
+    const n = ev.gpu.length + ev.cpu.length + ev.disk.length;
+    if (n === 0) return;
+    this.#d.metrics.mapEvictions.inc(n);
+    for (const t of TIERS) if (ev[t].length) out.push(withTier({ t: 'removed', hashes: ev[t] }, t));
   }
 
   #emit(events: KvEvent[], engineTs: number): void {

@@ -60,8 +60,8 @@ test('the LRU cap evicts the least recently used and hands the evicted prefixes 
   assert.equal(r, { kind: 'stored', parent: want[2], hashes: [want[3]] });
   assert.is(map.size, 3);
   assert.is(map.evictions, 1);
-  assert.equal(map.takeEvicted(), [want[0]]);
-  assert.equal(map.takeEvicted(), []);
+  assert.equal(map.takeEvicted(), { gpu: [want[0]], cpu: [], disk: [] });
+  assert.equal(map.takeEvicted(), { gpu: [], cpu: [], disk: [] });
   assert.equal(map.removed([1n]).unknown, 1);
 });
 
@@ -71,7 +71,7 @@ test('clear forgets everything without counting evictions', () => {
   map.clear();
   assert.is(map.size, 0);
   assert.is(map.evictions, 0);
-  assert.equal(map.takeEvicted(), []);
+  assert.equal(map.takeEvicted(), { gpu: [], cpu: [], disk: [] });
 });
 
 test.run();

@@ -140,7 +140,7 @@ test('lora_id without lora_name resolves through the engine /v1/models, and --lo
   }
 });
 
-test('malformed ZMQ frames are counted and skipped', async () => {
+test('malformed ZMQ frames are counted and skipped; a bad event costs only itself, not its batch', async () => {
   const { engine, view, shim, close } = await setup();
   try {
     const t = toks(2 * B);
@@ -148,12 +148,19 @@ test('malformed ZMQ frames are counted and skipped', async () => {
     await engine.sendRaw([Buffer.from('only-one-frame')]);
     await engine.sendRaw([Buffer.alloc(0), Buffer.from([0, 0, 0]), Buffer.from([0x90])]); // 3-byte seq
     await engine.sendRaw([Buffer.alloc(0), Buffer.alloc(8), Buffer.from([0xc1, 0xc1, 0xc1])]); // msgpack never-used byte
-    await engine.sendRaw([Buffer.alloc(0), Buffer.alloc(8), Buffer.from(vllmArrayBatch([{ type: 'stored', hashes: [1n], parent: null, tokens: t.slice(0, 3), blockSize: B }]))]);
-    await engine.send(vllmArrayBatch([{ type: 'stored', hashes: [1n, 2n], parent: null, tokens: t, blockSize: B }]));
-    await waitFor(() => view.has(want), 'good batch after the garbage');
-    assert.is(await counter(shim, 'malformed_frames_total'), 4);
-    assert.is(view.cleared, 1);
+    // one batch: a BlockStored whose 3 tokens are no whole block of 4, then a good one
+    await engine.send(vllmArrayBatch([
+      { type: 'stored', hashes: [9n], parent: null, tokens: t.slice(0, 3), blockSize: B },
+      { type: 'stored', hashes: [1n, 2n], parent: null, tokens: t, blockSize: B },
+    ]));
+    await waitFor(() => view.has(want), 'the good event of the batch');
+    await shim.idle();
+    assert.ok(sameSet(view.blocks, want));
+    assert.is(await counter(shim, 'malformed_frames_total'), 3);
+    assert.is(await counter(shim, 'skipped_events_total', 'reason="token-count"'), 1);
+    assert.is(view.cleared, 1, 'only the start-up clear');
     assert.is(await counter(shim, 'gaps_total'), 0);
+    assert.ok(!engine.replayRequests.includes(1n), 'no replay for the batch that had a bad event');
   } finally {
     await close();
   }
