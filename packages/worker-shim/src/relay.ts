@@ -452,7 +452,12 @@ export class EventRelay {
     if (ev.blockSize > 0 && gpuB !== undefined && gpuB > 0 && ev.blockSize % gpuB === 0) span = ev.blockSize / gpuB;
     const r = this.#map.addTier(ev.blockHashes, tier, span);
     if (r.unknown) this.#d.metrics.skippedEvents.inc({ reason: 'unknown-offload-hash' }, r.unknown);
-    for (const c of r.chains) out.push(withTier({ t: 'stored', parent: c.parent, hashes: c.hashes }, tier));
+    for (const c of r.chains) {
+      // the connector sends one placeholder per offloaded block: continue the previous chain when it links up
+      const last = out.at(-1);
+      if (last?.t === 'stored' && (last.tier ?? 'gpu') === tier && last.hashes.at(-1) === c.parent) last.hashes.push(...c.hashes);
+      else out.push(withTier({ t: 'stored', parent: c.parent, hashes: c.hashes }, tier));
+    }
   }
 
   /** publishes the removal of whatever the map's cap evicted (or a GPU store replaced), per tier */
