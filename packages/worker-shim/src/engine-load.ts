@@ -9,6 +9,13 @@
  * SGLang: sglang:num_queue_reqs, sglang:num_running_reqs, sglang:token_usage (fraction 0..1),
  *         sglang:max_total_num_tokens (KV capacity in tokens; blocks = tokens / page size).
  * Series are summed over label sets (several models or ranks behind one endpoint); usage takes the max.
+ *
+ * One data-parallel rank (`engineLoad(samples, { rank, size })`): one /metrics serves every rank of a server.
+ * vLLM labels each engine core's series `engine="<index>"` (= the DP rank; vllm/v1/metrics/loggers.py,
+ * labelnames ["model_name", "engine"], cache_config_info included); SGLang adds `dp_rank="<r>"` to its scheduler
+ * series when DP is on. Per metric: if any series carries the rank label, only the series of this rank count;
+ * otherwise the server's totals are split evenly over `size` ranks (counts and capacities divided by size,
+ * usage fractions kept) and `split` says so. Without `size` (one rank behind this URL) totals are the rank's.
  */
 import type { Sample } from './prom-text.js';
 
@@ -27,6 +34,51 @@ export interface EngineLoad {
   /** LoRA adapters running or waiting (vllm:lora_requests_info) */
   loras?: string[];
   maxLoras?: number;
+  /** one rank's reading made by splitting unlabelled server totals evenly (engine exports no per-rank series) */
+  split?: boolean;
+}
+
+export interface RankSelect {
+  rank: number;
+  /** the server's data-parallel size; null = this URL serves this rank only */
+  size: number | null;
+}
+
+/** vLLM's and SGLang's per-rank label names */
+const RANK_LABEL = { vllm: 'engine', sglang: 'dp_rank' } as const;
+
+/**
+ * The samples of `name` that count for the selected rank, and the divisor for totals (1 when labelled or
+ * no rank is selected).
+ */
+interface Selector {
+  pick(name: string): { samples: Sample[]; divisor: number };
+}
+
+function wholeServer(samples: Sample[]): Selector {
+  return { pick: (name) => ({ samples: samples.filter((x) => x.name === name), divisor: 1 }) };
+}
+
+function oneRank(samples: Sample[], label: string, r: RankSelect, onSplit: () => void): Selector {
+  const want = String(r.rank);
+  return {
+    pick(name) {
+      const all = samples.filter((x) => x.name === name);
+      if (all.some((x) => x.labels[label] !== undefined)) return { samples: all.filter((x) => x.labels[label] === want), divisor: 1 };
+      if (all.length > 0 && r.size !== null && r.size > 1) onSplit();
+      return { samples: all, divisor: r.size ?? 1 };
+    },
+  };
+}
+
+function sumOf(sel: Selector, name: string): number | undefined {
+  const { samples, divisor } = sel.pick(name);
+  const s = sum(samples, name);
+  return s === undefined ? undefined : s / divisor;
+}
+
+function maxOf(sel: Selector, name: string): number | undefined {
+  return max(sel.pick(name).samples, name);
 }
 
 function sum(samples: Sample[], name: string): number | undefined {
@@ -57,39 +109,38 @@ function names(s: string | undefined): string[] {
   return (s ?? '').split(',').map((x) => x.trim()).filter((x) => x !== '');
 }
 
-export function engineLoad(samples: Sample[]): EngineLoad {
-  const vWaiting = sum(samples, 'vllm:num_requests_waiting');
-  const vRunning = sum(samples, 'vllm:num_requests_running');
-  const sWaiting = sum(samples, 'sglang:num_queue_reqs');
-  const sRunning = sum(samples, 'sglang:num_running_reqs');
-  const isVllm = vWaiting !== undefined || vRunning !== undefined || samples.some((s) => s.name.startsWith('vllm:'));
-  const isSglang = !isVllm && (sWaiting !== undefined || sRunning !== undefined || samples.some((s) => s.name.startsWith('sglang:')));
+export function engineLoad(samples: Sample[], rank?: RankSelect): EngineLoad {
+  const isVllm = samples.some((s) => s.name.startsWith('vllm:'));
+  const isSglang = !isVllm && samples.some((s) => s.name.startsWith('sglang:'));
+  let split = false;
+  const sel = rank && (isVllm || isSglang) ? oneRank(samples, RANK_LABEL[isVllm ? 'vllm' : 'sglang'], rank, () => (split = true)) : wholeServer(samples);
   const out: EngineLoad = {
     engine: isVllm ? 'vllm' : isSglang ? 'sglang' : 'unknown',
-    waiting: (isVllm ? vWaiting : sWaiting) ?? 0,
-    running: (isVllm ? vRunning : sRunning) ?? 0,
-    kvUsage: (isVllm ? max(samples, 'vllm:kv_cache_usage_perc') ?? max(samples, 'vllm:gpu_cache_usage_perc') : max(samples, 'sglang:token_usage')) ?? 0,
+    waiting: (isVllm ? sumOf(sel, 'vllm:num_requests_waiting') : sumOf(sel, 'sglang:num_queue_reqs')) ?? 0,
+    running: (isVllm ? sumOf(sel, 'vllm:num_requests_running') : sumOf(sel, 'sglang:num_running_reqs')) ?? 0,
+    kvUsage: (isVllm ? maxOf(sel, 'vllm:kv_cache_usage_perc') ?? maxOf(sel, 'vllm:gpu_cache_usage_perc') : maxOf(sel, 'sglang:token_usage')) ?? 0,
   };
   if (isVllm) {
+    const cfg = sel.pick('vllm:cache_config_info');
     let blocks = 0;
-    for (const s of samples) {
-      if (s.name !== 'vllm:cache_config_info') continue;
+    for (const s of cfg.samples) {
       const bs = posInt(s.labels.block_size);
       if (bs !== undefined) out.blockSize = bs;
       const nb = posInt(s.labels.num_gpu_blocks);
       if (nb !== undefined) blocks += nb;
     }
-    if (blocks > 0) out.capacityBlocks = blocks;
+    if (blocks > 0) out.capacityBlocks = Math.floor(blocks / cfg.divisor);
     let newest: Sample | undefined;
-    for (const s of samples) if (s.name === 'vllm:lora_requests_info' && (!newest || s.value >= newest.value)) newest = s;
+    for (const s of sel.pick('vllm:lora_requests_info').samples) if (!newest || s.value >= newest.value) newest = s;
     if (newest) {
       out.loras = [...new Set([...names(newest.labels.running_lora_adapters), ...names(newest.labels.waiting_lora_adapters)])];
       const ml = posInt(newest.labels.max_lora);
       if (ml !== undefined) out.maxLoras = ml;
     }
   } else if (isSglang) {
-    const t = sum(samples, 'sglang:max_total_num_tokens');
-    if (t !== undefined && t > 0) out.capacityTokens = t;
+    const t = sumOf(sel, 'sglang:max_total_num_tokens');
+    if (t !== undefined && t > 0) out.capacityTokens = Math.floor(t);
   }
+  if (split) out.split = true;
   return out;
 }

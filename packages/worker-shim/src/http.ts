@@ -4,6 +4,9 @@
  *        With `x-prefiller-host-port` on a decode (or both) shim: remote prefill first (pd.ts), then the
  *        request goes to the engine carrying the returned transfer descriptor.
  *   GET /healthz, GET /metrics.
+ * One front serves every data-parallel rank of its engine server: the router's `x-data-parallel-rank` (vLLM's
+ * per-request rank hint, read by vllm/entrypoints/openai/engine/serving.py `_get_data_parallel_rank`) is passed
+ * through to the engine, and `x-kvgate-worker` names that rank's worker.
  * Errors answer OpenAI-shaped JSON (errorBody), never a stack.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -27,10 +30,14 @@ const log = logger('shim.http');
 
 export interface HttpFrontDeps {
   worker: string;
+  /** with data parallelism: the worker id of a rank this shim serves (undefined for other ranks) */
+  rankWorker?: (rank: number) => string | undefined;
   role: WorkerRole;
   engineUrl: string;
   maxBodyBytes: number;
   metrics: ShimMetrics;
+  /** body of GET /metrics when it is more than `metrics.registry` (several ranks' registries) */
+  metricsText?: () => Promise<string>;
   /** body of GET /healthz */
   health(): Record<string, unknown>;
   /** undici dispatcher for upstream calls (default: the global one) */
@@ -38,7 +45,8 @@ export interface HttpFrontDeps {
 }
 
 const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
-const FORWARD_REQ = ['content-type', 'authorization', 'accept', 'x-request-id'];
+const DP_RANK_HEADER = 'x-data-parallel-rank';
+const FORWARD_REQ = ['content-type', 'authorization', 'accept', 'x-request-id', DP_RANK_HEADER];
 const DROP_RES = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding', 'date', 'server']);
 /** long generations: no overall deadline, but the engine must start answering in time */
 const UPSTREAM_TIMEOUTS = { headersTimeout: 300_000, bodyTimeout: 300_000 };
@@ -104,7 +112,7 @@ export class HttpFront {
         return;
       }
       if (req.method === 'GET' && path === '/metrics') {
-        const text = await this.#d.metrics.registry.metrics();
+        const text = this.#d.metricsText ? await this.#d.metricsText() : await this.#d.metrics.registry.metrics();
         res.writeHead(200, { 'content-type': this.#d.metrics.registry.contentType });
         res.end(text);
         return;
@@ -153,7 +161,7 @@ export class HttpFront {
         throw new KvgateError('KVG_UPSTREAM', `engine unreachable: ${(e as Error).message}`, { cause: e });
       }
       status = up.statusCode;
-      const out: Record<string, string | string[]> = { 'x-kvgate-worker': d.worker };
+      const out: Record<string, string | string[]> = { 'x-kvgate-worker': this.#workerOf(req) };
       for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !DROP_RES.has(k)) out[k] = v;
       res.writeHead(up.statusCode, out);
       res.flushHeaders();
@@ -170,6 +178,13 @@ export class HttpFront {
       d.metrics.proxied.inc({ route: path, status: String(status) });
       span.end();
     }
+  }
+
+  /** the worker a request is for: its rank's worker when it names a rank this shim serves */
+  #workerOf(req: IncomingMessage): string {
+    const h = req.headers[DP_RANK_HEADER];
+    if (this.#d.rankWorker && typeof h === 'string' && /^\d+$/.test(h)) return this.#d.rankWorker(Number(h)) ?? this.#d.worker;
+    return this.#d.worker;
   }
 
   async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal): Promise<Record<string, unknown>> {

@@ -5,48 +5,65 @@
  *   … shim.url (HTTP front) …
  *   await shim.stop();      // deregisters, publishes `cleared`
  *
+ * With data parallelism (`dataParallelSize` / `dpRank`) one shim publishes each rank of the engine server as
+ * its own worker `<worker>-dp<r>` (rank-worker.ts: its own event socket on port + r, relay, load report and
+ * registration with `dpRank`); the HTTP front, the /metrics scrape and the LoRA names are shared.
+ *
  * Wiring only: the event relay (relay.ts) is the actor that owns the KV state; sockets live in
  * zmq-edge.ts, load-scraper.ts, registry.ts and http.ts.
  */
 import { request } from 'undici';
-import {
-  encode,
-  initHashing,
-  logger,
-  subjects,
-  type Bus,
-  type LoadReport,
-  type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
+import { AggregatorRegistry } from 'prom-client';
+import { initHashing, logger, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
-import { EventRelay } from './relay.js';
-import { EngineSubscriber, requestReplay } from './zmq-edge.js';
 import { LoraNames, lorasFromModels } from './lora.js';
 import { LoadScraper } from './load-scraper.js';
-import { Registration, registryKey } from './registry.js';
+import { registryKey } from './registry.js';
 import { HttpFront } from './http.js';
-import type { EngineLoad } from './engine-load.js';
+import { engineLoad } from './engine-load.js';
+import { offsetEndpoint } from './dp.js';
+import { RankWorker, type SharedShape } from './rank-worker.js';
+import type { Sample } from './prom-text.js';
 
 export type { ShimOptions } from './options.js';
 export { registryKey } from './registry.js';
 
 const log = logger('shim');
 
-export interface ShimHandle {
+/** one published worker (an engine, or one data-parallel rank) */
+export interface RankHandle {
   readonly worker: string;
+  /** undefined without data parallelism */
+  readonly dpRank: number | undefined;
+  readonly metrics: ShimMetrics;
+  readonly capacityBlocks: number;
+  readonly eventSeq: number;
+  readonly mapSize: number;
+  /** the last load reading of this worker (`split`: an even share of the server's totals) */
+  readonly load: import('./engine-load.js').EngineLoad;
+  dropNextFrames(n: number): void;
+}
+
+export interface ShimHandle {
+  /** the worker id given; without data parallelism the one worker published, else the ranks' ids' stem */
+  readonly worker: string;
+  /** the workers published, in rank order (one without data parallelism) */
+  readonly ranks: readonly RankHandle[];
   /** the shim's HTTP front (empty when port = -1) */
   readonly url: string;
+  /** without data parallelism the worker's metrics; with it the server-wide ones (scrapes, proxied requests) */
   readonly metrics: ShimMetrics;
-  /** block size and capacity as currently known */
+  /** block size and capacity as currently known (capacity: the first rank's) */
   readonly blockSize: number;
   readonly capacityBlocks: number;
-  /** last outgoing event batch sequence */
+  /** last outgoing event batch sequence (the first rank's) */
   readonly eventSeq: number;
-  /** entries in the engine-hash map */
+  /** entries in the engine-hash maps (all ranks) */
   readonly mapSize: number;
-  /** resolves once every engine message received so far is relayed */
+  /** resolves once every engine message received so far is relayed (all ranks) */
   idle(): Promise<void>;
-  /** test hook: drop the next `n` engine messages as if the network lost them */
+  /** test hook: drop the next `n` engine messages (the first rank's) as if the network lost them */
   dropNextFrames(n: number): void;
   /** clean shutdown: deregister, publish `cleared`, close sockets */
   stop(): Promise<void>;
@@ -60,6 +77,9 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   const o: ResolvedShimOptions = resolveOptions(options);
   await initHashing();
   const s = subjects(o.namespace);
+  const dp = o.dp;
+  // Without data parallelism the one worker's metrics are the shim's (as always); with it each rank has its
+  // own registry (default label worker=<id>-dp<r>) beside the server's, and /metrics serves them all.
   const metrics = createMetrics(o.worker);
   const loras = new LoraNames(o.loraMap);
 
@@ -67,14 +87,6 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   await bus.stream(s.eventStream, eventStreamConfig(s));
   const kv = await bus.kv(s.workersBucket, { ttlMs: o.registryTtlMs });
 
-  let blockSize = o.blockSize;
-  let capacityBlocks = o.capacityBlocks;
-  let capacityTokens = 0;
-  let engineLoras: string[] = [];
-  let url = '';
-  let stopped = false;
-
-  const eventSubject = s.events(o.worker);
   let lastLoraRefresh = 0;
   const refreshLoras = async (): Promise<void> => {
     const now = Date.now();
@@ -89,80 +101,63 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     }
   };
 
-  let registration: Registration | undefined;
-  const shapeChanged = () => void registration?.put();
-
-  const relay = new EventRelay({
-    worker: o.worker,
-    model: o.model,
-    metrics,
-    loras,
-    maxMapEntries: o.maxMapEntries,
-    maxMailbox: 100_000,
-    publish: (batch) => bus.publish(eventSubject, encode(batch)),
-    replay: async (from) => (o.kvReplay ? requestReplay(o.kvReplay, from, o.replayTimeoutMs) : null),
-    refreshLoras,
-    onBlockSize: (b) => {
-      if (b !== blockSize) {
-        blockSize = b;
-        if (capacityTokens > 0) capacityBlocks = Math.floor(capacityTokens / b);
-        shapeChanged();
+  let ranks: RankWorker[] = [];
+  const shared = {
+    blockSize: o.blockSize,
+    loras: [] as string[],
+    advertised: o.engineUrl,
+    stopped: false as boolean,
+    url: '',
+    onBlockSize(b: number) {
+      if (b === shared.blockSize) return;
+      shared.blockSize = b;
+      for (const r of ranks) {
+        r.blockSizeChanged();
+        r.putRegistration();
       }
     },
-  });
+  } satisfies SharedShape;
 
-  // ---- load: scrape, publish every loadIntervalMs and on change --------------------------------------
-  let load: EngineLoad = { engine: 'unknown', waiting: 0, running: 0, kvUsage: 0 };
-  let lastKey = '';
-  let lastSent = 0;
-  const report = (): LoadReport => ({
-    worker: o.worker,
-    model: o.model,
-    role: o.role,
-    waiting: load.waiting,
-    running: load.running,
-    kvUsage: load.kvUsage,
-    capacityBlocks,
-    url: url || o.engineUrl,
-    ts: Date.now(),
-  });
-  const publishLoad = (force: boolean) => {
-    if (stopped) return;
-    const key = `${load.waiting}|${load.running}|${load.kvUsage}|${capacityBlocks}`;
-    const now = Date.now();
-    if (!force && key === lastKey && now - lastSent < o.loadIntervalMs) return;
-    lastKey = key;
-    lastSent = now;
-    try {
-      bus.publish(s.load(o.worker), encode(report()));
-      metrics.loadReports.inc();
-    } catch (e) {
-      // a closed or failing bus must not take the process down from a timer; the next tick retries
-      log.warn({ err: String(e) }, 'load report not published');
+  ranks = (dp ? dp.ranks : [{ rank: undefined, worker: o.worker }]).map(
+    ({ rank, worker }) =>
+      new RankWorker({
+        bus,
+        kv,
+        o,
+        worker,
+        dpRank: rank,
+        metrics: dp ? createMetrics(worker) : metrics,
+        loras,
+        refreshLoras,
+        events: { endpoint: offsetEndpoint(o.kvEvents.endpoint, rank ?? 0), bind: o.kvEvents.bind },
+        replay: o.kvReplay ? offsetEndpoint(o.kvReplay, rank ?? 0) : undefined,
+        shared,
+      }),
+  );
+
+  // ---- load: one scrape serves every rank; each rank publishes its own reading ---------------------------
+  const onSamples = (samples: Sample[]) => {
+    let serverShape = false;
+    for (const r of ranks) {
+      const l = engineLoad(samples, dp && r.dpRank !== undefined ? { rank: r.dpRank, size: dp.dpSize } : undefined);
+      if (l.blockSize !== undefined && l.blockSize !== shared.blockSize) {
+        shared.blockSize = l.blockSize;
+        for (const x of ranks) x.blockSizeChanged();
+        serverShape = true;
+      }
+      if (l.loras && l.loras.join(',') !== shared.loras.join(',')) {
+        shared.loras = l.loras;
+        serverShape = true;
+      }
+      if (r.setLoad(l) && !serverShape) r.putRegistration();
+      r.publishLoad(false);
     }
+    if (serverShape) for (const r of ranks) r.putRegistration();
   };
-  const onLoad = (l: EngineLoad) => {
-    load = l;
-    let changed = false;
-    if (l.blockSize !== undefined && l.blockSize !== blockSize) {
-      blockSize = l.blockSize;
-      changed = true;
-    }
-    if (l.capacityTokens !== undefined) capacityTokens = l.capacityTokens;
-    const cap = l.capacityBlocks ?? (capacityTokens > 0 ? Math.floor(capacityTokens / blockSize) : undefined);
-    if (cap !== undefined && cap !== capacityBlocks) {
-      capacityBlocks = cap;
-      changed = true;
-    }
-    if (l.loras && l.loras.join(',') !== engineLoras.join(',')) {
-      engineLoras = l.loras;
-      changed = true;
-    }
-    if (changed) shapeChanged();
-    publishLoad(false);
-  };
-  const scraper = new LoadScraper(o.engineUrl, o.scrapeIntervalMs, metrics, onLoad);
-  const loadTimer = setInterval(() => publishLoad(true), o.loadIntervalMs);
+  const scraper = new LoadScraper(o.engineUrl, o.scrapeIntervalMs, metrics, onSamples);
+  const loadTimer = setInterval(() => {
+    for (const r of ranks) r.publishLoad(true);
+  }, o.loadIntervalMs);
   loadTimer.unref();
 
   // ---- HTTP front ------------------------------------------------------------------------------------
@@ -170,113 +165,135 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   if (o.port >= 0) {
     front = new HttpFront({
       worker: o.worker,
+      rankWorker: dp ? (r) => dp.ranks.find((x) => x.rank === r)?.worker : undefined,
       role: o.role,
       engineUrl: o.engineUrl,
       maxBodyBytes: o.maxBodyBytes,
       metrics,
+      metricsText: dp ? () => metricsText([metrics, ...ranks.map((r) => r.metrics)]) : undefined,
       health: () => ({
-        status: stopped ? 'stopping' : 'ok',
+        status: shared.stopped ? 'stopping' : 'ok',
         worker: o.worker,
         model: o.model,
         role: o.role,
-        blockSize,
-        capacityBlocks,
-        engineNextSeq: String(relay.engineNext),
-        eventSeq: relay.outSeq,
-        mapEntries: relay.mapSize,
+        blockSize: shared.blockSize,
+        capacityBlocks: ranks[0]!.capacityBlocks,
+        engineNextSeq: String(ranks[0]!.relay.engineNext),
+        eventSeq: ranks[0]!.relay.outSeq,
+        mapEntries: ranks.reduce((n, r) => n + r.relay.mapSize, 0),
+        ...(dp
+          ? {
+              ranks: ranks.map((r) => ({
+                worker: r.worker,
+                dpRank: r.dpRank,
+                capacityBlocks: r.capacityBlocks,
+                engineNextSeq: String(r.relay.engineNext),
+                eventSeq: r.relay.outSeq,
+                mapEntries: r.relay.mapSize,
+              })),
+            }
+          : {}),
       }),
     });
-    url = await front.listen(o.port, o.host);
+    shared.url = await front.listen(o.port, o.host);
   }
-  const advertised = o.advertiseUrl ?? (url || o.engineUrl);
+  shared.advertised = o.advertiseUrl ?? (shared.url || o.engineUrl);
 
   // Learn the engine's shape before registering (best effort: an engine still starting answers later).
   await Promise.all([scraper.scrape(), refreshLoras()]);
   scraper.start();
 
-  // A new shim incarnation starts its event numbering at 0 with `cleared`: whatever an earlier
-  // incarnation published for this worker is void; replay (below) relearns what the engine holds.
-  await relay.publishCleared();
-
-  registration = new Registration(
-    kv,
-    o.worker,
-    (): WorkerRegistration => ({
-      worker: o.worker,
-      model: o.model,
-      role: o.role,
-      url: advertised,
-      engineUrl: o.engineUrl,
-      blockSize,
-      capacityBlocks,
-      loras: engineLoras,
-      ts: Date.now(),
-    }),
-    o.heartbeatMs,
-  );
-  await registration.start();
-
-  let dropN = 0;
-  const sub = new EngineSubscriber(o.kvEvents, o.topic, {
-    onMessage: (frames) => {
-      if (dropN > 0) {
-        dropN--;
-        metrics.droppedFrames.inc();
-        return;
-      }
-      relay.post(frames);
-    },
-    onDisconnect: () => relay.engineDisconnected(),
-    // the subscription reaches the engine a moment after the TCP connect; probe a little later
-    onConnect: () => setTimeout(() => relay.engineConnected(), 50).unref(),
-  });
-  // A batch lost at the end of a burst (PUB high-water mark, a late subscription) shows as a gap only when
-  // the next batch arrives; an idle engine may send none for long. Probe the replay socket now and then.
-  const probeTimer = o.kvReplay ? setInterval(() => relay.engineConnected(), o.replayProbeMs) : undefined;
-  probeTimer?.unref();
-  log.info({ worker: o.worker, model: o.model, role: o.role, url, events: o.kvEvents, replay: o.kvReplay, key: registryKey(o.worker) }, 'shim started');
-
+  const started: RankWorker[] = [];
   const shutdown = async (clean: boolean) => {
-    if (stopped) return;
-    stopped = true;
+    if (shared.stopped) return;
+    shared.stopped = true;
     clearInterval(loadTimer);
-    if (probeTimer) clearInterval(probeTimer);
-    await sub.close();
     await scraper.stop();
-    await registration!.stop(clean);
-    if (clean) {
-      await relay.idle();
-      await relay.publishCleared();
-      await bus.flush().catch(() => undefined);
-    }
-    relay.stop();
+    await Promise.all(started.map((r) => r.stop(clean)));
+    if (clean) await bus.flush().catch(() => undefined);
+    for (const r of ranks) r.relay.stop();
     await front?.close();
     log.info({ worker: o.worker, clean }, 'shim stopped');
   };
+  try {
+    for (const r of ranks) {
+      started.push(r);
+      await r.start();
+    }
+  } catch (e) {
+    // a bind that failed (port in use) must not leave the other ranks registered and their sockets open
+    await shutdown(true);
+    throw e;
+  }
+  log.info(
+    {
+      worker: o.worker,
+      workers: ranks.map((r) => r.worker),
+      model: o.model,
+      role: o.role,
+      url: shared.url,
+      events: o.kvEvents.endpoint,
+      bind: o.kvEvents.bind,
+      replay: o.kvReplay,
+      key: registryKey(o.worker),
+    },
+    'shim started',
+  );
 
+  const rankHandle = (r: RankWorker): RankHandle => ({
+    worker: r.worker,
+    dpRank: r.dpRank,
+    metrics: r.metrics,
+    get capacityBlocks() {
+      return r.capacityBlocks;
+    },
+    get eventSeq() {
+      return r.relay.outSeq;
+    },
+    get mapSize() {
+      return r.relay.mapSize;
+    },
+    get load() {
+      return r.load;
+    },
+    dropNextFrames: (n) => r.dropNextFrames(n),
+  });
+  const first = ranks[0]!;
   return {
     worker: o.worker,
+    ranks: ranks.map(rankHandle),
     get url() {
-      return url;
+      return shared.url;
     },
     metrics,
     get blockSize() {
-      return blockSize;
+      return shared.blockSize;
     },
     get capacityBlocks() {
-      return capacityBlocks;
+      return first.capacityBlocks;
     },
     get eventSeq() {
-      return relay.outSeq;
+      return first.relay.outSeq;
     },
     get mapSize() {
-      return relay.mapSize;
+      return ranks.reduce((n, r) => n + r.relay.mapSize, 0);
     },
-    idle: () => relay.idle(),
+    idle: async () => {
+      await Promise.all(ranks.map((r) => r.relay.idle()));
+    },
     dropNextFrames(n: number) {
-      dropN += n;
+      first.dropNextFrames(n);
     },
     stop: () => shutdown(true),
     kill: () => shutdown(false),
   };
+}
+
+/**
+ * One exposition of several registries whose metrics share names: each family once, with every registry's
+ * series (they differ by their default `worker` label). Concatenating the texts would repeat HELP/TYPE lines,
+ * which Prometheus rejects.
+ */
+async function metricsText(all: ShimMetrics[]): Promise<string> {
+  return AggregatorRegistry.aggregate(await Promise.all(all.map((m) => m.registry.getMetricsAsJSON()))).metrics();
 }

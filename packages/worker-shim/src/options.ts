@@ -1,6 +1,7 @@
 /** The shim's one options type; `kvgate shim` flags and KVGATE_* env vars map onto it. */
 import { KvgateError, TOKEN_RE, type WorkerRole } from '@kvgate/protocol';
 import { parseLoraMap } from './lora.js';
+import { offsetEndpoint, rankWorkerId } from './dp.js';
 
 export interface ShimOptions {
   /** worker id, unique in the namespace; a subject token ([A-Za-z0-9_-:@]). Required. */
@@ -11,9 +12,27 @@ export interface ShimOptions {
   role?: WorkerRole;
   /** engine's HTTP base URL (OpenAI API and /metrics), e.g. http://127.0.0.1:8000. Required. */
   engineUrl: string;
-  /** engine's ZMQ PUB endpoint, e.g. tcp://127.0.0.1:5557. Required. */
-  kvEvents: string;
-  /** engine's ZMQ ROUTER replay endpoint; absent = gaps are never replayed (cleared instead) */
+  /**
+   * engine's ZMQ PUB endpoint the shim connects to, e.g. tcp://127.0.0.1:5557. Required unless `kvEventsBind`.
+   * With data parallelism: rank 0's endpoint, as in the engine's own config (rank r is offset by r, see dp.ts).
+   */
+  kvEvents?: string;
+  /**
+   * bind the shim's SUB socket here instead, e.g. tcp://*:5557, for engines whose publisher connects to a central
+   * subscriber (vLLM/SGLang connect when their endpoint has no `*`, `::`, ipc or inproc). Rank r binds port + r.
+   */
+  kvEventsBind?: string;
+  /**
+   * the engine server's data-parallel size N: one relay, registration and load report per rank, each rank its
+   * own worker `<worker>-dp<r>`. Absent: no data parallelism (the worker id is used as it is).
+   */
+  dataParallelSize?: number;
+  /**
+   * serve this one rank only (worker `<worker>-dp<R>`, events on port + R). Without `dataParallelSize` the
+   * engine URL is taken to serve this rank alone (vLLM external load balancing: one API server per rank).
+   */
+  dpRank?: number;
+  /** engine's ZMQ ROUTER replay endpoint (always connected to; rank r: port + r); absent = gaps are never replayed (cleared instead) */
   kvReplay?: string;
   /** ZMQ topic prefix to subscribe to (default '' = all) */
   topic?: string;
@@ -49,11 +68,23 @@ export interface ShimOptions {
   maxBodyBytes?: number;
 }
 
-export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap'>> & {
+export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank'>> & {
   kvReplay: string | undefined;
   advertiseUrl: string | undefined;
   loraMap: Map<number, string>;
+  /** rank 0's event endpoint, and whether the shim binds it (connect mode engines) or connects to it */
+  kvEvents: { endpoint: string; bind: boolean };
+  /**
+   * the data-parallel ranks this shim serves, each with its worker id; null = no data parallelism (one worker,
+   * id unchanged). `dpSize` is the server's size when known (even split of unlabelled load), else null.
+   */
+  dp: { ranks: { rank: number; worker: string }[]; dpSize: number | null } | null;
 };
+
+function rankNumber(v: number, name: string, min: number): number {
+  if (!Number.isSafeInteger(v) || v < min) throw new KvgateError('KVG_CONFIG', `${name} must be an integer ≥ ${min}, got ${v}`);
+  return v;
+}
 
 function positive(v: number, name: string, allowZero = false): number {
   if (!Number.isFinite(v) || v < 0 || (!allowZero && v === 0)) throw new KvgateError('KVG_CONFIG', `${name} must be a positive number, got ${v}`);
@@ -64,7 +95,24 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
   if (!o.worker || !TOKEN_RE.test(o.worker)) throw new KvgateError('KVG_CONFIG', `worker id ${JSON.stringify(o.worker)} must match ${TOKEN_RE}`);
   if (!o.model) throw new KvgateError('KVG_CONFIG', 'model is required');
   if (!o.engineUrl) throw new KvgateError('KVG_CONFIG', 'engine URL is required');
-  if (!o.kvEvents) throw new KvgateError('KVG_CONFIG', 'KV events endpoint is required');
+  if (o.kvEvents && o.kvEventsBind) throw new KvgateError('KVG_CONFIG', 'give either a KV events endpoint to connect to or one to bind, not both');
+  if (!o.kvEvents && !o.kvEventsBind) throw new KvgateError('KVG_CONFIG', 'KV events endpoint is required (connect, or bind for engines in connect mode)');
+  const kvEvents = o.kvEventsBind ? { endpoint: o.kvEventsBind, bind: true } : { endpoint: o.kvEvents!, bind: false };
+  let dp: ResolvedShimOptions['dp'] = null;
+  // size 1 alone is no data parallelism: the worker keeps its id (templated deployments pass it everywhere)
+  if (o.dpRank !== undefined || (o.dataParallelSize !== undefined && o.dataParallelSize !== 1)) {
+    const size = o.dataParallelSize === undefined ? null : rankNumber(o.dataParallelSize, 'data-parallel size', 1);
+    const one = o.dpRank === undefined ? null : rankNumber(o.dpRank, 'data-parallel rank', 0);
+    if (size !== null && one !== null && one >= size) throw new KvgateError('KVG_CONFIG', `data-parallel rank ${one} is not below data-parallel size ${size}`);
+    const ranks = one !== null ? [one] : Array.from({ length: size! }, (_, r) => r);
+    dp = { dpSize: size, ranks: ranks.map((rank) => ({ rank, worker: rankWorkerId(o.worker, rank) })) };
+    for (const r of dp.ranks) {
+      // fails early, with the flag named, on an endpoint no engine rank could use
+      offsetEndpoint(kvEvents.endpoint, r.rank);
+      if (o.kvReplay) offsetEndpoint(o.kvReplay, r.rank);
+      if (!TOKEN_RE.test(r.worker)) throw new KvgateError('KVG_CONFIG', `worker id ${JSON.stringify(r.worker)} must match ${TOKEN_RE}`);
+    }
+  }
   const role = o.role ?? 'both';
   if (role !== 'both' && role !== 'prefill' && role !== 'decode') throw new KvgateError('KVG_CONFIG', `role must be both, prefill or decode, got ${role}`);
   let loraMap: Map<number, string>;
@@ -78,7 +126,8 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     model: o.model,
     role,
     engineUrl: o.engineUrl.replace(/\/+$/, ''),
-    kvEvents: o.kvEvents,
+    kvEvents,
+    dp,
     kvReplay: o.kvReplay || undefined,
     topic: o.topic ?? '',
     namespace: o.namespace ?? 'default',

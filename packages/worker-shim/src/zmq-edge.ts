@@ -1,6 +1,8 @@
 /**
  * The shim's ZMQ edge: the only code that touches the engine's event sockets.
  *   EngineSubscriber — SUB socket on the engine's PUB (`[topic, seq, payload]` messages), handed raw to a callback.
+ *                      It connects to the engine's bound PUB, or (`bind`) binds for engines whose publisher
+ *                      connects (vLLM/SGLang connect when their endpoint names a host, not `*`, `::`, ipc or inproc).
  *   requestReplay    — one DEALER round trip to the engine's ROUTER replay socket.
  */
 import { Dealer, Subscriber } from 'zeromq';
@@ -12,8 +14,14 @@ export interface SubscriberHandlers {
   onMessage(frames: Uint8Array[]): void;
   /** the engine's end of the connection went away (engine exit / restart) */
   onDisconnect(): void;
-  /** connected (or reconnected) to the engine */
+  /** connected (or reconnected) to the engine; in bind mode: an engine connected to us */
   onConnect(): void;
+}
+
+export interface SubscriberEndpoint {
+  endpoint: string;
+  /** bind the SUB socket (engines connect to it) instead of connecting to the engine's PUB */
+  bind: boolean;
 }
 
 export class EngineSubscriber {
@@ -21,16 +29,28 @@ export class EngineSubscriber {
   readonly #done: Promise<void>;
   #closed = false;
 
-  constructor(endpoint: string, topic: string, h: SubscriberHandlers) {
+  /** connects (or binds) and starts reading; rejects if the bind fails (address in use, bad endpoint) */
+  static async open(at: SubscriberEndpoint, topic: string, h: SubscriberHandlers): Promise<EngineSubscriber> {
     const sock = new Subscriber({ linger: 0, receiveHighWaterMark: 100_000 });
+    try {
+      if (at.bind) await sock.bind(at.endpoint);
+      else sock.connect(at.endpoint);
+    } catch (e) {
+      sock.close();
+      throw e;
+    }
+    return new EngineSubscriber(sock, at.bind, topic, h);
+  }
+
+  private constructor(sock: Subscriber, bound: boolean, topic: string, h: SubscriberHandlers) {
     this.#sock = sock;
     sock.events.on('disconnect', () => {
       if (!this.#closed) h.onDisconnect();
     });
-    sock.events.on('connect', () => {
+    // a bound socket sees the engine arrive as an accepted connection; a connecting one as its own connect
+    sock.events.on(bound ? 'accept' : 'connect', () => {
       if (!this.#closed) h.onConnect();
     });
-    sock.connect(endpoint);
     if (topic === '') sock.subscribe();
     else sock.subscribe(topic);
     this.#done = (async () => {
