@@ -12,11 +12,12 @@ import { EngineCore } from './engine.js';
 import { EngineMetrics } from './metrics.js';
 import { KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
 import { createHttpHandler, type EngineRole } from './openai-http.js';
-import { DEFAULT_TIMING, DEFAULT_TRANSFER, QWEN3_8B_SHAPE, type ModelShape, type TimingModel, type TransferModel } from './timing.js';
+import { DEFAULT_OFFLOAD_LINK, DEFAULT_TIMING, DEFAULT_TRANSFER, QWEN3_8B_SHAPE, bytesPerBlock, type ModelShape, type OffloadLinkModel, type TimingModel, type TransferModel } from './timing.js';
 import type { SchedulerStats } from './scheduler.js';
 
 export * from './timing.js';
-export { KvCache, type KvCacheEvent } from './kv-cache.js';
+export { KvCache, type KvCacheEvent, type Medium } from './kv-cache.js';
+export { CpuOffloadTier, type OffloadStoreResult } from './kv-offload.js';
 export { Scheduler, type SchedulerOptions, type SubmitRequest, type StepResult, type TokenOutput, type SchedulerStats, type HeldBlocks } from './scheduler.js';
 export { BlockHasher, type BlockDigest, type HashAlgo } from './block-hash.js';
 import type { HashAlgo } from './block-hash.js';
@@ -80,6 +81,13 @@ export interface SimEngineOptions {
   kvHoldTimeoutS?: number;
   /** data-parallel rank written into event batches (default 0) */
   dpRank?: number;
+  /**
+   * CPU offload tier in blocks (vLLM's OffloadingConnector; default 0 = off): GPU evictions move there, hits
+   * on it are reloaded over the host link instead of prefilled, and its events carry medium "CPU"
+   */
+  cpuOffloadBlocks?: number;
+  /** GPU ↔ host link of the offload tier (defaults: 25 GB/s, 0 ms) */
+  offloadLink?: Partial<OffloadLinkModel>;
 }
 
 export interface SimEngineHandle {
@@ -91,6 +99,8 @@ export interface SimEngineHandle {
   role: EngineRole;
   blockSize: number;
   numBlocks: number;
+  /** CPU offload tier capacity in blocks (0 = off) */
+  cpuOffloadBlocks: number;
   /** connectable ZMQ PUB endpoint (tcp://127.0.0.1:port), null when disabled */
   kvEventsEndpoint: string | null;
   /** connectable ZMQ ROUTER replay endpoint, null when disabled */
@@ -124,6 +134,9 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
   const blockSize = options.blockSize ?? 16;
   const numBlocks = options.numBlocks ?? 16384;
   const maxModelLen = Math.min(options.maxModelLen ?? 32768, numBlocks * blockSize);
+  const cpuOffloadBlocks = options.cpuOffloadBlocks ?? 0;
+  if (!Number.isInteger(cpuOffloadBlocks) || cpuOffloadBlocks < 0) throw new RangeError(`cpuOffloadBlocks must be a non-negative integer, got ${cpuOffloadBlocks}`);
+  const shape = { ...QWEN3_8B_SHAPE, ...options.shape };
   const log = logger('sim-engine', { engine: engineId });
 
   const tokenizer = await loadTokenizer(options.tokenizer);
@@ -161,6 +174,9 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
         ...(options.hashSeed !== undefined ? { hashSeed: options.hashSeed } : {}),
         ...(options.prefixCachingHashAlgo !== undefined ? { hashAlgo: options.prefixCachingHashAlgo } : {}),
         sample,
+        cpuOffloadBlocks,
+        kvBytesPerBlock: bytesPerBlock(shape, blockSize),
+        offloadLink: { ...DEFAULT_OFFLOAD_LINK, ...options.offloadLink },
       },
       speedup: options.speedup ?? 1,
       holdTimeoutMs: (options.kvHoldTimeoutS ?? 480) * 1000,
@@ -183,7 +199,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     defaultMaxTokens: options.defaultMaxTokens ?? 16,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
     blockSize,
-    shape: { ...QWEN3_8B_SHAPE, ...options.shape },
+    shape,
     transfer: { ...DEFAULT_TRANSFER, ...options.transfer },
     advertise: () => ({ host: advertiseHost, port }),
     tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
@@ -204,7 +220,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
   }
   port = (server.address() as AddressInfo).port;
   const url = `http://${advertiseHost.includes(':') ? `[${advertiseHost}]` : advertiseHost}:${port}`;
-  log.info({ url, kvEvents: publisher?.endpoint ?? null, replay: publisher?.replayEndpoint ?? null, role, blockSize, numBlocks, speedup: core.speedup }, 'sim engine listening');
+  log.info({ url, kvEvents: publisher?.endpoint ?? null, replay: publisher?.replayEndpoint ?? null, role, blockSize, numBlocks, cpuOffloadBlocks, speedup: core.speedup }, 'sim engine listening');
 
   let closing: Promise<void> | undefined;
   return {
@@ -215,6 +231,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     role,
     blockSize,
     numBlocks,
+    cpuOffloadBlocks,
     kvEventsEndpoint: publisher?.endpoint ?? null,
     replayEndpoint: publisher?.replayEndpoint ?? null,
     stats: () => core.stats(),

@@ -9,13 +9,27 @@
  *   reverse order, so a prefix's tail is evicted before its head.
  * - At most one cached block per hash: a second copy computed concurrently is not cached (no duplicate events).
  *
+ * - Optional CPU offload tier (`cpuBlocks` > 0, kv-offload.ts): a cached block the pool evicts moves there. Its
+ *   events are those of vLLM's OffloadingConnector: a hash-only BlockStored (medium CPU, no tokens, no parent)
+ *   and, when the CPU LRU evicts, BlockRemoved (medium CPU). In one allocation the CPU store is recorded before
+ *   the GPU removal, so a consumer that maps engine hashes still knows the block when the placeholder arrives
+ *   (in vLLM the write-through store precedes the GPU eviction by far).
+ *
  * Every change to the set of cached hashes is recorded as a vLLM-style event; `drainEvents()` hands them out.
  */
 import type { BlockDigest } from './block-hash.js';
+import { CpuOffloadTier } from './kv-offload.js';
 
+/** vLLM's `medium` strings (kv_events.MEDIUM_GPU, the CPU backend's "CPU"). */
+export type Medium = 'GPU' | 'CPU';
+
+/**
+ * A BlockStored with `medium: 'CPU'` is an offload placeholder: `tokenIds` empty, `parent` null; `blockSize` is
+ * the offloaded block size (older vLLM sent it; the current one sends 0, which the encoder writes).
+ */
 export type KvCacheEvent =
-  | { type: 'BlockStored'; hashes: BlockDigest[]; parent: BlockDigest | null; tokenIds: number[]; blockSize: number }
-  | { type: 'BlockRemoved'; hashes: BlockDigest[] }
+  | { type: 'BlockStored'; hashes: BlockDigest[]; parent: BlockDigest | null; tokenIds: number[]; blockSize: number; medium?: Medium }
+  | { type: 'BlockRemoved'; hashes: BlockDigest[]; medium?: Medium }
   | { type: 'AllBlocksCleared' };
 
 const NIL = -1;
@@ -35,8 +49,10 @@ export class KvCache {
   #tail = NIL;
   #free = 0;
   #events: KvCacheEvent[] = [];
+  /** the CPU tier, null when off */
+  readonly offload: CpuOffloadTier | null;
 
-  constructor(numBlocks: number, blockSize: number) {
+  constructor(numBlocks: number, blockSize: number, cpuBlocks = 0) {
     if (!Number.isInteger(numBlocks) || numBlocks <= 0) throw new RangeError(`numBlocks must be a positive integer, got ${numBlocks}`);
     if (!Number.isInteger(blockSize) || blockSize <= 0) throw new RangeError(`blockSize must be a positive integer, got ${blockSize}`);
     this.numBlocks = numBlocks;
@@ -47,6 +63,8 @@ export class KvCache {
     this.#next = new Int32Array(numBlocks);
     this.#inFree = new Uint8Array(numBlocks);
     for (let i = 0; i < numBlocks; i++) this.#pushTail(i);
+    if (!Number.isInteger(cpuBlocks) || cpuBlocks < 0) throw new RangeError(`cpuBlocks must be a non-negative integer, got ${cpuBlocks}`);
+    this.offload = cpuBlocks > 0 ? new CpuOffloadTier(cpuBlocks) : null;
   }
 
   /** Blocks with refcount 0 (free or cached-but-unused). */
@@ -99,7 +117,12 @@ export class KvCache {
       this.#ref[id] = 1;
       out[i] = id;
     }
-    if (removed) this.#events.push({ type: 'BlockRemoved', hashes: removed });
+    if (removed) {
+      const cpu = this.offload?.store(removed);
+      if (cpu?.stored.length) this.#events.push({ type: 'BlockStored', hashes: cpu.stored, parent: null, tokenIds: [], blockSize: this.blockSize, medium: 'CPU' });
+      this.#events.push({ type: 'BlockRemoved', hashes: removed, medium: 'GPU' });
+      if (cpu?.removed.length) this.#events.push({ type: 'BlockRemoved', hashes: cpu.removed, medium: 'CPU' });
+    }
     return out;
   }
 
@@ -137,14 +160,18 @@ export class KvCache {
 
   /** Records a BlockStored event (the scheduler groups one request's newly cached blocks into one event). */
   recordStored(hashes: BlockDigest[], parent: BlockDigest | null, tokenIds: number[]): void {
-    if (hashes.length > 0) this.#events.push({ type: 'BlockStored', hashes, parent, tokenIds, blockSize: this.blockSize });
+    if (hashes.length > 0) this.#events.push({ type: 'BlockStored', hashes, parent, tokenIds, blockSize: this.blockSize, medium: 'GPU' });
   }
 
-  /** Forgets every cached hash (vLLM's reset_prefix_cache). Refused (false) while any block is in use. */
+  /**
+   * Forgets every cached hash (vLLM's reset_prefix_cache), the CPU tier's too: one AllBlocksCleared without a
+   * medium, which clears every tier. Refused (false) while any block is in use.
+   */
   reset(): boolean {
     if (this.#free !== this.numBlocks) return false;
     for (const id of this.#byKey.values()) this.#digest[id] = null;
     this.#byKey.clear();
+    this.offload?.clear();
     this.#events.push({ type: 'AllBlocksCleared' });
     return true;
   }

@@ -2,10 +2,24 @@
  * KV events exactly as vLLM publishes them (vllm/distributed/kv_events.py, ZmqEventPublisher):
  *
  * - ZMQ PUB, multipart [topic, seq (8-byte big-endian, from 0), payload]; one batch per scheduler step.
- * - payload, `array` encoding (vLLM ≤ 0.23, array_like structs): [ts, [event…], dp_rank] with
+ * - payload, `array` encoding (older vLLM, array_like structs: every field of that version, in order):
+ *     [ts, [event…], dp_rank] with
  *     ["BlockStored", block_hashes, parent_block_hash|nil, token_ids, block_size, lora_id|nil, medium, lora_name|nil]
  *     ["BlockRemoved", block_hashes, medium]   ["AllBlocksCleared"]
- *   `map` encoding (newer vLLM): {ts, events: [{type: "BlockStored", block_hashes, …}], data_parallel_rank}.
+ * - `map` encoding (current vLLM: tagged msgspec structs, omit_defaults): {ts, events, data_parallel_rank}, each
+ *   event a map whose "type" tag comes first, then the fields in declaration order. Fields without a default are
+ *   always written (nil included); defaulted fields only when they differ from their default (None):
+ *     {type: "BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
+ *      extra_keys, group_idx, kv_cache_spec_kind}
+ *   The GPU store carries what block_pool.cache_full_blocks sets: extra_keys one entry per block (nil = none, as
+ *   for a plain text prompt), group_idx 0 and kv_cache_spec_kind "full_attention" (the sim has one full-attention
+ *   group; kv_cache_spec_sliding_window stays None and is omitted). BlockRemoved: {type, block_hashes, medium,
+ *   group_idx}. AllBlocksCleared: {type}.
+ * - CPU offload tier (vLLM's OffloadingConnector, take_events): hash-only placeholders in the same batch as the
+ *   GPU events: BlockStored with parent nil, token_ids [], lora_id nil, medium "CPU", lora_name nil and
+ *   block_size 0 (map, current vLLM) or the offloaded block size (array, older vLLM, where the connector passed
+ *   the manager event's block size); BlockRemoved {type, block_hashes, medium: "CPU"} (no group_idx: the
+ *   connector does not set it).
  * - Block hashes: uint64 ints by default, or 32-byte digests (`bytes`).
  * - Replay: a ROUTER socket; a client sends [empty, start seq (8-byte BE)] (a REQ socket adds the empty frame);
  *   the engine answers [empty, seq, payload] for each batch it still holds with seq ≥ start, then
@@ -22,7 +36,8 @@ import type { KvCacheEvent } from './kv-cache.js';
 export type EventEncoding = 'array' | 'map';
 export type BlockHashFormat = 'int' | 'bytes';
 
-const MEDIUM = 'GPU';
+/** vLLM's KVCacheSpecKind.FULL_ATTENTION value */
+const FULL_ATTENTION = 'full_attention';
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 
 function hashOut(d: BlockDigest, f: BlockHashFormat): bigint | Buffer {
@@ -35,14 +50,34 @@ export function encodeEventBatch(events: readonly KvCacheEvent[], ts: number, dp
     switch (e.type) {
       case 'BlockStored': {
         const hashes = e.hashes.map((d) => hashOut(d, hashFormat));
+        const medium = e.medium ?? 'GPU';
+        if (medium === 'CPU') {
+          return encoding === 'array'
+            ? ['BlockStored', hashes, null, [], e.blockSize, null, medium, null]
+            : { type: 'BlockStored', block_hashes: hashes, parent_block_hash: null, token_ids: [], block_size: 0, lora_id: null, medium, lora_name: null };
+        }
         const parent = e.parent ? hashOut(e.parent, hashFormat) : null;
         return encoding === 'array'
-          ? ['BlockStored', hashes, parent, e.tokenIds, e.blockSize, null, MEDIUM, null]
-          : { type: 'BlockStored', block_hashes: hashes, parent_block_hash: parent, token_ids: e.tokenIds, block_size: e.blockSize, lora_id: null, medium: MEDIUM, lora_name: null };
+          ? ['BlockStored', hashes, parent, e.tokenIds, e.blockSize, null, medium, null]
+          : {
+              type: 'BlockStored',
+              block_hashes: hashes,
+              parent_block_hash: parent,
+              token_ids: e.tokenIds,
+              block_size: e.blockSize,
+              lora_id: null,
+              medium,
+              lora_name: null,
+              extra_keys: hashes.map(() => null),
+              group_idx: 0,
+              kv_cache_spec_kind: FULL_ATTENTION,
+            };
       }
       case 'BlockRemoved': {
         const hashes = e.hashes.map((d) => hashOut(d, hashFormat));
-        return encoding === 'array' ? ['BlockRemoved', hashes, MEDIUM] : { type: 'BlockRemoved', block_hashes: hashes, medium: MEDIUM };
+        const medium = e.medium ?? 'GPU';
+        if (encoding === 'array') return ['BlockRemoved', hashes, medium];
+        return medium === 'CPU' ? { type: 'BlockRemoved', block_hashes: hashes, medium } : { type: 'BlockRemoved', block_hashes: hashes, medium, group_idx: 0 };
       }
       case 'AllBlocksCleared':
         return encoding === 'array' ? ['AllBlocksCleared'] : { type: 'AllBlocksCleared' };

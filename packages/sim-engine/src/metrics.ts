@@ -42,6 +42,9 @@ export class EngineMetrics {
     };
     counter('vllm:prefix_cache_queries_total', 'Prefix cache queries, in terms of number of queried tokens.', (s) => s.prefixQueries);
     counter('vllm:prefix_cache_hits_total', 'Prefix cache hits, in terms of number of cached tokens.', (s) => s.prefixHits);
+    // the offload connector's lookups (vLLM: connector_prefix_cache_stats; 0 while the CPU tier is off)
+    counter('vllm:external_prefix_cache_queries_total', 'External prefix cache queries from KV connector cross-instance cache sharing, in terms of number of queried tokens.', (s) => s.externalQueries);
+    counter('vllm:external_prefix_cache_hits_total', 'External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.', (s) => s.externalHits);
     counter('vllm:num_preemptions_total', 'Cumulative number of preemption from the engine.', (s) => s.preemptions);
     counter('vllm:prompt_tokens_total', 'Number of prefill tokens processed.', (s) => s.promptTokensComputed);
     counter('vllm:generation_tokens_total', 'Number of generation tokens processed.', (s) => s.generationTokens);

@@ -11,13 +11,20 @@
  *   sampled tokens) are applied at once and stamped with `endMs = now + duration`. A real-time driver delivers
  *   them after `duration / speedup`; a virtual-clock driver (replay whatif) just advances its clock.
  *
+ * CPU offload (`cpuOffloadBlocks` > 0): a prompt's hit is its GPU prefix, then the run of following blocks held on
+ * the CPU tier (vLLM's OffloadingConnector: get_num_new_matched_tokens looks up after the local hit). CPU-hit
+ * blocks get fresh GPU blocks and are reloaded in the admitting step: that step costs their PCIe copy time
+ * (timing.reloadMs) on top of its compute, and their tokens are not prefilled. Once reloaded they are cached on
+ * GPU again (a BlockStored GPU with their tokens, as vLLM's cache_full_blocks emits after a connector load).
+ * `cachedTokens` counts GPU + CPU hits (vLLM's num_cached_tokens = local + external computed tokens).
+ *
  * P/D: a request submitted with `remoteKv` has its prompt's KV delivered from a prefill engine (the driver has
  * already moved the bytes); it computes only its last prompt token. A request with `holdOnFinish` keeps its
  * blocks after finishing until `releaseHeld` (the prefill side waiting for the decode side to pull them).
  */
 import { BlockHasher, type BlockDigest, type HashAlgo } from './block-hash.js';
 import { KvCache, type KvCacheEvent } from './kv-cache.js';
-import { DEFAULT_TIMING, stepMs, type TimingModel } from './timing.js';
+import { DEFAULT_OFFLOAD_LINK, DEFAULT_TIMING, QWEN3_8B_SHAPE, bytesPerBlock, reloadMs, stepMs, type OffloadLinkModel, type TimingModel } from './timing.js';
 
 export interface SchedulerOptions {
   /** KV capacity in blocks (default 16384) */
@@ -36,6 +43,12 @@ export interface SchedulerOptions {
   hashAlgo?: HashAlgo;
   /** output token for a request's `index`-th generated token (default: a deterministic spread over 100..10099) */
   sample?: (requestId: string, index: number) => number;
+  /** CPU offload tier capacity in blocks; 0 = off (default 0) */
+  cpuOffloadBlocks?: number;
+  /** KV bytes of one block, for the reload time (default: Qwen3-8B bf16 at this block size) */
+  kvBytesPerBlock?: number;
+  /** GPU ↔ host link of the offload tier (default DEFAULT_OFFLOAD_LINK: 25 GB/s) */
+  offloadLink?: OffloadLinkModel;
 }
 
 export interface SubmitRequest {
@@ -59,8 +72,10 @@ export interface TokenOutput {
   /** set on the request's last token */
   finishReason: 'length' | null;
   promptTokens: number;
-  /** prompt tokens served from the prefix cache at first scheduling (vLLM's num_cached_tokens) */
+  /** prompt tokens served from the prefix cache at first scheduling, GPU + CPU tier (vLLM's num_cached_tokens) */
   cachedTokens: number;
+  /** of those, tokens reloaded from the CPU tier (vLLM's num_external_computed_tokens) */
+  cpuCachedTokens: number;
   /** simulated time this token became available (the step's end) */
   atMs: number;
 }
@@ -73,6 +88,9 @@ export interface StepResult {
   prefillTokens: number;
   /** one-token decodes in this step */
   decodeSeqs: number;
+  /** blocks reloaded from the CPU tier in this step, and the ms that took (included in durationMs) */
+  reloadBlocks: number;
+  reloadMs: number;
   outputs: TokenOutput[];
   /** KV events of this step, oldest first (one published batch) */
   events: KvCacheEvent[];
@@ -93,9 +111,19 @@ export interface SchedulerStats {
   blockSize: number;
   freeBlocks: number;
   cachedBlocks: number;
-  /** prompt tokens looked up in the prefix cache / found there (vLLM's prefix_cache_queries / hits) */
+  /** prompt tokens looked up in the GPU prefix cache / found there (vLLM's prefix_cache_queries / hits) */
   prefixQueries: number;
   prefixHits: number;
+  /**
+   * prompt tokens looked up by the offload connector / found on CPU (vLLM's external_prefix_cache_queries /
+   * hits: the whole prompt is the query, the CPU run after the GPU hit the hits); 0 while the tier is off
+   */
+  externalQueries: number;
+  externalHits: number;
+  /** CPU tier: capacity and blocks held now (0 when off), blocks reloaded to GPU so far */
+  cpuBlocks: number;
+  cpuCachedBlocks: number;
+  cpuReloadedBlocks: number;
   preemptions: number;
   promptTokensComputed: number;
   generationTokens: number;
@@ -114,6 +142,7 @@ interface Req {
   numComputed: number;
   outputs: number;
   cachedTokens: number;
+  cpuCachedTokens: number;
   looked: boolean;
   remoteKv: boolean;
   holdOnFinish: boolean;
@@ -138,11 +167,16 @@ export class Scheduler {
   #running: Req[] = [];
   #byId = new Map<string, Req>();
   #held = new Map<string, HeldBlocks>();
-  #stats = { prefixQueries: 0, prefixHits: 0, preemptions: 0, promptTokensComputed: 0, generationTokens: 0 };
+  #stats = { prefixQueries: 0, prefixHits: 0, externalQueries: 0, externalHits: 0, cpuReloadedBlocks: 0, preemptions: 0, promptTokensComputed: 0, generationTokens: 0 };
+  #bytesPerBlock: number;
+  #link: OffloadLinkModel;
 
   constructor(opts: SchedulerOptions = {}) {
     this.blockSize = opts.blockSize ?? 16;
-    this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize);
+    this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize, opts.cpuOffloadBlocks ?? 0);
+    this.#bytesPerBlock = opts.kvBytesPerBlock ?? bytesPerBlock(QWEN3_8B_SHAPE, this.blockSize);
+    this.#link = opts.offloadLink ?? DEFAULT_OFFLOAD_LINK;
+    if (!(this.#bytesPerBlock >= 0) || !(this.#link.bandwidthGBps > 0) || !(this.#link.latencyMs >= 0)) throw new RangeError('kvBytesPerBlock must be ≥ 0, offload bandwidth > 0 and latency ≥ 0');
     this.hasher = new BlockHasher(opts.hashSeed, opts.hashAlgo);
     this.#maxNumSeqs = opts.maxNumSeqs ?? 256;
     this.#budget = opts.maxNumBatchedTokens ?? 8192;
@@ -173,6 +207,7 @@ export class Scheduler {
       numComputed: 0,
       outputs: 0,
       cachedTokens: 0,
+      cpuCachedTokens: 0,
       looked: false,
       remoteKv: r.remoteKv ?? false,
       holdOnFinish: r.holdOnFinish ?? false,
@@ -226,6 +261,15 @@ export class Scheduler {
     return this.cache.longestHit(digests);
   }
 
+  /** Full blocks of `tokens` after that GPU prefix that the CPU tier holds (a peek; 0 when the tier is off). */
+  cpuPrefixBlocks(tokens: readonly number[]): number {
+    const off = this.cache.offload;
+    if (!off) return 0;
+    const digests: BlockDigest[] = [];
+    this.hasher.extend(digests, tokens, this.blockSize);
+    return off.run(digests, this.cache.longestHit(digests));
+  }
+
   get idle(): boolean {
     return this.#running.length === 0 && this.#waiting.length === 0;
   }
@@ -240,6 +284,8 @@ export class Scheduler {
       blockSize: this.blockSize,
       freeBlocks: this.cache.freeBlocks,
       cachedBlocks: this.cache.cachedBlocks,
+      cpuBlocks: this.cache.offload?.capacity ?? 0,
+      cpuCachedBlocks: this.cache.offload?.size ?? 0,
       ...this.#stats,
     };
   }
@@ -250,6 +296,8 @@ export class Scheduler {
     let budget = this.#budget;
     const sched: Array<{ req: Req; n: number; decode: boolean }> = [];
     const preempted: string[] = [];
+    const offload = this.cache.offload;
+    let reloadBlocks = 0;
 
     // 1. running requests, oldest first
     for (let i = 0; i < this.#running.length && budget > 0; i++) {
@@ -272,18 +320,28 @@ export class Scheduler {
     while (preempted.length === 0 && budget > 0 && this.#waiting.length > 0 && this.#running.length < this.#maxNumSeqs) {
       const req = this.#waiting[0]!;
       let hitCount = 0;
+      let cpuHit: BlockDigest[] = [];
       const fresh = req.numComputed === 0;
       if (fresh) {
+        // the whole hit (GPU + CPU) leaves at least the last prompt token to compute, as vLLM's lookups do
         const maxHit = Math.floor((req.tokens.length - 1) / B);
         const hit = this.cache.longestHit(req.digests, maxHit);
         req.blocks = this.cache.touch(req.digests, hit);
         hitCount = hit;
         req.cachedUpTo = hit;
-        req.numComputed = hit * B;
+        // a P/D decode request's prompt KV arrives over the wire: nothing to reload for it
+        if (offload && !req.remoteKv) {
+          cpuHit = req.digests.slice(hit, hit + offload.run(req.digests, hit, maxHit));
+          // the GPU evictions that make room for this request go to CPU: they must not push out what it reloads
+          offload.pin(cpuHit);
+        }
+        req.numComputed = (hit + cpuHit.length) * B;
       }
       const remote = req.remoteKv && req.outputs === 0 && req.numComputed < req.tokens.length - 1;
       const target = remote ? req.tokens.length : req.numComputed + Math.min(req.tokens.length - req.numComputed, budget);
-      if (!this.#ensureBlocks(req, target)) {
+      const ok = this.#ensureBlocks(req, target);
+      if (cpuHit.length) offload!.unpin(cpuHit);
+      if (!ok) {
         this.#freeBlocks(req);
         break;
       }
@@ -292,7 +350,18 @@ export class Scheduler {
         // counted once per admission, as vLLM counts one lookup per scheduled request
         this.#stats.prefixQueries += req.tokens.length;
         this.#stats.prefixHits += hitCount * B;
-        if (!req.looked) req.cachedTokens = hitCount * B;
+        if (offload) {
+          this.#stats.externalQueries += req.tokens.length;
+          this.#stats.externalHits += cpuHit.length * B;
+        }
+        if (cpuHit.length) {
+          offload!.touch(cpuHit);
+          reloadBlocks += cpuHit.length;
+        }
+        if (!req.looked) {
+          req.cachedTokens = (hitCount + cpuHit.length) * B;
+          req.cpuCachedTokens = cpuHit.length * B;
+        }
         req.looked = true;
       }
       req.running = true;
@@ -314,9 +383,12 @@ export class Scheduler {
       if (s.decode) decodeSeqs++;
       else prefillTokens += s.n;
     }
-    const durationMs = stepMs(this.#timing, prefillTokens, decodeSeqs, this.cache.usage);
+    // the reload is a copy on the host link, not compute: it adds to the step that needs the blocks
+    const reload = reloadMs(this.#link, reloadBlocks * this.#bytesPerBlock);
+    const durationMs = stepMs(this.#timing, prefillTokens, decodeSeqs, this.cache.usage) + reload;
     const endMs = now + durationMs;
     this.#stats.promptTokensComputed += prefillTokens;
+    this.#stats.cpuReloadedBlocks += reloadBlocks;
 
     const outputs: TokenOutput[] = [];
     const finished: Req[] = [];
@@ -329,7 +401,7 @@ export class Scheduler {
         req.tokens.push(token);
         this.#stats.generationTokens++;
         const done = req.outputs >= req.maxTokens;
-        outputs.push({ id: req.id, token, index, finishReason: done ? 'length' : null, promptTokens: req.promptLen, cachedTokens: req.cachedTokens, atMs: endMs });
+        outputs.push({ id: req.id, token, index, finishReason: done ? 'length' : null, promptTokens: req.promptLen, cachedTokens: req.cachedTokens, cpuCachedTokens: req.cpuCachedTokens, atMs: endMs });
         if (done) finished.push(req);
       }
     }
@@ -340,7 +412,7 @@ export class Scheduler {
       if (req.holdOnFinish) this.#held.set(req.id, { blockIds: req.blocks, promptTokens: req.tokens.slice(0, req.promptLen) });
       else this.#freeBlocks(req);
     }
-    return { startMs: now, durationMs, endMs, prefillTokens, decodeSeqs, outputs, events: this.cache.drainEvents(), preempted };
+    return { startMs: now, durationMs, endMs, prefillTokens, decodeSeqs, reloadBlocks, reloadMs: reload, outputs, events: this.cache.drainEvents(), preempted };
   }
 
   /** Grows req.blocks to cover `tokens` tokens; false (nothing allocated) when the pool is short. */
