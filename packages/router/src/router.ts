@@ -419,6 +419,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       const auth = inReq.headers.authorization;
       if (typeof auth === 'string') headers.authorization = auth;
       headers['x-request-id'] = requestId;
+      // a data-parallel rank of one engine server: vLLM's API server reads this hint (X-data-parallel-rank)
+      if (decision.worker.dpRank !== undefined) headers['x-data-parallel-rank'] = String(decision.worker.dpRank);
       recordDecision(routed, req, requestId);
       if (decision.prefill) headers['x-prefiller-host-port'] = hostPort(decision.prefill.engineUrl);
       injectTraceHeaders(headers, span);

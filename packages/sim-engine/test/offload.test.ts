@@ -161,7 +161,7 @@ test('offload tier: pinned blocks are never evicted; a full, all-pinned tier sto
 /** The events of B's eviction step, as the encoder gets them. */
 function evictionBatch(): KvCacheEvent[] {
   const { bEvents } = scenario(8);
-  return bEvents.filter((e) => (e.medium ?? 'GPU') === 'CPU' || e.type === 'BlockRemoved');
+  return bEvents.filter((e) => e.type === 'BlockRemoved' || (e.type === 'BlockStored' && 'medium' in e && e.medium === 'CPU'));
 }
 
 test('map encoding (current vLLM): offload placeholders and GPU events, field by field, in key order', () => {

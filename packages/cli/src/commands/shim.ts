@@ -8,7 +8,10 @@ const USAGE = `kvgate shim --engine-url http://127.0.0.1:8000 --kv-events tcp://
             --worker-id ID --model NAME [--role both|prefill|decode] [--nats URL] [--port P]`;
 const SPEC = {
   'engine-url': { type: 'string', help: "engine's HTTP base URL (OpenAI API, /metrics)", default: 'http://127.0.0.1:8000' },
-  'kv-events': { type: 'string', help: "engine's ZMQ KV event PUB endpoint", default: 'tcp://127.0.0.1:5557' },
+  'kv-events': { type: 'string', help: "engine's ZMQ KV event PUB endpoint (default tcp://127.0.0.1:5557 unless --kv-events-bind)" },
+  'kv-events-bind': { type: 'string', help: 'bind the SUB socket here instead, for engines whose publisher connects (e.g. tcp://*:5557)' },
+  'data-parallel-size': { type: 'string', help: 'engine DP ranks behind --engine-url: rank r publishes on port + r, worker <id>-dp<r>' },
+  'dp-rank': { type: 'string', help: 'serve this one DP rank only (worker <id>-dp<R>, events on port + R)' },
   'kv-replay': { type: 'string', help: "engine's ZMQ replay (ROUTER) endpoint; absent: gaps clear the worker instead" },
   topic: { type: 'string', help: 'ZMQ topic prefix to subscribe to (empty: all)', default: '' },
   'worker-id': { type: 'string', help: 'worker id, unique in the namespace ([A-Za-z0-9_-:@])' },
@@ -54,7 +57,9 @@ export async function run(argv: string[]): Promise<number> {
       model: f.model,
       role: f.role as WorkerRole,
       engineUrl: f['engine-url']!,
-      kvEvents: f['kv-events']!,
+      ...(f['kv-events-bind'] ? { kvEventsBind: f['kv-events-bind'] } : { kvEvents: f['kv-events'] ?? 'tcp://127.0.0.1:5557' }),
+      ...(f['data-parallel-size'] !== undefined ? { dataParallelSize: intFlag(f['data-parallel-size'], 'data-parallel-size', 1) } : {}),
+      ...(f['dp-rank'] !== undefined ? { dpRank: intFlag(f['dp-rank'], 'dp-rank', 0) } : {}),
       kvReplay: f['kv-replay'],
       topic: f.topic ?? '',
       namespace: f.namespace,
