@@ -37,6 +37,8 @@ const SPEC = {
   'dtype-bytes': { type: 'string', help: 'bytes per KV element (bytes per block)', default: '2' },
   'rdma-bandwidth': { type: 'string', help: 'modelled P/D link bandwidth, GB/s', default: '50' },
   'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms', default: '0.5' },
+  'cpu-offload-blocks': { type: 'string', help: 'CPU offload tier in blocks, as vLLM\'s OffloadingConnector (0 = off)', default: '0' },
+  'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (PCIe 4.0 ×16)', default: '25' },
 } as const;
 
 function coeffs(v: string | undefined, name: string, n: number): number[] {
@@ -84,6 +86,8 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     timing: { prefillA: a, prefillB: b, prefillC: c, decodeP: p, decodeQ: q, decodeR: r, decodePerSeq: s },
     shape: { layers: pos('num-layers', 36), kvHeads: pos('num-kv-heads', 8), headDim: pos('head-dim', 128), dtypeBytes: pos('dtype-bytes', 2) },
     transfer: { bandwidthGBps: pos('rdma-bandwidth', 50), latencyMs: pos('rdma-latency-ms', 0.5, true) },
+    cpuOffloadBlocks: pos('cpu-offload-blocks', 0, true),
+    offloadLink: { bandwidthGBps: pos('offload-bandwidth', 25) },
   };
 }
 
@@ -107,7 +111,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   console.error(
     `kvgate sim-engine ${engine.engineId} (${engine.model}, role ${engine.role}) listening on ${engine.url}\n` +
-      `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks, speedup ${opts.speedup}`,
+      `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks${engine.cpuOffloadBlocks > 0 ? ` + ${engine.cpuOffloadBlocks} CPU offload blocks` : ''}, speedup ${opts.speedup}`,
   );
   await new Promise<void>((resolve) => {
     const stop = () => {

@@ -3,6 +3,11 @@
  * replicas — driven by a workload once per routing policy (fresh routers and emptied prefix caches each time).
  * Prints one table (or --json) with each policy's prefix-cache hit rate and latencies, and two bounds: the
  * infinite-cache hit rate and the pooled hit rate (one LRU with the engines' total capacity).
+ *
+ * `--cpu-offload-blocks N` runs the same workload a second time, on a fresh deployment whose engines also have a
+ * CPU offload tier of N blocks (vLLM's OffloadingConnector, simulated): rows `<policy>+cpu` beside the GPU-only
+ * rows, their share of prompt tokens served from CPU (the engines' vllm:external_prefix_cache_hits_total), and
+ * what the tier gained per policy (hit rate, TTFT p50).
  */
 import type { Policy, RouterOptions } from '@kvgate/router';
 import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/router/workload/plan';
@@ -14,6 +19,11 @@ import { intFlag, parseFlags } from '../flags.js';
  * conversations fit (the kv policy's partition); all 16 (round-robin's replicated working set, ≈ 100k) do not.
  */
 const BUILTIN_NUM_BLOCKS = 3072;
+/**
+ * Suggested CPU tier for the built-in workload: twice the GPU blocks (hosts usually have several times the GPU's
+ * memory). GPU + CPU then hold the 16 shared contexts a load-only policy spreads over every engine.
+ */
+const BUILTIN_CPU_BLOCKS = 2 * BUILTIN_NUM_BLOCKS;
 
 export const summary = 'everything in one process (simulated engines, shims, indexer, 2 routers), a workload per policy, one table';
 
@@ -44,7 +54,12 @@ const SPEC = {
   warmup: { type: 'string', default: '80', help: 'requests of a throwaway pass first (caches are emptied after it; 0 = none)' },
   port: { type: 'string', default: '0', help: 'HTTP port of the first router (0 = any; it lives only during the run)' },
   nats: { type: 'string', help: 'run over NATS (nats://host:port) instead of the in-memory bus' },
-  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…]} as JSON' },
+  'cpu-offload-blocks': {
+    type: 'string',
+    help: `also run every policy on engines with a CPU offload tier of N blocks and show what it gains (0 = off; built-in workload: try ${BUILTIN_CPU_BLOCKS})`,
+  },
+  'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (default 25, PCIe 4.0 ×16)' },
+  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], cpuOffload?} as JSON' },
 } as const;
 
 function progressBar(label: string, total: number): { tick(done: number): void; end(): void } {
@@ -89,7 +104,7 @@ export async function run(argv: string[]): Promise<number> {
   // the table is the output; component info logs (shims leaving, …) would bury it (KVGATE_LOG_LEVEL=info shows
   // them). Set before the components' modules load: some create their logger at import.
   process.env.KVGATE_LOG_LEVEL ??= 'warn';
-  const [{ initHashing }, { loadTokenizer }, { isPolicy, PromptTokenizer }, { infiniteHitRate, pooledHitRate }, { buildPlan, planData, runPlanInThread }, { startStack }, { summarize }] =
+  const [{ initHashing }, { loadTokenizer }, { isPolicy, PromptTokenizer }, { infiniteHitRate, pooledHitRate }, { buildPlan, planData, runPlanInThread }, { startStack }, { summarize }, { engineCounter }] =
     await Promise.all([
       import('@kvgate/protocol'),
       import('@kvgate/protocol/tokenizer'),
@@ -98,6 +113,7 @@ export async function run(argv: string[]): Promise<number> {
       import('@kvgate/router/workload/plan'),
       import('@kvgate/router/workload/stack'),
       import('@kvgate/router/workload/stats'),
+      import('@kvgate/router/workload/engine-counters'),
     ]);
   const policies = (f.policy ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   for (const p of policies) {
@@ -149,63 +165,127 @@ export async function run(argv: string[]): Promise<number> {
       ...(f['decode-weight'] ? { decodeWeight: intFlag(f['decode-weight'], 'decode-weight', 0.1) } : {}),
     },
   });
-  process.stderr.write(`starting ${engines} engines (worker threads), ${engines} shims, the indexer and ${routers} routers…\n`);
-  // One deployment for the whole command: between policies the routers are replaced and the engines' prefix
-  // caches emptied (POST /reset_prefix_cache, the index drained). Engine threads, shims and indexer stay warm, so
-  // the first policy pays no start-up cost the others do not.
-  const stack = await startStack({
-    engines,
-    routers,
-    model,
-    ...(f.nats ? { nats: f.nats } : {}),
-    tokenizer,
-    routerPort: intFlag(f.port, 'port', 0),
-    engineThreads: true,
-    engine: { blockSize, numBlocks, speedup, maxModelLen: numBlocks * blockSize, maxNumSeqs: 256 },
-    router: routerOptions('round-robin'),
-  });
-  const results: PolicyResult[] = [];
-  try {
-    // a short throwaway pass (JIT in every thread, connection pools) so no policy is charged for it
-    const warmup = Math.min(intFlag(f.warmup, 'warmup', 80), plan.requests.length);
-    if (warmup > 0) {
-      const bar = progressBar('warm-up', warmup);
-      await runPlanInThread({ ...spec, warmup, warmupGapMs: 20 }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
-      bar.end();
-    }
-    for (const policy of policies as Policy[]) {
-      await stack.replaceRouters(routerOptions(policy));
-      await stack.resetCaches();
-      const bar = progressBar(policy, plan.requests.length);
-      const { results: rs, wallMs } = await runPlanInThread(spec, stack.routers.map((r) => r.url), (d) => bar.tick(d));
-      bar.end();
-      const s = summarize(policy, rs, wallMs);
-      const fallbacks = stack.routers.reduce((a, r) => a + r.stats().indexFallbacks, 0);
-      if (s.errors > 0) process.stderr.write(`  ${policy}: ${s.errors} failed requests, e.g. ${s.sampleErrors.join(' | ')}\n`);
-      process.stderr.write(`  ${policy}: hit rate ${pct(s.hitRate)}, TTFT p50 ${ms(s.ttftP50Ms)} ms; per worker ${JSON.stringify(s.perWorker)}, index fallbacks ${fallbacks}\n`);
-      results.push(s);
-    }
-  } finally {
-    await stack.close();
+  const cpuBlocks = intFlag(f['cpu-offload-blocks'], 'cpu-offload-blocks', 0);
+  if (!Number.isInteger(cpuBlocks) || cpuBlocks < 0) {
+    console.error(`kvgate start: --cpu-offload-blocks must be a non-negative integer, got ${f['cpu-offload-blocks']}`);
+    return 2;
   }
+  const offloadBandwidth = intFlag(f['offload-bandwidth'], 'offload-bandwidth', 25);
+  if (!(offloadBandwidth > 0)) {
+    console.error(`kvgate start: --offload-bandwidth must be positive, got ${f['offload-bandwidth']}`);
+    return 2;
+  }
+  const warmupN = Math.min(intFlag(f.warmup, 'warmup', 80), plan.requests.length);
+
+  /** One deployment, every policy on it; `cpu` > 0 gives its engines a CPU tier of that many blocks. */
+  const runDeployment = async (cpu: number): Promise<Array<PolicyResult & { cpuHitRate: number }>> => {
+    const tag = cpu > 0 ? `+cpu` : '';
+    process.stderr.write(
+      `starting ${engines} engines (worker threads${cpu > 0 ? `, CPU offload tier ${cpu} blocks at ${offloadBandwidth} GB/s` : ''}), ${engines} shims, the indexer and ${routers} routers…\n`,
+    );
+    // One deployment for all policies: between policies the routers are replaced and the engines' prefix caches
+    // (CPU tier included) emptied (POST /reset_prefix_cache, the index drained). Engine threads, shims and
+    // indexer stay warm, so the first policy pays no start-up cost the others do not.
+    const stack = await startStack({
+      engines,
+      routers,
+      model,
+      ...(f.nats ? { nats: f.nats } : {}),
+      tokenizer,
+      routerPort: intFlag(f.port, 'port', 0),
+      engineThreads: true,
+      engine: {
+        blockSize,
+        numBlocks,
+        speedup,
+        maxModelLen: numBlocks * blockSize,
+        maxNumSeqs: 256,
+        ...(cpu > 0 ? { cpuOffloadBlocks: cpu, offloadLink: { bandwidthGBps: offloadBandwidth } } : {}),
+      },
+      router: routerOptions('round-robin'),
+    });
+    const engineUrls = stack.engines.map((e) => e.url);
+    const out: Array<PolicyResult & { cpuHitRate: number }> = [];
+    try {
+      // a short throwaway pass (JIT in every thread, connection pools) so no policy is charged for it
+      if (warmupN > 0) {
+        const bar = progressBar(`warm-up${tag}`, warmupN);
+        await runPlanInThread({ ...spec, warmup: warmupN, warmupGapMs: 20 }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+        bar.end();
+      }
+      for (const policy of policies as Policy[]) {
+        await stack.replaceRouters(routerOptions(policy));
+        await stack.resetCaches();
+        const name = policy + tag;
+        const cpuBefore = cpu > 0 ? await engineCounter(engineUrls, 'vllm:external_prefix_cache_hits_total') : 0;
+        const bar = progressBar(name, plan.requests.length);
+        const { results: rs, wallMs } = await runPlanInThread(spec, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+        bar.end();
+        const s = summarize(name, rs, wallMs);
+        // prompt tokens the CPU tier served in this run / prompt tokens (the engines' own count of CPU hits)
+        const cpuHits = cpu > 0 ? (await engineCounter(engineUrls, 'vllm:external_prefix_cache_hits_total')) - cpuBefore : 0;
+        const promptTokens = rs.reduce((a, r) => a + (r.ok ? r.promptTokens : 0), 0);
+        const cpuHitRate = promptTokens > 0 ? cpuHits / promptTokens : 0;
+        const fallbacks = stack.routers.reduce((a, r) => a + r.stats().indexFallbacks, 0);
+        if (s.errors > 0) process.stderr.write(`  ${name}: ${s.errors} failed requests, e.g. ${s.sampleErrors.join(' | ')}\n`);
+        process.stderr.write(
+          `  ${name}: hit rate ${pct(s.hitRate)}${cpu > 0 ? ` (${pct(cpuHitRate)} from CPU)` : ''}, TTFT p50 ${ms(s.ttftP50Ms)} ms; per worker ${JSON.stringify(s.perWorker)}, index fallbacks ${fallbacks}\n`,
+        );
+        out.push({ ...s, cpuHitRate });
+      }
+    } finally {
+      await stack.close();
+    }
+    return out;
+  };
+
+  const results = await runDeployment(0);
+  const cpuResults = cpuBlocks > 0 ? await runDeployment(cpuBlocks) : [];
+  const row = (r: PolicyResult) => ({ policy: r.policy, hitRate: r.hitRate, ttftP50Ms: r.ttftP50Ms, ttftP99Ms: r.ttftP99Ms, itlP50Ms: r.itlP50Ms, e2eP50Ms: r.e2eP50Ms, throughputRps: r.throughputRps, errors: r.errors });
+  // per policy: the CPU-tier run against the GPU-only run of the same workload
+  const gains = cpuResults.map((c, i) => {
+    const g = results[i]!;
+    return { policy: policies[i]!, hitRateGain: c.hitRate - g.hitRate, cpuHitRate: c.cpuHitRate, ttftP50Ms: { gpuOnly: g.ttftP50Ms, withCpu: c.ttftP50Ms }, ttftP50GainMs: g.ttftP50Ms - c.ttftP50Ms };
+  });
 
   if (f.json) {
     console.log(
       JSON.stringify({
         infiniteCacheHitRate: infinite,
         pooledHitRate: pooled,
-        policies: results.map((r) => ({ policy: r.policy, hitRate: r.hitRate, ttftP50Ms: r.ttftP50Ms, ttftP99Ms: r.ttftP99Ms, itlP50Ms: r.itlP50Ms, e2eP50Ms: r.e2eP50Ms, throughputRps: r.throughputRps, errors: r.errors })),
+        policies: results.map(row),
+        ...(cpuBlocks > 0
+          ? { cpuOffload: { blocksPerEngine: cpuBlocks, bandwidthGBps: offloadBandwidth, policies: cpuResults.map((r) => ({ ...row(r), cpuHitRate: r.cpuHitRate })), gains } }
+          : {}),
       }),
     );
   } else {
-    const head = ['policy', 'hit rate', 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'e2e p50 ms', 'req/s', 'errors'];
-    const rows = results.map((r) => [r.policy, pct(r.hitRate), ms(r.ttftP50Ms), ms(r.ttftP99Ms), ms(r.itlP50Ms), ms(r.e2eP50Ms), r.throughputRps.toFixed(1), String(r.errors)]);
+    const all = [...results, ...cpuResults];
+    const head = ['policy', 'hit rate', ...(cpuBlocks > 0 ? ['from CPU'] : []), 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'e2e p50 ms', 'req/s', 'errors'];
+    const rows = all.map((r) => [
+      r.policy,
+      pct(r.hitRate),
+      ...(cpuBlocks > 0 ? [r.policy.endsWith('+cpu') ? pct(r.cpuHitRate) : '—'] : []),
+      ms(r.ttftP50Ms),
+      ms(r.ttftP99Ms),
+      ms(r.itlP50Ms),
+      ms(r.e2eP50Ms),
+      r.throughputRps.toFixed(1),
+      String(r.errors),
+    ]);
     const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
     const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
     console.log(line(head));
     for (const r of rows) console.log(line(r));
     console.log(`\nbounds: infinite-cache hit rate ${pct(infinite)}, pooled hit rate ${pct(pooled)} (one LRU of ${capacityTokens} tokens)`);
+    if (cpuBlocks > 0) {
+      console.log(`CPU offload tier: ${cpuBlocks} blocks (${cpuBlocks * blockSize} tokens) per engine, reloads at ${offloadBandwidth} GB/s; gained over GPU only:`);
+      for (const g of gains) {
+        const pp = (g.hitRateGain * 100).toFixed(1);
+        console.log(`  ${g.policy.padEnd(Math.max(...policies.map((p) => p.length)))}  hit rate ${g.hitRateGain >= 0 ? '+' : ''}${pp} pp (${pct(g.cpuHitRate)} of prompt tokens from CPU), TTFT p50 ${ms(g.ttftP50Ms.gpuOnly)} → ${ms(g.ttftP50Ms.withCpu)} ms`);
+      }
+    }
     console.log(`latencies are wall-clock ms; engines run ${speedup}× faster than the modelled GPU; ${((Date.now() - t0) / 1000).toFixed(0)} s in all`);
   }
-  return results.every((r) => r.errors < r.requests) ? 0 : 1;
+  return [...results, ...cpuResults].every((r) => r.errors < r.requests) ? 0 : 1;
 }
