@@ -2,13 +2,14 @@
  * NaiveIndex: the reference model. Maps and Sets, obviously correct, slow and big.
  * It is the oracle of the property test and the baseline of bench/index.bench.ts. Not used in production.
  */
-import type { Digest, IndexCore, IndexDump, WorkerDump } from './core.js';
+import type { Tier, TierOverlap } from '@kvgate/protocol';
+import { TIER_CPU, TIER_DISK, TIER_GPU, tierBit, tierPartBig, type Digest, type IndexCore, type IndexDump, type WorkerDump } from './core.js';
 
 export class NaiveIndex implements IndexCore {
-  /** prefix → workers holding it */
-  readonly #holders = new Map<bigint, Set<string>>();
-  /** worker → its prefixes */
-  readonly #byWorker = new Map<string, Set<bigint>>();
+  /** prefix → worker → tier mask */
+  readonly #holders = new Map<bigint, Map<string, number>>();
+  /** worker → its prefixes → tier mask */
+  readonly #byWorker = new Map<string, Map<bigint, number>>();
   readonly #parent = new Map<bigint, bigint>();
   #entries = 0;
 
@@ -16,37 +17,50 @@ export class NaiveIndex implements IndexCore {
     return this.#entries;
   }
 
-  #set(worker: string): Set<bigint> {
+  #set(worker: string): Map<bigint, number> {
     let s = this.#byWorker.get(worker);
-    if (!s) this.#byWorker.set(worker, (s = new Set()));
+    if (!s) this.#byWorker.set(worker, (s = new Map()));
     return s;
   }
 
-  store(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>): void {
+  store(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>, tier?: Tier): void {
+    this.#storeMask(worker, parent, hashes, tierBit(tier));
+  }
+
+  #storeMask(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>, bits: number): void {
     const mine = this.#set(worker);
     let p = parent ?? 0n;
     for (let i = 0; i < hashes.length; i++) {
       const h = hashes[i]!;
       if (!this.#parent.has(h)) this.#parent.set(h, p);
       p = h;
-      if (mine.has(h)) continue;
-      mine.add(h);
+      const m = mine.get(h) ?? 0;
+      if (m === 0) this.#entries++;
+      mine.set(h, m | bits);
       let hs = this.#holders.get(h);
-      if (!hs) this.#holders.set(h, (hs = new Set()));
-      hs.add(worker);
-      this.#entries++;
+      if (!hs) this.#holders.set(h, (hs = new Map()));
+      hs.set(worker, m | bits);
     }
   }
 
-  remove(worker: string, hashes: ArrayLike<bigint>): void {
+  remove(worker: string, hashes: ArrayLike<bigint>, tier?: Tier): void {
     const mine = this.#byWorker.get(worker);
     if (!mine) return;
-    for (let i = 0; i < hashes.length; i++) this.#removeOne(worker, mine, hashes[i]!);
+    const bit = tierBit(tier);
+    for (let i = 0; i < hashes.length; i++) this.#removeBits(worker, mine, hashes[i]!, bit);
   }
 
-  #removeOne(worker: string, mine: Set<bigint>, h: bigint): void {
-    if (!mine.delete(h)) return;
+  #removeBits(worker: string, mine: Map<bigint, number>, h: bigint, bits: number): void {
+    const m = mine.get(h);
+    if (m === undefined || (m & bits) === 0) return;
     const hs = this.#holders.get(h)!;
+    const left = m & ~bits;
+    if (left !== 0) {
+      mine.set(h, left);
+      hs.set(worker, left);
+      return;
+    }
+    mine.delete(h);
     hs.delete(worker);
     if (hs.size === 0) {
       this.#holders.delete(h);
@@ -58,7 +72,7 @@ export class NaiveIndex implements IndexCore {
   clear(worker: string): void {
     const mine = this.#byWorker.get(worker);
     if (!mine) return;
-    for (const h of [...mine]) this.#removeOne(worker, mine, h);
+    for (const h of [...mine.keys()]) this.#removeBits(worker, mine, h, 7);
   }
 
   dropWorker(worker: string): void {
@@ -68,14 +82,30 @@ export class NaiveIndex implements IndexCore {
 
   match(hashes: ArrayLike<bigint>): Record<string, number> {
     const out: Record<string, number> = {};
+    for (const [w, t] of Object.entries(this.#tiers(hashes))) if (t.gpu > 0) out[w] = t.gpu;
+    return out;
+  }
+
+  matchTiers(hashes: ArrayLike<bigint>): Record<string, TierOverlap> {
+    const out: Record<string, TierOverlap> = {};
+    for (const [w, t] of Object.entries(this.#tiers(hashes))) if (t.disk > t.gpu) out[w] = t;
+    return out;
+  }
+
+  /** the definition, worker by worker: every worker holding the first block on some tier */
+  #tiers(hashes: ArrayLike<bigint>): Record<string, TierOverlap> {
+    const out: Record<string, TierOverlap> = {};
     if (hashes.length === 0) return out;
-    let alive = [...(this.#holders.get(hashes[0]!) ?? [])];
-    for (const w of alive) out[w] = 1;
-    for (let i = 1; i < hashes.length && alive.length > 0; i++) {
-      const hs = this.#holders.get(hashes[i]!);
-      if (!hs) break;
-      alive = alive.filter((w) => hs.has(w));
-      for (const w of alive) out[w] = i + 1;
+    for (const w of this.#holders.get(hashes[0]!)?.keys() ?? []) {
+      const mine = this.#byWorker.get(w)!;
+      const at = (i: number) => (i < hashes.length ? mine.get(hashes[i]!) ?? 0 : 0);
+      let gpu = 0;
+      while (at(gpu) & TIER_GPU) gpu++;
+      let cpu = gpu;
+      while (at(cpu) & TIER_CPU) cpu++;
+      let disk = gpu;
+      while (at(disk) & (TIER_CPU | TIER_DISK)) disk++;
+      out[w] = { gpu, cpu, disk };
     }
     return out;
   }
@@ -87,24 +117,35 @@ export class NaiveIndex implements IndexCore {
   digest(worker: string): Digest {
     const mine = this.#byWorker.get(worker);
     let xor = 0n;
-    if (mine) for (const h of mine) xor ^= h;
+    if (mine) for (const [h, m] of mine) xor ^= tierPartBig(h, m);
     return { count: mine?.size ?? 0, xor };
   }
 
   dumpWorker(worker: string): WorkerDump {
     const mine = [...(this.#byWorker.get(worker) ?? [])];
     const blocks = new BigUint64Array(mine.length * 2);
-    mine.forEach((h, i) => {
+    const tiers = new Uint8Array(mine.length);
+    let tiered = false;
+    mine.forEach(([h, m], i) => {
       blocks[2 * i] = this.#parent.get(h) ?? 0n;
       blocks[2 * i + 1] = h;
+      tiers[i] = m;
+      if (m !== TIER_GPU) tiered = true;
     });
-    return { worker, blocks };
+    return tiered ? { worker, blocks, tiers } : { worker, blocks };
   }
 
   loadWorker(dump: WorkerDump): void {
+    const t = dump.tiers;
+    if (t) {
+      if (t.length * 2 !== dump.blocks.length) throw new RangeError(`dump of ${dump.worker}: ${t.length} tier masks for ${dump.blocks.length / 2} blocks`);
+      for (let i = 0; i < t.length; i++) if (t[i]! === 0 || t[i]! > 7) throw new RangeError(`dump of ${dump.worker}: tier mask ${t[i]} of block ${i} is not in 1..7`);
+    }
     this.clear(dump.worker);
     this.#set(dump.worker);
-    for (let i = 0; i + 1 < dump.blocks.length; i += 2) this.store(dump.worker, dump.blocks[i]!, [dump.blocks[i + 1]!]);
+    for (let i = 0; i + 1 < dump.blocks.length; i += 2) {
+      this.#storeMask(dump.worker, dump.blocks[i]!, [dump.blocks[i + 1]!], t ? t[i >>> 1]! : TIER_GPU);
+    }
   }
 
   dump(): IndexDump {

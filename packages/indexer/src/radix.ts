@@ -43,7 +43,8 @@
  * cache line the lookup already loaded; an intrusive LRU list would cost 8 B per prefix and ~8 random writes
  * per touched prefix, i.e. double the match time. Evictions are counted.
  */
-import type { Digest, IndexCore, IndexDump, WorkerDump } from './core.js';
+import type { Tier, TierOverlap } from '@kvgate/protocol';
+import { TIER_CPU, TIER_DISK, TIER_GPU, tierBit, tierPart, type Digest, type IndexCore, type IndexDump, type WorkerDump } from './core.js';
 
 const NONE = -1;
 const MAX_WORKERS = 0xffff;
@@ -67,6 +68,11 @@ const KLO = 0, KHI = 1, FPLO = 2, FPHI = 3, CNT = 4, HEAD = 5, USED = 6, BITS = 
 // entry record fields
 const E = 6;
 const ENODE = 0, EW = 1, NEXTN = 2, PREVN = 3, NEXTW = 4, PREVW = 5;
+/** EW holds the worker ordinal (low 16 bits, < MAX_WORKERS) and the entry's tier mask above it: entries stay 24 B */
+const WM = 0xffff, MS = 16;
+const ALL_TIERS = TIER_GPU | TIER_CPU | TIER_DISK;
+// tiered match: phase of a surviving worker (see matchPairs)
+const PH_GPU = 0, PH_CPU = 1, PH_DISK = 2;
 /** a prefix with this many holders gets a worker bitset, so "does w hold it?" stays O(1) on store */
 const POPULAR = 8;
 /** reserve() sizes the slot table up to this many slots (64 MiB) */
@@ -154,13 +160,21 @@ export class PrefixIndex implements IndexCore {
   #genEnd = new Int32Array(1024);
   #resW = new Int32Array(64);
   #resD = new Int32Array(64);
+  /** tiered match: cpu and disk depths and phase per result slot, tier mask seen per worker */
+  #resC = new Int32Array(64);
+  #resK = new Int32Array(64);
+  #resP = new Int32Array(64);
+  #seen = new Int32Array(64);
+  #live = new Int32Array(64);
+  /** entries whose mask is not GPU-only: while 0, the tiered match is the GPU match */
+  #tiered = 0;
   // ---- eviction ----
   readonly #maxEntries: number;
   #clock = 1;
   #evictedNodes = 0;
   #evictedEntries = 0;
   #rng = 0x9e3779b9;
-  // ---- holder bitsets of popular prefixes: #bitWords int32 words each ----
+  // ---- holder bitsets of popular prefixes: three (gpu, cpu, disk holders) of #bitWords int32 words each ----
   #bits = new Int32Array(0);
   #bitWords = 2;
   #bitHigh = 0;
@@ -367,7 +381,7 @@ export class PrefixIndex implements IndexCore {
   #freeNodeAt(n: number): void {
     const b = this.#n(n, BITS);
     if (b !== NONE) {
-      this.#bits.fill(0, b * this.#bitWords, (b + 1) * this.#bitWords);
+      this.#bits.fill(0, b * 3 * this.#bitWords, (b + 1) * 3 * this.#bitWords);
       this.#freeBits.push(b);
     }
     this.#deleteSlot(n);
@@ -417,6 +431,11 @@ export class PrefixIndex implements IndexCore {
       this.#stamp = grow(this.#stamp, cap);
       this.#resW = grow(this.#resW, cap);
       this.#resD = grow(this.#resD, cap);
+      this.#resC = grow(this.#resC, cap);
+      this.#resK = grow(this.#resK, cap);
+      this.#resP = grow(this.#resP, cap);
+      this.#seen = grow(this.#seen, cap);
+      this.#live = grow(this.#live, cap);
       this.#widenBits(cap);
     }
     this.#names[w] = name;
@@ -438,24 +457,46 @@ export class PrefixIndex implements IndexCore {
 
   // ---- holder bitsets -------------------------------------------------------------------------------
 
-  /** does w hold n? O(1) for popular prefixes, else a walk of < POPULAR holders */
-  #holds(n: number, w: number): boolean {
+  /** does w hold n on a tier of `bits`? O(1) for popular prefixes, else a walk of < POPULAR holders */
+  #holds(n: number, w: number, bits: number): boolean {
     const b = this.#n(n, BITS);
-    if (b !== NONE) return (this.#bits[b * this.#bitWords + (w >>> 5)]! & (1 << (w & 31))) !== 0;
-    return this.#entryOf(n, w) !== NONE;
+    if (b !== NONE) {
+      const words = this.#bitWords, at = b * 3 * words + (w >>> 5), bit = 1 << (w & 31), x = this.#bits;
+      if (bits === TIER_GPU) return (x[at]! & bit) !== 0; // the ingest hot path
+      return (((bits & TIER_GPU ? x[at]! : 0) | (bits & TIER_CPU ? x[at + words]! : 0) | (bits & TIER_DISK ? x[at + 2 * words]! : 0)) & bit) !== 0;
+    }
+    const e = this.#entryOf(n, w);
+    return e !== NONE && ((this.#e(e, EW) >>> MS) & bits) !== 0;
+  }
+
+  /** does w hold n on every tier of `bits`? (bits = gpu, a popular prefix: one bitset read) */
+  #holdsAll(n: number, w: number, bits: number): boolean {
+    if (bits === TIER_GPU) return this.#holds(n, w, TIER_GPU);
+    const e = this.#entryOf(n, w);
+    return e !== NONE && ((this.#e(e, EW) >>> MS) & bits) === bits;
+  }
+
+  /** set w's bits in n's tier bitsets to mask m (a popular prefix) */
+  #setBits(b: number, w: number, m: number): void {
+    const words = this.#bitWords, at = b * 3 * words + (w >>> 5), bit = 1 << (w & 31), x = this.#bits;
+    if (m & TIER_GPU) x[at] |= bit;
+    else x[at] &= ~bit;
+    if (m & TIER_CPU) x[at + words] |= bit;
+    else x[at + words] &= ~bit;
+    if (m & TIER_DISK) x[at + 2 * words] |= bit;
+    else x[at + 2 * words] &= ~bit;
   }
 
   #makeBits(n: number): void {
     let b = this.#freeBits.pop();
     if (b === undefined) {
       b = this.#bitHigh++;
-      if ((b + 1) * this.#bitWords > this.#bits.length) this.#bits = grow(this.#bits, Math.max(64, this.#bits.length * 2, (b + 1) * this.#bitWords));
+      if ((b + 1) * 3 * this.#bitWords > this.#bits.length) this.#bits = grow(this.#bits, Math.max(64, this.#bits.length * 2, (b + 1) * 3 * this.#bitWords));
     }
     this.#setN(n, BITS, b);
-    const base = b * this.#bitWords;
     for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) {
-      const w = this.#e(e, EW);
-      this.#bits[base + (w >>> 5)] |= 1 << (w & 31);
+      const v = this.#e(e, EW);
+      this.#setBits(b, v & WM, v >>> MS);
     }
   }
 
@@ -464,14 +505,36 @@ export class PrefixIndex implements IndexCore {
     const words = Math.ceil(workerCap / 32);
     if (words <= this.#bitWords) return;
     const old = this.#bits, ow = this.#bitWords;
-    this.#bits = new Int32Array(Math.max(64, this.#bitHigh * words * 2));
-    for (let b = 0; b < this.#bitHigh; b++) this.#bits.set(old.subarray(b * ow, (b + 1) * ow), b * words);
+    this.#bits = new Int32Array(Math.max(64, this.#bitHigh * 3 * words * 2));
+    for (let b = 0; b < 3 * this.#bitHigh; b++) this.#bits.set(old.subarray(b * ow, (b + 1) * ow), b * words);
     this.#bitWords = words;
   }
 
   // ---- entries ------------------------------------------------------------------------------------
 
-  #addEntry(n: number, w: number): void {
+  /** xor the fingerprint key of (w, mask m) into node record r of page np */
+  #fpXor(np: Int32Array, r: number, w: number, m: number): void {
+    let lo = this.#wKey[2 * w]!, hi = this.#wKey[2 * w + 1]!;
+    if (m !== TIER_GPU) {
+      // non-linear in the mask: xor-ing keys of (w, m1) and (w, m2) never gives another holder's key pattern,
+      // so equal (count, fingerprint) still means equal holders *and* masks
+      const a = Math.imul(lo ^ Math.imul(m, 0x9e3779b1), 0x85ebca6b);
+      const c = Math.imul(hi ^ (a >>> 15) ^ m, 0xc2b2ae35);
+      lo = a ^ (c >>> 13);
+      hi = c ^ (a >>> 11);
+    }
+    np[r + FPLO] ^= lo;
+    np[r + FPHI] ^= hi;
+  }
+
+  /** w's digest ± the block of node record r held with mask m */
+  #digestXor(np: Int32Array, r: number, w: number, m: number): void {
+    const d = tierPart(np[r + KLO]!, np[r + KHI]!, m);
+    this.#wXor[2 * w] ^= d[0]!;
+    this.#wXor[2 * w + 1] ^= d[1]!;
+  }
+
+  #addEntry(n: number, w: number, m: number): void {
     let e: number;
     if (this.#freeEntry !== NONE) {
       e = this.#freeEntry;
@@ -483,16 +546,24 @@ export class PrefixIndex implements IndexCore {
     const ep = this.#ep[e >>> P]!, x = (e & PM) * E;
     const np = this.#np[n >>> P]!, r = (n & PM) * N;
     ep[x + ENODE] = n;
-    ep[x + EW] = w;
+    ep[x + EW] = w | (m << MS);
     const h = np[r + HEAD]!;
     ep[x + NEXTN] = h;
     ep[x + PREVN] = NONE;
     if (h !== NONE) this.#setE(h, PREVN, e);
     np[r + HEAD] = e;
     const c = ++np[r + CNT]!;
-    np[r + FPLO] ^= this.#wKey[2 * w]!;
-    np[r + FPHI] ^= this.#wKey[2 * w + 1]!;
-    if (np[r + BITS] !== NONE) this.#bits[np[r + BITS]! * this.#bitWords + (w >>> 5)] |= 1 << (w & 31);
+    if (m === TIER_GPU) {
+      np[r + FPLO] ^= this.#wKey[2 * w]!;
+      np[r + FPHI] ^= this.#wKey[2 * w + 1]!;
+      this.#wXor[2 * w] ^= np[r + KLO]!;
+      this.#wXor[2 * w + 1] ^= np[r + KHI]!;
+    } else {
+      this.#fpXor(np, r, w, m);
+      this.#digestXor(np, r, w, m);
+      this.#tiered++;
+    }
+    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, m);
     else if (c === POPULAR) this.#makeBits(n);
     const wh = this.#wHead[w]!;
     ep[x + NEXTW] = wh;
@@ -500,15 +571,28 @@ export class PrefixIndex implements IndexCore {
     if (wh !== NONE) this.#setE(wh, PREVW, e);
     this.#wHead[w] = e;
     this.#wCount[w]++;
-    this.#wXor[2 * w] ^= np[r + KLO]!;
-    this.#wXor[2 * w + 1] ^= np[r + KHI]!;
     this.#entries++;
+  }
+
+  /** change entry e's tier mask to m (≠ 0) */
+  #setMask(e: number, m: number): void {
+    const ep = this.#ep[e >>> P]!, x = (e & PM) * E;
+    const n = ep[x + ENODE]!, v = ep[x + EW]!, w = v & WM, old = v >>> MS;
+    if (old === m) return;
+    const np = this.#np[n >>> P]!, r = (n & PM) * N;
+    ep[x + EW] = w | (m << MS);
+    this.#fpXor(np, r, w, old);
+    this.#fpXor(np, r, w, m);
+    this.#digestXor(np, r, w, old);
+    this.#digestXor(np, r, w, m);
+    this.#tiered += (m !== TIER_GPU ? 1 : 0) - (old !== TIER_GPU ? 1 : 0);
+    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, m);
   }
 
   /** unlink entry e everywhere; frees its node when it was the last holder */
   #removeEntry(e: number): void {
     const ep = this.#ep[e >>> P]!, x = (e & PM) * E;
-    const n = ep[x + ENODE]!, w = ep[x + EW]!;
+    const n = ep[x + ENODE]!, v = ep[x + EW]!, w = v & WM, m = v >>> MS;
     const np = this.#np[n >>> P]!, r = (n & PM) * N;
     const nn = ep[x + NEXTN]!, pn = ep[x + PREVN]!;
     if (pn !== NONE) this.#setE(pn, NEXTN, nn);
@@ -519,11 +603,10 @@ export class PrefixIndex implements IndexCore {
     else this.#wHead[w] = nw;
     if (nw !== NONE) this.#setE(nw, PREVW, pw);
     this.#wCount[w]--;
-    this.#wXor[2 * w] ^= np[r + KLO]!;
-    this.#wXor[2 * w + 1] ^= np[r + KHI]!;
-    np[r + FPLO] ^= this.#wKey[2 * w]!;
-    np[r + FPHI] ^= this.#wKey[2 * w + 1]!;
-    if (np[r + BITS] !== NONE) this.#bits[np[r + BITS]! * this.#bitWords + (w >>> 5)] &= ~(1 << (w & 31));
+    this.#fpXor(np, r, w, m);
+    this.#digestXor(np, r, w, m);
+    if (m !== TIER_GPU) this.#tiered--;
+    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, 0);
     ep[x + NEXTN] = this.#freeEntry;
     this.#freeEntry = e;
     this.#entries--;
@@ -531,15 +614,23 @@ export class PrefixIndex implements IndexCore {
   }
 
   #entryOf(n: number, w: number): number {
-    for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) if (this.#e(e, EW) === w) return e;
+    for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) if ((this.#e(e, EW) & WM) === w) return e;
     return NONE;
   }
 
   // ---- events -------------------------------------------------------------------------------------
 
-  store(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>): void {
+  store(worker: string, parent: bigint | null, hashes: ArrayLike<bigint>, tier?: Tier): void {
     const p = parent === null ? 0n : BigInt.asUintN(64, parent);
-    this.storePairs(this.#worker(worker), Number(p & 0xffffffffn), Number(p >> 32n), asPairs(hashes), 0, hashes.length);
+    this.storePairs(this.#worker(worker), Number(p & 0xffffffffn), Number(p >> 32n), asPairs(hashes), 0, hashes.length, tierBit(tier));
+  }
+
+  /** w now holds n on the tiers of `bits` too (it does not yet hold all of them) */
+  #hold(n: number, w: number, bits: number): void {
+    // storing GPU with no tiered entry anywhere: w holds nothing of n (GPU-only fleets skip the holder walk)
+    const e = bits === TIER_GPU && this.#tiered === 0 ? NONE : this.#entryOf(n, w);
+    if (e === NONE) this.#addEntry(n, w, bits);
+    else this.#setMask(e, (this.#e(e, EW) >>> MS) | bits);
   }
 
   /** the live node `prev`'s child hint points at, if its key is (lo, hi); else NONE */
@@ -568,7 +659,7 @@ export class PrefixIndex implements IndexCore {
    * Each block is first looked for where the previous block's child hint points (a replica storing a chain
    * that is already indexed: sequential record reads, no hash-table probe), then in the table.
    */
-  storePairs(w: number, pLo: number, pHi: number, pairs: Uint32Array, from: number, count: number): void {
+  storePairs(w: number, pLo: number, pHi: number, pairs: Uint32Array, from: number, count: number, bits = TIER_GPU): void {
     const o = 2 * from;
     const now = this.#tick();
     const stamp = this.#maxEntries > 0; // only eviction reads the stamps (new nodes get one regardless)
@@ -590,15 +681,15 @@ export class PrefixIndex implements IndexCore {
         n = this.#find(lo, hi);
         if (n === NONE) {
           n = this.#newNode(lo, hi, pLo, pHi, this.#hole);
-          this.#addEntry(n, w);
+          this.#addEntry(n, w, bits);
         } else {
           if (stamp) this.#setN(n, USED, now);
-          if (!this.#holds(n, w)) this.#addEntry(n, w);
+          if (!this.#holdsAll(n, w, bits)) this.#hold(n, w, bits);
         }
         if (prev !== NONE) this.#cp[prev >>> P]![prev & PM] = n;
       } else {
         if (stamp) this.#setN(n, USED, now);
-        if (!this.#holds(n, w)) this.#addEntry(n, w);
+        if (!this.#holdsAll(n, w, bits)) this.#hold(n, w, bits);
       }
       prev = n;
       pLo = lo;
@@ -608,19 +699,25 @@ export class PrefixIndex implements IndexCore {
     if (this.#maxEntries > 0 && this.#entries > this.#maxEntries) this.#evict();
   }
 
-  remove(worker: string, hashes: ArrayLike<bigint>): void {
+  remove(worker: string, hashes: ArrayLike<bigint>, tier?: Tier): void {
     const w = this.#ordinal.get(worker);
-    if (w !== undefined) this.removePairs(w, asPairs(hashes), 0, hashes.length);
+    if (w !== undefined) this.removePairs(w, asPairs(hashes), 0, hashes.length, tierBit(tier));
   }
 
-  /** O(1) per block, plus a walk of the holders of a popular prefix the worker does hold */
-  removePairs(w: number, pairs: Uint32Array, from: number, count: number): void {
+  /**
+   * Clear the tiers of `bits` of each block; an entry left with no tier is dropped. O(1) per block, plus a
+   * walk of the holders of a popular prefix the worker does hold.
+   */
+  removePairs(w: number, pairs: Uint32Array, from: number, count: number, bits = TIER_GPU): void {
     const o = 2 * from;
     for (let i = 0; i < count; i++) {
       const n = this.#find(pairs[o + 2 * i]! | 0, pairs[o + 2 * i + 1]! | 0);
-      if (n === NONE || !this.#holds(n, w)) continue;
+      if (n === NONE || !this.#holds(n, w, bits)) continue;
       const e = this.#entryOf(n, w);
-      if (e !== NONE) this.#removeEntry(e);
+      if (e === NONE) continue;
+      const left = (this.#e(e, EW) >>> MS) & ~bits;
+      if (left === 0) this.#removeEntry(e);
+      else this.#setMask(e, left);
     }
   }
 
@@ -675,11 +772,33 @@ export class PrefixIndex implements IndexCore {
     return out;
   }
 
+  matchTiers(hashes: ArrayLike<bigint>): Record<string, TierOverlap> {
+    const k = this.matchPairs(asPairs(hashes), hashes.length, true);
+    const out: Record<string, TierOverlap> = {};
+    for (let i = 0; i < k; i++) {
+      if (this.#resK[i]! > this.#resD[i]!) out[this.#names[this.#resW[i]!]!] = { gpu: this.#resD[i]!, cpu: this.#resC[i]!, disk: this.#resK[i]! };
+    }
+    return out;
+  }
+
   /**
-   * Hot path. Fills the result arrays (read with resultWorker / resultDepth) and returns how many workers
-   * hold at least the first block.
+   * Hot path. Fills the result arrays (read with resultWorker / resultDepth, and resultCpu / resultDisk when
+   * `tiered`) and returns their length: the workers holding the first block on GPU, or with `tiered` on any
+   * tier (then a worker's GPU depth may be 0). While the index holds no tiered entry the tiered answer is the
+   * GPU answer (cpu = disk = gpu), computed by the GPU walk.
    */
-  matchPairs(pairs: Uint32Array, len: number): number {
+  matchPairs(pairs: Uint32Array, len: number, tiered = false): number {
+    if (tiered) {
+      if (this.#tiered > 0) return this.#matchTiered(pairs, len);
+      const k = this.#matchGpu(pairs, len);
+      this.#resC.set(this.#resD.subarray(0, k));
+      this.#resK.set(this.#resD.subarray(0, k));
+      return k;
+    }
+    return this.#matchGpu(pairs, len);
+  }
+
+  #matchGpu(pairs: Uint32Array, len: number): number {
     if (len === 0) return 0;
     this.#matchLookups++;
     const n0 = this.#find(pairs[0]! | 0, pairs[1]! | 0);
@@ -697,7 +816,8 @@ export class PrefixIndex implements IndexCore {
     const bits = pg[r + BITS]!;
     if (bits !== NONE) {
       // a popular first prefix (a system prompt): its holders from the bitset, not by chasing entry records
-      const b = this.#bits, words = this.#bitWords, at = bits * words;
+      // (its GPU holders: the first of its three bitsets)
+      const b = this.#bits, words = this.#bitWords, at = bits * 3 * words;
       for (let j = 0; j < words; j++) {
         for (let v = b[at + j]!; v !== 0; ) {
           const low = v & -v;
@@ -710,11 +830,14 @@ export class PrefixIndex implements IndexCore {
     } else {
       for (let e = pg[r + HEAD]!; e !== NONE; ) {
         const epg = ep[e >>> P]!, x = (e & PM) * E;
-        const w = epg[x + EW]!;
-        stamp[w] = base;
-        resW[k++] = w;
+        const v = epg[x + EW]!;
+        if (v & (TIER_GPU << MS)) {
+          stamp[v & WM] = base;
+          resW[k++] = v & WM;
+        }
         e = epg[x + NEXTN]!;
       }
+      if (k === 0) return 0; // held on other tiers only
     }
     if (stampUsed) pg[r + USED] = now;
     let alive = k, cnt = pg[r + CNT]!, fpLo = pg[r + FPLO]!, fpHi = pg[r + FPHI]!;
@@ -768,8 +891,8 @@ export class PrefixIndex implements IndexCore {
         let survived = 0;
         for (let e = pg[r + HEAD]!; e !== NONE; ) {
           const epg = ep[e >>> P]!, x = (e & PM) * E;
-          const w = epg[x + EW]!;
-          if (stamp[w] === cur) {
+          const v = epg[x + EW]!, w = v & WM;
+          if (stamp[w] === cur && (v & (TIER_GPU << MS)) !== 0) {
             stamp[w] = next;
             survived++;
           }
@@ -785,6 +908,139 @@ export class PrefixIndex implements IndexCore {
     const resD = this.#resD;
     for (let j = 0; j < k; j++) resD[j] = genEnd[stamp[resW[j]!]! - base]!;
     return k;
+  }
+
+  /**
+   * The tiered walk: the GPU walk's skeleton (runs, child hints, table; the holder set is re-read only where
+   * (count, fingerprint) changes, and the fingerprint covers masks, so an unchanged one means every worker's
+   * mask is unchanged and so is its phase). A survivor is in one phase: PH_GPU (in its GPU prefix), PH_CPU (GPU
+   * prefix ended; CPU and disk runs both going on), PH_DISK (only the CPU-or-disk run goes on). Where the holder
+   * set changes, survivors' masks at that level are collected (#seen) and each survivor's phase advances;
+   * a survivor whose runs all ended leaves the survivor list. Cost per change: holders + survivors.
+   */
+  #matchTiered(pairs: Uint32Array, len: number): number {
+    if (len === 0) return 0;
+    this.#matchLookups++;
+    const n0 = this.#find(pairs[0]! | 0, pairs[1]! | 0);
+    if (n0 === NONE) return 0;
+    const stampUsed = this.#maxEntries > 0;
+    const now = stampUsed ? this.#tick() : 0;
+    const np = this.#np, ep = this.#ep, cp = this.#cp, stamp = this.#stamp, seen = this.#seen;
+    const resW = this.#resW, resD = this.#resD, resC = this.#resC, resK = this.#resK, resP = this.#resP;
+    const live = this.#live;
+    const tag = this.#epoch++;
+    let k = 0;
+    let pg = np[n0 >>> P]!, r = (n0 & PM) * N;
+    // level 0: every holder on any tier starts, in the phase its mask puts it
+    for (let e = pg[r + HEAD]!; e !== NONE; ) {
+      const epg = ep[e >>> P]!, x = (e & PM) * E;
+      const v = epg[x + EW]!, w = v & WM, m = v >>> MS;
+      stamp[w] = tag;
+      resW[k] = w;
+      resD[k] = 0;
+      if (m & TIER_GPU) resP[k] = PH_GPU;
+      else if (m & TIER_CPU) resP[k] = PH_CPU;
+      else {
+        resC[k] = 0;
+        resP[k] = PH_DISK;
+      }
+      live[k] = k;
+      k++;
+      e = epg[x + NEXTN]!;
+    }
+    if (stampUsed) pg[r + USED] = now;
+    let alive = k, cnt = pg[r + CNT]!, fpLo = pg[r + FPLO]!, fpHi = pg[r + FPHI]!;
+    let prevN = n0, i = 1;
+    const nodeHigh = this.#nodeHigh;
+    while (i < len) {
+      const rp = np[prevN >>> P]!;
+      let x = (prevN & PM) * N + N;
+      const xEnd = Math.min(PAGE, nodeHigh - (prevN & ~PM)) * N;
+      while (i < len && x < xEnd && rp[x + KLO] === (pairs[2 * i]! | 0) && rp[x + KHI] === (pairs[2 * i + 1]! | 0) && rp[x + CNT] === cnt && rp[x + FPLO] === fpLo && rp[x + FPHI] === fpHi) {
+        if (stampUsed) rp[x + USED] = now;
+        x += N;
+        i++;
+      }
+      prevN = (prevN & ~PM) + (x >>> 3) - 1;
+      if (i >= len) break;
+      const lo = pairs[2 * i]! | 0, hi = pairs[2 * i + 1]! | 0;
+      let n = prevN + 1;
+      if (n < nodeHigh) {
+        pg = np[n >>> P]!;
+        r = (n & PM) * N;
+        if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
+      } else n = NONE;
+      if (n === NONE) {
+        n = cp[prevN >>> P]![prevN & PM]!;
+        if (n !== NONE) {
+          pg = np[n >>> P]!;
+          r = (n & PM) * N;
+          if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
+        }
+        if (n === NONE) {
+          this.#matchLookups++;
+          n = this.#find(lo, hi);
+          if (n === NONE) break; // nobody holds p_i: every run ends here
+          pg = np[n >>> P]!;
+          r = (n & PM) * N;
+        }
+      }
+      if (stampUsed) pg[r + USED] = now;
+      prevN = n;
+      if (pg[r + CNT] !== cnt || pg[r + FPLO] !== fpLo || pg[r + FPHI] !== fpHi) {
+        cnt = pg[r + CNT]!;
+        fpLo = pg[r + FPLO]!;
+        fpHi = pg[r + FPHI]!;
+        for (let e = pg[r + HEAD]!; e !== NONE; ) {
+          const epg = ep[e >>> P]!, y = (e & PM) * E;
+          const v = epg[y + EW]!, w = v & WM;
+          if (stamp[w] === tag) seen[w] = (v >>> MS) | 8;
+          e = epg[y + NEXTN]!;
+        }
+        let kept = 0;
+        for (let a = 0; a < alive; a++) {
+          const j = live[a]!, w = resW[j]!, m = seen[w]! & ALL_TIERS;
+          seen[w] = 0;
+          let ph = resP[j]!;
+          if (ph === PH_GPU && (m & TIER_GPU) === 0) {
+            resD[j] = i;
+            ph = PH_CPU;
+          }
+          if (ph === PH_CPU && (m & TIER_CPU) === 0) {
+            resC[j] = i;
+            ph = PH_DISK;
+          }
+          if (ph === PH_DISK && (m & (TIER_CPU | TIER_DISK)) === 0) {
+            resK[j] = i;
+            stamp[w] = 0;
+            continue;
+          }
+          resP[j] = ph;
+          live[kept++] = j;
+        }
+        alive = kept;
+        if (alive === 0) break;
+      }
+      i++;
+    }
+    // survivors' open runs end where the walk stopped
+    for (let a = 0; a < alive; a++) {
+      const j = live[a]!;
+      const ph = resP[j]!;
+      if (ph === PH_GPU) resD[j] = i;
+      if (ph !== PH_DISK) resC[j] = i;
+      resK[j] = i;
+      stamp[resW[j]!] = 0;
+    }
+    return k;
+  }
+
+  resultCpu(i: number): number {
+    return this.#resC[i]!;
+  }
+
+  resultDisk(i: number): number {
+    return this.#resK[i]!;
   }
 
   resultWorker(i: number): string {
@@ -811,25 +1067,35 @@ export class PrefixIndex implements IndexCore {
     const w = this.#ordinal.get(worker);
     if (w === undefined) return { worker, blocks: new BigUint64Array(0) };
     const blocks = new BigUint64Array(this.#wCount[w]! * 2);
+    const tiers = new Uint8Array(this.#wCount[w]!);
     const v = new Uint32Array(blocks.buffer);
-    let j = 0;
+    let j = 0, b = 0, tiered = false;
     for (let e = this.#wHead[w]!; e !== NONE; e = this.#e(e, NEXTW)) {
-      const n = this.#e(e, ENODE);
+      const n = this.#e(e, ENODE), m = this.#e(e, EW) >>> MS;
+      tiers[b++] = m;
+      if (m !== TIER_GPU) tiered = true;
       const pp = this.#pp[n >>> P]!;
       v[j++] = pp[(n & PM) * 2]!;
       v[j++] = pp[(n & PM) * 2 + 1]!;
       v[j++] = this.#n(n, KLO);
       v[j++] = this.#n(n, KHI);
     }
-    return { worker, blocks };
+    // GPU-only workers dump as before tiers (no mask array)
+    return tiered ? { worker, blocks, tiers } : { worker, blocks };
   }
 
+  /** replace one worker's block set; mask bytes outside 1..7 are a RangeError (nothing changed then) */
   loadWorker(dump: WorkerDump): void {
+    const t = dump.tiers;
+    if (t) {
+      if (t.length * 2 !== dump.blocks.length) throw new RangeError(`dump of ${dump.worker}: ${t.length} tier masks for ${dump.blocks.length / 2} blocks`);
+      for (let i = 0; i < t.length; i++) if (t[i]! === 0 || t[i]! > ALL_TIERS) throw new RangeError(`dump of ${dump.worker}: tier mask ${t[i]} of block ${i} is not in 1..7`);
+    }
     const w = this.#worker(dump.worker);
     this.clearOrdinal(w);
     const v = new Uint32Array(dump.blocks.buffer, dump.blocks.byteOffset, dump.blocks.length * 2);
     // entries are pushed at the head of the worker list: load in reverse so dump → load keeps the order
-    for (let j = v.length - 4; j >= 0; j -= 4) this.storePairs(w, v[j]!, v[j + 1]!, v, (j + 2) >>> 1, 1);
+    for (let j = v.length - 4; j >= 0; j -= 4) this.storePairs(w, v[j]!, v[j + 1]!, v, (j + 2) >>> 1, 1, t ? t[j >>> 2]! : TIER_GPU);
   }
 
   dump(): IndexDump {

@@ -18,6 +18,7 @@ function sameAnswers(a: IndexCore, b: IndexCore, u: bigint[][], r: () => number,
   for (const chain of u) {
     const cut = Math.max(1, Math.floor(r() * chain.length) + 1);
     assert.equal(a.match(chain.slice(0, cut)), b.match(chain.slice(0, cut)), `${what}: match`);
+    assert.equal(a.matchTiers(chain.slice(0, cut)), b.matchTiers(chain.slice(0, cut)), `${what}: matchTiers`);
   }
   assert.is(a.entries, b.entries, `${what}: entries`);
   assert.equal(a.workers().sort(), b.workers().sort(), `${what}: workers`);
@@ -100,6 +101,105 @@ for (const [name, make] of Object.entries(VARIANTS)) {
     const big = 0xfedcba9876543210n;
     ix.store('a', null, [big, 5n, 5n]);
     assert.equal(ix.digest('a'), { count: 2, xor: big ^ 5n });
+  });
+
+  test(`${name}: tiers: gpu prefix, then the CPU run, then the CPU-or-disk run (vLLM's load order)`, () => {
+    const ix = make();
+    const c = [1n, 2n, 3n, 4n, 5n, 6n];
+    ix.store('a', null, c.slice(0, 2)); // gpu 1, 2
+    ix.store('a', 2n, c.slice(2, 4), 'cpu'); // cpu 3, 4
+    ix.store('a', 4n, c.slice(4, 5), 'disk'); // disk 5
+    ix.store('b', null, c.slice(0, 3), 'cpu'); // no GPU prefix at all
+    ix.store('c', null, c.slice(0, 3)); // gpu only
+    ix.store('d', null, c.slice(0, 1));
+    ix.store('d', 1n, c.slice(1, 2), 'disk');
+    ix.store('d', 2n, c.slice(2, 3), 'cpu'); // disk run goes on through CPU; the CPU run ended at the disk block
+    assert.equal(ix.match(c), { a: 2, c: 3, d: 1 });
+    assert.equal(ix.matchTiers(c), { a: { gpu: 2, cpu: 4, disk: 5 }, b: { gpu: 0, cpu: 3, disk: 3 }, d: { gpu: 1, cpu: 1, disk: 3 } });
+    assert.is(ix.entries, 5 + 3 + 3 + 3);
+    // a block on GPU and CPU: removing the GPU copy keeps the CPU one (and the entry)
+    ix.store('c', null, c.slice(0, 3), 'cpu');
+    ix.remove('c', [2n]);
+    assert.equal(ix.match(c).c, 1);
+    assert.equal(ix.matchTiers(c).c, { gpu: 1, cpu: 3, disk: 3 });
+    assert.is(ix.entries, 14);
+    ix.remove('c', [2n], 'cpu');
+    assert.is(ix.entries, 13, 'no tier left: the entry is gone');
+    assert.equal(ix.matchTiers(c).c, undefined);
+    ix.clear('a');
+    assert.equal(ix.matchTiers(c).a, undefined);
+    assert.is(ix.entries, 8);
+  });
+
+  test(`${name}: digests tell tiers apart; GPU-only digests are unchanged by tiers`, () => {
+    const x = make(), y = make();
+    x.store('a', null, [1n, 2n]);
+    y.store('a', null, [1n, 2n]);
+    assert.equal(x.digest('a'), { count: 2, xor: 1n ^ 2n });
+    y.store('a', null, [2n], 'cpu');
+    assert.is(y.digest('a').count, 2);
+    assert.not.equal(x.digest('a').xor, y.digest('a').xor, 'gpu+cpu differs from gpu');
+    y.remove('a', [2n], 'cpu');
+    assert.equal(x.digest('a'), y.digest('a'));
+    x.store('a', null, [3n], 'cpu');
+    y.store('a', null, [3n], 'disk');
+    assert.not.equal(x.digest('a').xor, y.digest('a').xor, 'cpu differs from disk');
+  });
+
+  test(`${name}: dumps carry tier masks (absent = GPU only) and bad masks are refused`, () => {
+    const ix = make();
+    ix.store('g', null, [1n, 2n]);
+    ix.store('t', null, [1n, 2n], 'cpu');
+    assert.is(ix.dumpWorker('g').tiers, undefined);
+    assert.equal([...ix.dumpWorker('t').tiers!], [2, 2]);
+    const copy = make();
+    copy.load(ix.dump());
+    assert.equal(copy.matchTiers([1n, 2n]), { t: { gpu: 0, cpu: 2, disk: 2 } });
+    assert.throws(() => copy.loadWorker({ worker: 't', blocks: new BigUint64Array([0n, 1n]), tiers: new Uint8Array([8]) }), /tier mask/);
+    assert.throws(() => copy.loadWorker({ worker: 't', blocks: new BigUint64Array([0n, 1n]), tiers: new Uint8Array([1, 1]) }), /tier masks/);
+    assert.equal(copy.matchTiers([1n, 2n]), { t: { gpu: 0, cpu: 2, disk: 2 } }, 'a refused load changes nothing');
+  });
+
+  test(`${name}: random tiered event sequences agree with the reference model (incl. dump → load)`, () => {
+    const TIERS = [undefined, 'gpu', 'cpu', 'disk'] as const;
+    for (let seed = 1; seed <= 30; seed++) {
+      const r = rng(1000 + seed);
+      const u = universe(r, 6, 20);
+      const ix = make();
+      const ref = new NaiveIndex();
+      const workers = Array.from({ length: seed % 3 === 0 ? 40 : 5 }, (_, i) => `w${i}`);
+      for (let step = 0; step < 400; step++) {
+        const w = workers[Math.floor(r() * workers.length)]!;
+        const chain = u[Math.floor(r() * u.length)]!;
+        const tier = TIERS[Math.floor(r() * TIERS.length)];
+        const x = r();
+        if (x < 0.6) {
+          const from = r() < 0.6 ? 0 : Math.floor(r() * chain.length);
+          const to = Math.min(chain.length, from + 1 + Math.floor(r() * 10));
+          const parent = from === 0 ? null : chain[from - 1]!;
+          ix.store(w, parent, chain.slice(from, to), tier);
+          ref.store(w, parent, chain.slice(from, to), tier);
+        } else if (x < 0.9) {
+          const hs = Array.from({ length: 1 + Math.floor(r() * 6) }, () => chain[Math.floor(r() * chain.length)]!);
+          ix.remove(w, hs, tier);
+          ref.remove(w, hs, tier);
+        } else if (x < 0.97) {
+          ix.clear(w);
+          ref.clear(w);
+        } else {
+          ix.dropWorker(w);
+          ref.dropWorker(w);
+        }
+        if (step % 10 === 0) sameAnswers(ix, ref, u, r, `tiered seed ${seed} step ${step}`);
+      }
+      sameAnswers(ix, ref, u, r, `tiered seed ${seed} end`);
+      const copy = make();
+      copy.load(ix.dump());
+      sameAnswers(copy, ref, u, r, `tiered seed ${seed} after dump → load`);
+      const other = seed % 2 ? new NaiveIndex() : new PrefixIndex();
+      other.load(ix.dump());
+      sameAnswers(other, ref, u, r, `tiered seed ${seed} after dump → load into the other implementation`);
+    }
   });
 
   test(`${name}: random event sequences agree with the reference model`, () => {
