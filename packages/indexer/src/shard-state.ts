@@ -194,6 +194,7 @@ export class ShardState {
   /** Debug / tests: apply events outside the sequence (used to inject divergence). */
   inject(worker: string, events: KvEvent[]): void {
     for (const ev of events) {
+      if (ev.t !== 'cleared' && ev.tier !== undefined && ev.tier !== 'gpu') continue; // GPU view only (see wire.ts)
       if (ev.t === 'stored') this.#index.store(worker, ev.parent, ev.hashes);
       else if (ev.t === 'removed') this.#index.remove(worker, ev.hashes);
       else this.#index.clear(worker);
@@ -230,6 +231,7 @@ export function fromEventBatch(batch: EventBatch): DecodedBatch {
   b.seq = batch.seq;
   b.ts = batch.ts;
   for (const ev of batch.events) {
+    if (ev.t !== 'cleared' && ev.tier !== undefined && ev.tier !== 'gpu') continue; // GPU view only (see wire.ts)
     if (ev.t === 'stored') {
       const p = ev.parent === null ? 0n : BigInt.asUintN(64, ev.parent);
       b.pushEvent(STORED, Number(p & 0xffffffffn), Number(p >> 32n));

@@ -300,7 +300,8 @@ function ascii(buf: Uint8Array, at: number, n: number): string {
 const te = new TextEncoder();
 const names = (...xs: string[]) => xs.map((x) => te.encode(x));
 const BATCH_KEYS = names('worker', 'seq', 'ts', 'events');
-const EVENT_KEYS = names('t', 'parent', 'hashes');
+const EVENT_KEYS = names('t', 'parent', 'hashes', 'tier');
+const GPU_TIER = names('gpu');
 const EVENT_TYPES = names('stored', 'removed', 'cleared');
 
 /** the hashes array of the event being decoded, into out's pairs */
@@ -335,7 +336,7 @@ const parentTmp = new Uint32Array(2);
 function event(r: Reader, out: DecodedBatch): void {
   const n = r.mapLen();
   if (n < 0) throw new DecodeError('event must be a map');
-  let t = -1, sawHashes = false;
+  let t = -1, sawHashes = false, lowerTier = false;
   let parentLo = 0, parentHi = 0;
   const i = out.pushEvent(CLEARED, 0, 0);
   for (let k = 0; k < n; k++) {
@@ -357,10 +358,23 @@ function event(r: Reader, out: DecodedBatch): void {
       if (sawHashes) out.dropLastHashes(); // a repeated key: the last one wins, as in the reference decoder
       hashes(r, out, 'hashes');
       sawHashes = true;
+    } else if (key === 3) {
+      const v = r.name(GPU_TIER);
+      if (v === -2) {
+        if (r.buf[r.pos] === 0xc0) r.pos++;
+        else throw new DecodeError('tier must be a string');
+      } else lowerTier = v !== 0;
     } else r.skip();
   }
   if (t === STORED || t === REMOVED) {
     if (!sawHashes) throw new DecodeError(t === STORED ? 'stored.hashes must be an array' : 'removed.hashes must be an array');
+    if (lowerTier) {
+      // A CPU/disk copy (DESIGN §4 tiers). This index holds the GPU view only: a lower-tier store must not
+      // add GPU entries and a lower-tier removal must not drop them, so the event applies as a no-op.
+      out.dropLastHashes();
+      out.type[i] = REMOVED;
+      return;
+    }
     out.type[i] = t;
     if (t === STORED) {
       out.parentLo[i] = parentLo;

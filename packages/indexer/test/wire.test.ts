@@ -57,6 +57,26 @@ test('fast decoder equals the reference on an independent encoder (@msgpack/msgp
   }
 });
 
+test('lower-tier events never touch the GPU view: a CPU store or removal decodes as a no-op, gpu tier as usual', () => {
+  const batch: EventBatch = {
+    worker: 'w', seq: 1, ts: 1,
+    events: [
+      { t: 'stored', parent: null, hashes: [11n, 12n] },
+      { t: 'stored', parent: null, hashes: [11n, 12n], tier: 'cpu' },
+      { t: 'removed', hashes: [11n], tier: 'disk' },
+      { t: 'removed', hashes: [12n], tier: 'gpu' },
+    ],
+  };
+  const got = normalise(decodeBatchFast(encode(batch))) as { events: unknown[] };
+  assert.equal(got.events, [
+    { t: 'stored', parent: null, hashes: [11n, 12n] },
+    { t: 'removed', hashes: [] },
+    { t: 'removed', hashes: [] },
+    { t: 'removed', hashes: [12n] },
+  ]);
+  assert.throws(() => decodeBatchFast(encode({ ...batch, events: [{ t: 'stored', parent: null, hashes: [1n], tier: 5 }] })), (e: unknown) => e instanceof DecodeError);
+});
+
 test('seq and ts in every msgpack number encoding decode as the reference does', () => {
   // hand-built: {worker:'w', seq:<n>, ts:<n>, events:[]} with the number bytes given
   const head = [0x84, 0xa6, ...Buffer.from('worker'), 0xa1, 0x77];

@@ -37,6 +37,7 @@ function rebuild(records: KvlogRecord[], stop: (r: KvlogRecord & { kind: 'event'
     if (stop(r)) break;
     const w = r.batch.worker;
     for (const e of r.batch.events) {
+      if (e.t !== 'cleared' && e.tier !== undefined && e.tier !== 'gpu') continue; // the GPU view, as the indexer keeps it
       if (e.t === 'stored') index.store(w, e.parent, e.hashes);
       else if (e.t === 'removed') index.remove(w, e.hashes);
       else index.clear(w);
