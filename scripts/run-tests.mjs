@@ -25,6 +25,23 @@ const files = [...walk(join(root, 'packages'), []), ...walk(join(root, 'test'), 
 let passed = 0, failed = 0, skipped = 0;
 const failedFiles = [];
 
+// A failing file's output is printed whole, except runs of the same log line (time and pid aside): those
+// collapse to their first line and a count, so one chatty timer cannot bury the assertion that failed.
+function collapse(text) {
+  const out = [];
+  let prev = null, repeats = 0;
+  const flush = () => { if (repeats > 0) out.push(`[run-tests] … the line above ${repeats} more time(s)`); repeats = 0; };
+  for (const line of text.split('\n')) {
+    const key = line.replace(/"time":\d+/, '').replace(/"pid":\d+/, '');
+    if (key === prev && line.trim() !== '') { repeats++; continue; }
+    flush();
+    out.push(line);
+    prev = key;
+  }
+  flush();
+  return out.join('\n');
+}
+
 function runOne(file) {
   return new Promise((resolve) => {
     const t0 = Date.now();
@@ -45,7 +62,7 @@ function runOne(file) {
       const secs = ((Date.now() - t0) / 1000).toFixed(1);
       if (bad > 0) {
         failedFiles.push(file);
-        console.log(`✗ ${file}  (${ok} passed, ${bad} failed, ${secs}s)\n${out.replace(/^/gm, '    ')}`);
+        console.log(`✗ ${file}  (${ok} passed, ${bad} failed, ${secs}s)\n${collapse(out).replace(/^/gm, '    ')}`);
       } else {
         console.log(`✓ ${file}  (${ok} passed${sk ? `, ${sk} skipped` : ''}, ${secs}s)`);
         if (process.env.KVGATE_TEST_VERBOSE) console.log(out.replace(/^/gm, '    '));

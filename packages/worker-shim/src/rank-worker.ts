@@ -134,6 +134,8 @@ export class RankWorker {
     };
   }
 
+  #failing = 0;
+
   publishLoad(force: boolean): void {
     if (this.#d.shared.stopped) return;
     const key = `${this.load.waiting}|${this.load.running}|${this.load.kvUsage}|${this.capacityBlocks}`;
@@ -144,9 +146,12 @@ export class RankWorker {
     try {
       this.#d.bus.publish(this.#loadSubject, encode(this.report()));
       this.metrics.loadReports.inc();
+      if (this.#failing) log.info({ worker: this.worker, failed: this.#failing }, 'load reports published again');
+      this.#failing = 0;
     } catch (e) {
-      // a closed or failing bus must not take the process down from a timer; the next tick retries
-      log.warn({ worker: this.worker, err: String(e) }, 'load report not published');
+      // a closed or failing bus must not take the process down from a timer; the next tick retries.
+      // Logged when it starts failing (and every 240th failure, about once a minute), not on every tick.
+      if (this.#failing++ % 240 === 0) log.warn({ worker: this.worker, err: String(e), failed: this.#failing }, 'load report not published');
     }
   }
 

@@ -32,14 +32,17 @@ export class EngineSubscriber {
   /** connects (or binds) and starts reading; rejects if the bind fails (address in use, bad endpoint) */
   static async open(at: SubscriberEndpoint, topic: string, h: SubscriberHandlers): Promise<EngineSubscriber> {
     const sock = new Subscriber({ linger: 0, receiveHighWaterMark: 100_000 });
+    // The socket monitor must be listening before the connect: zmq connects on its own I/O thread, and a
+    // connection made before the monitor starts is never reported (no start-up replay probe would run).
+    const sub = new EngineSubscriber(sock, at.bind, topic, h);
     try {
       if (at.bind) await sock.bind(at.endpoint);
       else sock.connect(at.endpoint);
     } catch (e) {
-      sock.close();
+      await sub.close();
       throw e;
     }
-    return new EngineSubscriber(sock, at.bind, topic, h);
+    return sub;
   }
 
   private constructor(sock: Subscriber, bound: boolean, topic: string, h: SubscriberHandlers) {

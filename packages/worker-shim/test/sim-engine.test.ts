@@ -92,18 +92,26 @@ function busSuite(kind: 'memory' | 'nats') {
       replayTimeoutMs: 2000,
       ...shimOpts,
     });
-    // the SUB joins asynchronously: wait until a request's blocks show up before the test starts counting
-    await waitFor(async () => {
-      const p = `warm-up ${worker} ${Math.random()}`.repeat(20);
-      await complete(engine.url, p);
+    try {
+      // the SUB joins asynchronously: wait until a request's blocks show up before the test starts counting
+      await waitFor(async () => {
+        const p = `warm-up ${worker} ${Math.random()}`.repeat(20);
+        await complete(engine.url, p);
+        await shim.idle();
+        return view.has(prefixHashes(MODEL, '', B, await tokenize(engine, p)));
+      }, 'shim subscribed');
+      // The start-up replay probe (50 ms after the SUB connects) can run late on a loaded machine, even after
+      // the warm-up above: a test must not start before it has run, or it would repair a gap the test
+      // makes on purpose before the gap is seen (and the gap path would go untested).
+      await waitFor(async () => (await metric(shim, 'replay_probes_total')) >= 1, 'start-up replay probe done');
       await shim.idle();
-      return view.has(prefixHashes(MODEL, '', B, await tokenize(engine, p)));
-    }, 'shim subscribed');
-    // The start-up replay probe (50 ms after the SUB connects) can run late on a loaded machine, even after
-    // the warm-up above: a test must not start before it has run, or it would repair a gap the test
-    // makes on purpose before the gap is seen (and the gap path would go untested).
-    await waitFor(async () => (await metric(shim, 'replay_probes_total')) >= 1, 'start-up replay probe done');
-    await shim.idle();
+    } catch (e) {
+      // a rig that never became ready must not leave its shim running (its timers would hold the process open)
+      await shim.stop().catch(() => undefined);
+      view.close();
+      await engine.close().catch(() => undefined);
+      throw e;
+    }
     const r: Rig = {
       bus,
       engine,
