@@ -34,6 +34,7 @@ import {
   type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
 import { ShardSet } from './shards.js';
+import type { WorkerState } from './shard-state.js';
 import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
 
 export interface IndexerOptions {
@@ -318,12 +319,16 @@ export class Indexer {
       // a peer asks for one worker's block set
       const to = msg.from;
       void this.#shards.dumpWorker(msg.worker).then((st) => {
-        this.#bus.publish(this.#subj.indexSync(to), encode({ from: this.id, worker: st.worker, seq: st.seq, blocks: Array.from(st.blocks) }));
+        const reply: Record<string, unknown> = { from: this.id, worker: st.worker, seq: st.seq, blocks: Array.from(st.blocks) };
+        if (st.tiers) reply.tiers = st.tiers;
+        this.#bus.publish(this.#subj.indexSync(to), encode(reply));
       }).catch((err) => this.#log.warn({ err }, 'sync dump failed'));
       return;
     }
     if (msg.blocks.length % 2 !== 0) return;
-    this.#shards.installWorker({ worker: msg.worker, seq: msg.seq, blocks: BigUint64Array.from(msg.blocks) }, true);
+    const state: WorkerState = { worker: msg.worker, seq: msg.seq, blocks: BigUint64Array.from(msg.blocks) };
+    if (msg.tiers) state.tiers = msg.tiers; // decodeSync checked one mask byte per block
+    this.#shards.installWorker(state, true);
     this.#m.repaired.inc();
     this.#log.info({ worker: msg.worker, from: msg.from, seq: msg.seq, blocks: msg.blocks.length / 2 }, 'worker repaired from peer');
   }
@@ -371,9 +376,9 @@ export class Indexer {
   /** `model` and `lora` are part of every prefix hash already: one index serves all of them. */
   async match(_model: string, _lora: string | null | undefined, hashes: ArrayLike<bigint>, via: 'bus' | 'local' = 'local'): Promise<MatchReply> {
     const h = hashes instanceof BigUint64Array ? hashes : BigUint64Array.from(hashes as ArrayLike<bigint>, (x) => BigInt.asUintN(64, x));
-    const overlaps = await this.#shards.match(h);
+    const { overlaps, tiers } = await this.#shards.match(h);
     (via === 'bus' ? this.#m.matchesBus : this.#m.matchesLocal).inc();
-    return { overlaps, indexerSeq: this.#applied };
+    return tiers ? { overlaps, tiers, indexerSeq: this.#applied } : { overlaps, indexerSeq: this.#applied };
   }
 
   client(): IndexClient {

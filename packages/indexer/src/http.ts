@@ -90,7 +90,7 @@ async function handle(indexer: Indexer, req: IncomingMessage, res: ServerRespons
     if (method !== 'POST') throw new KvgateError('KVG_BAD_REQUEST', 'use POST /debug/match');
     const { hashes, blockSize, model, lora } = parseMatchBody(await readJson(req), indexer);
     const reply = await indexer.match(model, lora, hashes);
-    return send(res, 200, { overlaps: reply.overlaps, blockSize, indexerSeq: reply.indexerSeq });
+    return send(res, 200, { overlaps: reply.overlaps, ...(reply.tiers ? { tiers: reply.tiers } : {}), blockSize, indexerSeq: reply.indexerSeq });
   }
   throw new KvgateError('KVG_NOT_FOUND', `no route ${method} ${path}`);
 }

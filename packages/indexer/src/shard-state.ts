@@ -3,7 +3,8 @@
  * Pure (bytes in, data out). It runs either inline (LocalShard) or inside a worker thread (shard-thread.ts);
  * both drive it with the same ShardRequest messages, so it is the single definition of shard behaviour.
  */
-import { DecodeError, type EventBatch, type KvEvent, type WorkerDigest } from '@kvgate/protocol';
+import { DecodeError, type EventBatch, type KvEvent, type TierOverlap, type WorkerDigest } from '@kvgate/protocol';
+import { tierBit } from './core.js';
 import { PrefixIndex, type PrefixIndexStats } from './radix.js';
 import { WorkerSequencer } from './sequencer.js';
 import { CLEARED, DecodedBatch, REMOVED, STORED, decodeBatchInto } from './wire.js';
@@ -32,6 +33,8 @@ export interface WorkerState {
   seq: number;
   /** [parent, hash] pairs, little-endian u64 */
   blocks: BigUint64Array;
+  /** tier mask per block (1 gpu, 2 cpu, 4 disk); absent = every block on GPU only */
+  tiers?: Uint8Array;
 }
 
 /** A shard's figures: its counters plus its PrefixIndex's stats. */
@@ -51,7 +54,11 @@ export type ShardRequest =
   | { op: 'stats' }
   | { op: 'reserve'; blocks: number };
 
-export type MatchPart = [workers: string[], depths: number[]];
+/**
+ * One shard's match answer: GPU depth per worker (0 = holds the first block on a lower tier only), and, for
+ * the workers that reach further through lower tiers, their cumulative cpu and disk depths (`tiered`).
+ */
+export type MatchPart = [workers: string[], depths: number[], tiered?: { worker: string; tiers: TierOverlap }[]];
 
 export class ShardState {
   readonly #index: PrefixIndex;
@@ -132,10 +139,10 @@ export class ShardState {
     for (let i = 0; i < b.count; i++) {
       const t = b.type[i]!, len = b.len[i]!;
       if (t === STORED) {
-        ix.storePairs(w, b.parentLo[i]!, b.parentHi[i]!, b.pairs, b.start[i]!, len);
+        ix.storePairs(w, b.parentLo[i]!, b.parentHi[i]!, b.pairs, b.start[i]!, len, b.tier[i]!);
         this.#counters.storedBlocks += len;
       } else if (t === REMOVED) {
-        ix.removePairs(w, b.pairs, b.start[i]!, len);
+        ix.removePairs(w, b.pairs, b.start[i]!, len, b.tier[i]!);
         this.#counters.removedBlocks += len;
       } else if (t === CLEARED) {
         ix.clearOrdinal(w);
@@ -146,13 +153,17 @@ export class ShardState {
 
   match(hashes: BigUint64Array): MatchPart {
     const ix = this.#index;
-    const k = ix.matchPairs(new Uint32Array(hashes.buffer, hashes.byteOffset, hashes.length * 2), hashes.length);
+    // the tiered walk is the GPU walk while no entry is on a lower tier (PrefixIndex.matchPairs)
+    const k = ix.matchPairs(new Uint32Array(hashes.buffer, hashes.byteOffset, hashes.length * 2), hashes.length, true);
     const workers = new Array<string>(k), depths = new Array<number>(k);
+    let tiered: { worker: string; tiers: TierOverlap }[] | undefined;
     for (let i = 0; i < k; i++) {
-      workers[i] = ix.resultWorker(i);
-      depths[i] = ix.resultDepth(i);
+      const w = ix.resultWorker(i), gpu = ix.resultDepth(i), disk = ix.resultDisk(i);
+      workers[i] = w;
+      depths[i] = gpu;
+      if (disk > gpu) (tiered ??= []).push({ worker: w, tiers: { gpu, cpu: ix.resultCpu(i), disk } });
     }
-    return [workers, depths];
+    return tiered ? [workers, depths, tiered] : [workers, depths];
   }
 
   /** seq = last applied batch seq (-1 before any) */
@@ -166,7 +177,10 @@ export class ShardState {
   }
 
   dumpWorker(worker: string): WorkerState {
-    return { worker, seq: this.#seqs.get(worker)?.last ?? -1, blocks: this.#index.dumpWorker(worker).blocks };
+    const d = this.#index.dumpWorker(worker);
+    const st: WorkerState = { worker, seq: this.#seqs.get(worker)?.last ?? -1, blocks: d.blocks };
+    if (d.tiers) st.tiers = d.tiers;
+    return st;
   }
 
   /**
@@ -176,7 +190,7 @@ export class ShardState {
   installWorker(s: WorkerState, onlyIfNotBehind = false): boolean {
     const last = this.#seqs.get(s.worker)?.last ?? null;
     if (onlyIfNotBehind && last !== null && s.seq < last) return false;
-    this.#index.loadWorker({ worker: s.worker, blocks: s.blocks });
+    this.#index.loadWorker(s.tiers ? { worker: s.worker, blocks: s.blocks, tiers: s.tiers } : { worker: s.worker, blocks: s.blocks });
     this.#sequencer(s.worker).reset(s.seq < 0 ? null : s.seq);
     return true;
   }
@@ -194,9 +208,8 @@ export class ShardState {
   /** Debug / tests: apply events outside the sequence (used to inject divergence). */
   inject(worker: string, events: KvEvent[]): void {
     for (const ev of events) {
-      if (ev.t !== 'cleared' && ev.tier !== undefined && ev.tier !== 'gpu') continue; // GPU view only (see wire.ts)
-      if (ev.t === 'stored') this.#index.store(worker, ev.parent, ev.hashes);
-      else if (ev.t === 'removed') this.#index.remove(worker, ev.hashes);
+      if (ev.t === 'stored') this.#index.store(worker, ev.parent, ev.hashes, ev.tier);
+      else if (ev.t === 'removed') this.#index.remove(worker, ev.hashes, ev.tier);
       else this.#index.clear(worker);
     }
   }
@@ -231,13 +244,12 @@ export function fromEventBatch(batch: EventBatch): DecodedBatch {
   b.seq = batch.seq;
   b.ts = batch.ts;
   for (const ev of batch.events) {
-    if (ev.t !== 'cleared' && ev.tier !== undefined && ev.tier !== 'gpu') continue; // GPU view only (see wire.ts)
     if (ev.t === 'stored') {
       const p = ev.parent === null ? 0n : BigInt.asUintN(64, ev.parent);
-      b.pushEvent(STORED, Number(p & 0xffffffffn), Number(p >> 32n));
+      b.pushEvent(STORED, Number(p & 0xffffffffn), Number(p >> 32n), tierBit(ev.tier));
       b.pushHashes(pairsOf(ev.hashes));
     } else if (ev.t === 'removed') {
-      b.pushEvent(REMOVED, 0, 0);
+      b.pushEvent(REMOVED, 0, 0, tierBit(ev.tier));
       b.pushHashes(pairsOf(ev.hashes));
     } else b.pushEvent(CLEARED, 0, 0);
   }

@@ -9,7 +9,7 @@
  *   ThreadShard  ShardState in a worker thread (shard-thread.ts, entered through shard-thread-boot.mjs)
  */
 import { Worker } from 'node:worker_threads';
-import { KvgateError, type KvEvent, type WorkerDigest } from '@kvgate/protocol';
+import { KvgateError, type KvEvent, type TierOverlap, type WorkerDigest } from '@kvgate/protocol';
 import { ShardState, type MatchPart, type ShardOptions, type ShardRequest, type ShardStats, type WorkerState } from './shard-state.js';
 
 export interface Shard {
@@ -113,13 +113,13 @@ export class ShardSet {
   }
 
   /** synchronous answer when the only shard is inline (the in-process router path), else null */
-  matchNow(hashes: BigUint64Array): Record<string, number> | null {
+  matchNow(hashes: BigUint64Array): MatchResult | null {
     const s = this.shards.length === 1 ? this.shards[0] : undefined;
     if (!(s instanceof LocalShard)) return null;
     return merge([s.state.match(hashes)]);
   }
 
-  async match(hashes: BigUint64Array): Promise<Record<string, number>> {
+  async match(hashes: BigUint64Array): Promise<MatchResult> {
     return this.matchNow(hashes) ?? merge(await Promise.all(this.shards.map((s) => s.call<MatchPart>({ op: 'match', hashes }))));
   }
 
@@ -171,8 +171,18 @@ export class ShardSet {
   }
 }
 
-function merge(parts: MatchPart[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [ws, ds] of parts) for (let i = 0; i < ws.length; i++) out[ws[i]!] = ds[i]!;
-  return out;
+/** a merged match: GPU overlaps (workers with a GPU depth ≥ 1) and, when any, the lower-tier reach */
+export interface MatchResult {
+  overlaps: Record<string, number>;
+  tiers?: Record<string, TierOverlap>;
+}
+
+function merge(parts: MatchPart[]): MatchResult {
+  const overlaps: Record<string, number> = {};
+  let tiers: Record<string, TierOverlap> | undefined;
+  for (const [ws, ds, tiered] of parts) {
+    for (let i = 0; i < ws.length; i++) if (ds[i]! > 0) overlaps[ws[i]!] = ds[i]!;
+    if (tiered) for (const t of tiered) (tiers ??= {})[t.worker] = t.tiers;
+  }
+  return tiers ? { overlaps, tiers } : { overlaps };
 }

@@ -1,6 +1,8 @@
 /**
  * Index snapshots on disk: `<dir>/<indexer>.snap`, written atomically (temp file + rename).
- * Format: msgpack {v: 1, indexer, streamSeq, ts, workers: [{worker, seq, blocks: bin (LE u64 [parent, hash] pairs)}]}.
+ * Format: msgpack {v: 1, indexer, streamSeq, ts, workers: [{worker, seq, blocks: bin (LE u64 [parent, hash] pairs),
+ * tiers?: bin (one tier mask byte per pair: 1 gpu, 2 cpu, 4 disk)}]}. `tiers` is absent for a GPU-only worker, so
+ * files written before tiers load unchanged (every block on GPU).
  * `streamSeq` is the last stream message applied before the cut: a loader replays from streamSeq + 1.
  * Several replicas may share one directory (a shared volume); a starting replica loads the newest file of any
  * replica (highest streamSeq), so a fresh replica starts from a peer's snapshot.
@@ -23,7 +25,12 @@ export function encodeSnapshot(s: Snapshot): Uint8Array {
     indexer: s.indexer,
     streamSeq: s.streamSeq,
     ts: s.ts,
-    workers: s.workers.map((w) => ({ worker: w.worker, seq: w.seq, blocks: new Uint8Array(w.blocks.buffer, w.blocks.byteOffset, w.blocks.byteLength) })),
+    workers: s.workers.map((w) => ({
+      worker: w.worker,
+      seq: w.seq,
+      blocks: new Uint8Array(w.blocks.buffer, w.blocks.byteOffset, w.blocks.byteLength),
+      ...(w.tiers ? { tiers: w.tiers } : {}),
+    })),
   });
 }
 
@@ -39,7 +46,14 @@ export function decodeSnapshot(bytes: Uint8Array): Snapshot {
       if (!(b instanceof Uint8Array) || b.byteLength % 16 !== 0) throw new DecodeError('snapshot blocks must be 16-byte pairs');
       // copy: the decoded bin may be unaligned inside the file buffer
       const blocks = new BigUint64Array(new Uint8Array(b).buffer);
-      return { worker: String(w.worker), seq: Number(w.seq), blocks };
+      const st: WorkerState = { worker: String(w.worker), seq: Number(w.seq), blocks };
+      if (w.tiers != null) {
+        const t = w.tiers;
+        if (!(t instanceof Uint8Array) || t.length * 16 !== b.byteLength) throw new DecodeError('snapshot tiers must be one byte per block');
+        for (let i = 0; i < t.length; i++) if (t[i]! < 1 || t[i]! > 7) throw new DecodeError(`snapshot tiers[${i}] must be a tier mask in 1..7`);
+        st.tiers = new Uint8Array(t);
+      }
+      return st;
     }),
   };
 }

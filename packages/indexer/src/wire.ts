@@ -9,10 +9,13 @@
 import { DecodeError } from '@kvgate/protocol';
 
 export const STORED = 0, REMOVED = 1, CLEARED = 2;
+/** tier bits as core.ts defines them (TIER_GPU, TIER_CPU, TIER_DISK) */
+const TIER_BIT_GPU = 1;
 
 /**
- * One EventBatch in flat arrays: event i has type type[i], parent (parentLo[i], parentHi[i]) (0, 0 = none)
- * and hashes pairs[2·start[i] … 2·(start[i] + len[i])) as (lo, hi) uint32 pairs. `decodeBatchInto` refills
+ * One EventBatch in flat arrays: event i has type type[i], parent (parentLo[i], parentHi[i]) (0, 0 = none),
+ * tier bit tier[i] (core.ts: 1 gpu, 2 cpu, 4 disk) and hashes pairs[2·start[i] … 2·(start[i] + len[i])) as
+ * (lo, hi) uint32 pairs. `decodeBatchInto` refills
  * one instance batch after batch without allocating; `clone()` keeps a copy (the reorder buffer does).
  */
 export class DecodedBatch {
@@ -26,6 +29,7 @@ export class DecodedBatch {
   type = new Uint8Array(4);
   parentLo = new Uint32Array(4);
   parentHi = new Uint32Array(4);
+  tier = new Uint8Array(4);
   start = new Int32Array(4);
   len = new Int32Array(4);
   pairs = new Uint32Array(64);
@@ -46,6 +50,7 @@ export class DecodedBatch {
     c.type = this.type.slice(0, this.count);
     c.parentLo = this.parentLo.slice(0, this.count);
     c.parentHi = this.parentHi.slice(0, this.count);
+    c.tier = this.tier.slice(0, this.count);
     c.start = this.start.slice(0, this.count);
     c.len = this.len.slice(0, this.count);
     c.pairs = this.pairs.slice(0, 2 * this.blocks);
@@ -59,19 +64,21 @@ export class DecodedBatch {
   }
 
   /** append an event; its hashes are then written with `reserveHashes` (decoder) or `pushHashes` */
-  pushEvent(type: number, parentLo: number, parentHi: number): number {
+  pushEvent(type: number, parentLo: number, parentHi: number, tier = TIER_BIT_GPU): number {
     const i = this.count++;
     if (i === this.type.length) {
       const n = 2 * i;
       this.type = growTo(this.type, n);
       this.parentLo = growTo(this.parentLo, n);
       this.parentHi = growTo(this.parentHi, n);
+      this.tier = growTo(this.tier, n);
       this.start = growTo(this.start, n);
       this.len = growTo(this.len, n);
     }
     this.type[i] = type;
     this.parentLo[i] = parentLo;
     this.parentHi[i] = parentHi;
+    this.tier[i] = tier;
     this.start[i] = this.blocks;
     this.len[i] = 0;
     return i;
@@ -301,7 +308,8 @@ const te = new TextEncoder();
 const names = (...xs: string[]) => xs.map((x) => te.encode(x));
 const BATCH_KEYS = names('worker', 'seq', 'ts', 'events');
 const EVENT_KEYS = names('t', 'parent', 'hashes', 'tier');
-const GPU_TIER = names('gpu');
+/** tier names in bit order: index i → bit 1 << i (core.ts tierBit) */
+const TIER_NAMES = names('gpu', 'cpu', 'disk');
 const EVENT_TYPES = names('stored', 'removed', 'cleared');
 
 /** the hashes array of the event being decoded, into out's pairs */
@@ -336,7 +344,7 @@ const parentTmp = new Uint32Array(2);
 function event(r: Reader, out: DecodedBatch): void {
   const n = r.mapLen();
   if (n < 0) throw new DecodeError('event must be a map');
-  let t = -1, sawHashes = false, lowerTier = false;
+  let t = -1, sawHashes = false, tier = TIER_BIT_GPU;
   let parentLo = 0, parentHi = 0;
   const i = out.pushEvent(CLEARED, 0, 0);
   for (let k = 0; k < n; k++) {
@@ -359,23 +367,19 @@ function event(r: Reader, out: DecodedBatch): void {
       hashes(r, out, 'hashes');
       sawHashes = true;
     } else if (key === 3) {
-      const v = r.name(GPU_TIER);
-      if (v === -2) {
-        if (r.buf[r.pos] === 0xc0) r.pos++;
-        else throw new DecodeError('tier must be a string');
-      } else lowerTier = v !== 0;
+      const v = r.name(TIER_NAMES); // -1: another string (read), -2: not a string (not read)
+      if (v >= 0) tier = 1 << v;
+      else if (v === -1) throw new DecodeError('unknown tier'); // as the reference decoder (schemas.ts)
+      else if (r.buf[r.pos] === 0xc0) {
+        r.pos++;
+        tier = TIER_BIT_GPU;
+      } else throw new DecodeError('tier must be a string');
     } else r.skip();
   }
   if (t === STORED || t === REMOVED) {
     if (!sawHashes) throw new DecodeError(t === STORED ? 'stored.hashes must be an array' : 'removed.hashes must be an array');
-    if (lowerTier) {
-      // A CPU/disk copy (DESIGN §4 tiers). This index holds the GPU view only: a lower-tier store must not
-      // add GPU entries and a lower-tier removal must not drop them, so the event applies as a no-op.
-      out.dropLastHashes();
-      out.type[i] = REMOVED;
-      return;
-    }
     out.type[i] = t;
+    out.tier[i] = tier;
     if (t === STORED) {
       out.parentLo[i] = parentLo;
       out.parentHi[i] = parentHi;

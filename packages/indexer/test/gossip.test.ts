@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GossipTracker } from '../src/gossip.js';
-import { readNewestSnapshot, writeSnapshot } from '../src/snapshot.js';
+import { decodeSnapshot, encodeSnapshot, readNewestSnapshot, writeSnapshot } from '../src/snapshot.js';
+import { DecodeError, encode } from '@kvgate/protocol';
 
 const d = (seq: number, count: number, xor: bigint) => ({ seq, count, xor });
 
@@ -88,6 +89,22 @@ test('snapshots: newest file in the directory wins; torn files are skipped', () 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('snapshots carry tier masks; a file without them (written before tiers) loads as GPU only; bad masks are refused', () => {
+  const blocks = BigUint64Array.from([0n, 7n, 7n, 8n]);
+  const tiers = Uint8Array.from([3, 2]);
+  const back = decodeSnapshot(encodeSnapshot({ indexer: 'x', streamSeq: 1, ts: 1, workers: [{ worker: 'w', seq: 2, blocks, tiers }, { worker: 'g', seq: 1, blocks }] }));
+  assert.equal(Array.from(back.workers[0]!.tiers!), [3, 2]);
+  assert.is(back.workers[1]!.tiers, undefined, 'a GPU-only worker has no mask array');
+  // the v1 layout as files were written before tiers: no `tiers` key
+  const old = encode({ v: 1, indexer: 'o', streamSeq: 5, ts: 1, workers: [{ worker: 'w', seq: 2, blocks: new Uint8Array(blocks.buffer) }] });
+  const o = decodeSnapshot(old);
+  assert.is(o.workers[0]!.tiers, undefined);
+  assert.equal(Array.from(o.workers[0]!.blocks), [0n, 7n, 7n, 8n]);
+  const bad = (t: Uint8Array) => encode({ v: 1, indexer: 'o', streamSeq: 5, ts: 1, workers: [{ worker: 'w', seq: 2, blocks: new Uint8Array(blocks.buffer), tiers: t }] });
+  assert.throws(() => decodeSnapshot(bad(Uint8Array.from([1]))), (e: unknown) => e instanceof DecodeError && /one byte per block/.test(e.message));
+  assert.throws(() => decodeSnapshot(bad(Uint8Array.from([1, 9]))), (e: unknown) => e instanceof DecodeError && /1\.\.7/.test(e.message));
 });
 
 test.run();

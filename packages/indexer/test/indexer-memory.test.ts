@@ -67,6 +67,8 @@ for (const shards of [0, 2]) {
       assert.is(r.json.blockSize, 16, 'block size from the registry');
       r = await http(port, 'POST', '/debug/match', JSON.stringify({ model: 'm1', hashes: hs.slice(0, 3).map(hashToHex) }));
       assert.equal(r.json.overlaps, { w1: 3, [W2]: 2 });
+      assert.is(r.json.tiers, undefined, 'no tiers key while every worker is GPU only');
+
       r = await http(port, 'POST', '/debug/match', '{nope');
       assert.is(r.status, 400);
       assert.is(r.json.error.code, 'KVG_BAD_JSON');
@@ -96,10 +98,27 @@ for (const shards of [0, 2]) {
       assert.is((await http(port, 'GET', '/healthz')).status, 200);
       assert.is((await http(port, 'GET', '/nope')).status, 404);
 
+      // w2 offloads: blocks 3-4 only in CPU memory (a CPU store), then block 1 also copied to CPU.
+      // The GPU overlap stays 2; the reply's tiers say w2 reaches 4 blocks through the CPU tier.
+      bus.publish(S.events(W2), batch(W2, 2, [{ t: 'stored', parent: hs[1]!, hashes: hs.slice(2), tier: 'cpu' }, { t: 'stored', parent: null, hashes: hs.slice(0, 1), tier: 'cpu' }]));
+      await waitFor(async () => (await ix!.client.match('m1', null, hs)).tiers?.[W2]?.cpu === 4, 20_000, 'w2 cpu tier indexed');
+      const tiered = await ix.client.match('m1', null, hs);
+      assert.equal(tiered.overlaps, { w1: 4, [W2]: 2 });
+      assert.equal(tiered.tiers, { [W2]: { gpu: 2, cpu: 4, disk: 4 } });
+      const tReply = decodeMatchReply((await bus.request(S.indexMatch, encode({ model: 'm1', lora: null, hashes: hs }))).data);
+      assert.equal(tReply.tiers, { [W2]: { gpu: 2, cpu: 4, disk: 4 } }, 'tiers over the bus');
+      r = await http(port, 'POST', '/debug/match', JSON.stringify({ model: 'm1', tokens }));
+      assert.equal(r.json.tiers, { [W2]: { gpu: 2, cpu: 4, disk: 4 } }, '/debug/match shows tiers');
+      // the GPU copies go; the CPU copies stay: w2 holds no GPU block, but the CPU tier still reaches 4
+      bus.publish(S.events(W2), batch(W2, 3, [{ t: 'removed', hashes: hs.slice(0, 2) }]));
+      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps[W2] === undefined, 20_000, 'w2 GPU copies gone');
+      assert.equal((await ix.client.match('m1', null, hs)).tiers, { [W2]: { gpu: 0, cpu: 1, disk: 1 } }, 'block 2 is on no tier: the CPU run stops after block 1');
+      assert.is((await http(port, 'GET', '/debug/workers')).json.workers[W2].blocks, 3, 'w2 holds three blocks (on CPU)');
+
       // registry delete → dropped from the index
       const kv = await bus.kv(S.workersBucket, { ttlMs: 3000 });
       await kv.delete(keyOf(W2));
-      await waitFor(async () => (await ix!.client.match('m1', null, hs)).overlaps[W2] === undefined, 20_000, 'w2 dropped');
+      await waitFor(async () => (await ix!.client.match('m1', null, hs)).tiers === undefined, 20_000, 'w2 dropped');
       assert.equal((await ix.client.match('m1', null, hs)).overlaps, { w1: 4 });
     } finally {
       await ix?.close();

@@ -12,13 +12,13 @@ import { rng, universe } from './helpers.js';
 
 function applyRef(ref: NaiveIndex, b: EventBatch): void {
   for (const ev of b.events) {
-    if (ev.t === 'stored') ref.store(b.worker, ev.parent, ev.hashes);
-    else if (ev.t === 'removed') ref.remove(b.worker, ev.hashes);
+    if (ev.t === 'stored') ref.store(b.worker, ev.parent, ev.hashes, ev.tier);
+    else if (ev.t === 'removed') ref.remove(b.worker, ev.hashes, ev.tier);
     else ref.clear(b.worker);
   }
 }
 
-function randomBatches(r: () => number, u: bigint[][], workers: string[], n: number): EventBatch[] {
+function randomBatches(r: () => number, u: bigint[][], workers: string[], n: number, tiered = false): EventBatch[] {
   const seq = new Map<string, number>();
   const out: EventBatch[] = [];
   for (let i = 0; i < n; i++) {
@@ -28,11 +28,12 @@ function randomBatches(r: () => number, u: bigint[][], workers: string[], n: num
     const events: KvEvent[] = [];
     for (let k = Math.floor(r() * 4); k >= 0; k--) {
       const chain = u[Math.floor(r() * u.length)]!;
-      const x = r();
+      const x = r(), y = tiered ? r() : 1;
+      const tier = y < 0.3 ? { tier: 'cpu' as const } : y < 0.4 ? { tier: 'disk' as const } : {};
       if (x < 0.6) {
         const from = r() < 0.7 ? 0 : Math.floor(r() * chain.length);
-        events.push({ t: 'stored', parent: from === 0 ? null : chain[from - 1]!, hashes: chain.slice(from, from + 1 + Math.floor(r() * 8)) });
-      } else if (x < 0.95) events.push({ t: 'removed', hashes: [chain[Math.floor(r() * chain.length)]!] });
+        events.push({ t: 'stored', parent: from === 0 ? null : chain[from - 1]!, hashes: chain.slice(from, from + 1 + Math.floor(r() * 8)), ...tier });
+      } else if (x < 0.95) events.push({ t: 'removed', hashes: [chain[Math.floor(r() * chain.length)]!], ...tier });
       else events.push({ t: 'cleared' });
     }
     out.push({ worker, seq: s, ts: i, events });
@@ -142,6 +143,44 @@ test('an index sized up front (reserve) answers exactly like one that grew; rese
   huge.reserve(1e12); // a nonsense capacity must not allocate without bound
   assert.ok(huge.stats().arrayBytes <= 80 * 2 ** 20, `capped: ${huge.stats().arrayBytes}`);
   huge.reserve(Number.NaN);
+});
+
+/** a shard's match answer in the reference's shape: GPU overlaps (depth ≥ 1) and lower-tier reach */
+function answer(s: ShardState, chain: bigint[]): { overlaps: Record<string, number>; tiers: Record<string, unknown> } {
+  const [ws, ds, tiered] = s.match(BigUint64Array.from(chain));
+  const overlaps: Record<string, number> = {};
+  ws.forEach((w, i) => {
+    if (ds[i]! > 0) overlaps[w] = ds[i]!;
+  });
+  const tiers: Record<string, unknown> = {};
+  for (const t of tiered ?? []) tiers[t.worker] = t.tiers;
+  return { overlaps, tiers };
+}
+
+test('tiered events through the wire: a shard answers GPU overlaps and cpu/disk reach exactly as the reference', () => {
+  const r = rng(11);
+  const u = universe(r, 6, 24);
+  const shard = new ShardState(), ref = new NaiveIndex();
+  let reached = 0;
+  for (const b of randomBatches(r, u, ['a', 'b', 'c'], 400, true)) {
+    assert.ok(shard.ingest(encode(b)));
+    applyRef(ref, b);
+    if (b.seq % 10 === 0) {
+      for (const chain of u) {
+        assert.equal(answer(shard, chain), { overlaps: ref.match(chain), tiers: ref.matchTiers(chain) });
+        if (Object.keys(ref.matchTiers(chain)).length) reached++;
+      }
+    }
+  }
+  assert.ok(reached > 0, 'some prefix is reached through a lower tier');
+  // a digest covers tiers: the same blocks on another tier are another state
+  const d = shard.digests();
+  for (const w of ['a', 'b', 'c']) assert.is(d[w]!.xor, ref.digest(w).xor, `digest of ${w}`);
+  // snapshot → install keeps masks
+  const copy = new ShardState();
+  for (const st of shard.snapshot()) copy.installWorker(st);
+  assert.equal(copy.digests(), shard.digests());
+  for (const chain of u) assert.equal(answer(copy, chain), answer(shard, chain));
 });
 
 test('bad bytes are counted, not thrown', () => {

@@ -15,8 +15,9 @@ function normalise(b: DecodedBatch): unknown {
     const pairs = b.hashes(i), hs: bigint[] = [];
     for (let j = 0; j < pairs.length; j += 2) hs.push(toBig(pairs[j]!, pairs[j + 1]!));
     const parent = b.parentLo[i] === 0 && b.parentHi[i] === 0 ? null : toBig(b.parentLo[i]!, b.parentHi[i]!);
-    if (b.type[i] === 0) events.push({ t: 'stored', parent, hashes: hs });
-    else if (b.type[i] === 1) events.push({ t: 'removed', hashes: hs });
+    const tier = b.tier[i] === 2 ? { tier: 'cpu' } : b.tier[i] === 4 ? { tier: 'disk' } : {};
+    if (b.type[i] === 0) events.push({ t: 'stored', parent, hashes: hs, ...tier });
+    else if (b.type[i] === 1) events.push({ t: 'removed', hashes: hs, ...tier });
     else events.push({ t: 'cleared' });
   }
   return { worker: b.worker, seq: b.seq, events };
@@ -29,9 +30,10 @@ function reference(bytes: Uint8Array): unknown {
 function randomBatch(r: () => number): EventBatch {
   const h = () => (r() < 0.3 ? BigInt(Math.floor(r() * 300)) + 1n : (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)));
   const events = Array.from({ length: Math.floor(r() * 5) }, () => {
-    const x = r();
-    if (x < 0.5) return { t: 'stored' as const, parent: r() < 0.3 ? null : h(), hashes: Array.from({ length: Math.floor(r() * 20) }, h) };
-    if (x < 0.9) return { t: 'removed' as const, hashes: Array.from({ length: Math.floor(r() * 20) }, h) };
+    const x = r(), y = r();
+    const tier = y < 0.15 ? { tier: 'cpu' as const } : y < 0.25 ? { tier: 'disk' as const } : {};
+    if (x < 0.5) return { t: 'stored' as const, parent: r() < 0.3 ? null : h(), hashes: Array.from({ length: Math.floor(r() * 20) }, h), ...tier };
+    if (x < 0.9) return { t: 'removed' as const, hashes: Array.from({ length: Math.floor(r() * 20) }, h), ...tier };
     return { t: 'cleared' as const };
   });
   return { worker: `w-${Math.floor(r() * 1000)}é`, seq: Math.floor(r() * 1e9), ts: Date.now() + r(), events, model: 'm' };
@@ -57,7 +59,7 @@ test('fast decoder equals the reference on an independent encoder (@msgpack/msgp
   }
 });
 
-test('lower-tier events never touch the GPU view: a CPU store or removal decodes as a no-op, gpu tier as usual', () => {
+test('tiers decode per event: absent and gpu are GPU, cpu and disk keep their tier; an unknown tier or a non-string is malformed, as in the reference', () => {
   const batch: EventBatch = {
     worker: 'w', seq: 1, ts: 1,
     events: [
@@ -67,14 +69,17 @@ test('lower-tier events never touch the GPU view: a CPU store or removal decodes
       { t: 'removed', hashes: [12n], tier: 'gpu' },
     ],
   };
-  const got = normalise(decodeBatchFast(encode(batch))) as { events: unknown[] };
-  assert.equal(got.events, [
-    { t: 'stored', parent: null, hashes: [11n, 12n] },
-    { t: 'removed', hashes: [] },
-    { t: 'removed', hashes: [] },
-    { t: 'removed', hashes: [12n] },
-  ]);
-  assert.throws(() => decodeBatchFast(encode({ ...batch, events: [{ t: 'stored', parent: null, hashes: [1n], tier: 5 }] })), (e: unknown) => e instanceof DecodeError);
+  const fast = decodeBatchFast(encode(batch));
+  assert.equal(Array.from(fast.tier.subarray(0, fast.count)), [1, 2, 4, 1]);
+  assert.equal(normalise(fast), reference(encode(batch)));
+  for (const tier of [5, 'nvme', ['cpu']]) {
+    const bad = encode({ ...batch, events: [{ t: 'stored', parent: null, hashes: [1n], tier }] });
+    assert.throws(() => decodeBatchFast(bad), (e: unknown) => e instanceof DecodeError, `tier ${JSON.stringify(tier)}`);
+    assert.throws(() => decodeEventBatch(bad), (e: unknown) => e instanceof DecodeError, `reference, tier ${JSON.stringify(tier)}`);
+  }
+  // a nil tier is GPU in both
+  const nil = encode({ ...batch, events: [{ t: 'stored', parent: null, hashes: [1n], tier: null }] });
+  assert.equal(normalise(decodeBatchFast(nil)), reference(nil));
 });
 
 test('seq and ts in every msgpack number encoding decode as the reference does', () => {

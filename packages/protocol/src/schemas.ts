@@ -323,6 +323,7 @@ export function decodeSync(bytes: Uint8Array): SyncMsg {
   };
   if (v.tiers != null) {
     need(v.tiers instanceof Uint8Array && v.tiers.length * 2 === out.blocks.length, 'sync: tiers must be one byte per block');
+    for (let i = 0; i < v.tiers.length; i++) need(v.tiers[i]! >= 1 && v.tiers[i]! <= 7, `sync: tiers[${i}] must be a tier mask in 1..7`);
     out.tiers = v.tiers;
   }
   return out;

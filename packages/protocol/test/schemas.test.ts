@@ -98,6 +98,12 @@ test('match request / reply, gossip and sync round trip with big hashes', () => 
   throwsDecode(() => decodeMatchReply(encode({ overlaps: { a: 'x' } })), /overlaps\.a/);
   throwsDecode(() => decodeGossip(encode({ indexer: 'i', digests: { w: { seq: 1, count: 1, xor: 0.5 } } })), /hash/);
   throwsDecode(() => decodeSync(encode({ from: 'i', worker: 'w', seq: 1, blocks: [null] })), /hash/);
+  // tier masks: one byte per block, each in 1..7 (a forged mask must not reach the index)
+  const tiered = { ...sync, tiers: Uint8Array.from([3, 2]) };
+  assert.equal(Array.from(decodeSync(encode(tiered)).tiers!), [3, 2]);
+  throwsDecode(() => decodeSync(encode({ ...sync, tiers: Uint8Array.from([1]) })), /one byte per block/);
+  throwsDecode(() => decodeSync(encode({ ...sync, tiers: Uint8Array.from([1, 0]) })), /1\.\.7/);
+  throwsDecode(() => decodeSync(encode({ ...sync, tiers: Uint8Array.from([8, 1]) })), /1\.\.7/);
 });
 
 test('load, registration and active deltas validate their fields', () => {

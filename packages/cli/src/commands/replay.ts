@@ -120,7 +120,10 @@ export async function run(argv: string[]): Promise<number> {
         console.log(`index as of stream seq ${u.seq ?? '-'} (${u.time ? new Date(u.time).toISOString() : '-'}), ${u.eventsApplied} batches applied`);
         console.log(`${'worker'.padEnd(24)} ${'blocks'.padStart(8)} ${'last seq'.padStart(9)}`);
         for (const [w, s] of Object.entries(report.workers)) console.log(`${w.padEnd(24)} ${String(s.blocks).padStart(8)} ${String(s.lastSeq).padStart(9)}`);
-        if (report.match) console.log(`match: ${JSON.stringify(report.match)}`);
+        if (report.match) console.log(`match (gpu blocks): ${JSON.stringify(report.match)}`);
+        if (report.matchTiers) {
+          for (const [w, t] of Object.entries(report.matchTiers)) console.log(`  ${w}: gpu ${t.gpu}, +cpu ${t.cpu}, +disk ${t.disk} blocks (cumulative, as vLLM loads them)`);
+        }
         if (f.request !== undefined) {
           if (!report.request) console.log(`request ${f.request}: no routing decision recorded`);
           else {

@@ -4,7 +4,7 @@
  * Pure: records in, report out.
  */
 import { PrefixIndex } from '@kvgate/indexer';
-import type { KvlogRecord, RouteDecision } from '@kvgate/protocol';
+import type { KvlogRecord, RouteDecision, TierOverlap } from '@kvgate/protocol';
 
 export interface InspectQuery {
   at?: number;
@@ -17,8 +17,12 @@ export interface InspectQuery {
 export interface InspectReport {
   /** the point the index was rebuilt to */
   upTo: { time: number | null; seq: number | null; eventsApplied: number };
+  /** blocks = distinct prefixes held on any tier */
   workers: Record<string, { blocks: number; lastSeq: number }>;
+  /** GPU overlap per worker of the queried prompt */
   match?: Record<string, number>;
+  /** for the queried prompt: workers that reach further through cpu/disk copies (cumulative depths) */
+  matchTiers?: Record<string, TierOverlap>;
   request?: {
     decision: RouteDecision;
     /** overlaps the index held for the decision's prompt at the decision's time */
@@ -37,9 +41,8 @@ function rebuild(records: KvlogRecord[], stop: (r: KvlogRecord & { kind: 'event'
     if (stop(r)) break;
     const w = r.batch.worker;
     for (const e of r.batch.events) {
-      if (e.t !== 'cleared' && e.tier !== undefined && e.tier !== 'gpu') continue; // the GPU view, as the indexer keeps it
-      if (e.t === 'stored') index.store(w, e.parent, e.hashes);
-      else if (e.t === 'removed') index.remove(w, e.hashes);
+      if (e.t === 'stored') index.store(w, e.parent, e.hashes, e.tier);
+      else if (e.t === 'removed') index.remove(w, e.hashes, e.tier);
       else index.clear(w);
     }
     lastSeq[w] = r.batch.seq;
@@ -56,7 +59,11 @@ export function inspect(records: KvlogRecord[], q: InspectQuery): InspectReport 
   const workers: InspectReport['workers'] = {};
   for (const w of index.workers()) workers[w] = { blocks: index.digest(w).count, lastSeq: lastSeq[w] ?? 0 };
   const report: InspectReport = { upTo: { time: lastTime, seq: lastStreamSeq, eventsApplied: applied }, workers };
-  if (q.hashes) report.match = index.match(q.hashes);
+  if (q.hashes) {
+    report.match = index.match(q.hashes);
+    const tiers = index.matchTiers(q.hashes);
+    if (Object.keys(tiers).length > 0) report.matchTiers = tiers;
+  }
   if (q.requestId !== undefined) {
     const rec = records.find((r): r is KvlogRecord & { kind: 'route' } => r.kind === 'route' && r.decision.requestId === q.requestId);
     if (rec) {
