@@ -13,3 +13,4 @@ export * from './bus/index.js';
 export * from './http-body.js';
 export * from './prng.js';
 export * from './fifo.js';
+export * from './diag.js';

@@ -14,6 +14,14 @@ export interface Subjects {
   /** `kvgate.<ns>.decisions.<router>` — routing decisions, captured by `decisionStream` for replay/debugging */
   decisions(router: string): string;
   readonly decisionsAll: string;
+  /** `kvgate.<ns>.diag.shim.<worker>` — a shim's misconfiguration findings and facts (diag.ts), every few seconds */
+  diagShim(worker: string): string;
+  /** `kvgate.<ns>.diag.router.<router>` — a router's findings and facts per worker it proxied to */
+  diagRouter(router: string): string;
+  /** wildcard over every diag report */
+  readonly diagAll: string;
+  /** `kvgate.<ns>.diag.ask` — `kvgate doctor` asks every shim and router to publish its report now (empty payload) */
+  readonly diagAsk: string;
   /** JetStream stream capturing `decisionsAll` */
   readonly decisionStream: string;
   /** JetStream stream capturing `eventsAll` */
@@ -56,6 +64,10 @@ export function subjects(namespace = 'default'): Subjects {
     routerActive: `${p}.router.active`,
     decisions: (r) => `${p}.decisions.${r}`,
     decisionsAll: `${p}.decisions.*`,
+    diagShim: (w) => `${p}.diag.shim.${w}`,
+    diagRouter: (r) => `${p}.diag.router.${r}`,
+    diagAll: `${p}.diag.*.*`,
+    diagAsk: `${p}.diag.ask`,
     decisionStream: `KVGATE_DECISIONS_${safeNs}`,
     eventStream: `KVGATE_EVENTS_${safeNs}`,
     workersBucket: `kvgate_${safeNs}_workers`,
