@@ -11,6 +11,12 @@
  * workers, answers merge) against the baseline split by prefix hash (a walk must ask the owning shard for every
  * block's holders and intersect centrally) — both without any messaging cost, so the gap is structural.
  * index.match.threads: the same match through 2 worker-thread shards (postMessage round trip included).
+ *
+ * index.*.tiered: the same workload on engines with a CPU offload tier (vLLM's OffloadingConnector): every
+ * (document, worker) placement is also stored on CPU, over a longer leading part than the GPU holds (the GPU
+ * part plus 0–all of the rest), as `stored` events with `tier: 'cpu'`. A block on both tiers is one entry with
+ * a two-tier mask; match answers GPU depths plus the cumulative cpu/disk reach (the tiered walk). Baselines:
+ * the GPU-only figures of the same run.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -58,12 +64,15 @@ export default async function (ctx: BenchContext): Promise<void> {
   let blockEvents = 0;
   /** Σ blocks the workers' engines were given: the KV capacity they register (a full cache at steady state) */
   let capacity = 0;
+  /** (document, worker, blocks held on GPU): the tiered variant below adds each worker's CPU tier to these */
+  const placements: [d: number, w: number, held: number][] = [];
   for (let d = 0; d < DOCS; d++) {
     const replicas = 1 + Math.floor(r() * 3);
     for (let k = 0; k < replicas; k++) {
       const w = Math.floor(r() * WORKERS);
       const held = 64 + Math.floor(r() * (LEN - 64 + 1));
       capacity += held;
+      placements.push([d, w, held]);
       for (let at = 0; at < held; at += 16) {
         const hashes = Array.from(docs[d]!.subarray(at, Math.min(held, at + 16)));
         blockEvents += hashes.length;
@@ -241,4 +250,49 @@ export default async function (ctx: BenchContext): Promise<void> {
   } finally {
     await threads.close();
   }
+
+  // ---- tiers: the same workload with a CPU offload tier ---------------------------------------------
+  const r2 = mulberry32(43);
+  const tseqs = new Array<number>(WORKERS).fill(0);
+  const tBatches: Uint8Array[] = [];
+  let tEvents = 0;
+  const push = (w: number, d: number, from: number, to: number, tier?: 'cpu') => {
+    for (let at = from; at < to; at += 16) {
+      const hashes = Array.from(docs[d]!.subarray(at, Math.min(to, at + 16)));
+      tEvents += hashes.length;
+      tBatches.push(encode({ worker: `worker-${w}`, seq: ++tseqs[w]!, ts: 0, events: [{ t: 'stored', parent: at === 0 ? null : docs[d]![at - 1]!, hashes, ...(tier ? { tier } : {}) }] }));
+    }
+  };
+  for (const [d, w, held] of placements) {
+    push(w, d, 0, held);
+    push(w, d, 0, held + Math.floor(r2() * (LEN - held + 1)), 'cpu');
+  }
+  const tBuild = () => {
+    const s = new ShardState();
+    s.reserve(capacity * 2);
+    const t = process.hrtime.bigint();
+    for (const b of tBatches) s.ingest(b);
+    return { s, secs: Number(process.hrtime.bigint() - t) / 1e9 };
+  };
+  const tBefore = memory();
+  const tFirst = tBuild();
+  const tShard = tFirst.s, tst = tShard.stats();
+  const tBytes = (memory() - tBefore) / tst.entries;
+  let tSecs = tFirst.secs;
+  for (let k = 0; k < (ctx.quick ? 1 : 3); k++) tSecs = Math.min(tSecs, tBuild().secs);
+  ctx.progress(`tiered: ${tst.entries} entries, ${tEvents} block events, ${(tSecs * 1000).toFixed(0)} ms`);
+  // the GPU answer must not change when CPU copies are added
+  let cpuReach = 0;
+  for (const q of queries.slice(0, 200)) {
+    const [ws, ds] = shard.match(q), [tws, tds, tiered] = tShard.match(q);
+    const gpu = new Map(ws.map((w, i) => [w, ds[i]!])), tgpu = new Map(tws.map((w, i) => [w, tds[i]!]));
+    for (const [w, n] of gpu) if (tgpu.get(w) !== n) throw new Error(`tiered bench: GPU depth of ${w} ${tgpu.get(w)} ≠ ${n}`);
+    cpuReach += tiered ? Math.max(0, ...tiered.map((t) => t.tiers.cpu)) : 0;
+  }
+  const tMatch = time((q) => tShard.match(q), queries);
+  const tNote = `GPU + CPU tier, ${tst.entries} entries (${tEvents} block events), mean deepest CPU reach ${(cpuReach / 200).toFixed(0)} blocks; baseline: GPU only, same queries`;
+  ctx.report({ bench: 'index.ingest.tiered', value: tEvents / tSecs, unit: 'blocks/s', baseline: blockEvents / oursSecs, note: `decode + apply of GPU and CPU-tier stored events, best of ${ctx.quick ? 2 : 4}; baseline: index.ingest (GPU only)` });
+  ctx.report({ bench: 'index.bytesPerEntry.tiered', value: tBytes, unit: 'B', baseline: oursBytes, note: `${tst.nodes} prefixes; baseline: index.bytesPerEntry (GPU only)` });
+  ctx.report({ bench: 'index.match.tiered.p50', value: percentile(tMatch, 50), unit: 'µs', baseline: percentile(ours, 50), note: tNote });
+  ctx.report({ bench: 'index.match.tiered.p99', value: percentile(tMatch, 99), unit: 'µs', baseline: percentile(ours, 99), note: tNote });
 }
