@@ -14,3 +14,4 @@ export * from './http-body.js';
 export * from './prng.js';
 export * from './fifo.js';
 export * from './diag.js';
+export * from './diag-publisher.js';

@@ -42,6 +42,8 @@ export interface HttpFrontDeps {
   health(): Record<string, unknown>;
   /** undici dispatcher for upstream calls (default: the global one) */
   dispatcher?: Dispatcher;
+  /** the engine answered a proxied request 200 (for the worker it was for) */
+  onServed?(worker: string): void;
 }
 
 const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
@@ -161,6 +163,7 @@ export class HttpFront {
         throw new KvgateError('KVG_UPSTREAM', `engine unreachable: ${(e as Error).message}`, { cause: e });
       }
       status = up.statusCode;
+      if (status === 200) d.onServed?.(this.#workerOf(req));
       const out: Record<string, string | string[]> = { 'x-kvgate-worker': this.#workerOf(req) };
       for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !DROP_RES.has(k)) out[k] = v;
       res.writeHead(up.statusCode, out);

@@ -14,7 +14,7 @@
  */
 import { request } from 'undici';
 import { AggregatorRegistry } from 'prom-client';
-import { initHashing, logger, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
+import { initHashing, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
 import { LoraNames, lorasFromModels } from './lora.js';
@@ -171,6 +171,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       maxBodyBytes: o.maxBodyBytes,
       metrics,
       metricsText: dp ? () => metricsText([metrics, ...ranks.map((r) => r.metrics)]) : undefined,
+      onServed: (w) => ranks.find((r) => r.worker === w)?.diag.serving(),
       health: () => ({
         status: shared.stopped ? 'stopping' : 'ok',
         worker: o.worker,
@@ -204,10 +205,12 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   scraper.start();
 
   const started: RankWorker[] = [];
+  let diag: { stop(): void } | undefined;
   const shutdown = async (clean: boolean) => {
     if (shared.stopped) return;
     shared.stopped = true;
     clearInterval(loadTimer);
+    diag?.stop();
     await scraper.stop();
     await Promise.all(started.map((r) => r.stop(clean)));
     if (clean) await bus.flush().catch(() => undefined);
@@ -225,6 +228,8 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     await shutdown(true);
     throw e;
   }
+  // misconfiguration signals (diag.ts), for `kvgate doctor`
+  diag = startDiagPublisher({ bus, subjects: s, source: 'shim', id: o.worker, intervalMs: o.diagIntervalMs, check: () => ranks.map((r) => r.diag.check(shared.blockSize)) });
   log.info(
     {
       worker: o.worker,

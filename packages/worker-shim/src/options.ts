@@ -66,6 +66,10 @@ export interface ShimOptions {
   replayProbeMs?: number;
   /** largest HTTP request body accepted, bytes (default 16 MiB) */
   maxBodyBytes?: number;
+  /** events-stale: the engine served requests this long without one KV event published, ms (default 60000; diag.ts) */
+  staleEventsMs?: number;
+  /** misconfiguration report on `…diag.shim.<worker>` this often, ms (default 2000) */
+  diagIntervalMs?: number;
 }
 
 export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank'>> & {
@@ -145,5 +149,7 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     replayTimeoutMs: positive(o.replayTimeoutMs ?? 1000, 'replay timeout'),
     replayProbeMs: positive(o.replayProbeMs ?? 5000, 'replay probe period'),
     maxBodyBytes: positive(o.maxBodyBytes ?? 16 * 1024 * 1024, 'max body bytes'),
+    staleEventsMs: positive(o.staleEventsMs ?? 60_000, 'stale events threshold'),
+    diagIntervalMs: positive(o.diagIntervalMs ?? 2000, 'diag interval'),
   };
 }

@@ -10,6 +10,7 @@ import { EventRelay } from './relay.js';
 import { EngineSubscriber, requestReplay, type SubscriberEndpoint } from './zmq-edge.js';
 import { Registration } from './registry.js';
 import { peekDpRank } from './dp.js';
+import { ShimDiag } from './diag.js';
 import type { EngineLoad } from './engine-load.js';
 import type { LoraNames } from './lora.js';
 import type { ShimMetrics } from './metrics.js';
@@ -52,6 +53,8 @@ export class RankWorker {
   readonly dpRank: number | undefined;
   readonly metrics: ShimMetrics;
   readonly relay: EventRelay;
+  /** misconfiguration signals of this worker (diag.ts) */
+  readonly diag: ShimDiag;
   load: EngineLoad = { engine: 'unknown', waiting: 0, running: 0, kvUsage: 0 };
   capacityBlocks: number;
   readonly #d: RankWorkerDeps;
@@ -88,6 +91,7 @@ export class RankWorker {
       help: "1 when this rank's load is the engine server's totals split evenly (the engine's /metrics has no per-rank series)",
       registers,
     });
+    this.diag = new ShimDiag({ worker: d.worker, registry: d.metrics.registry, staleEventsMs: d.o.staleEventsMs });
     const replay = d.replay;
     this.relay = new EventRelay({
       worker: d.worker,
@@ -96,16 +100,23 @@ export class RankWorker {
       loras: d.loras,
       maxMapEntries: d.o.maxMapEntries,
       maxMailbox: 100_000,
-      publish: (batch) => d.bus.publish(this.#subject, encode(batch)),
+      publish: (batch) => {
+        this.diag.published(batch);
+        d.bus.publish(this.#subject, encode(batch));
+      },
       replay: async (from) => (replay ? this.#ownRank(await requestReplay(replay, from, d.o.replayTimeoutMs)) : null),
       refreshLoras: d.refreshLoras,
-      onBlockSize: (b) => d.shared.onBlockSize(b),
+      onBlockSize: (b) => {
+        this.diag.eventBlockSize(b);
+        d.shared.onBlockSize(b);
+      },
     });
   }
 
   /** a new reading of this worker's load (capacity in tokens is turned into blocks with the shared block size) */
   setLoad(l: EngineLoad): boolean {
     this.load = l;
+    if (l.running + l.waiting > 0) this.diag.serving();
     this.#split.set(l.split ? 1 : 0);
     if (l.capacityTokens !== undefined) this.#capacityTokens = l.capacityTokens;
     const cap = l.capacityBlocks ?? (this.#capacityTokens > 0 ? Math.floor(this.#capacityTokens / this.#d.shared.blockSize) : undefined);
