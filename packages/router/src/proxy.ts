@@ -86,6 +86,8 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'pr
 
 export interface RelayHooks {
   onFirstByte(): void;
+  /** every body chunk, as it is passed on (read only: the diag usage tap) */
+  onChunk?(chunk: Buffer): void;
   /** `ok` false when the upstream body failed or the client went away first */
   onDone(ok: boolean): void;
 }
@@ -110,6 +112,7 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
       first = false;
       hooks.onFirstByte();
     }
+    hooks.onChunk?.(chunk);
     if (!res.write(chunk)) body.pause();
   });
   res.on('drain', () => body.resume());

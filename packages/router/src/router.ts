@@ -35,6 +35,7 @@ import {
   type MatchReply,
   type TierOverlap,
   decisionStreamConfig,
+  startDiagPublisher,
   type RouteDecisionWire,
 } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
@@ -43,6 +44,7 @@ import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } fr
 import { Inflight, type Ticket } from './inflight.js';
 import { RouterMetrics } from './metrics.js';
 import { createAgent, openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
+import { RouterDiag, UsageTap, type SentRequest } from './diag.js';
 import { isPolicy, Selector, type Decision, type Policy } from './select.js';
 import { resolveWeights, type ScoreWeights, type WeightOptions } from './scorer.js';
 import { PromptTokenizer } from './tokenize.js';
@@ -88,6 +90,8 @@ export interface RouterOptions {
   defaultMaxTokens?: number;
   /** random source for tie-breaks and sampling; default Math.random */
   random?: () => number;
+  /** misconfiguration report (diag.ts) on `…diag.router.<id>` this often; default 2000 ms */
+  diagIntervalMs?: number;
 }
 
 export interface RouterStats {
@@ -140,6 +144,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const bodyLimit = options.bodyLimitBytes ?? 32 * 1024 * 1024;
   const defaultMaxTokens = options.defaultMaxTokens ?? 256;
   const metrics = new RouterMetrics(id);
+  const diag = new RouterDiag({ registry: metrics.registry, log });
   const view = new WorkerView({ staleMs: options.staleMs ?? 3000 });
   const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 30_000 });
   const selector = new Selector(view, inflight, policy, weights, options.random ?? Math.random);
@@ -197,6 +202,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
         keyToWorker.delete(e.key);
         view.remove(w);
         inflight.dropWorker(w);
+        diag.forget(w);
       }
       initialKeys.delete(e.key);
       if (initialKeys.size === 0) registryLoaded = true;
@@ -204,6 +210,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     }
   })().catch((e) => log.error({ err: (e as Error).message }, 'registry watch ended'));
   if (initialKeys.size === 0) registryLoaded = true;
+
+  const diagPublisher = startDiagPublisher({ bus, subjects: subj, source: 'router', id, intervalMs: options.diagIntervalMs ?? 2000, check: () => diag.check() });
 
   let lastPublish = 0;
   const flushTimer = setInterval(() => {
@@ -458,14 +466,19 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
         throw e;
       }
       const worker = decision.worker.worker;
+      // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
+      const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
+      const sent = routed;
       relay(up, res, extra, {
         onFirstByte: () => {
           for (const t of tickets) inflight.prefillDone(t);
         },
+        ...(tap ? { onChunk: (c: Buffer) => tap.push(c) } : {}),
         onDone: (ok) => {
           for (const t of tickets) inflight.finish(t);
           setOpen(worker, -1);
           if (!ok) abort.abort();
+          else if (tap) diag.observe(worker, sentRequest(sent, req), tap.usage());
           span.end();
         },
       });
@@ -599,6 +612,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (closed) return;
       closed = true;
       clearInterval(flushTimer);
+      diagPublisher.stop();
       if (decisionQueue.length > 0) flushDecisions();
       for (const s of subs) s.unsubscribe();
       watcher.stop();
@@ -607,6 +621,18 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       await new Promise<void>((r) => server.close(() => r()));
       await agent.destroy().catch(() => undefined);
     },
+  };
+}
+
+/** What diag.ts compares the engine's usage with: the router's token count and, single-worker only, the index's overlap. */
+function sentRequest(r: Routed, req: ApiRequest): SentRequest {
+  const p = req.body.prompt;
+  const worker = r.decision.worker.worker;
+  return {
+    routerTokens: r.tokens?.length ?? null,
+    overlapBlocks: r.indexAnswered && !r.decision.prefill ? (r.overlaps?.[worker] ?? 0) : null,
+    blockSize: r.pool.blockSize,
+    batch: Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0])),
   };
 }
 
