@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   replay: () => import('./commands/replay.js'),
   bench: () => import('./commands/bench.js'),
   hash: () => import('./commands/hash.js'),
+  doctor: () => import('./commands/doctor.js'),
 };
 
 async function usage(): Promise<string> {
