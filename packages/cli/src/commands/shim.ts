@@ -31,6 +31,7 @@ const SPEC = {
   'heartbeat-ms': { type: 'string', help: 'registration heartbeat period', default: '1000' },
   'replay-timeout-ms': { type: 'string', help: 'wait per replay reply', default: '1000' },
   'replay-probe-ms': { type: 'string', help: 'ask the replay socket for missed batches this often', default: '5000' },
+  'stale-events-s': { type: 'string', help: 'warn (and tell kvgate doctor) when the engine serves this long without one KV event', default: '60' },
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -75,6 +76,7 @@ export async function run(argv: string[]): Promise<number> {
       heartbeatMs: intFlag(f['heartbeat-ms'], 'heartbeat-ms', 1000),
       replayTimeoutMs: intFlag(f['replay-timeout-ms'], 'replay-timeout-ms', 1000),
       replayProbeMs: intFlag(f['replay-probe-ms'], 'replay-probe-ms', 5000),
+      staleEventsMs: intFlag(f['stale-events-s'], 'stale-events-s', 60) * 1000,
     });
     console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
     await new Promise<void>((resolve) => {
