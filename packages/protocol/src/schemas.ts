@@ -113,6 +113,18 @@ export interface SyncMsg {
   tiers?: Uint8Array;
 }
 
+/**
+ * `…shim.resync.<worker>` request: `fromSeq` = the first batch seq of that worker the asker is missing (its last
+ * applied + 1), informational. The reply names the batch seq the resync batch was published at (`seq`), or, when
+ * the shim cannot answer, an error body.
+ */
+export interface ResyncRequest {
+  fromSeq?: number;
+}
+export interface ResyncReply {
+  seq: number;
+}
+
 export interface ActiveDelta {
   router: string;
   worker: string;
@@ -345,4 +357,21 @@ export function decodeActive(bytes: Uint8Array): ActiveBatch {
       };
     }),
   };
+}
+
+export function decodeResyncRequest(bytes: Uint8Array): ResyncRequest {
+  const v = decode(bytes);
+  need(isObj(v), 'resync request must be a map');
+  if (v.fromSeq == null) return {};
+  const fromSeq = num(v.fromSeq, 'fromSeq');
+  need(Number.isSafeInteger(fromSeq) && fromSeq >= 0, `resync request: fromSeq must be a non-negative integer, got ${fromSeq}`);
+  return { fromSeq };
+}
+
+export function decodeResyncReply(bytes: Uint8Array): ResyncReply {
+  const v = decode(bytes);
+  need(isObj(v), 'resync reply must be a map');
+  const seq = num(v.seq, 'seq');
+  need(Number.isSafeInteger(seq) && seq >= 0, `resync reply: seq must be a non-negative integer, got ${seq}`);
+  return { seq };
 }

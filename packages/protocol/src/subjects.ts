@@ -11,6 +11,11 @@ export interface Subjects {
   readonly indexGossip: string;
   indexSync(indexer: string): string;
   readonly routerActive: string;
+  /**
+   * `kvgate.<ns>.shim.resync.<worker>` — request/reply, indexer → shim: republish the worker's whole block set as
+   * one `cleared` + `stored` batch into the event stream (after a sequence gap or a bus outage); reply `{seq}`
+   */
+  shimResync(worker: string): string;
   /** `kvgate.<ns>.decisions.<router>` — routing decisions, captured by `decisionStream` for replay/debugging */
   decisions(router: string): string;
   readonly decisionsAll: string;
@@ -62,6 +67,7 @@ export function subjects(namespace = 'default'): Subjects {
     indexGossip: `${p}.index.gossip`,
     indexSync: (i) => `${p}.index.sync.${i}`,
     routerActive: `${p}.router.active`,
+    shimResync: (w) => `${p}.shim.resync.${w}`,
     decisions: (r) => `${p}.decisions.${r}`,
     decisionsAll: `${p}.decisions.*`,
     diagShim: (w) => `${p}.diag.shim.${w}`,

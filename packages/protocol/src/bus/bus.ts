@@ -115,9 +115,22 @@ export interface KvWatcher extends AsyncIterable<KvEntry> {
   stop(): void;
 }
 
+/** a connection change: the link to the server went away, or came back (after which subscriptions are live again) */
+export type BusStatus = 'disconnected' | 'reconnected';
+
 export interface Bus {
   /** 'memory' | 'nats' */
   readonly kind: string;
+  /**
+   * false between a disconnect and the reconnect that follows it. Absent (MemoryBus, wrappers that do not say):
+   * always connected.
+   */
+  readonly connected?: boolean;
+  /**
+   * Calls `listener` on every connection change, in order; returns a function that removes it. Absent: the bus
+   * never disconnects. A consumer that judges liveness by time (registry TTLs) must not judge while disconnected.
+   */
+  onStatus?(listener: (status: BusStatus) => void): () => void;
   publish(subject: string, data: Uint8Array): void;
   subscribe(subject: string, opts?: SubscribeOptions): Subscription;
   request(subject: string, data: Uint8Array, opts?: RequestOptions): Promise<Msg>;

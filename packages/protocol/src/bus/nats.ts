@@ -38,6 +38,7 @@ import { logger, type Logger } from '../log.js';
 import {
   subjectMatches,
   type Bus,
+  type BusStatus,
   type DurableStream,
   type KvConfig,
   type KvEntry,
@@ -207,6 +208,7 @@ export class NatsBus implements Bus {
   /** false between a disconnect and the reconnect that follows it */
   #connected = true;
   #onReconnect: (() => void)[] = [];
+  readonly #statusListeners = new Set<(s: BusStatus) => void>();
 
   constructor(nc: NatsConnection, url: string, log: Logger, jsTimeoutMs: number) {
     this.#nc = nc;
@@ -222,15 +224,37 @@ export class NatsBus implements Bus {
     return this.#nc;
   }
 
+  get connected(): boolean {
+    return this.#connected && !this.#closed;
+  }
+
+  onStatus(listener: (status: BusStatus) => void): () => void {
+    this.#statusListeners.add(listener);
+    return () => this.#statusListeners.delete(listener);
+  }
+
+  #emitStatus(s: BusStatus): void {
+    for (const f of [...this.#statusListeners]) {
+      try {
+        f(s);
+      } catch (err) {
+        this.#log.error({ err }, 'bus status listener failed');
+      }
+    }
+  }
+
   async #watchStatus(): Promise<void> {
     for await (const s of this.#nc.status()) {
       if (s.type === Events.Disconnect) {
+        if (!this.#connected) continue; // one disconnect per outage (nats.js reports each failed server)
         this.#connected = false;
         this.#log.warn({ server: s.data }, 'nats disconnected; reconnecting without limit');
+        this.#emitStatus('disconnected');
       } else if (s.type === Events.Reconnect) {
         this.#connected = true;
         this.#onReconnect.splice(0).forEach((f) => f());
         this.#log.info({ server: s.data }, 'nats reconnected');
+        this.#emitStatus('reconnected');
       } else if (s.type === Events.Error) {
         this.#log.warn({ err: s.data }, 'nats async error');
       } else if (s.type === Events.LDM) {
