@@ -7,6 +7,18 @@
  * sequence + 1 and keep following it; `ready` once the stream position reached the stream's last sequence as
  * of start-up. Replicas converge by gossip (gossip.ts); the stream is trimmed behind the oldest snapshot of
  * the live replicas.
+ *
+ * Losses (a bus outage, batches lost on the way or with the server's store):
+ *   - a registry delete or TTL lapse is acted on only while the bus is connected and at least one registry TTL
+ *     after the last reconnect; one seen earlier (the watch's own TTL clock ran on while nothing could be
+ *     re-put) makes the worker a suspect, dropped only if its key is still absent when judged after that grace.
+ *     A watch that ends is opened again; it never drops anyone by ending;
+ *   - on reconnect, and whenever a read ends on its own, the stream is opened again (create-or-open: a server
+ *     that lost its store has none) and read from the last applied sequence + 1;
+ *   - a worker whose batch sequence skipped a gap (sequencer flush) and, after a reconnect, every worker, is
+ *     asked for a resync on `…shim.resync.<worker>`, rate-limited per worker (resync.ts); its shim republishes
+ *     its whole block set as a `cleared` + `stored` batch into the stream. A shim that never answers leaves the
+ *     worker to peer repair (gossip).
  */
 import { randomUUID } from 'node:crypto';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -14,6 +26,7 @@ import {
   decode,
   decodeMatchRequest,
   decodeRegistration,
+  decodeResyncReply,
   decodeSync,
   encode,
   errorBody,
@@ -23,6 +36,7 @@ import {
   type Bus,
   type DurableStream,
   type KvEvent,
+  type KvStore,
   type KvWatcher,
   type MatchReply,
   type Msg,
@@ -33,6 +47,7 @@ import {
   type WorkerDigest,
   type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
+import { ResyncGate, type ResyncReason } from './resync.js';
 import { ShardSet } from './shards.js';
 import type { WorkerState } from './shard-state.js';
 import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
@@ -58,7 +73,15 @@ export interface IndexerOptions {
   registryTtlMs?: number;
   /** answer `…index.match` in the indexers' queue group. Default true. */
   serveMatch?: boolean;
+  /** least time between two resync requests for one worker, ms (resync.ts). Default 5000. */
+  resyncIntervalMs?: number;
+  /** wait for a shim's resync reply, ms. Default 3000. */
+  resyncTimeoutMs?: number;
 }
+
+/** first wait before opening the event stream again after a read ended, ms (doubles up to 5 s) */
+const REOPEN_MIN_MS = 100;
+const REOPEN_MAX_MS = 5000;
 
 export interface WorkerInfo {
   blocks: number;
@@ -98,6 +121,18 @@ export class Indexer {
   #stream: DurableStream | null = null;
   #reader: StreamReader | null = null;
   #watcher: KvWatcher | null = null;
+  #kv: KvStore | null = null;
+  /** worker → its registry key, for the workers in #registry */
+  readonly #keys = new Map<string, string>();
+  /** workers whose registry entry went away while the bus was down (or within a TTL of the reconnect): worker → key */
+  readonly #suspects = new Map<string, string>();
+  /** when the bus last came back (0: never lost) */
+  #reconnectedAt = 0;
+  #unStatus: (() => void) | undefined;
+  /** generation of the stream reader: a reader of an older generation ends without consequence */
+  #readerGen = 0;
+  #reopenWait = REOPEN_MIN_MS;
+  readonly #resync: ResyncGate;
   readonly #subs: Subscription[] = [];
   readonly #timers: NodeJS.Timeout[] = [];
   #applied = 0;
@@ -122,11 +157,14 @@ export class Indexer {
       graceMs: opts.graceMs ?? 3 * gossipIntervalMs,
       registryTtlMs: opts.registryTtlMs ?? 3000,
       serveMatch: opts.serveMatch ?? true,
+      resyncIntervalMs: opts.resyncIntervalMs ?? 5000,
+      resyncTimeoutMs: opts.resyncTimeoutMs ?? 3000,
       ...(opts.snapshotDir ? { snapshotDir: opts.snapshotDir } : {}),
     };
     this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries });
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
+    this.#resync = new ResyncGate({ minIntervalMs: this.#opts.resyncIntervalMs });
     const reg = [this.metrics];
     const shards = this.#shards;
     const gauge = (name: string, help: string, key: 'entries' | 'nodes' | 'workers' | 'evictedEntries' | 'evictedNodes' | 'batches' | 'storedBlocks' | 'removedBlocks' | 'duplicates' | 'gaps' | 'decodeErrors' | 'arrayBytes') =>
@@ -144,6 +182,11 @@ export class Indexer {
       repaired: new Counter({ name: 'kvgate_indexer_repairs_applied_total', help: 'worker block sets installed from peers', registers: reg }),
       snapshots: new Counter({ name: 'kvgate_indexer_snapshots_total', help: 'snapshots written', registers: reg }),
       dropped: new Counter({ name: 'kvgate_indexer_workers_dropped_total', help: 'workers dropped after leaving the registry', registers: reg }),
+      deferred: new Counter({ name: 'kvgate_indexer_registry_deletes_deferred_total', help: 'registry deletes / TTL lapses seen while the bus was down or within a TTL of the reconnect: judged later, not acted on', registers: reg }),
+      resyncs: new Counter({ name: 'kvgate_indexer_resyncs_requested_total', help: 'resyncs asked of shims (…shim.resync.<worker>), by reason (gap, reconnect)', labelNames: ['reason'], registers: reg }),
+      resyncFailures: new Counter({ name: 'kvgate_indexer_resync_failures_total', help: 'resync requests no shim answered (no responders, timeout, bad reply)', registers: reg }),
+      reopens: new Counter({ name: 'kvgate_indexer_stream_reopens_total', help: 'event stream reads opened again from the last applied sequence (after a reconnect or a read that ended)', registers: reg }),
+      disconnects: new Counter({ name: 'kvgate_indexer_bus_disconnects_total', help: 'bus outages seen', registers: reg }),
       streamSeq: new Gauge({ name: 'kvgate_indexer_stream_seq', help: 'last applied stream sequence', registers: reg }),
       entries: gauge('kvgate_indexer_entries', '(block, worker) entries held', 'entries'),
       prefixes: gauge('kvgate_indexer_prefixes', 'distinct prefixes held', 'nodes'),
@@ -192,16 +235,15 @@ export class Indexer {
     }
     this.#checkReady();
 
-    const kv = await this.#bus.kv(s.workersBucket, { ttlMs: this.#opts.registryTtlMs });
-    this.#watcher = kv.watch();
-    void this.#watchRegistry(this.#watcher);
+    this.#kv = await this.#bus.kv(s.workersBucket, { ttlMs: this.#opts.registryTtlMs });
+    this.#openWatch();
+    this.#unStatus = this.#bus.onStatus?.((st) => this.#onBusStatus(st));
 
     if (this.#opts.serveMatch) this.#subs.push(this.#bus.subscribe(s.indexMatch, { queue: s.indexQueue, callback: (m) => void this.#onMatch(m) }));
     this.#subs.push(this.#bus.subscribe(s.indexGossip, { callback: (m) => this.#onGossip(m) }));
     this.#subs.push(this.#bus.subscribe(s.indexSync(this.id), { callback: (m) => this.#onSync(m) }));
 
-    this.#reader = this.#stream.read({ fromSeq: this.#applied + 1, follow: true });
-    void this.#consume(this.#reader);
+    this.#startReader();
 
     this.#every(this.#opts.gossipIntervalMs, () => this.#gossipTick());
     if (this.#opts.snapshotDir) this.#every(this.#opts.snapshotIntervalMs, () => this.snapshotNow().then(() => undefined));
@@ -218,18 +260,85 @@ export class Indexer {
 
   // ---- messages in --------------------------------------------------------------------------------
 
-  async #consume(reader: StreamReader): Promise<void> {
+  /** (re)start following the stream from the last applied sequence + 1; an older reader is stopped */
+  #startReader(): void {
+    const gen = ++this.#readerGen;
+    this.#reader?.stop();
+    const reader = this.#stream!.read({ fromSeq: this.#applied + 1, follow: true });
+    this.#reader = reader;
+    void this.#consume(reader, gen);
+  }
+
+  async #consume(reader: StreamReader, gen: number): Promise<void> {
     try {
       for await (const m of reader) {
         try {
           this.#onEvent(m);
+          this.#reopenWait = REOPEN_MIN_MS;
         } catch (err) {
           this.#log.error({ err, seq: m.seq }, 'event not applied');
         }
       }
     } catch (err) {
-      if (!this.#closed) this.#log.error({ err }, 'event stream read failed');
+      if (!this.#closed && gen === this.#readerGen) this.#log.warn({ err }, 'event stream read failed: opening it again');
     }
+    // a follow read never ends by itself: the consumer failed (server restart, stream gone); read on from where we are
+    if (!this.#closed && gen === this.#readerGen) this.#reopenLater(gen);
+  }
+
+  #reopenLater(gen: number): void {
+    const wait = this.#reopenWait;
+    this.#reopenWait = Math.min(REOPEN_MAX_MS, wait * 2);
+    setTimeout(() => void this.#reopenStream(gen), wait).unref();
+  }
+
+  /**
+   * Open the event stream again (create-or-open) and follow it from the last applied sequence + 1. A stream
+   * whose last sequence is below ours was made anew (the server lost its store): read it from its start, and ask
+   * every worker for a resync (what the old stream held is gone).
+   */
+  async #reopenStream(gen: number): Promise<void> {
+    if (this.#closed || gen !== this.#readerGen) return;
+    try {
+      const s = this.#subj;
+      const stream = await this.#bus.stream(s.eventStream, eventStreamConfig(s));
+      const info = await stream.info();
+      if (this.#closed || gen !== this.#readerGen) return;
+      this.#stream = stream;
+      if (info.lastSeq < this.#applied) {
+        this.#log.warn({ applied: this.#applied, lastSeq: info.lastSeq }, 'event stream is behind our position (the server lost its store): reading it from its start, resyncing every worker');
+        this.#applied = Math.max(0, info.firstSeq - 1);
+        this.#snapshotSeq = 0;
+        this.#lastPurge = 0;
+        this.#wantResyncAll('reconnect');
+      }
+      this.#m.reopens.inc();
+      this.#startReader();
+      this.#log.info({ fromSeq: this.#applied + 1 }, 'following the event stream again');
+    } catch (err) {
+      if (this.#closed || gen !== this.#readerGen) return;
+      this.#log.warn({ err }, 'event stream not reachable yet: retrying');
+      this.#reopenLater(gen);
+    }
+  }
+
+  #onBusStatus(st: 'disconnected' | 'reconnected'): void {
+    if (this.#closed) return;
+    if (st === 'disconnected') {
+      this.#m.disconnects.inc();
+      this.#log.warn('bus disconnected: keeping every worker; registry lapses are judged after the reconnect');
+      return;
+    }
+    this.#reconnectedAt = Date.now();
+    this.#reopenWait = REOPEN_MIN_MS;
+    void this.#reopenStream(this.#readerGen);
+    this.#wantResyncAll('reconnect');
+    this.#log.info({ workers: this.#resync.pending }, 'bus reconnected: re-reading the stream from our position, resyncing workers');
+  }
+
+  #wantResyncAll(reason: ResyncReason): void {
+    for (const w of this.#registry.keys()) this.#resync.want(w, reason);
+    for (const w of this.#lastEvent.keys()) this.#resync.want(w, reason);
   }
 
   #onEvent(m: StreamMsg): void {
@@ -251,6 +360,45 @@ export class Indexer {
     }
   }
 
+  #openWatch(): void {
+    this.#watcher = this.#kv!.watch();
+    void this.#watchRegistry(this.#watcher);
+  }
+
+  /** liveness may be judged now: connected, and every shim had a TTL since the reconnect to put its entry again */
+  #judgeable(now: number): boolean {
+    return this.#bus.connected !== false && now - this.#reconnectedAt >= this.#opts.registryTtlMs + this.#opts.gossipIntervalMs;
+  }
+
+  #dropWorker(worker: string): void {
+    const known = this.#registry.delete(worker);
+    this.#keys.delete(worker);
+    this.#suspects.delete(worker);
+    this.#shards.dropWorker(worker);
+    this.#gossip.forget(worker, Date.now());
+    this.#resync.forget(worker);
+    this.#lastEvent.delete(worker);
+    if (known) this.#m.dropped.inc();
+    this.#log.info({ worker }, 'worker left the registry: dropped from the index');
+  }
+
+  /** suspects whose registry key is still absent once liveness can be judged are dropped; the others stay */
+  async #judgeSuspects(): Promise<void> {
+    if (this.#suspects.size === 0 || !this.#kv || !this.#judgeable(Date.now())) return;
+    for (const [worker, key] of [...this.#suspects]) {
+      let value: Uint8Array | null;
+      try {
+        value = await this.#kv.get(key);
+      } catch (err) {
+        this.#log.debug({ err, worker }, 'registry not readable yet: judging later');
+        return;
+      }
+      if (this.#suspects.get(worker) !== key) continue; // re-put meanwhile
+      if (value === null) this.#dropWorker(worker);
+      else this.#suspects.delete(worker);
+    }
+  }
+
   async #watchRegistry(w: KvWatcher): Promise<void> {
     try {
       for await (const e of w) {
@@ -259,6 +407,8 @@ export class Indexer {
             const reg = decodeRegistration(e.value);
             const before = this.#registry.get(reg.worker)?.capacityBlocks;
             this.#registry.set(reg.worker, reg);
+            this.#keys.set(reg.worker, e.key);
+            this.#suspects.delete(reg.worker);
             // the index never holds more prefixes than the engines' caches: size it now, not by rehashing during ingest
             if (before !== reg.capacityBlocks) this.#shards.reserve([...this.#registry.values()].map((r) => [r.worker, r.capacityBlocks]));
           } catch (err) {
@@ -266,17 +416,25 @@ export class Indexer {
           }
         } else if (e.op === 'delete') {
           const worker = workerOfKey(e.key);
-          const known = this.#registry.delete(worker);
-          this.#shards.dropWorker(worker);
-          this.#gossip.forget(worker, Date.now());
-          this.#lastEvent.delete(worker);
-          if (known) this.#m.dropped.inc();
-          this.#log.info({ worker }, 'worker left the registry: dropped from the index');
+          if (this.#judgeable(Date.now())) this.#dropWorker(worker);
+          else {
+            // the watch's TTL clock ran while no shim could re-put: not an expiry yet
+            this.#suspects.set(worker, e.key);
+            this.#m.deferred.inc();
+            this.#log.info({ worker }, 'registry entry lapsed while the bus was down or just back: judged after a TTL');
+          }
         }
       }
     } catch (err) {
-      if (!this.#closed) this.#log.error({ err }, 'registry watch failed');
+      if (!this.#closed) this.#log.warn({ err }, 'registry watch failed: watching again');
     }
+    if (this.#closed || w !== this.#watcher) return;
+    // a watch that ended is not a worker expiring: watch again; who is gone shows when judged after a TTL
+    for (const [worker, key] of this.#keys) this.#suspects.set(worker, key);
+    this.#reconnectedAt = Math.max(this.#reconnectedAt, Date.now());
+    setTimeout(() => {
+      if (!this.#closed && w === this.#watcher) this.#openWatch();
+    }, 500).unref();
   }
 
   async #onMatch(m: Msg): Promise<void> {
@@ -335,8 +493,10 @@ export class Indexer {
 
   async #gossipTick(): Promise<void> {
     if (this.#closed) return;
-    this.#shards.flushGaps();
+    for (const w of await this.#shards.flushGaps()) this.#resync.want(w, 'gap');
     const digests = await this.#shards.digests();
+    this.#sendResyncs(digests);
+    await this.#judgeSuspects();
     this.#bus.publish(this.#subj.indexGossip, encode({ indexer: this.id, digests, snapshotSeq: this.#snapshotSeq }));
     const now = Date.now();
     for (const o of this.#gossip.decide(digests, now)) {
@@ -349,6 +509,29 @@ export class Indexer {
       await this.#stream.purgeBefore(keepFrom);
       this.#lastPurge = keepFrom;
       this.#log.info({ keepFrom }, 'event stream trimmed behind the oldest live snapshot');
+    }
+  }
+
+  /** asks the shims of the workers due (resync.ts) to republish their block sets; answers arrive in the stream */
+  #sendResyncs(digests: Record<string, WorkerDigest>): void {
+    if (this.#bus.connected === false) return;
+    const now = Date.now();
+    for (const o of this.#resync.due(now)) {
+      this.#m.resyncs.inc({ reason: o.reason });
+      const last = digests[o.worker]?.seq ?? -1;
+      this.#log.info({ worker: o.worker, reason: o.reason, fromSeq: last + 1 }, 'asking the shim for a resync');
+      this.#bus
+        .request(this.#subj.shimResync(o.worker), encode({ fromSeq: last + 1 }), { timeoutMs: this.#opts.resyncTimeoutMs })
+        .then((m) => {
+          const r = decodeResyncReply(m.data);
+          this.#resync.answered(o.worker, true, Date.now());
+          this.#log.info({ worker: o.worker, seq: r.seq }, 'shim republished its block set');
+        })
+        .catch((err) => {
+          this.#resync.answered(o.worker, false, Date.now(), o.reason);
+          this.#m.resyncFailures.inc();
+          this.#log.warn({ worker: o.worker, err: String(err) }, 'resync not answered (peers may repair the worker)');
+        });
     }
   }
 
@@ -436,6 +619,8 @@ export class Indexer {
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
     for (const s of this.#subs) s.unsubscribe();
+    this.#unStatus?.();
+    this.#readerGen++;
     this.#reader?.stop();
     this.#watcher?.stop();
     await this.#busy.catch(() => undefined);

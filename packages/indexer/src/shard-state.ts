@@ -66,6 +66,8 @@ export class ShardState {
   readonly #window: number;
   readonly #decoded = new DecodedBatch();
   readonly #counters = { batches: 0, storedBlocks: 0, removedBlocks: 0, clears: 0, decodeErrors: 0 };
+  /** workers whose sequence skipped a gap since the last `flushGaps()` (the indexer asks their shims to resync) */
+  readonly #gapped = new Set<string>();
 
   constructor(opts: ShardOptions = {}) {
     this.#index = new PrefixIndex({ maxEntries: opts.maxEntries ?? 0 });
@@ -124,7 +126,11 @@ export class ShardState {
   offer(b: DecodedBatch): void {
     const s = this.#sequencer(b.worker);
     if (s.takeInOrder(b.seq)) this.#apply(b);
-    else for (const ready of s.offer(b.seq, b.clone())) this.#apply(ready);
+    else {
+      const gaps = s.stats.gaps;
+      for (const ready of s.offer(b.seq, b.clone())) this.#apply(ready);
+      if (s.stats.gaps !== gaps) this.#gapped.add(b.worker); // the reorder window overflowed: a gap was skipped
+    }
   }
 
   /** Apply an already-decoded EventBatch (in-process producers, tests). */
@@ -203,6 +209,7 @@ export class ShardState {
   dropWorker(worker: string): void {
     this.#index.dropWorker(worker);
     this.#seqs.delete(worker);
+    this.#gapped.delete(worker);
   }
 
   /** Debug / tests: apply events outside the sequence (used to inject divergence). */
@@ -214,8 +221,19 @@ export class ShardState {
     }
   }
 
-  flushGaps(): void {
-    for (const s of this.#seqs.values()) for (const b of s.flush()) this.#apply(b);
+  /**
+   * Skip every gap still open (their batches did not come within a flush period) and apply what follows; returns
+   * the workers that skipped a gap since the last call, here or when their reorder window overflowed.
+   */
+  flushGaps(): string[] {
+    for (const [w, s] of this.#seqs) {
+      const gaps = s.stats.gaps;
+      for (const b of s.flush()) this.#apply(b);
+      if (s.stats.gaps !== gaps) this.#gapped.add(w);
+    }
+    const out = [...this.#gapped];
+    this.#gapped.clear();
+    return out;
   }
 
   snapshot(): WorkerState[] {

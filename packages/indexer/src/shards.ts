@@ -151,8 +151,9 @@ export class ShardSet {
     this.#of(worker).post({ op: 'inject', worker, events });
   }
 
-  flushGaps(): void {
-    for (const s of this.shards) s.post({ op: 'flushGaps' });
+  /** skip open gaps in every shard; resolves to the workers that skipped one since the last call */
+  async flushGaps(): Promise<string[]> {
+    return (await Promise.all(this.shards.map((s) => s.call<string[]>({ op: 'flushGaps' })))).flat();
   }
 
   async snapshot(): Promise<WorkerState[]> {
