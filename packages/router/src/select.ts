@@ -7,7 +7,8 @@
  *   least-loaded  the same score with every overlap taken as 0 (load only).
  *   round-robin   the next live worker in id order, ignoring load and cache.
  *   random        a uniformly random live worker.
- * Busy workers are excluded by every policy unless all are busy.
+ * Busy workers are excluded by every policy unless all are busy. Workers in `avoid` (passive health: suspect,
+ * health.ts) are skipped while any other worker is left, by every policy.
  *
  * Overlap: a worker's GPU overlap is the larger of the index's and the router's own prediction (inflight.ts: the
  * prompts it just sent there, which the engine holds on GPU once prefilled). The index's lower tiers (CPU, disk)
@@ -36,8 +37,10 @@ export interface SelectInput {
   indexOverlaps: Readonly<Record<string, number>> | null;
   /** the index's per-tier overlaps (cumulative gpu ≤ cpu ≤ disk); workers absent hold GPU blocks only */
   indexTiers?: Readonly<Record<string, TierOverlap>> | null;
-  /** workers to skip (a retry after an upstream failure) */
+  /** workers to skip (a retry after an upstream failure; engines reported down) */
   exclude?: ReadonlySet<string>;
+  /** workers to pick only when no other is left (suspect after failures) */
+  avoid?: ReadonlySet<string>;
 }
 
 export interface Decision {
@@ -75,11 +78,17 @@ export class Selector {
   select(input: SelectInput): Decision | undefined {
     const { pool } = input;
     const keep = (r: WorkerRegistration) => !input.exclude?.has(r.worker);
+    const avoid = input.avoid;
+    const prefer = (regs: WorkerRegistration[]): WorkerRegistration[] => {
+      if (!avoid || avoid.size === 0) return regs;
+      const rest = regs.filter((r) => !avoid.has(r.worker));
+      return rest.length > 0 ? rest : regs;
+    };
     const promptBlocks = input.hashes.length;
     const predicted = this.policy === 'kv' ? this.#inflight.predictedOverlaps(input.hashes) : new Map<string, number>();
     if (pool.prefill.length > 0 && pool.decode.length > 0) {
-      const pre = [...pool.prefill, ...pool.both].filter(keep);
-      const dec = [...pool.decode, ...pool.both].filter(keep);
+      const pre = prefer([...pool.prefill, ...pool.both].filter(keep));
+      const dec = prefer([...pool.decode, ...pool.both].filter(keep));
       const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
       const d = this.#choose(dec, pool, promptBlocks, null, null, new Map(), this.policy === 'kv' ? 'least-loaded' : this.policy, `${pool.model}|${pool.lora}|d`);
       if (!p || !d) return undefined;
@@ -94,7 +103,7 @@ export class Selector {
         scored: p.scored,
       };
     }
-    const all = (pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep);
+    const all = prefer((pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep));
     const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}`);
     if (!c) return undefined;
     return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, cached: c.pick.cached, promptBlocks, scored: c.scored };

@@ -147,4 +147,28 @@ test('P/D: prefill by overlap, decode by load', () => {
   assert.is(d.overlap, 10);
 });
 
+test('avoided (suspect) workers are skipped while any other is left, by every policy; P/D too', () => {
+  const { view, inflight } = setup(3);
+  const pool = view.pool('m')!;
+  const hs = hashes(10);
+  for (const policy of ['kv', 'least-loaded', 'round-robin', 'random'] as const) {
+    const s = new Selector(view, inflight, policy, DEFAULT_WEIGHTS, () => 0);
+    for (let i = 0; i < 6; i++) {
+      const d = s.select({ pool, hashes: hs, indexOverlaps: { w0: 10 }, avoid: new Set(['w0', 'w1']) })!;
+      assert.is(d.worker.worker, 'w2', `${policy}: the only worker not avoided, though w0 holds the prompt`);
+    }
+    const all = s.select({ pool, hashes: hs, indexOverlaps: { w0: 10 }, avoid: new Set(['w0', 'w1', 'w2']) })!;
+    assert.ok(all, `${policy}: every worker avoided: still picks one`);
+    const left = s.select({ pool, hashes: hs, indexOverlaps: { w0: 10 }, exclude: new Set(['w2']), avoid: new Set(['w0', 'w1']) })!;
+    assert.ok(['w0', 'w1'].includes(left.worker.worker), `${policy}: exclusion is hard, avoidance soft`);
+  }
+  const kv = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  assert.is(kv.select({ pool, hashes: hs, indexOverlaps: { w0: 10 }, avoid: new Set() })!.worker.worker, 'w0', 'nothing avoided: the holder');
+  const { view: v2, inflight: f2 } = setup(0);
+  for (const w of ['p0', 'p1']) v2.upsert(reg(w, { role: 'prefill' }));
+  for (const w of ['d0', 'd1']) v2.upsert(reg(w, { role: 'decode' }));
+  const pd = new Selector(v2, f2, 'kv', DEFAULT_WEIGHTS).select({ pool: v2.pool('m')!, hashes: hs, indexOverlaps: { p0: 10 }, avoid: new Set(['p0', 'd0']) })!;
+  assert.equal([pd.prefill?.worker, pd.worker.worker], ['p1', 'd1']);
+});
+
 test.run();
