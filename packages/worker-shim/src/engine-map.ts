@@ -314,6 +314,21 @@ export class EngineMap {
     return out;
   }
 
+  /**
+   * Every block the map holds, per tier, as parent-linked chains (a resync republishes them): a block held on
+   * several tiers appears in each. Oldest entries first, so a chain's blocks mostly follow their parents.
+   */
+  blockSet(): Record<Tier, Chain[]> {
+    const out: Record<Tier, Chain[]> = { gpu: [], cpu: [], disk: [] };
+    for (const e of this.#map.rvalues()) {
+      if (e === undefined) continue;
+      if (e.gpu) appendChain(out.gpu, e);
+      if (e.cpu > 0) appendChain(out.cpu, e);
+      if (e.disk > 0) appendChain(out.disk, e);
+    }
+    return out;
+  }
+
   clear(): void {
     // clear() disposes with reason 'delete', so nothing lands in the evicted list.
     this.#map.clear();

@@ -61,7 +61,7 @@ export interface ShimHandle {
   readonly eventSeq: number;
   /** entries in the engine-hash maps (all ranks) */
   readonly mapSize: number;
-  /** resolves once every engine message received so far is relayed (all ranks) */
+  /** resolves once every engine message received so far is relayed and stored in the event stream (all ranks; the wait for the stream is bounded by 5 s) */
   idle(): Promise<void>;
   /** test hook: drop the next `n` engine messages (the first rank's) as if the network lost them */
   dropNextFrames(n: number): void;
@@ -84,7 +84,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   const loras = new LoraNames(o.loraMap);
 
   // the durable stream every indexer reads; create it if nobody has yet
-  await bus.stream(s.eventStream, eventStreamConfig(s));
+  const stream = await bus.stream(s.eventStream, eventStreamConfig(s));
   const kv = await bus.kv(s.workersBucket, { ttlMs: o.registryTtlMs });
 
   let lastLoraRefresh = 0;
@@ -123,6 +123,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       new RankWorker({
         bus,
         kv,
+        stream,
         o,
         worker,
         dpRank: rank,
@@ -285,6 +286,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     },
     idle: async () => {
       await Promise.all(ranks.map((r) => r.relay.idle()));
+      await Promise.all(ranks.map((r) => r.publisher.drained(5000)));
     },
     dropNextFrames(n: number) {
       first.dropNextFrames(n);

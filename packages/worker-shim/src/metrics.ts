@@ -28,6 +28,13 @@ export interface ShimMetrics {
   loadReports: Counter;
   proxied: Counter<'route' | 'status'>;
   pdPrefills: Counter<'result'>;
+  publishBufferBatches: Gauge;
+  publishBufferBytes: Gauge;
+  publishFailures: Counter;
+  publishReplayed: Counter;
+  publishOverflows: Counter;
+  publishDropped: Counter;
+  resyncs: Counter<'reason'>;
 }
 
 export function createMetrics(worker: string): ShimMetrics {
@@ -68,5 +75,12 @@ export function createMetrics(worker: string): ShimMetrics {
     loadReports: c('load_reports_total', 'LoadReports published'),
     proxied: c('proxied_requests_total', 'requests proxied to the engine, by route and status', ['route', 'status']),
     pdPrefills: c('pd_prefills_total', 'remote prefills done for P/D, by result', ['result']),
+    publishBufferBatches: g('publish_buffer_batches', 'event batches not yet stored in the event stream (bus down, appends failing or in flight)'),
+    publishBufferBytes: g('publish_buffer_bytes', 'bytes of the event batches not yet stored'),
+    publishFailures: c('publish_failures_total', 'event batch appends the stream did not acknowledge (kept and retried)'),
+    publishReplayed: c('publish_replayed_batches_total', 'event batches stored late, from the buffer, after the bus was down or an append failed'),
+    publishOverflows: c('publish_buffer_overflows_total', 'times the publish buffer passed its bound and was dropped (a resync follows once the bus is back)'),
+    publishDropped: c('publish_dropped_batches_total', 'event batches dropped with an overflowing buffer or made before the resync that replaces them'),
+    resyncs: c('resyncs_total', 'whole block sets republished as cleared + stored, by reason (request: an indexer asked on …shim.resync.<worker>; overflow: the publish buffer overflowed)', ['reason']),
   };
 }

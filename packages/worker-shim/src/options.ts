@@ -70,6 +70,13 @@ export interface ShimOptions {
   staleEventsMs?: number;
   /** misconfiguration report on `…diag.shim.<worker>` this often, ms (default 2000) */
   diagIntervalMs?: number;
+  /**
+   * event batches kept per worker while the bus cannot store them, replayed in order once it can (default 10,000);
+   * past this or `publishBufferBytes` the buffer is dropped and the worker resyncs instead (publisher.ts)
+   */
+  publishBufferBatches?: number;
+  /** bytes of event batches kept per worker while the bus cannot store them (default 64 MiB) */
+  publishBufferBytes?: number;
 }
 
 export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank'>> & {
@@ -151,5 +158,7 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     maxBodyBytes: positive(o.maxBodyBytes ?? 16 * 1024 * 1024, 'max body bytes'),
     staleEventsMs: positive(o.staleEventsMs ?? 60_000, 'stale events threshold'),
     diagIntervalMs: positive(o.diagIntervalMs ?? 2000, 'diag interval'),
+    publishBufferBatches: positive(o.publishBufferBatches ?? 10_000, 'publish buffer batches'),
+    publishBufferBytes: positive(o.publishBufferBytes ?? 64 * 1024 * 1024, 'publish buffer bytes'),
   };
 }

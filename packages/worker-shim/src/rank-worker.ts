@@ -5,8 +5,9 @@
  * in index.ts and is read through `shared`.
  */
 import { Counter, Gauge } from 'prom-client';
-import { encode, logger, subjects, type Bus, type KvStore, type LoadReport, type ReplayMessage, type WorkerRegistration } from '@kvgate/protocol';
+import { decodeResyncRequest, encode, errorBody, logger, subjects, type Bus, type DurableStream, type KvStore, type LoadReport, type Msg, type ReplayMessage, type Subscription, type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { EventRelay } from './relay.js';
+import { EventPublisher } from './publisher.js';
 import { EngineSubscriber, requestReplay, type SubscriberEndpoint } from './zmq-edge.js';
 import { Registration } from './registry.js';
 import { peekDpRank } from './dp.js';
@@ -34,6 +35,8 @@ export interface SharedShape {
 export interface RankWorkerDeps {
   bus: Bus;
   kv: KvStore;
+  /** the event stream (opened by index.ts); batches are appended to it with an acknowledgement (publisher.ts) */
+  stream: DurableStream;
   o: ResolvedShimOptions;
   worker: string;
   /** the data-parallel rank, or undefined without data parallelism (then batches' ranks are not checked) */
@@ -53,6 +56,8 @@ export class RankWorker {
   readonly dpRank: number | undefined;
   readonly metrics: ShimMetrics;
   readonly relay: EventRelay;
+  /** the relay's batches into the event stream, buffered while the bus cannot take them */
+  readonly publisher: EventPublisher;
   /** misconfiguration signals of this worker (diag.ts) */
   readonly diag: ShimDiag;
   load: EngineLoad = { engine: 'unknown', waiting: 0, running: 0, kvUsage: 0 };
@@ -70,6 +75,9 @@ export class RankWorker {
   #lastSent = 0;
   #lastMismatchLog = 0;
   #dropN = 0;
+  #stream: DurableStream;
+  #resyncSub: Subscription | undefined;
+  #unStatus: (() => void) | undefined;
 
   constructor(d: RankWorkerDeps) {
     this.#d = d;
@@ -93,6 +101,19 @@ export class RankWorker {
     });
     this.diag = new ShimDiag({ worker: d.worker, registry: d.metrics.registry, staleEventsMs: d.o.staleEventsMs });
     const replay = d.replay;
+    this.#stream = d.stream;
+    this.publisher = new EventPublisher({
+      worker: d.worker,
+      metrics: d.metrics,
+      append: (data) => this.#stream.append(this.#subject, data),
+      reopen: async () => {
+        this.#stream = await d.bus.stream(s.eventStream, eventStreamConfig(s));
+      },
+      connected: () => d.bus.connected !== false,
+      requestResync: () => void this.relay.resync().catch(() => undefined),
+      maxBatches: d.o.publishBufferBatches,
+      maxBytes: d.o.publishBufferBytes,
+    });
     this.relay = new EventRelay({
       worker: d.worker,
       model: d.o.model,
@@ -100,9 +121,9 @@ export class RankWorker {
       loras: d.loras,
       maxMapEntries: d.o.maxMapEntries,
       maxMailbox: 100_000,
-      publish: (batch) => {
+      publish: (batch, resync) => {
         this.diag.published(batch);
-        d.bus.publish(this.#subject, encode(batch));
+        this.publisher.publish(batch, resync);
       },
       replay: async (from) => (replay ? this.#ownRank(await requestReplay(replay, from, d.o.replayTimeoutMs)) : null),
       refreshLoras: d.refreshLoras,
@@ -190,7 +211,11 @@ export class RankWorker {
   /** `cleared` (a new shim incarnation voids what an earlier one published), register, subscribe */
   async start(): Promise<void> {
     const d = this.#d;
+    this.#unStatus = d.bus.onStatus?.((st) => {
+      if (st === 'reconnected') this.publisher.busReconnected();
+    });
     await this.relay.publishCleared();
+    this.#resyncSub = d.bus.subscribe(subjects(d.o.namespace).shimResync(this.worker), { callback: (m) => this.#onResync(m) });
     this.#registration = new Registration(d.kv, this.worker, () => this.registration(), d.o.heartbeatMs);
     await this.#registration.start();
     this.#sub = await EngineSubscriber.open(d.events, d.o.topic, {
@@ -216,6 +241,22 @@ export class RankWorker {
       this.#probeTimer = setInterval(() => this.relay.engineConnected(), d.o.replayProbeMs);
       this.#probeTimer.unref();
     }
+  }
+
+  /** an indexer asks for the whole block set (after a gap or an outage): republish it, reply with its seq */
+  #onResync(m: Msg): void {
+    try {
+      const req = decodeResyncRequest(m.data);
+      log.info({ worker: this.worker, fromSeq: req.fromSeq ?? null }, 'resync requested');
+    } catch (err) {
+      m.respond(encode(errorBody(err).body));
+      return;
+    }
+    if (!this.relay.resyncQueued) this.metrics.resyncs.inc({ reason: 'request' });
+    this.relay.resync().then(
+      (seq) => m.respond(encode({ seq })),
+      (err) => m.respond(encode(errorBody(err).body)),
+    );
   }
 
   dropNextFrames(n: number): void {
@@ -247,11 +288,15 @@ export class RankWorker {
 
   async stop(clean: boolean): Promise<void> {
     if (this.#probeTimer) clearInterval(this.#probeTimer);
+    this.#resyncSub?.unsubscribe();
+    this.#unStatus?.();
     await this.#sub?.close();
     await this.#registration?.stop(clean);
     if (clean) {
       await this.relay.idle();
       await this.relay.publishCleared();
+      await this.publisher.drained(2000);
     }
+    this.publisher.stop();
   }
 }

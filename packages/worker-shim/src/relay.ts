@@ -48,7 +48,8 @@ export interface RelayDeps {
   maxMapEntries: number;
   /** most frames waiting in the mailbox before new ones are dropped (a drop shows as a gap, repaired by replay) */
   maxMailbox: number;
-  publish(batch: EventBatch): void;
+  /** one outgoing batch; `resync` marks the batches of a resync (the whole block set, see `resync()`) */
+  publish(batch: EventBatch, resync?: boolean): void;
   /** every batch the engine still holds from `fromSeq` on, in order; null when there is no replay socket or it failed */
   replay(fromSeq: bigint): Promise<ReplayMessage[] | null>;
   /** re-read the engine's LoRA list (rate-limited by the caller) */
@@ -65,10 +66,17 @@ export interface RelayDeps {
 type Mail =
   | { kind: 'frames'; frames: Uint8Array[] }
   | { kind: 'cleared'; done: () => void }
+  | { kind: 'resync'; done: (seq: number) => void }
   | { kind: 'disconnected' }
   | { kind: 'connected' };
 
 const log = logger('shim.relay');
+
+/**
+ * Most block hashes in one resync batch: a NATS message is at most 1 MiB by default (max_payload) and a hash
+ * takes 9 bytes in msgpack; a larger block set continues in the batches that follow (only the first clears).
+ */
+export const RESYNC_MAX_HASHES = 65_536;
 
 /**
  * vLLM KVCacheSpecKind values whose blocks hold a whole prefix: full attention, MLA (DeepSeek's latent full
@@ -101,6 +109,7 @@ export class EventRelay {
   #indexedGroup: number | undefined;
   /** invalid-event reasons already logged */
   readonly #warned = new Set<string>();
+  #resyncing: Promise<number> | undefined;
 
   constructor(deps: RelayDeps) {
     this.#d = deps;
@@ -161,6 +170,29 @@ export class EventRelay {
     });
   }
 
+  /**
+   * Publish the whole block set as it stands after every message already in the mailbox: `cleared`, then a
+   * `stored` per chain and tier (tiers kept), at the next outgoing seq(s). Resolves to the first batch's seq.
+   * Requests that arrive while one is queued share it.
+   */
+  resync(): Promise<number> {
+    if (this.#stopped) return Promise.reject(new Error('relay stopped'));
+    if (this.#resyncing) return this.#resyncing;
+    const p = new Promise<number>((done) => {
+      this.#mail.push({ kind: 'resync', done });
+      this.#kick();
+    }).finally(() => {
+      if (this.#resyncing === p) this.#resyncing = undefined;
+    });
+    this.#resyncing = p;
+    return p;
+  }
+
+  /** a resync is queued (a request now shares it) */
+  get resyncQueued(): boolean {
+    return this.#resyncing !== undefined;
+  }
+
   /** resolves once the mailbox is empty */
   idle(): Promise<void> {
     if (!this.#running && this.#mail.length === 0) return Promise.resolve();
@@ -191,6 +223,8 @@ export class EventRelay {
         } else if (m.kind === 'connected') {
           await this.#replayFrom(this.#seq.next);
           this.#d.metrics.probes.inc();
+        } else if (m.kind === 'resync') {
+          m.done(this.#publishBlockSet());
         } else {
           this.#clear('requested');
           m.done();
@@ -291,6 +325,36 @@ export class EventRelay {
       this.#apply(b.seq, b.batch);
       if (to === undefined) this.#probedUpTo = b.seq;
     }
+  }
+
+  /** `cleared` + the map's block set (per tier) as one batch, or consecutive ones past RESYNC_MAX_HASHES; returns the first seq */
+  #publishBlockSet(): number {
+    const set = this.#map.blockSet();
+    const first = this.#outSeq + 1;
+    let events: KvEvent[] = [{ t: 'cleared' }];
+    let n = 0;
+    const now = Date.now() / 1000;
+    for (const tier of TIERS) {
+      for (const c of set[tier]) {
+        let parent = c.parent;
+        for (let i = 0; i < c.hashes.length; ) {
+          if (n >= RESYNC_MAX_HASHES) {
+            this.#emit(events, now, true);
+            events = [];
+            n = 0;
+          }
+          const take = Math.min(c.hashes.length - i, RESYNC_MAX_HASHES - n);
+          const hashes = c.hashes.slice(i, i + take);
+          events.push(withTier({ t: 'stored', parent, hashes }, tier));
+          parent = hashes[hashes.length - 1]!;
+          i += take;
+          n += take;
+        }
+      }
+    }
+    this.#emit(events, now, true);
+    log.info({ worker: this.#d.worker, seq: first, batches: this.#outSeq - first + 1, blocks: this.#map.size }, 'block set republished (resync)');
+    return first;
   }
 
   #clear(reason: string): void {
@@ -469,12 +533,12 @@ export class EventRelay {
     for (const t of TIERS) if (ev[t].length) out.push(withTier({ t: 'removed', hashes: ev[t] }, t));
   }
 
-  #emit(events: KvEvent[], engineTs: number): void {
+  #emit(events: KvEvent[], engineTs: number, resync = false): void {
     const now = Date.now();
     const batch: EventBatch = { worker: this.#d.worker, seq: ++this.#outSeq, ts: now, events, model: this.#d.model };
     this.#d.metrics.publishedBatches.inc();
     this.#d.metrics.publishedEvents.inc(events.length);
     if (Number.isFinite(engineTs) && engineTs > 0) this.#d.metrics.lagSeconds.set(Math.max(0, now / 1000 - engineTs));
-    this.#d.publish(batch);
+    this.#d.publish(batch, resync);
   }
 }
