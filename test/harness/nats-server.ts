@@ -14,6 +14,10 @@ export interface NatsServerHandle {
   storeDir: string;
   /** kill -9 and restart on the same port and store (tests of reconnection / durability) */
   restart(): Promise<void>;
+  /** kill -9 only (an outage: clients see the server gone until `start()`); no-op when already down */
+  kill(): Promise<void>;
+  /** start again after `kill()`, on the same port and store; no-op when running */
+  start(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -100,6 +104,11 @@ export async function startNatsServer(): Promise<NatsServerHandle> {
     storeDir,
     async restart() {
       await kill();
+      await launch();
+    },
+    kill,
+    async start() {
+      if (child.exitCode === null && child.signalCode === null) return;
       await launch();
     },
     async stop() {

@@ -183,6 +183,11 @@ export class WorkerHealth {
     return !s || (this.#now() >= s.until && !s.probing);
   }
 
+  /** the worker's current back-off length (0 when not suspect) */
+  backoffMs(worker: string): number {
+    return this.#states.get(worker)?.backoffMs ?? 0;
+  }
+
   /** ms left of the worker's back-off (0 when none runs). */
   backoffLeft(worker: string): number {
     const s = this.#states.get(worker);

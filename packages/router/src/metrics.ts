@@ -6,12 +6,17 @@ export class RouterMetrics {
   readonly requests: Counter<'endpoint' | 'status'>;
   readonly decisions: Counter<'policy' | 'mode'>;
   readonly indexFallbacks: Counter;
-  readonly retries: Counter;
+  readonly retries: Counter<'reason'>;
   readonly noWorker: Counter;
   readonly tokenizeFailures: Counter;
   readonly routeSeconds: Histogram;
   readonly overlapRatio: Histogram;
   readonly inflight: Gauge<'worker'>;
+  readonly suspect: Gauge<'worker'>;
+  readonly unhealthy: Gauge<'worker'>;
+  readonly viewStale: Gauge;
+  readonly heldWorkers: Gauge;
+  readonly busSilent: Gauge;
 
   constructor(routerId: string) {
     const registers = [this.registry];
@@ -19,7 +24,12 @@ export class RouterMetrics {
     this.requests = new Counter({ name: 'kvgate_router_requests_total', help: 'HTTP requests by endpoint and status', labelNames: ['endpoint', 'status'], registers });
     this.decisions = new Counter({ name: 'kvgate_router_decisions_total', help: 'routing decisions', labelNames: ['policy', 'mode'], registers });
     this.indexFallbacks = new Counter({ name: 'kvgate_router_index_fallback_total', help: 'decisions made by load alone because the index did not answer within budget', registers });
-    this.retries = new Counter({ name: 'kvgate_router_upstream_retries_total', help: 'requests retried on another worker after an upstream failure before the first byte', registers });
+    this.retries = new Counter({
+      name: 'kvgate_router_upstream_retries_total',
+      help: 'requests retried on another worker after an upstream failure before the first byte, by reason (connect: no connection or it broke; status: a 5xx answer)',
+      labelNames: ['reason'],
+      registers,
+    });
     this.noWorker = new Counter({ name: 'kvgate_router_no_worker_total', help: 'requests answered 503: no live worker', registers });
     this.tokenizeFailures = new Counter({ name: 'kvgate_router_tokenize_failures_total', help: 'prompts routed without token ids (tokenizer unavailable)', registers });
     this.routeSeconds = new Histogram({
@@ -30,5 +40,10 @@ export class RouterMetrics {
     });
     this.overlapRatio = new Histogram({ name: 'kvgate_router_overlap_ratio', help: 'cached blocks / prompt blocks of the chosen worker', buckets: [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1], registers });
     this.inflight = new Gauge({ name: 'kvgate_router_inflight_requests', help: 'requests this router has open per worker', labelNames: ['worker'], registers });
+    this.suspect = new Gauge({ name: 'kvgate_router_worker_suspect', help: '1 while the worker is suspect after an upstream failure (here or at a peer router), skipped while others are available', labelNames: ['worker'], registers });
+    this.unhealthy = new Gauge({ name: 'kvgate_router_worker_unhealthy', help: '1 while the worker\'s last load report says healthy: false (its engine is down); never picked', labelNames: ['worker'], registers });
+    this.viewStale = new Gauge({ name: 'kvgate_router_view_stale', help: '1 while the bus has been silent longer than staleViewMs: the registry and load view are last-known (still used)', registers });
+    this.heldWorkers = new Gauge({ name: 'kvgate_router_registry_held_workers', help: 'workers whose registration lapsed but are kept until the bus confirms it (registry-hold.ts)', registers });
+    this.busSilent = new Gauge({ name: 'kvgate_router_bus_silent_seconds', help: 'seconds since anything arrived on the bus (own heartbeat each second)', registers });
   }
 }

@@ -2,9 +2,9 @@
  * Upstream HTTP: one undici Agent (keep-alive connection pools per origin) for every worker, and a relay that
  * copies the upstream response to the client chunk by chunk (SSE included) with no buffering.
  *
- * - `openUpstream` resolves once the upstream answered with headers. A connection failure, or a 502/503/504 answer,
- *   rejects with UpstreamError (`beforeFirstByte` true): nothing reached the client yet, so the caller may retry
- *   on another worker.
+ * - `openUpstream` resolves once the upstream answered with headers. A connection failure, or a 5xx answer,
+ *   rejects with UpstreamError (`beforeFirstByte` true, `status` set for a 5xx): nothing reached the client yet,
+ *   so the caller may retry on another worker.
  * - `relay` writes status and headers, then each body chunk as it arrives (respecting the client's backpressure),
  *   calls `onFirstByte` at the first body chunk and `onDone` exactly once at the end, on error or on abort.
  * - A client that disconnects aborts the upstream request through the signal the caller passed in (an
@@ -59,8 +59,6 @@ export class UpstreamError extends KvgateError {
   }
 }
 
-const RETRYABLE_STATUS = new Set([502, 503, 504]);
-
 export async function openUpstream(
   agent: Dispatcher,
   origin: string,
@@ -75,7 +73,7 @@ export async function openUpstream(
   } catch (e) {
     throw new UpstreamError(`upstream ${origin} failed: ${(e as Error).message}`, { beforeFirstByte: true, cause: e });
   }
-  if (RETRYABLE_STATUS.has(res.statusCode)) {
+  if (res.statusCode >= 500) {
     await res.body.dump().catch(() => undefined);
     throw new UpstreamError(`upstream ${origin} answered ${res.statusCode}`, { beforeFirstByte: true, status: res.statusCode });
   }

@@ -6,7 +6,12 @@
  * Request path: read + validate (http.ts) → pool by model → token ids (tokenize.ts) → prefix hashes (under the
  * request's `cache_salt` when it has one) → index match with per-tier overlaps (budget `indexTimeoutMs`, else load
  * only) → select → credit in-flight load and predicted prefix →
- * proxy (one retry on another worker when the upstream fails before its first byte) → relay chunk by chunk.
+ * proxy (on a connect failure or a 5xx before the first byte: the worker turns suspect, health.ts, and the request
+ * goes to the next worker not yet tried, until one answers or none is left) → relay chunk by chunk.
+ *
+ * The bus is not on the serving path: through an outage the last-known registry is kept (registry-hold.ts: a lapse
+ * is not a worker leaving until the bus confirms it; a broken registry watch is watched again), the index's
+ * silence means routing by load, and the view is flagged stale after `staleViewMs` but still used.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -36,6 +41,8 @@ import {
   type TierOverlap,
   decisionStreamConfig,
   startDiagPublisher,
+  decode,
+  type KvEntry,
   type RouteDecisionWire,
 } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
@@ -49,6 +56,9 @@ import { isPolicy, Selector, type Decision, type Policy } from './select.js';
 import { resolveWeights, type ScoreWeights, type WeightOptions } from './scorer.js';
 import { PromptTokenizer } from './tokenize.js';
 import { WorkerView, type Pool } from './workers.js';
+import { WorkerHealth, type FailureReason } from './health.js';
+import { RegistryHold } from './registry-hold.js';
+import { decodeSuspect, encodeSuspect, suspectSubject } from './suspect-wire.js';
 
 export interface RouterOptions {
   /** HTTP port; 0 = any free port. Default 8080. */
@@ -92,6 +102,15 @@ export interface RouterOptions {
   random?: () => number;
   /** misconfiguration report (diag.ts) on `…diag.router.<id>` this often; default 2000 ms */
   diagIntervalMs?: number;
+  /**
+   * the bus silent this long (nothing heard, not even this router's own heartbeat): the registry and load view are
+   * marked stale (`kvgate_router_view_stale`, a warning, `/readyz` `viewStale`) and still used; default 60000 ms
+   */
+  staleViewMs?: number;
+  /** passive health: back-off of a worker after an upstream failure, doubled by each failed probe; default 1000 ms */
+  suspectBackoffMs?: number;
+  /** ceiling of that back-off; default 30000 ms */
+  suspectMaxBackoffMs?: number;
 }
 
 export interface RouterStats {
@@ -110,6 +129,10 @@ export interface RouterHandle {
   readonly workers: WorkerView;
   /** the in-flight ledger (read-only use) */
   readonly inflight: Inflight;
+  /** passive health per worker (read-only use) */
+  readonly health: WorkerHealth;
+  /** lapsed registrations kept through a bus outage, and the bus's liveness (read-only use) */
+  readonly registryHold: RegistryHold;
   /** the HTTP server (for instrumentation listeners; the router owns it) */
   readonly server: Server;
   stats(): RouterStats;
@@ -146,6 +169,12 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const metrics = new RouterMetrics(id);
   const diag = new RouterDiag({ registry: metrics.registry, log });
   const view = new WorkerView({ staleMs: options.staleMs ?? 3000 });
+  const health = new WorkerHealth({
+    baseBackoffMs: options.suspectBackoffMs ?? 1000,
+    maxBackoffMs: options.suspectMaxBackoffMs ?? 30_000,
+    reportTtlMs: options.staleMs ?? 3000,
+  });
+  const hold = new RegistryHold({ staleViewMs: options.staleViewMs ?? 60_000 });
   const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 30_000 });
   const selector = new Selector(view, inflight, policy, weights, options.random ?? Math.random);
   const agent: Agent = createAgent({ upstreamTimeoutMs: options.upstreamTimeoutMs ?? 600_000 });
@@ -160,11 +189,24 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const recordDecisions = options.recordDecisions ?? true;
   if (recordDecisions) await bus.stream(subj.decisionStream, decisionStreamConfig(subj));
   const subs: Subscription[] = [];
+  // registry and health state, declared before any bus callback can run
+  const keyToWorker = new Map<string, string>();
+  /** per key, the revision of its last put: a delete carrying that revision is a lapse (TTL), any other a deregistration */
+  const putRevision = new Map<string, number>();
+  let watcher: KvWatcher | undefined;
+  let rewatching = false;
+  let wakeWatch: (() => void) | undefined;
+  /** workers shown as unhealthy on the gauge (a flag also ends by age, without a report: upkeep looks again) */
+  const unhealthyShown = new Set<string>();
   subs.push(
     bus.subscribe(subj.loadAll, {
       callback: (m) => {
+        heard();
         try {
-          view.load(decodeLoad(m.data));
+          const report = decodeLoad(m.data);
+          view.load(report);
+          hold.reported(report.worker);
+          healthReport(report.worker, healthyField(report, m.data));
           notify();
         } catch (e) {
           log.warn({ err: (e as Error).message }, 'bad load report');
@@ -175,6 +217,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   subs.push(
     bus.subscribe(subj.routerActive, {
       callback: (m) => {
+        heard(); // our own heartbeat, echoed, is the bus's pulse when nothing else moves
         try {
           inflight.applyPeer(decodeActive(m.data));
         } catch (e) {
@@ -183,33 +226,198 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       },
     }),
   );
-  const kv = await bus.kv(subj.workersBucket, { ttlMs: options.registryTtlMs ?? 3000 });
-  const keyToWorker = new Map<string, string>();
-  const watcher: KvWatcher = kv.watch();
-  const initialKeys = new Set(await kv.keys());
-  const watchLoop = (async () => {
-    for await (const e of watcher) {
-      if (e.op === 'put' && e.value) {
+  subs.push(
+    bus.subscribe(suspectSubject(subj), {
+      callback: (m) => {
+        heard();
         try {
-          const reg = decodeRegistration(e.value);
-          keyToWorker.set(e.key, reg.worker);
-          view.upsert(reg);
-        } catch (err) {
-          log.warn({ key: e.key, err: (err as Error).message }, 'bad worker registration');
+          peerHealth(decodeSuspect(m.data));
+        } catch (e) {
+          log.warn({ err: (e as Error).message }, 'bad suspect message');
         }
-      } else {
-        const w = keyToWorker.get(e.key) ?? e.key;
-        keyToWorker.delete(e.key);
-        view.remove(w);
-        inflight.dropWorker(w);
-        diag.forget(w);
+      },
+    }),
+  );
+  const kv = await bus.kv(subj.workersBucket, { ttlMs: options.registryTtlMs ?? 3000 });
+  watcher = kv.watch();
+  const initialKeys = new Set(await kv.keys());
+  function applyEntry(e: KvEntry): void {
+    if (e.op === 'put' && e.value) {
+      heard();
+      try {
+        const reg = decodeRegistration(e.value);
+        keyToWorker.set(e.key, reg.worker);
+        putRevision.set(e.key, e.revision);
+        view.upsert(reg);
+        hold.renewed(reg.worker);
+      } catch (err) {
+        log.warn({ key: e.key, err: (err as Error).message }, 'bad worker registration');
       }
-      initialKeys.delete(e.key);
-      if (initialKeys.size === 0) registryLoaded = true;
+    } else {
+      const w = keyToWorker.get(e.key) ?? e.key;
+      // a lapse is made by the watcher's own clock (also while the bus is down): held, not dropped (registry-hold.ts)
+      if (putRevision.get(e.key) === e.revision) hold.lapsed(w);
+      else {
+        heard();
+        dropWorker(w);
+      }
+    }
+    initialKeys.delete(e.key);
+    if (initialKeys.size === 0) registryLoaded = true;
+    notify();
+  }
+  /** After a watch broke: keys gone meanwhile are lapses too (held until the bus confirms). */
+  async function reconcile(): Promise<void> {
+    try {
+      const live = new Set(await kv.keys());
+      for (const [key, w] of keyToWorker) if (!live.has(key)) hold.lapsed(w);
+    } catch {
+      /* the bus is still away: the next watch settles it */
+    }
+  }
+  // A watch that ends or breaks (a bus outage, a server restart) is watched again; the workers it knew stay.
+  const watchLoop = (async () => {
+    let delayMs = 250;
+    for (;;) {
+      try {
+        for await (const e of watcher!) {
+          applyEntry(e);
+          delayMs = 250;
+        }
+        if (closed) return;
+        if (!rewatching) log.warn('registry watch ended; watching again (known workers are kept)');
+      } catch (err) {
+        if (closed) return;
+        log.warn({ err: (err as Error).message }, 'registry watch broke; watching again (known workers are kept)');
+      }
+      if (!rewatching) {
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, delayMs);
+          wakeWatch = () => {
+            clearTimeout(t);
+            r();
+          };
+        });
+        wakeWatch = undefined;
+        delayMs = Math.min(delayMs * 2, 5000);
+      }
+      rewatching = false;
+      if (closed) return;
+      await reconcile();
+      if (closed) return;
+      try {
+        watcher = kv.watch();
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'registry watch cannot restart (bus closed)');
+        return;
+      }
+    }
+  })();
+  if (initialKeys.size === 0) registryLoaded = true;
+
+  function dropWorker(w: string): void {
+    for (const [k, v] of keyToWorker) {
+      if (v === w) {
+        keyToWorker.delete(k);
+        putRevision.delete(k);
+      }
+    }
+    view.remove(w);
+    inflight.dropWorker(w);
+    diag.forget(w);
+    if (health.isSuspect(w)) metrics.suspect.remove({ worker: w });
+    if (unhealthyShown.delete(w)) metrics.unhealthy.remove({ worker: w });
+    health.forget(w);
+    hold.removed(w);
+  }
+
+  /** Something arrived on the bus. After a silence, the registry watch is re-read (it may not have survived). */
+  function heard(): void {
+    if (!hold.heard() || closed || !watcher) return;
+    log.info('bus heard again after a silence; re-reading the registry');
+    rewatching = true;
+    watcher.stop();
+  }
+
+  // ---- passive health (health.ts) -------------------------------------------------------------------------------
+  const suspectSubj = suspectSubject(subj);
+  function publishSuspect(worker: string, suspect: boolean, reason?: FailureReason, backoffMs?: number): void {
+    try {
+      bus.publish(suspectSubj, encodeSuspect({ router: id, worker, suspect, ...(reason ? { reason } : {}), ...(backoffMs ? { backoffMs } : {}), ts: Date.now() }));
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'cannot publish a suspect message');
+    }
+  }
+  function upstreamFailed(worker: string, reason: FailureReason, err: Error): void {
+    const s = health.fail(worker);
+    if (!s.changed) return;
+    metrics.suspect.set({ worker }, 1);
+    log.warn({ worker, reason, backoffMs: s.backoffMs, err: err.message }, s.newly ? 'worker suspect: skipped while others are available' : 'worker failed again after its back-off: back-off doubled');
+    publishSuspect(worker, true, reason, s.backoffMs);
+  }
+  function upstreamAnswered(worker: string): void {
+    if (health.quiet || !health.succeed(worker)) return;
+    metrics.suspect.set({ worker }, 0);
+    log.info({ worker }, 'suspect worker answered: cleared');
+    publishSuspect(worker, false);
+  }
+  function peerHealth(m: ReturnType<typeof decodeSuspect>): void {
+    if (m.router === id || !view.registration(m.worker)) return;
+    if (m.suspect) {
+      if (health.peerSuspect(m.worker, m.backoffMs!)) {
+        metrics.suspect.set({ worker: m.worker }, 1);
+        log.info({ worker: m.worker, peer: m.router, reason: m.reason, backoffMs: m.backoffMs }, 'worker suspect at a peer router');
+      }
+    } else if (health.peerCleared(m.worker)) {
+      metrics.suspect.set({ worker: m.worker }, 0);
+    }
+  }
+  function healthReport(worker: string, healthy: boolean | undefined): void {
+    if (health.report(worker, healthy)) {
+      metrics.suspect.set({ worker }, 0);
+      log.info({ worker }, 'suspect worker cleared by a healthy load report');
+    }
+    syncUnhealthy(worker);
+  }
+  function syncUnhealthy(worker: string): void {
+    const now = health.isUnhealthy(worker);
+    if (now === unhealthyShown.has(worker)) return;
+    metrics.unhealthy.set({ worker }, now ? 1 : 0);
+    if (now) {
+      unhealthyShown.add(worker);
+      log.warn({ worker }, 'load report says the engine is down: not picked');
+    } else {
+      unhealthyShown.delete(worker);
+      log.info({ worker }, 'the engine is no longer reported down');
+    }
+  }
+
+  // ---- the view's upkeep: drop confirmed lapses, flag a stale view --------------------------------------------------
+  let busWasUp = true;
+  let viewStale = false;
+  const upkeep = setInterval(() => {
+    for (const w of hold.due()) {
+      log.info({ worker: w }, 'registration lapsed and the bus is up: worker dropped');
+      dropWorker(w);
       notify();
     }
-  })().catch((e) => log.error({ err: (e as Error).message }, 'registry watch ended'));
-  if (initialKeys.size === 0) registryLoaded = true;
+    const up = hold.busUp();
+    if (up !== busWasUp) {
+      busWasUp = up;
+      if (!up) log.warn({ silentMs: hold.silentMs() }, 'bus silent: serving from the last-known registry, routing by load where the index cannot answer');
+    }
+    const stale = hold.stale();
+    if (stale !== viewStale) {
+      viewStale = stale;
+      metrics.viewStale.set(stale ? 1 : 0);
+      if (stale) log.warn({ silentMs: hold.silentMs(), staleViewMs: hold.staleViewMs }, 'view is stale (bus silent past staleViewMs); still used while engines answer');
+      else log.info('view fresh again');
+    }
+    metrics.busSilent.set(hold.silentMs() / 1000);
+    metrics.heldWorkers.set(hold.held().length);
+    for (const w of [...unhealthyShown]) syncUnhealthy(w);
+  }, 250);
+  upkeep.unref();
 
   const diagPublisher = startDiagPublisher({ bus, subjects: subj, source: 'router', id, intervalMs: options.diagIntervalMs ?? 2000, check: () => diag.check() });
 
@@ -297,13 +505,30 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       tiers = reply?.tiers ?? null;
       indexAnswered = reply !== null;
     }
-    const decision = selector.select({ pool, hashes, indexOverlaps: overlaps, indexTiers: tiers, ...(exclude ? { exclude } : {}) });
+    const decision = selector.select({ pool, hashes, indexOverlaps: overlaps, indexTiers: tiers, ...healthFilter(pool, exclude) });
     if (!decision) {
       stats.noWorker++;
       metrics.noWorker.inc();
-      throw new KvgateError('KVG_NO_WORKER', `no live worker left for model \`${req.model}\``);
+      throw new KvgateError('KVG_NO_WORKER', `no live worker left for model \`${req.model}\`${health.quiet ? '' : ' (engines reported down are not picked)'}`);
     }
     return { decision, pool, hashes, tokens, indexAnswered, overlaps, tiers, salted: req.cacheSalt !== undefined };
+  }
+
+  /**
+   * Passive health for one pick: engines reported down are excluded (with the workers already tried), suspect ones
+   * avoided while others are left. Nothing is built while every worker is healthy (the common case).
+   */
+  function healthFilter(pool: Pool, tried: ReadonlySet<string> | undefined): { exclude?: ReadonlySet<string>; avoid?: ReadonlySet<string> } {
+    if (health.quiet) return tried ? { exclude: tried } : {};
+    const exclude = new Set(tried);
+    const avoid = new Set<string>();
+    for (const list of [pool.both, pool.prefill, pool.decode]) {
+      for (const r of list) {
+        if (health.isUnhealthy(r.worker)) exclude.add(r.worker);
+        else if (!health.usable(r.worker)) avoid.add(r.worker);
+      }
+    }
+    return { exclude, avoid };
   }
 
   /**
@@ -418,6 +643,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (!res.writableFinished) abort.abort();
     };
     res.on('close', onClose);
+    /** workers this request already failed on (never tried twice) */
+    const tried = new Set<string>();
     for (let attempt = 0; ; attempt++) {
       const { decision } = routed;
       const tickets = credit(routed, req);
@@ -438,34 +665,40 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       span.setAttribute('kvgate.overlap_blocks', decision.overlap);
       if (attempt === 0) metrics.routeSeconds.observe((performance.now() - t0) / 1000);
       const u = parsedUrl(decision.worker.url);
-      setOpen(decision.worker.worker, 1);
+      const worker = decision.worker.worker;
+      setOpen(worker, 1);
+      health.sent(worker);
       let up;
       try {
         up = await openUpstream(agent, u.origin, u.basePath + path, req.raw, headers, abort);
       } catch (e) {
         for (const t of tickets) inflight.finish(t);
-        setOpen(decision.worker.worker, -1);
+        setOpen(worker, -1);
         if (abort.aborted) {
+          health.abandoned(worker);
           span.end();
           return;
         }
-        if (e instanceof UpstreamError && e.beforeFirstByte && attempt === 0) {
-          log.warn({ worker: decision.worker.worker, err: e.message }, 'upstream failed before the first byte; retrying on another worker');
-          stats.retries++;
-          metrics.retries.inc();
-          const exclude = new Set([decision.worker.worker, ...(decision.prefill ? [decision.prefill.worker] : [])]);
+        if (e instanceof UpstreamError && e.beforeFirstByte) {
+          const reason: FailureReason = e.status !== undefined ? 'status' : 'connect';
+          upstreamFailed(worker, reason, e);
+          tried.add(worker);
+          if (decision.prefill) tried.add(decision.prefill.worker);
           try {
-            routed = await route(req, exclude, routed);
+            routed = await route(req, tried, routed);
           } catch (again) {
             // no other worker to try: the upstream failure is the better answer
             if (again instanceof KvgateError && again.code === 'KVG_NO_WORKER') throw e;
             throw again;
           }
+          stats.retries++;
+          metrics.retries.inc({ reason });
+          log.warn({ worker, next: routed.decision.worker.worker, reason, err: e.message }, 'upstream failed before the first byte; retrying on another worker');
           continue;
         }
         throw e;
       }
-      const worker = decision.worker.worker;
+      upstreamAnswered(worker);
       // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
       const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
       const sent = routed;
@@ -543,7 +776,18 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (path === '/readyz') {
         const live = view.all().filter((r) => view.isLive(r.worker)).length;
         const ready = registryLoaded && live > 0;
-        return sendJson(res, ready ? 200 : 503, { ready, liveWorkers: live, registryLoaded });
+        // a stale view stays ready: it is still used while the engines answer (the detail says so)
+        return sendJson(res, ready ? 200 : 503, {
+          ready,
+          liveWorkers: live,
+          registryLoaded,
+          busUp: hold.busUp(),
+          busSilentMs: hold.silentMs(),
+          viewStale: hold.stale(),
+          heldWorkers: hold.held(),
+          suspectWorkers: health.suspects(),
+          unhealthyWorkers: health.unhealthy(),
+        });
       }
       if (path === '/metrics') {
         const text = await metrics.registry.metrics();
@@ -588,6 +832,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     metrics,
     workers: view,
     inflight,
+    health,
+    registryHold: hold,
     server,
     stats: () => ({ ...stats }),
     waitForWorkers(n: number, timeoutMs = 10_000): Promise<void> {
@@ -612,16 +858,29 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (closed) return;
       closed = true;
       clearInterval(flushTimer);
+      clearInterval(upkeep);
+      wakeWatch?.();
       diagPublisher.stop();
       if (decisionQueue.length > 0) flushDecisions();
       for (const s of subs) s.unsubscribe();
-      watcher.stop();
+      watcher?.stop();
       await watchLoop;
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
       await agent.destroy().catch(() => undefined);
     },
   };
+}
+
+/**
+ * A load report's `healthy` (DESIGN.md §4; absent = unknown). Read off the raw payload while the protocol's
+ * LoadReport does not carry it yet (decodeLoad keeps only the fields it knows).
+ */
+function healthyField(report: object, bytes: Uint8Array): boolean | undefined {
+  const known = (report as { healthy?: unknown }).healthy;
+  if (typeof known === 'boolean') return known;
+  const v = decode(bytes) as { healthy?: unknown };
+  return typeof v.healthy === 'boolean' ? v.healthy : undefined;
 }
 
 /** What diag.ts compares the engine's usage with: the router's token count and, single-worker only, the index's overlap. */

@@ -43,7 +43,18 @@ export class StubEngine {
   }
 
   async listen(): Promise<this> {
-    await new Promise<void>((r) => this.#server.listen(0, '127.0.0.1', r));
+    return this.listenOn(0);
+  }
+
+  /** listen on `port` (0 = any); after close() it may listen again (an engine coming back) */
+  async listenOn(port: number): Promise<this> {
+    await new Promise<void>((r, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, '127.0.0.1', () => {
+        this.#server.off('error', reject);
+        r();
+      });
+    });
     this.url = `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
     return this;
   }

@@ -401,7 +401,7 @@ function build(kind: BusKind) {
       const none = await post(`${url}/v1/completions`, { model: 'other', prompt: 'hi' });
       await deregister(c.bus, 'w1', c.ns);
       await until(() => r.workers.all().length === 0, 5000, 'deregistration');
-      assert.is(none.status, 502, 'a registered worker whose engine is down: upstream error after one retry');
+      assert.is(none.status, 502, 'a registered worker whose engine is down (the only one): upstream error');
       shape(none, 'KVG_UPSTREAM');
       const gone = await post(`${url}/v1/completions`, { model: 'stub-model', prompt: 'hi' });
       assert.is(gone.status, 503, 'every worker of a known model left');
@@ -415,7 +415,7 @@ function build(kind: BusKind) {
     }
   });
 
-  t('upstream failure before the first byte retries once on another worker', async () => {
+  t('upstream failure before the first byte retries on another worker', async () => {
     const c = await setup(kind, 2);
     try {
       await c.engines[0]!.close(); // w0 registered but its port is closed
