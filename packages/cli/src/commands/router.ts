@@ -38,6 +38,9 @@ const SPEC = {
   'index-timeout-ms': { type: 'string', default: '5', help: 'index answer budget before routing by load alone' },
   'body-limit': { type: 'string', default: String(32 * 1024 * 1024), help: 'request body limit, bytes' },
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
+  'stale-view-ms': { type: 'string', default: '60000', help: 'bus silent this long: the last-known registry and load view are marked stale (metric, log, /readyz) and still used' },
+  'suspect-backoff-ms': { type: 'string', default: '1000', help: 'a worker failing before its first byte is skipped this long, doubled per failed probe' },
+  'suspect-max-backoff-ms': { type: 'string', default: '30000', help: 'ceiling of that back-off' },
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -69,6 +72,9 @@ export async function run(argv: string[]): Promise<number> {
     indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 5),
     bodyLimitBytes: intFlag(f['body-limit'], 'body-limit', 32 * 1024 * 1024),
     registryTtlMs: intFlag(f['registry-ttl-ms'], 'registry-ttl-ms', 3000),
+    staleViewMs: intFlag(f['stale-view-ms'], 'stale-view-ms', 60_000),
+    suspectBackoffMs: intFlag(f['suspect-backoff-ms'], 'suspect-backoff-ms', 1000),
+    suspectMaxBackoffMs: intFlag(f['suspect-max-backoff-ms'], 'suspect-max-backoff-ms', 30_000),
     weights: {
       uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', DEFAULT_WEIGHTS.uncachedWeight),
       prefillWeight: intFlag(f['prefill-weight'], 'prefill-weight', DEFAULT_WEIGHTS.prefillWeight),
