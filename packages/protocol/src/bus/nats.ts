@@ -64,11 +64,30 @@ export interface NatsBusOptions {
   reconnectWaitMs?: number;
   /** timeout of JetStream API calls, ms; default 5000 */
   jetstreamTimeoutMs?: number;
+  /**
+   * how long the first connect keeps trying (a refused or silent server is tried again every reconnectWaitMs)
+   * before it rejects with KVG_BUS, ms; default 5000. Auth and TLS failures reject at once.
+   */
+  connectTimeoutMs?: number;
   /** logger; default logger('bus.nats') */
   log?: Logger;
+  /**
+   * JetStream replicas of the streams and KV buckets this bus creates (1..5): 3 on a 3-node cluster, as
+   * production NATS runs. Default: KVGATE_NATS_REPLICAS, else 1. Existing streams keep theirs.
+   */
+  replicas?: number;
+}
+
+/** replicas from the option or KVGATE_NATS_REPLICAS; a bad value is a clear KVG_CONFIG error */
+function replicasOf(o: NatsBusOptions): number {
+  const raw = o.replicas ?? (process.env.KVGATE_NATS_REPLICAS ? Number(process.env.KVGATE_NATS_REPLICAS) : 1);
+  if (!Number.isInteger(raw) || raw < 1 || raw > 5) throw new KvgateError('KVG_CONFIG', `NATS replicas must be an integer in 1..5, got ${JSON.stringify(process.env.KVGATE_NATS_REPLICAS ?? o.replicas)} (KVGATE_NATS_REPLICAS)`);
+  return raw;
 }
 
 const DEFAULT_TIMEOUT_MS = 1000;
+/** close(): the final flush, and the close itself, each wait at most this long */
+const CLOSE_BUDGET_MS = 1000;
 
 /** nats.js errors → BusError with a stable code */
 function toBusError(err: unknown, what: string): KvgateError {
@@ -174,19 +193,32 @@ function isNotFound(err: unknown): boolean {
 /** Connect to nats-server (JetStream must be enabled). Rejects with BusError KVG_BUS if unreachable. */
 export async function connectNats(url: string, opts: NatsBusOptions = {}): Promise<NatsBus> {
   const log = opts.log ?? logger('bus.nats');
+  const replicas = replicasOf(opts);
   const copts: ConnectionOptions = {
     servers: url.split(',').map((s) => s.trim()),
     name: opts.name ?? 'kvgate',
     maxReconnectAttempts: -1,
     reconnectTimeWait: opts.reconnectWaitMs ?? 250,
   };
+  const budget = opts.connectTimeoutMs ?? 5000;
+  const deadline = Date.now() + budget;
   let nc: NatsConnection;
-  try {
-    nc = await connect(copts);
-  } catch (err) {
-    throw new BusError('KVG_BUS', `cannot connect to NATS at ${url}: ${(err as Error).message}`, { cause: err });
+  for (;;) {
+    try {
+      nc = await connect({ ...copts, timeout: Math.max(50, deadline - Date.now()) });
+      break;
+    } catch (err) {
+      const code = (err as NatsError)?.code;
+      const retry = code === 'CONNECTION_REFUSED' || code === 'CONNECTION_TIMEOUT' || code === 'TIMEOUT';
+      const wait = copts.reconnectTimeWait ?? 250;
+      if (!retry || Date.now() + wait >= deadline) {
+        const why = retry ? `unreachable after ${budget} ms` : 'refused the connection';
+        throw new BusError('KVG_BUS', `cannot connect to NATS at ${url}: ${why} (${(err as Error).message})`, { cause: err });
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
-  const bus = new NatsBus(nc, url, log, opts.jetstreamTimeoutMs ?? 5000);
+  const bus = new NatsBus(nc, url, log, opts.jetstreamTimeoutMs ?? 5000, replicas);
   return bus;
 }
 
@@ -210,7 +242,10 @@ export class NatsBus implements Bus {
   #onReconnect: (() => void)[] = [];
   readonly #statusListeners = new Set<(s: BusStatus) => void>();
 
-  constructor(nc: NatsConnection, url: string, log: Logger, jsTimeoutMs: number) {
+  readonly #replicas: number;
+
+  constructor(nc: NatsConnection, url: string, log: Logger, jsTimeoutMs: number, replicas = 1) {
+    this.#replicas = replicas;
     this.#nc = nc;
     this.url = url;
     this.#log = log;
@@ -380,7 +415,7 @@ export class NatsBus implements Bus {
           storage: StorageType.File,
           retention: RetentionPolicy.Limits,
           discard: DiscardPolicy.Old,
-          num_replicas: 1,
+          num_replicas: this.#replicas,
         });
       } else {
         const c = info.config;
@@ -526,7 +561,7 @@ export class NatsBus implements Bus {
     checkAge('ttlMs', ttlMs);
     let kv: KV;
     try {
-      kv = await this.#js.views.kv(bucket, { history: 1, ttl: ttlMs });
+      kv = await this.#js.views.kv(bucket, { history: 1, ttl: ttlMs, replicas: this.#replicas });
       // nats.js opens an existing bucket as it is: bring its TTL to what was asked (create-or-update)
       const jsm = await this.#jsmgr();
       const name = `KV_${bucket}`;
@@ -750,12 +785,11 @@ export class NatsBus implements Bus {
     this.#enders.clear();
     this.#onReconnect.splice(0).forEach((f) => f());
     if (this.#nc.isClosed()) return;
-    try {
-      await this.#nc.flush();
-    } catch {
-      /* closing anyway */
-    }
-    await this.#nc.close();
+    // bounded: a server that is gone (or not answering) must not hold a process that is shutting down
+    let t: NodeJS.Timeout | undefined;
+    const bound = <T>(p: Promise<T>) => Promise.race([p, new Promise<void>((r) => (t = setTimeout(r, CLOSE_BUDGET_MS)))]).finally(() => clearTimeout(t));
+    if (this.#connected) await bound(this.#nc.flush()).catch(() => undefined);
+    await bound(this.#nc.close()).catch(() => undefined);
   }
 }
 

@@ -1,0 +1,194 @@
+/**
+ * `npm run chaos [-- --json] [--keep]`: the chaos suite on a real multi-process cluster (deploy/local/up.sh: a
+ * 3-node JetStream NATS cluster, 2 indexers, 4 simulated engines with shims, 2 routers, each its own process).
+ * Under a steady load it applies one fault at a time, revives what it killed, and measures: requests sent during
+ * the fault and after it until reconvergence, how they ended (judge.ts), and the time from recovery until every
+ * indexer's per-worker block count equals its engine's own (`/sim/stats` cachedBlocks). It prints a table (and with
+ * --json one line `{"faults": [...]}`) and exits 1 when a row misses the bar, 2 when the cluster does not start.
+ * Bounded: about 4–5 minutes on a 2-core machine.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { connect } from 'nats';
+import { classify, problems, row, table, type FaultRow, type Outcome } from './judge.js';
+
+const run = promisify(execFile);
+const root = new URL('../..', import.meta.url).pathname;
+const args = process.argv.slice(2);
+const asJson = args.includes('--json');
+const keep = args.includes('--keep');
+const say = (m: string) => process.stderr.write(`[chaos] ${m}\n`);
+
+const dir = mkdtempSync(join(tmpdir(), 'kvgate-chaos-'));
+const base = 20000 + Math.floor(Math.random() * 40) * 200; // ports base+90 … base+3224 (see up.sh)
+const routerPort = base + 80;
+const ENGINES = 4;
+const env = { ...process.env, KVGATE_LOCAL_DIR: dir, KVGATE_PORT: String(routerPort), KVGATE_LOCAL_BASE: String(base), KVGATE_LOCAL_ENGINES: String(ENGINES), KVGATE_LOCAL_SPEEDUP: '20', KVGATE_LOG_LEVEL: 'warn' };
+const ctl = async (...a: string[]) => (await run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env })).stdout.trim();
+const alive = async (name: string) => ctl('pid', name).then(() => true, () => false);
+const routers = [0, 1].map((i) => `http://127.0.0.1:${routerPort + i}`);
+const indexers = [0, 1].map((i) => `http://127.0.0.1:${base + 90 + i}`);
+const engines = Array.from({ length: ENGINES }, (_, i) => `http://127.0.0.1:${base + 100 + i}`);
+
+async function json(url: string): Promise<any> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+  if (res.status !== 200) throw new Error(`${url}: HTTP ${res.status}`);
+  return res.json();
+}
+
+/** every indexer holds, per worker, as many blocks as that worker's engine caches */
+async function converged(): Promise<boolean> {
+  try {
+    const want = await Promise.all(engines.map(async (e) => (await json(`${e}/sim/stats`)).cachedBlocks as number));
+    for (const ix of indexers) {
+      const w = (await json(`${ix}/debug/workers`)).workers as Record<string, { blocks: number }>;
+      for (let i = 0; i < ENGINES; i++) if ((w[`sim-${i}`]?.blocks ?? -1) !== want[i]) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- load: 8 req/s over both routers, shared prefixes (so placement matters), half of them streamed ---------
+const PREFIXES = Array.from({ length: 12 }, (_, p) => Array.from({ length: 192 }, (_, i) => 1000 + p * 500 + i));
+let sink: Outcome[] | null = null;
+let inflight = 0, reqNo = 0;
+async function one(): Promise<void> {
+  const n = reqNo++;
+  const stream = n % 2 === 1;
+  const prompt = [...PREFIXES[n % PREFIXES.length]!, ...Array.from({ length: 24 }, (_, i) => 20_000 + ((n * 31 + i) % 9000))];
+  const url = `${routers[n % 2]}/v1/completions`;
+  const out = sink;
+  inflight++;
+  let o: Outcome;
+  try {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-8b', prompt, max_tokens: 4, stream }), signal: AbortSignal.timeout(20_000) });
+    o = classify(res.status, await res.text());
+  } catch (e) {
+    const err = e as { name?: string; cause?: { code?: string } };
+    o = classify(0, '', err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.cause?.code ?? String(e));
+  } finally {
+    inflight--;
+  }
+  out?.push(o);
+}
+const loadTimer = setInterval(() => void one(), 125);
+loadTimer.unref();
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Fault {
+  name: string;
+  /** processes the fault kills (they may be down during it) */
+  victims: string[];
+  apply(): Promise<void>;
+  recover(): Promise<void>;
+}
+const killRevive = (name: string, victims: string[], downMs = 3000): Fault => ({
+  name,
+  victims,
+  async apply() {
+    for (const v of victims) await ctl('kill', v);
+    await sleep(downMs);
+  },
+  async recover() {
+    for (const v of victims) await ctl('revive', v);
+  },
+});
+
+async function garbage(): Promise<void> {
+  const nc = await connect({ servers: readFileSync(join(dir, 'nats-url'), 'utf8').trim().split(',') });
+  const junk = [Buffer.from([0xc1]), Buffer.from('not msgpack'), Buffer.from([0x82, 0xa1]), Buffer.alloc(0), Buffer.from([0xdf, 0xff, 0xff, 0xff, 0xff])];
+  for (let k = 0; k < 20; k++) {
+    for (const j of junk) {
+      for (const s of ['events.sim-0', 'load.sim-1', 'index.gossip', 'router.active', 'index.sync.indexer-0', 'shim.resync.sim-2']) nc.publish(`kvgate.default.${s}`, j);
+      nc.request('kvgate.default.index.match', j, { timeout: 500 }).catch(() => undefined);
+    }
+  }
+  await nc.flush();
+  await nc.close();
+  // malformed HTTP at the routers: bad JSON, a wrong type, a raw non-HTTP line
+  for (const r of routers) {
+    await fetch(`${r}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"model": ' }).then((x) => x.text(), () => '');
+    await fetch(`${r}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-8b', prompt: { x: 1 } }) }).then((x) => x.text(), () => '');
+  }
+  await sleep(2000);
+}
+
+const FAULTS: Fault[] = [
+  killRevive('engine kill -9 + restart', ['engine-1']),
+  killRevive('shim kill -9 + restart', ['shim-2']),
+  killRevive('indexer kill -9 + restart', ['indexer-0']),
+  killRevive('router kill -9 + restart', ['router-1']),
+  killRevive('nats: one node of 3 killed', ['nats-2']),
+  killRevive('nats: all 3 down for 5 s', ['nats-1', 'nats-2', 'nats-3'], 5000),
+  { name: 'garbage on every subject and at the routers', victims: [], apply: garbage, recover: async () => undefined },
+];
+
+async function main(): Promise<number> {
+  say(`starting the local cluster in ${dir} (routers :${routerPort}, :${routerPort + 1})`);
+  try {
+    await run('bash', [join(root, 'deploy/local/up.sh')], { env, timeout: 120_000 });
+  } catch (e) {
+    console.error(`chaos: the local cluster did not start: ${String((e as { stderr?: string }).stderr ?? e).trim().split('\n').pop()}`);
+    return 2;
+  }
+  const names = (await ctl('names')).split('\n').filter(Boolean);
+  const rows: FaultRow[] = [];
+  const slowToStop: string[] = [];
+  try {
+    sink = [];
+    await sleep(4000); // warm: prefixes spread, index filled
+    if (!(await waitConverged(30_000))) say('warning: not converged before the first fault');
+    for (const f of FAULTS) {
+      say(`fault: ${f.name}`);
+      const outcomes: Outcome[] = [];
+      sink = outcomes;
+      await f.apply();
+      await f.recover();
+      const t0 = Date.now();
+      const ok = await waitConverged(45_000);
+      const reconvergeMs = ok ? Date.now() - t0 : null;
+      await sleep(1500); // requests sent just before convergence finish
+      sink = [];
+      const exited: string[] = [];
+      for (const n of names) if (!f.victims.includes(n) && !(await alive(n))) exited.push(n);
+      for (const v of f.victims) if (!(await alive(v))) exited.push(`${v} (did not come back)`);
+      const r = row(f.name, outcomes, reconvergeMs, exited);
+      rows.push(r);
+      say(`  sent ${r.sent}, ok ${r.succeeded}, clear ${r.failedClear}, hung ${r.hung}, 5xx ${r.fivexxWhileEnginesUp}, reconverge ${reconvergeMs === null ? 'never' : `${(reconvergeMs / 1000).toFixed(1)} s`}`);
+      // a fault whose cluster did not recover would colour the next rows: revive anything down before going on
+      for (const n of names) if (!(await alive(n))) await ctl('revive', n).catch(() => undefined);
+    }
+  } finally {
+    clearInterval(loadTimer);
+    while (inflight > 0) await sleep(100);
+    if (!keep) {
+      // every process must exit within 10 s of SIGTERM (down.sh kills and reports the ones that did not)
+      const down = await run('bash', [join(root, 'deploy/local/down.sh')], { env }).then((x) => x.stdout, (e: { stdout?: string }) => e.stdout ?? '');
+      for (const l of down.split('\n')) if (/: killed$/.test(l)) slowToStop.push(l.split(':')[0]!);
+      rmSync(dir, { recursive: true, force: true });
+    } else say(`cluster left running in ${dir}`);
+  }
+  if (asJson) console.log(JSON.stringify({ faults: rows, ...(keep ? {} : { sigtermOver10s: slowToStop }) }));
+  else {
+    console.log(table(rows));
+    if (!keep) console.log(slowToStop.length ? `SIGTERM: ${slowToStop.join(', ')} did not exit within 10 s (killed)` : 'SIGTERM: every process exited within 10 s');
+  }
+  return rows.some((r) => problems(r).length > 0) || slowToStop.length > 0 ? 1 : 0;
+}
+
+async function waitConverged(ms: number): Promise<boolean> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    if (await converged()) return true;
+    await sleep(250);
+  }
+  return false;
+}
+
+process.exitCode = await main();
