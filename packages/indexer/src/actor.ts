@@ -592,10 +592,19 @@ export class Indexer {
   }
 
   /** stream messages not yet applied */
-  async lag(): Promise<number> {
+  /** stream messages not applied yet; null when the bus does not answer within 1 s (debug routes never hang on it) */
+  async lag(): Promise<number | null> {
     if (!this.#stream) return 0;
-    const info = await this.#stream.info();
-    return Math.max(0, info.lastSeq - this.#applied);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<null>((r) => (timer = setTimeout(() => r(null), 1000)));
+    try {
+      const info = await Promise.race([this.#stream.info(), late]);
+      return info === null ? null : Math.max(0, info.lastSeq - this.#applied);
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Write a snapshot now (also runs every snapshotIntervalMs); returns the file, or null without a dir. */

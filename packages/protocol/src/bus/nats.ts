@@ -531,7 +531,9 @@ export class NatsBus implements Bus {
       if (stopped) return;
       const consumer = await this.#js.consumers.get(stream, co);
       if (stopped) return;
-      const msgs = await consumer.consume({ max_messages: 512 });
+      // A following reader's pull requests expire every 5 s (heartbeats every 2.5 s): an ordered consumer lost
+      // with a NATS node (its state lives on one server) is noticed and recreated in seconds, not the 30 s default.
+      const msgs = await consumer.consume(follow ? { max_messages: 512, expires: 5000 } : { max_messages: 512 });
       stopSource = () => {
         msgs.stop();
         consumer.delete().catch(() => undefined);
