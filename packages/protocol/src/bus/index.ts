@@ -2,10 +2,13 @@
 import type { Bus } from './bus.js';
 import { MemoryBus, type MemoryHub } from './memory.js';
 import { connectNats, type NatsBusOptions } from './nats.js';
+import { FaultyBus, parseBusFaults } from './faulty.js';
+import { logger } from '../log.js';
 
 export { Channel } from './channel.js';
 export { MemoryBus, MemoryHub } from './memory.js';
 export { NatsBus, connectNats, type NatsBusOptions } from './nats.js';
+export { FaultyBus, parseBusFaults, type BusFaults, type FaultCounts } from './faulty.js';
 
 export interface CreateBusOptions extends NatsBusOptions {
   /** nats://host:port[,nats://…]; absent or empty → MemoryBus */
@@ -15,6 +18,11 @@ export interface CreateBusOptions extends NatsBusOptions {
 }
 
 export async function createBus(opts: CreateBusOptions = {}): Promise<Bus> {
-  if (opts.nats) return connectNats(opts.nats, opts);
-  return new MemoryBus({ hub: opts.hub });
+  const bus: Bus = opts.nats ? await connectNats(opts.nats, opts) : new MemoryBus({ hub: opts.hub });
+  // chaos testing only: KVGATE_BUS_FAULTS loses, duplicates and reorders what this process publishes (faulty.ts)
+  const spec = process.env.KVGATE_BUS_FAULTS;
+  if (!spec) return bus;
+  const faults = parseBusFaults(spec);
+  logger('bus').warn({ faults }, 'KVGATE_BUS_FAULTS is set: this process drops, duplicates and reorders some messages on purpose');
+  return new FaultyBus(bus, faults);
 }
