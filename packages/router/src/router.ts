@@ -873,14 +873,17 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
 }
 
 /**
- * A load report's `healthy` (DESIGN.md §4; absent = unknown). Read off the raw payload while the protocol's
- * LoadReport does not carry it yet (decodeLoad keeps only the fields it knows).
+ * Does the protocol's decodeLoad keep `healthy`? (Asked once. A decodeLoad that keeps only the fields it knew
+ * before DESIGN.md §4 added `healthy` would drop it; the raw payload is then read again for it.)
  */
+const DECODE_KEEPS_HEALTHY =
+  (decodeLoad(encode({ worker: 'w', model: 'm', role: 'both', waiting: 0, running: 0, kvUsage: 0, capacityBlocks: 0, url: '', ts: 0, healthy: false })) as { healthy?: unknown }).healthy === false;
+
+/** A load report's `healthy` (DESIGN.md §4; absent = unknown). */
 function healthyField(report: object, bytes: Uint8Array): boolean | undefined {
-  const known = (report as { healthy?: unknown }).healthy;
-  if (typeof known === 'boolean') return known;
-  const v = decode(bytes) as { healthy?: unknown };
-  return typeof v.healthy === 'boolean' ? v.healthy : undefined;
+  const v = DECODE_KEEPS_HEALTHY ? report : (decode(bytes) as object);
+  const h = (v as { healthy?: unknown }).healthy;
+  return typeof h === 'boolean' ? h : undefined;
 }
 
 /** What diag.ts compares the engine's usage with: the router's token count and, single-worker only, the index's overlap. */
