@@ -1,5 +1,5 @@
 /**
- * `npm run chaos [-- --json] [--keep]`: the chaos suite on a real multi-process cluster (deploy/local/up.sh: a
+ * `npm run chaos [-- --json] [--keep] [--only SUBSTR]`: the chaos suite on a real multi-process cluster (deploy/local/up.sh: a
  * 3-node JetStream NATS cluster, 2 indexers, 4 simulated engines with shims, 2 routers, each its own process).
  * Under a steady load it applies one fault at a time, revives what it killed, and measures: requests sent during
  * the fault and after it until reconvergence, how they ended (judge.ts), and the time from recovery until every
@@ -20,6 +20,8 @@ const root = new URL('../..', import.meta.url).pathname;
 const args = process.argv.slice(2);
 const asJson = args.includes('--json');
 const keep = args.includes('--keep');
+/** --only SUBSTR: run only the faults whose name contains it (debugging one fault) */
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1] ?? '' : '';
 const say = (m: string) => process.stderr.write(`[chaos] ${m}\n`);
 
 const dir = mkdtempSync(join(tmpdir(), 'kvgate-chaos-'));
@@ -138,7 +140,7 @@ const FAULTS: Fault[] = [
     victims: ['shim-3'],
     async apply() {
       await ctl('kill', 'shim-3');
-      await ctlEnv({ KVGATE_BUS_FAULTS: 'events.>:drop=0.05,dup=0.05,reorder=0.05,seed=11' }, 'revive', 'shim-3');
+      await ctlEnv({ KVGATE_BUS_FAULTS: 'events.>:drop=0.15,dup=0.1,reorder=0.1,seed=11' }, 'revive', 'shim-3');
       await sleep(10_000);
     },
     recover: async () => undefined,
@@ -166,7 +168,7 @@ async function main(): Promise<number> {
     sink = [];
     await sleep(4000); // warm: prefixes spread, index filled
     if (!(await waitConverged(30_000))) say('warning: not converged before the first fault');
-    for (const f of FAULTS) {
+    for (const f of FAULTS.filter((x) => x.name.includes(only))) {
       say(`fault: ${f.name}`);
       const outcomes: Outcome[] = [];
       sink = outcomes;
