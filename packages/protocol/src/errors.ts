@@ -20,6 +20,8 @@ export type ErrorCode =
   | 'KVG_OVERLOADED'
   | 'KVG_CONFIG'
   | 'KVG_NOT_READY'
+  | 'KVG_SHUTTING_DOWN'
+  | 'KVG_ENGINE_DOWN'
   | 'KVG_INTERNAL';
 
 const STATUS: Record<ErrorCode, number> = {
@@ -40,6 +42,10 @@ const STATUS: Record<ErrorCode, number> = {
   KVG_OVERLOADED: 429,
   KVG_CONFIG: 400,
   KVG_NOT_READY: 503,
+  /** the process is draining after SIGTERM: a request it could not finish in time */
+  KVG_SHUTTING_DOWN: 503,
+  /** the shim's engine does not answer its health probe */
+  KVG_ENGINE_DOWN: 503,
   KVG_INTERNAL: 500,
 };
 

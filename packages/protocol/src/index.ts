@@ -15,3 +15,4 @@ export * from './prng.js';
 export * from './fifo.js';
 export * from './diag.js';
 export * from './diag-publisher.js';
+export * from './http-drain.js';

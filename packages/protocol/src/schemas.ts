@@ -44,6 +44,8 @@ export interface LoadReport {
   kvUsage: number;
   capacityBlocks: number;
   url: string;
+  /** false: the engine behind this live shim fails its health probe (DESIGN.md §4); absent: not probed */
+  healthy?: boolean;
   ts: number;
 }
 
@@ -235,6 +237,7 @@ export function decodeLoad(bytes: Uint8Array): LoadReport {
     kvUsage: num(v.kvUsage, 'kvUsage'),
     capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
     url: str(v.url, 'url'),
+    ...(typeof v.healthy === 'boolean' ? { healthy: v.healthy } : {}),
     ts: num(v.ts, 'ts'),
   };
 }

@@ -7,6 +7,8 @@
  *   so the caller may retry on another worker.
  * - `relay` writes status and headers, then each body chunk as it arrives (respecting the client's backpressure),
  *   calls `onFirstByte` at the first body chunk and `onDone` exactly once at the end, on error or on abort.
+ * - `relay` returns the stream's clean cut for a router that shuts down (http-drain.ts): an SSE stream ends with
+ *   the error event and `data: [DONE]` at an upstream event boundary, never a bare reset.
  * - A client that disconnects aborts the upstream request through the signal the caller passed in (an
  *   UpstreamAbort: undici takes an EventEmitter that emits 'abort' as a signal, and one costs far less to make
  *   per request than an AbortController).
@@ -14,7 +16,7 @@
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { Agent, type Dispatcher } from 'undici';
-import { KvgateError } from '@kvgate/protocol';
+import { KvgateError, SseCutter } from '@kvgate/protocol';
 
 export interface UpstreamOptions {
   /** max connections per upstream origin; default 256 */
@@ -90,7 +92,7 @@ export interface RelayHooks {
   onDone(ok: boolean): void;
 }
 
-export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHeaders: Record<string, string>, hooks: RelayHooks): void {
+export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHeaders: Record<string, string>, hooks: RelayHooks): (err: unknown) => void {
   const headers: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
   Object.assign(headers, extraHeaders);
@@ -105,25 +107,31 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
     done = true;
     hooks.onDone(ok);
   };
+  const cutter = new SseCutter(res, () => body.destroy());
   body.on('data', (chunk: Buffer) => {
+    if (cutter.done) return;
     if (first) {
       first = false;
       hooks.onFirstByte();
     }
     hooks.onChunk?.(chunk);
     if (!res.write(chunk)) body.pause();
+    cutter.wrote(chunk);
   });
   res.on('drain', () => body.resume());
   body.on('end', () => {
     res.end();
     finish(true);
   });
-  body.on('error', () => {
-    res.destroy();
+  body.on('error', (e) => {
+    if (cutter.done) return; // our own cut ended the read
+    // the upstream broke mid-body: an SSE stream ends with the error event (at an event boundary), else a close
+    cutter.cut(new UpstreamError(`upstream stream broke: ${e.message}`, { beforeFirstByte: false, cause: e }));
     finish(false);
   });
   res.on('close', () => {
     if (!res.writableFinished) body.destroy();
     finish(res.writableFinished);
   });
+  return (err) => cutter.cut(err);
 }

@@ -23,6 +23,7 @@ import {
   decodeRegistration,
   encode,
   extractTraceContext,
+  HttpDrain,
   initHashing,
   injectTraceHeaders,
   KvgateError,
@@ -138,7 +139,8 @@ export interface RouterHandle {
   stats(): RouterStats;
   /** resolves once at least `n` live workers are known (or rejects after timeoutMs) */
   waitForWorkers(n: number, timeoutMs?: number): Promise<void>;
-  close(): Promise<void>;
+  /** stop: with `drainMs`, in-flight responses get that long to finish before they are cut (http-drain.ts); default 0 */
+  close(opts?: { drainMs?: number }): Promise<void>;
 }
 
 const NO_HASHES = new BigUint64Array(0);
@@ -702,7 +704,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
       const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
       const sent = routed;
-      relay(up, res, extra, {
+      drain.onCut(res, relay(up, res, extra, {
         onFirstByte: () => {
           for (const t of tickets) inflight.prefillDone(t);
         },
@@ -714,7 +716,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
           else if (tap) diag.observe(worker, sentRequest(sent, req), tap.usage());
           span.end();
         },
-      });
+      }));
       return;
     }
   }
@@ -768,6 +770,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       sendError(res, e);
     });
   });
+  /** SIGTERM: stop accepting, let responses finish, cut the rest cleanly */
+  const drain = new HttpDrain(server, 'router');
 
   async function handle(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = inReq.method ?? 'GET';
@@ -817,10 +821,31 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     throw new KvgateError('KVG_NOT_FOUND', `no route for ${method} ${path}`);
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => resolve());
-  });
+  async function stop(drainMs: number): Promise<void> {
+    if (closed) return;
+    closed = true;
+    await drain.close(server, drainMs);
+    clearInterval(flushTimer);
+    clearInterval(upkeep);
+    wakeWatch?.();
+    diagPublisher.stop();
+    if (decisionQueue.length > 0) flushDecisions();
+    for (const s of subs) s.unsubscribe();
+    watcher?.stop();
+    await watchLoop;
+    await agent.destroy().catch(() => undefined);
+  }
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 8080, options.host ?? '127.0.0.1', () => resolve());
+    });
+  } catch (e) {
+    // the port is taken (or not ours): nothing of this router may keep running
+    await stop(0);
+    throw e;
+  }
   const port = (server.address() as AddressInfo).port;
   const host = options.host && options.host !== '0.0.0.0' ? options.host : '127.0.0.1';
   log.info({ port, policy }, 'router listening');
@@ -854,21 +879,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
         waiters.add(check);
       });
     },
-    async close(): Promise<void> {
-      if (closed) return;
-      closed = true;
-      clearInterval(flushTimer);
-      clearInterval(upkeep);
-      wakeWatch?.();
-      diagPublisher.stop();
-      if (decisionQueue.length > 0) flushDecisions();
-      for (const s of subs) s.unsubscribe();
-      watcher?.stop();
-      await watchLoop;
-      server.closeAllConnections();
-      await new Promise<void>((r) => server.close(() => r()));
-      await agent.destroy().catch(() => undefined);
-    },
+    close: (opts) => stop(opts?.drainMs ?? 0),
   };
 }
 

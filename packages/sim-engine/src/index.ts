@@ -3,7 +3,7 @@
  * ZMQ KV events + replay) and returns a handle; many instances coexist in one process.
  * The pure core (KvCache, Scheduler, timing model) is exported for virtual-clock drivers (`kvgate replay whatif`).
  */
-import { initHashing } from '@kvgate/protocol';
+import { HttpDrain, initHashing } from '@kvgate/protocol';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -106,7 +106,8 @@ export interface SimEngineHandle {
   /** connectable ZMQ ROUTER replay endpoint, null when disabled */
   replayEndpoint: string | null;
   stats(): SchedulerStats;
-  close(): Promise<void>;
+  /** stop: with `drainMs`, requests in flight get that long to finish before they are cut (SSE: an error event) */
+  close(opts?: { drainMs?: number }): Promise<void>;
 }
 
 /** Token ids the simulator "generates": common single-token English words, so output reads as text. */
@@ -205,6 +206,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
   });
   const server: Server = createServer({ keepAliveTimeout: 65_000 }, handler);
+  const drain = new HttpDrain(server, 'engine');
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -235,11 +237,10 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     kvEventsEndpoint: publisher?.endpoint ?? null,
     replayEndpoint: publisher?.replayEndpoint ?? null,
     stats: () => core.stats(),
-    close: () =>
+    close: (opts) =>
       (closing ??= (async () => {
-        core.close();
-        server.closeAllConnections();
-        await new Promise<void>((r) => server.close(() => r()));
+        // stop accepting, let requests finish, then stop the engine core (no more tokens) and cut the rest
+        await drain.close(server, opts?.drainMs ?? 0, () => core.close());
         await publisher?.close();
       })()),
   };
