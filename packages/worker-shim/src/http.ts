@@ -3,18 +3,21 @@
  *   POST /v1/completions, /v1/chat/completions — proxied to the engine, bodies and SSE streamed through.
  *        With `x-prefiller-host-port` on a decode (or both) shim: remote prefill first (pd.ts), then the
  *        request goes to the engine carrying the returned transfer descriptor.
- *   GET /healthz, GET /metrics.
+ *   GET /healthz (503, OpenAI-shaped, while the engine fails its health probe), GET /metrics.
+ * close(drainMs) stops accepting, lets proxied requests finish that long, then cuts them cleanly (http-drain.ts:
+ * an SSE stream ends with an error event and `data: [DONE]`).
  * One front serves every data-parallel rank of its engine server: the router's `x-data-parallel-rank` (vLLM's
  * per-request rank hint, read by vllm/entrypoints/openai/engine/serving.py `_get_data_parallel_rank`) is passed
  * through to the engine, and `x-kvgate-worker` names that rank's worker.
  * Errors answer OpenAI-shaped JSON (errorBody), never a stack.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
 import { request, type Dispatcher } from 'undici';
 import {
   errorBody,
   extractTraceContext,
+  HttpDrain,
+  SseCutter,
   injectTraceHeaders,
   KvgateError,
   logger,
@@ -40,6 +43,8 @@ export interface HttpFrontDeps {
   metricsText?: () => Promise<string>;
   /** body of GET /healthz */
   health(): Record<string, unknown>;
+  /** why GET /healthz answers 503 instead (the engine is down), or undefined */
+  unhealthy?(): KvgateError | undefined;
   /** undici dispatcher for upstream calls (default: the global one) */
   dispatcher?: Dispatcher;
   /** the engine answered a proxied request 200 (for the worker it was for) */
@@ -79,11 +84,13 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 export class HttpFront {
   readonly #d: HttpFrontDeps;
   readonly #server: Server;
+  readonly #drain: HttpDrain;
 
   constructor(deps: HttpFrontDeps) {
     this.#d = deps;
     this.#server = createServer((req, res) => void this.#handle(req, res));
     this.#server.keepAliveTimeout = 5_000;
+    this.#drain = new HttpDrain(this.#server, 'shim');
   }
 
   listen(port: number, host: string): Promise<string> {
@@ -98,17 +105,17 @@ export class HttpFront {
     });
   }
 
-  close(): Promise<void> {
-    return new Promise((resolve) => {
-      this.#server.close(() => resolve());
-      this.#server.closeAllConnections();
-    });
+  /** stop accepting; in-flight requests get `drainMs` to finish, then are cut (default 0: at once) */
+  async close(drainMs = 0): Promise<void> {
+    await this.#drain.close(this.#server, drainMs);
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
     try {
       if (req.method === 'GET' && path === '/healthz') {
+        const down = this.#d.unhealthy?.();
+        if (down) return sendError(res, down);
         res.writeHead(200, { 'content-type': 'application/json' });
         res.end(JSON.stringify(this.#d.health()));
         return;
@@ -168,9 +175,7 @@ export class HttpFront {
       for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !DROP_RES.has(k)) out[k] = v;
       res.writeHead(up.statusCode, out);
       res.flushHeaders();
-      await pipeline(up.body, res).catch((e) => {
-        if (!abort.signal.aborted) throw e;
-      });
+      await this.#relay(up, res, abort);
       span.setAttribute('http.status_code', status);
     } catch (e) {
       status = e instanceof KvgateError ? e.httpStatus : 500;
@@ -180,6 +185,25 @@ export class HttpFront {
     } finally {
       d.metrics.proxied.inc({ route: path, status: String(status) });
       span.end();
+    }
+  }
+
+  /** the engine's body to the client, chunk by chunk; a shutdown cuts it at an SSE event boundary */
+  async #relay(up: Dispatcher.ResponseData, res: ServerResponse, abort: AbortController): Promise<void> {
+    const cutter = new SseCutter(res, () => abort.abort());
+    this.#drain.onCut(res, (err) => cutter.cut(err));
+    try {
+      for await (const chunk of up.body as AsyncIterable<Buffer>) {
+        if (cutter.done) break;
+        if (!res.write(chunk)) await new Promise<void>((r) => { res.once('drain', r); res.once('close', r); });
+        cutter.wrote(chunk);
+        if (res.destroyed) break;
+      }
+      if (!cutter.done && !res.destroyed) res.end();
+    } catch (e) {
+      if (abort.signal.aborted || cutter.done) return;
+      // the engine's stream broke mid-way: an SSE client gets the error event, not a bare reset
+      cutter.cut(new KvgateError('KVG_UPSTREAM', `engine stream broke: ${(e as Error).message}`, { cause: e }));
     }
   }
 

@@ -3,18 +3,21 @@
  *
  *   const shim = await startShim(bus, { worker, model, engineUrl, kvEvents, kvReplay });
  *   … shim.url (HTTP front) …
- *   await shim.stop();      // deregisters, publishes `cleared`
+ *   await shim.stop();      // deregisters, drains the HTTP front, publishes `cleared` (every step bounded)
  *
  * With data parallelism (`dataParallelSize` / `dpRank`) one shim publishes each rank of the engine server as
  * its own worker `<worker>-dp<r>` (rank-worker.ts: its own event socket on port + r, relay, load report and
  * registration with `dpRank`); the HTTP front, the /metrics scrape and the LoRA names are shared.
+ *
+ * The engine is probed (engine-health.ts): while it fails, load reports say `healthy: false` and /healthz answers
+ * 503; down past `engineDownDeregisterMs` the workers are deregistered, and registered again when it answers.
  *
  * Wiring only: the event relay (relay.ts) is the actor that owns the KV state; sockets live in
  * zmq-edge.ts, load-scraper.ts, registry.ts and http.ts.
  */
 import { request } from 'undici';
 import { AggregatorRegistry } from 'prom-client';
-import { initHashing, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
+import { initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
 import { LoraNames, lorasFromModels } from './lora.js';
@@ -24,6 +27,7 @@ import { HttpFront } from './http.js';
 import { engineLoad } from './engine-load.js';
 import { offsetEndpoint } from './dp.js';
 import { RankWorker, type SharedShape } from './rank-worker.js';
+import { EngineHealth, EngineProber, type EngineHealthEvent } from './engine-health.js';
 import type { Sample } from './prom-text.js';
 
 export type { ShimOptions } from './options.js';
@@ -65,13 +69,24 @@ export interface ShimHandle {
   idle(): Promise<void>;
   /** test hook: drop the next `n` engine messages (the first rank's) as if the network lost them */
   dropNextFrames(n: number): void;
-  /** clean shutdown: deregister, publish `cleared`, close sockets */
-  stop(): Promise<void>;
+  /**
+   * clean shutdown: deregister, stop accepting and let proxied requests finish for `drainMs` (default 0) before
+   * they are cut, publish `cleared`, close sockets. Every step is bounded: a bus or engine that is gone does not
+   * hold it for more than a few seconds past the drain.
+   */
+  stop(opts?: { drainMs?: number }): Promise<void>;
   /** the pod died: stop everything without deregistering or publishing anything (the TTL expires the worker) */
   kill(): Promise<void>;
 }
 
 const LORA_REFRESH_MS = 5_000;
+/** each step of a shutdown waits at most this long (a bus or an engine that is gone must not hold it) */
+const STEP_MS = 2_000;
+
+function within(ms: number, p: Promise<unknown>): Promise<unknown> {
+  let t: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
+}
 
 export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHandle> {
   const o: ResolvedShimOptions = resolveOptions(options);
@@ -107,6 +122,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     loras: [] as string[],
     advertised: o.engineUrl,
     stopped: false as boolean,
+    engineUp: true as boolean,
     url: '',
     onBlockSize(b: number) {
       if (b === shared.blockSize) return;
@@ -173,6 +189,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       metrics,
       metricsText: dp ? () => metricsText([metrics, ...ranks.map((r) => r.metrics)]) : undefined,
       onServed: (w) => ranks.find((r) => r.worker === w)?.diag.serving(),
+      unhealthy: () => (shared.engineUp ? undefined : new KvgateError('KVG_ENGINE_DOWN', `worker ${o.worker}: the engine at ${o.engineUrl} does not answer GET /health`)),
       health: () => ({
         status: shared.stopped ? 'stopping' : 'ok',
         worker: o.worker,
@@ -201,22 +218,54 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   }
   shared.advertised = o.advertiseUrl ?? (shared.url || o.engineUrl);
 
-  // Learn the engine's shape before registering (best effort: an engine still starting answers later).
-  await Promise.all([scraper.scrape(), refreshLoras()]);
-  scraper.start();
-
+  // ---- engine health: probe GET /health; report, withdraw and rejoin on what it says ------------------------
+  const health = new EngineHealth(o.engineDownDeregisterMs);
+  metrics.engineUp.set(1);
   const started: RankWorker[] = [];
+  const onHealth = (ev: EngineHealthEvent, detail: string) => {
+    if (ev === 'down' || ev === 'up') {
+      shared.engineUp = ev === 'up';
+      metrics.engineUp.set(ev === 'up' ? 1 : 0);
+      if (ev === 'down') log.warn({ worker: o.worker, engine: o.engineUrl, detail }, 'engine down: load reports say healthy: false');
+      else log.info({ worker: o.worker, engine: o.engineUrl }, 'engine answers again: healthy');
+      for (const r of ranks) r.publishLoad(true);
+    } else if (ev === 'withdraw') {
+      log.warn({ worker: o.worker, downMs: o.engineDownDeregisterMs }, 'engine still down: deregistered until it answers');
+      for (const r of started) void r.withdraw();
+    } else if (!shared.stopped) {
+      log.info({ worker: o.worker }, 'engine is back: registering again');
+      for (const r of started) void r.rejoin();
+    }
+  };
+  const prober = new EngineProber({
+    engineUrl: o.engineUrl,
+    intervalMs: o.engineProbeMs,
+    timeoutMs: o.engineProbeTimeoutMs,
+    onResult: (ok, detail) => {
+      if (shared.stopped) return;
+      for (const ev of health.observe(ok, Date.now())) onHealth(ev, detail);
+    },
+  });
+
+  // Learn the engine's shape before registering (best effort: an engine still starting answers later).
+  await Promise.all([scraper.scrape(), refreshLoras(), prober.probe()]);
+  scraper.start();
+  prober.start();
+
   let diag: { stop(): void } | undefined;
-  const shutdown = async (clean: boolean) => {
+  const shutdown = async (clean: boolean, drainMs = 0) => {
     if (shared.stopped) return;
     shared.stopped = true;
     clearInterval(loadTimer);
     diag?.stop();
-    await scraper.stop();
-    await Promise.all(started.map((r) => r.stop(clean)));
-    if (clean) await bus.flush().catch(() => undefined);
+    prober.stop();
+    // deregister first (routers stop sending here), then drain what is in flight, then the event side
+    if (clean) await within(STEP_MS, Promise.all(started.map((r) => r.withdraw())));
+    await front?.close(drainMs);
+    await within(STEP_MS, scraper.stop());
+    await within(STEP_MS, Promise.all(started.map((r) => r.stop(clean))));
+    if (clean) await within(STEP_MS, bus.flush().catch(() => undefined));
     for (const r of ranks) r.relay.stop();
-    await front?.close();
     log.info({ worker: o.worker, clean }, 'shim stopped');
   };
   try {
@@ -291,7 +340,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     dropNextFrames(n: number) {
       first.dropNextFrames(n);
     },
-    stop: () => shutdown(true),
+    stop: (opts) => shutdown(true, opts?.drainMs ?? 0),
     kill: () => shutdown(false),
   };
 }

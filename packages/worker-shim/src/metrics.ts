@@ -35,6 +35,7 @@ export interface ShimMetrics {
   publishOverflows: Counter;
   publishDropped: Counter;
   resyncs: Counter<'reason'>;
+  engineUp: Gauge;
 }
 
 export function createMetrics(worker: string): ShimMetrics {
@@ -81,6 +82,7 @@ export function createMetrics(worker: string): ShimMetrics {
     publishReplayed: c('publish_replayed_batches_total', 'event batches stored late, from the buffer, after the bus was down or an append failed'),
     publishOverflows: c('publish_buffer_overflows_total', 'times the publish buffer passed its bound and was dropped (a resync follows once the bus is back)'),
     publishDropped: c('publish_dropped_batches_total', 'event batches dropped with an overflowing buffer or made before the resync that replaces them'),
+    engineUp: g('engine_up', '1 while the engine answers its GET /health probe, 0 while it does not (load reports then say healthy: false)'),
     resyncs: c('resyncs_total', 'whole block sets republished as cleared + stored, by reason (request: an indexer asked on …shim.resync.<worker>; overflow: the publish buffer overflowed)', ['reason']),
   };
 }

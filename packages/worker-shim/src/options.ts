@@ -77,6 +77,12 @@ export interface ShimOptions {
   publishBufferBatches?: number;
   /** bytes of event batches kept per worker while the bus cannot store them (default 64 MiB) */
   publishBufferBytes?: number;
+  /** probe the engine's GET /health this often, ms (default 1000; engine-health.ts) */
+  engineProbeMs?: number;
+  /** a health probe without an answer this long fails, ms (default 1000) */
+  engineProbeTimeoutMs?: number;
+  /** an engine down this long is deregistered (registered again once it answers), ms (default 30000) */
+  engineDownDeregisterMs?: number;
 }
 
 export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank'>> & {
@@ -160,5 +166,8 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     diagIntervalMs: positive(o.diagIntervalMs ?? 2000, 'diag interval'),
     publishBufferBatches: positive(o.publishBufferBatches ?? 10_000, 'publish buffer batches'),
     publishBufferBytes: positive(o.publishBufferBytes ?? 64 * 1024 * 1024, 'publish buffer bytes'),
+    engineProbeMs: positive(o.engineProbeMs ?? 1000, 'engine probe period'),
+    engineProbeTimeoutMs: positive(o.engineProbeTimeoutMs ?? 1000, 'engine probe timeout'),
+    engineDownDeregisterMs: positive(o.engineDownDeregisterMs ?? 30_000, 'engine-down deregistration bound', true),
   };
 }

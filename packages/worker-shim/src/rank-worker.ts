@@ -26,6 +26,8 @@ export interface SharedShape {
   /** URL routers send this worker's requests to */
   readonly advertised: string;
   readonly stopped: boolean;
+  /** the engine answers its health probe (engine-health.ts); load reports carry it as `healthy` */
+  readonly engineUp: boolean;
   /** the front's URL, for load reports (empty: none) */
   readonly url: string;
   /** an event showed the engine's block size */
@@ -162,6 +164,7 @@ export class RankWorker {
       kvUsage: this.load.kvUsage,
       capacityBlocks: this.capacityBlocks,
       url: shared.url || o.engineUrl,
+      healthy: shared.engineUp,
       ts: Date.now(),
     };
   }
@@ -170,7 +173,7 @@ export class RankWorker {
 
   publishLoad(force: boolean): void {
     if (this.#d.shared.stopped) return;
-    const key = `${this.load.waiting}|${this.load.running}|${this.load.kvUsage}|${this.capacityBlocks}`;
+    const key = `${this.load.waiting}|${this.load.running}|${this.load.kvUsage}|${this.capacityBlocks}|${this.#d.shared.engineUp}`;
     const now = Date.now();
     if (!force && key === this.#lastKey && now - this.#lastSent < this.#d.o.loadIntervalMs) return;
     this.#lastKey = key;
@@ -241,6 +244,16 @@ export class RankWorker {
       this.#probeTimer = setInterval(() => this.relay.engineConnected(), d.o.replayProbeMs);
       this.#probeTimer.unref();
     }
+  }
+
+  /** the engine stayed down: delete the registration (routers and indexers drop the worker) until `rejoin` */
+  async withdraw(): Promise<void> {
+    await this.#registration?.stop(true);
+  }
+
+  /** the engine answers again: register again (and keep the heartbeat) */
+  async rejoin(): Promise<void> {
+    await this.#registration?.start();
   }
 
   /** an indexer asks for the whole block set (after a gap or an outage): republish it, reply with its seq */
