@@ -3,6 +3,7 @@
  * from KVGATE_<FLAG_NAME> (dashes → underscores, upper case) when the flag is absent.
  */
 import { parseArgs } from 'node:util';
+import { FlagError } from './fatal.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -51,6 +52,6 @@ export function parseFlags<S extends Record<string, FlagSpec>>(argv: string[], u
 export function intFlag(v: string | undefined, name: string, def: number): number {
   if (v === undefined || v === '') return def;
   const n = Number(v);
-  if (!Number.isFinite(n)) throw new Error(`--${name} must be a number, got ${JSON.stringify(v)}`);
+  if (!Number.isFinite(n)) throw new FlagError(`--${name} must be a number, got ${JSON.stringify(v)}`);
   return n;
 }

@@ -2,6 +2,8 @@
  * `kvgate <command>`: one binary, one module per subcommand under ./commands/.
  * Each command module exports `summary` (one line for `kvgate --help`) and `run(argv) → exit code`.
  */
+import { reportFatal } from './fatal.js';
+
 export interface Command {
   summary: string;
   run(argv: string[]): Promise<number>;
@@ -46,15 +48,20 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cmd = await load();
+  // an error thrown from a callback (a socket's 'error' with no listener, a timer) is fatal too: one line, no stack
+  const onUncaught = (err: unknown) => {
+    process.exitCode = reportFatal(name, err);
+    process.exit();
+  };
+  process.on('uncaughtException', onUncaught);
+  process.on('unhandledRejection', onUncaught);
   try {
     return await cmd.run(rest);
   } catch (e) {
-    // bad flags and other usage errors: one clear line, no stack
-    const err = e as { code?: string; message?: string };
-    if (typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`kvgate ${name}: ${err.message}\n(kvgate ${name} --help lists the options)`);
-      return 2;
-    }
-    throw e;
+    // bad flags, a port in use, NATS unreachable, …: one clear line, no stack (fatal.ts)
+    return reportFatal(name, e);
+  } finally {
+    process.off('uncaughtException', onUncaught);
+    process.off('unhandledRejection', onUncaught);
   }
 }

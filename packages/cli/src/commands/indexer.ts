@@ -1,6 +1,8 @@
 import { createBus, initTracing, logger, type Bus } from '@kvgate/protocol';
 import { startIndexer } from '@kvgate/indexer';
 import { parseFlags, intFlag } from '../flags.js';
+import { FlagError } from '../fatal.js';
+import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = 'run an indexer replica: the global prefix → worker index (sharded, gossip-replicated)';
 
@@ -17,6 +19,8 @@ const SPEC = {
   'max-entries': { type: 'string', help: 'cap on (block, worker) entries, evicting least recently used prefixes (0 = none)', default: '0' },
   'gossip-ms': { type: 'string', help: 'gossip period in ms', default: '1000' },
   'ttl-ms': { type: 'string', help: 'worker registry TTL in ms (must match the shims)', default: '3000' },
+  ...NATS_CONNECT_SPEC,
+  ...LIFECYCLE_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -44,27 +48,28 @@ export async function run(argv: string[]): Promise<number> {
       registryTtlMs: int('ttl-ms', 3000, 1),
     };
   } catch (e) {
-    console.error(`kvgate indexer: ${(e as Error).message}`);
-    return 2;
+    throw new FlagError((e as Error).message);
   }
+  const drain = drainMs(f);
+  const connectTimeoutMs = natsConnectTimeoutMs(f);
   const log = logger('cli.indexer');
   await initTracing('kvgate-indexer');
+  // a start-up failure throws: main.ts prints it in one line (fatal.ts); what was started is closed first
   let bus: Bus | null = null;
+  let ix: Awaited<ReturnType<typeof startIndexer>> | null = null;
   try {
-    bus = await createBus({ nats: f.nats, name: `kvgate-indexer${f.id ? `-${f.id}` : ''}` });
-    const ix = await startIndexer(bus, opts);
-    log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ?? null, shards: opts.shards }, 'indexer listening');
-    await new Promise<void>((resolve) => {
-      const done = () => resolve();
-      process.once('SIGINT', done);
-      process.once('SIGTERM', done);
-    });
-    await ix.close();
-    return 0;
+    bus = await createBus({ nats: f.nats, name: `kvgate-indexer${f.id ? `-${f.id}` : ''}`, connectTimeoutMs });
+    ix = await startIndexer(bus, opts);
   } catch (e) {
-    console.error(`kvgate indexer: ${(e as Error).message}`);
-    return 1;
-  } finally {
-    await bus?.close();
+    await within(2000, 'bus close', bus?.close() ?? Promise.resolve());
+    throw e;
   }
+  log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ?? null, shards: opts.shards }, 'indexer listening');
+  const running = ix;
+  const b = bus;
+  // the indexer has no long requests to drain: it closes its HTTP edge, shards and subscriptions
+  return serveUntilSignal('indexer', drain, async () => {
+    await within(3000, 'indexer close', running.close());
+    await within(1500, 'bus close', b.close());
+  });
 }

@@ -4,6 +4,8 @@ import { initTracing, logger } from '@kvgate/protocol';
 import { loadTokenizer } from '@kvgate/protocol/tokenizer';
 import { DEFAULT_TIER_WEIGHTS, DEFAULT_WEIGHTS, isPolicy, parseTierWeights, startRouter, type TierWeights } from '@kvgate/router';
 import { intFlag, parseFlags } from '../flags.js';
+import { FlagError } from '../fatal.js';
+import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = 'OpenAI-compatible router: cache- and load-aware, horizontally scaled (run N replicas)';
 
@@ -41,6 +43,8 @@ const SPEC = {
   'stale-view-ms': { type: 'string', default: '60000', help: 'bus silent this long: the last-known registry and load view are marked stale (metric, log, /readyz) and still used' },
   'suspect-backoff-ms': { type: 'string', default: '1000', help: 'a worker failing before its first byte is skipped this long, doubled per failed probe' },
   'suspect-max-backoff-ms': { type: 'string', default: '30000', help: 'ceiling of that back-off' },
+  ...NATS_CONNECT_SPEC,
+  ...LIFECYCLE_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -48,27 +52,23 @@ export async function run(argv: string[]): Promise<number> {
   if (!parsed) return 0;
   const f = parsed.flags;
   const policy = f.policy ?? 'kv';
-  if (!isPolicy(policy)) {
-    console.error(`kvgate router: unknown policy ${JSON.stringify(policy)}`);
-    return 2;
-  }
+  if (!isPolicy(policy)) throw new FlagError(`unknown --policy ${JSON.stringify(policy)}: kv, round-robin, least-loaded or random`);
   let tierWeights: TierWeights;
   try {
     tierWeights = parseTierWeights(f['tier-weights'] ?? '');
   } catch (e) {
-    console.error(`kvgate router: ${(e as Error).message} (from --tier-weights or KVGATE_TIER_WEIGHTS)`);
-    return 2;
+    throw new FlagError(`${(e as Error).message} (from --tier-weights or KVGATE_TIER_WEIGHTS)`);
   }
-  await initTracing('kvgate-router');
-  const bus = await createBus(f.nats ? { nats: f.nats } : {});
-  const tokenizer = f.tokenizer ? await loadTokenizer(f.tokenizer) : undefined;
-  const router = await startRouter(bus, {
+  // flags first (a bad one fails before anything starts), then the bus, then the router; a failure throws and
+  // main.ts prints it in one line (fatal.ts), after what was started is closed
+  const drain = drainMs(f);
+  const connectTimeoutMs = natsConnectTimeoutMs(f);
+  const options = {
     port: intFlag(f.port, 'port', 8080),
     host: f.host ?? '0.0.0.0',
     namespace: f.namespace ?? 'default',
     ...(f.id ? { id: f.id } : {}),
     policy,
-    ...(tokenizer ? { tokenizer } : {}),
     indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 5),
     bodyLimitBytes: intFlag(f['body-limit'], 'body-limit', 32 * 1024 * 1024),
     registryTtlMs: intFlag(f['registry-ttl-ms'], 'registry-ttl-ms', 3000),
@@ -85,15 +85,22 @@ export async function run(argv: string[]): Promise<number> {
       temperature: intFlag(f.temperature, 'temperature', 0),
       tierWeights,
     },
-  });
+  };
+  await initTracing('kvgate-router');
+  const tokenizer = f.tokenizer ? await loadTokenizer(f.tokenizer) : undefined;
+  const bus = await createBus(f.nats ? { nats: f.nats, connectTimeoutMs } : {});
+  let router;
+  try {
+    router = await startRouter(bus, { ...options, ...(tokenizer ? { tokenizer } : {}) });
+  } catch (e) {
+    await within(1500, 'bus close', bus.close());
+    throw e;
+  }
   const log = logger('cli');
   log.info({ url: router.url, id: router.id, policy, bus: bus.kind }, 'router ready');
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+  const r = router;
+  return serveUntilSignal('router', drain, async (ms) => {
+    await within(ms + 2000, 'router close', r.close({ drainMs: ms }));
+    await within(1500, 'bus close', bus.close());
   });
-  await router.close();
-  await bus.close();
-  return 0;
 }

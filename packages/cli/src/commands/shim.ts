@@ -1,6 +1,8 @@
 import { createBus, initTracing, type WorkerRole } from '@kvgate/protocol';
 import { startShim } from '@kvgate/worker-shim';
 import { parseFlags, intFlag } from '../flags.js';
+import { FlagError } from '../fatal.js';
+import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = "run beside an engine: put its KV cache and load on the bus, front it for P/D";
 
@@ -32,6 +34,10 @@ const SPEC = {
   'replay-timeout-ms': { type: 'string', help: 'wait per replay reply', default: '1000' },
   'replay-probe-ms': { type: 'string', help: 'ask the replay socket for missed batches this often', default: '5000' },
   'stale-events-s': { type: 'string', help: 'warn (and tell kvgate doctor) when the engine serves this long without one KV event', default: '60' },
+  'engine-probe-ms': { type: 'string', help: "probe the engine's GET /health this often (a failed probe: load reports say healthy: false, /healthz 503)", default: '1000' },
+  'engine-down-deregister-ms': { type: 'string', help: 'an engine down this long is deregistered (registered again once it answers)', default: '30000' },
+  ...NATS_CONNECT_SPEC,
+  ...LIFECYCLE_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -39,21 +45,22 @@ export async function run(argv: string[]): Promise<number> {
   const parsed = parseFlags(argv, USAGE, SPEC);
   if (!parsed) return 0;
   const f = parsed.flags;
-  if (!f['worker-id'] || !f.model) {
-    console.error(`kvgate shim: --worker-id and --model are required\nusage: ${USAGE}`);
-    return 2;
+  if (!f['worker-id'] || !f.model) throw new FlagError('--worker-id and --model are required');
+  // flags first (a bad one fails before anything starts); a start-up failure throws and main.ts prints it in one
+  // line (fatal.ts), after the bus is closed
+  const drain = drainMs(f);
+  const connectTimeoutMs = natsConnectTimeoutMs(f);
+  const port = intFlag(f.port, 'port', 8100);
+  let advertiseUrl = f['advertise-url'];
+  if (!advertiseUrl && (f.host === '0.0.0.0' || f.host === '::') && port > 0) {
+    const { hostname } = await import('node:os');
+    advertiseUrl = `http://${hostname()}:${port}`;
   }
-  let bus;
+  await initTracing('kvgate-shim');
+  const bus = await createBus({ nats: f.nats, connectTimeoutMs });
+  let shim;
   try {
-    const port = intFlag(f.port, 'port', 8100);
-    await initTracing('kvgate-shim');
-    bus = await createBus({ nats: f.nats });
-    let advertiseUrl = f['advertise-url'];
-    if (!advertiseUrl && (f.host === '0.0.0.0' || f.host === '::') && port > 0) {
-      const { hostname } = await import('node:os');
-      advertiseUrl = `http://${hostname()}:${port}`;
-    }
-    const shim = await startShim(bus, {
+    shim = await startShim(bus, {
       worker: f['worker-id'],
       model: f.model,
       role: f.role as WorkerRole,
@@ -77,19 +84,17 @@ export async function run(argv: string[]): Promise<number> {
       replayTimeoutMs: intFlag(f['replay-timeout-ms'], 'replay-timeout-ms', 1000),
       replayProbeMs: intFlag(f['replay-probe-ms'], 'replay-probe-ms', 5000),
       staleEventsMs: intFlag(f['stale-events-s'], 'stale-events-s', 60) * 1000,
+      engineProbeMs: intFlag(f['engine-probe-ms'], 'engine-probe-ms', 1000),
+      engineDownDeregisterMs: intFlag(f['engine-down-deregister-ms'], 'engine-down-deregister-ms', 30_000),
     });
-    console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
-    await new Promise<void>((resolve) => {
-      const done = () => resolve();
-      process.once('SIGINT', done);
-      process.once('SIGTERM', done);
-    });
-    await shim.stop();
-    await bus.close();
-    return 0;
   } catch (e) {
-    console.error(`kvgate shim: ${(e as Error).message}`);
-    await bus?.close().catch(() => undefined);
-    return 1;
+    await within(1500, 'bus close', bus.close());
+    throw e;
   }
+  console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
+  const s = shim;
+  return serveUntilSignal('shim', drain, async (ms) => {
+    await within(ms + 3000, 'shim stop', s.stop({ drainMs: ms }));
+    await within(1500, 'bus close', bus.close());
+  });
 }

@@ -1,5 +1,7 @@
 import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
+import { FlagError } from '../fatal.js';
+import { drainMs, LIFECYCLE_SPEC, serveUntilSignal, within } from '../lifecycle.js';
 import { initTracing } from '@kvgate/protocol';
 
 export const summary = 'run one simulated vLLM engine (OpenAI HTTP, /metrics, ZMQ KV events + replay, P/D)';
@@ -39,6 +41,7 @@ const SPEC = {
   'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms', default: '0.5' },
   'cpu-offload-blocks': { type: 'string', help: 'CPU offload tier in blocks, as vLLM\'s OffloadingConnector (0 = off)', default: '0' },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (PCIe 4.0 ×16)', default: '25' },
+  ...LIFECYCLE_SPEC,
 } as const;
 
 function coeffs(v: string | undefined, name: string, n: number): number[] {
@@ -93,35 +96,23 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
 
 export async function run(argv: string[]): Promise<number> {
   await initTracing('kvgate-sim-engine');
+  // a bad flag or a start-up failure throws: main.ts prints it in one line (fatal.ts)
+  const parsed = parseFlags(argv, USAGE, SPEC);
+  if (!parsed) return 0;
   let opts: SimEngineOptions;
+  let drain: number;
   try {
-    const parsed = parseFlags(argv, USAGE, SPEC);
-    if (!parsed) return 0;
     opts = optionsFromFlags(parsed.flags);
+    drain = drainMs(parsed.flags);
   } catch (e) {
-    console.error(`kvgate sim-engine: ${(e as Error).message}`);
-    return 2;
+    throw e instanceof FlagError ? e : new FlagError((e as Error).message);
   }
-  let engine;
-  try {
-    engine = await startSimEngine(opts);
-  } catch (e) {
-    console.error(`kvgate sim-engine: cannot start: ${(e as Error).message}`);
-    return 1;
-  }
+  const engine = await startSimEngine(opts);
   console.error(
     `kvgate sim-engine ${engine.engineId} (${engine.model}, role ${engine.role}) listening on ${engine.url}\n` +
       `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks${engine.cpuOffloadBlocks > 0 ? ` + ${engine.cpuOffloadBlocks} CPU offload blocks` : ''}, speedup ${opts.speedup}`,
   );
-  await new Promise<void>((resolve) => {
-    const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      resolve();
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
+  return serveUntilSignal('sim-engine', drain, async (ms) => {
+    await within(ms + 2000, 'engine close', engine.close({ drainMs: ms }));
   });
-  await engine.close();
-  return 0;
 }
