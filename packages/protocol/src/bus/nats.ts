@@ -66,7 +66,8 @@ export interface NatsBusOptions {
   jetstreamTimeoutMs?: number;
   /**
    * how long the first connect keeps trying (a refused or silent server is tried again every reconnectWaitMs)
-   * before it rejects with KVG_BUS, ms; default 5000. Auth and TLS failures reject at once.
+   * before it rejects with KVG_BUS, ms; default KVGATE_NATS_CONNECT_TIMEOUT, else 5000. Auth and TLS failures
+   * reject at once.
    */
   connectTimeoutMs?: number;
   /** logger; default logger('bus.nats') */
@@ -200,7 +201,8 @@ export async function connectNats(url: string, opts: NatsBusOptions = {}): Promi
     maxReconnectAttempts: -1,
     reconnectTimeWait: opts.reconnectWaitMs ?? 250,
   };
-  const budget = opts.connectTimeoutMs ?? 5000;
+  const envBudget = Number(process.env.KVGATE_NATS_CONNECT_TIMEOUT);
+  const budget = opts.connectTimeoutMs ?? (Number.isFinite(envBudget) && envBudget >= 0 && process.env.KVGATE_NATS_CONNECT_TIMEOUT !== '' ? envBudget : 5000);
   const deadline = Date.now() + budget;
   let nc: NatsConnection;
   for (;;) {
