@@ -9,13 +9,14 @@
  * the live replicas.
  *
  * Losses (a bus outage, batches lost on the way or with the server's store):
- *   - a registry delete or TTL lapse is acted on only while the bus is connected and at least one registry TTL
+ *   - a registry delete or TTL lapse is acted on only while the bus is connected and at least two registry TTLs
  *     after the last reconnect; one seen earlier (the watch's own TTL clock ran on while nothing could be
  *     re-put) makes the worker a suspect, dropped only if its key is still absent when judged after that grace.
  *     A watch that ends is opened again; it never drops anyone by ending;
  *   - on reconnect, and whenever a read ends on its own, the stream is opened again (create-or-open: a server
  *     that lost its store has none) and read from the last applied sequence + 1;
- *   - a worker whose batch sequence skipped a gap (sequencer flush) and, after a reconnect, every worker, is
+ *   - a worker whose batch sequence skipped a gap (sequencer flush), or whose first batch came far into its
+ *     sequence without a clear (its history is unknown here), and, after a reconnect, every worker, is
  *     asked for a resync on `…shim.resync.<worker>`, rate-limited per worker (resync.ts); its shim republishes
  *     its whole block set as a `cleared` + `stored` batch into the stream. A shim that never answers leaves the
  *     worker to peer repair (gossip).
@@ -365,9 +366,12 @@ export class Indexer {
     void this.#watchRegistry(this.#watcher);
   }
 
-  /** liveness may be judged now: connected, and every shim had a TTL since the reconnect to put its entry again */
+  /**
+   * Liveness may be judged now: connected, and every shim had two TTLs since the reconnect to put its entry
+   * again (a shim reconnects on its own schedule, and puts issued during the outage time out first).
+   */
   #judgeable(now: number): boolean {
-    return this.#bus.connected !== false && now - this.#reconnectedAt >= this.#opts.registryTtlMs + this.#opts.gossipIntervalMs;
+    return this.#bus.connected !== false && now - this.#reconnectedAt >= 2 * this.#opts.registryTtlMs + this.#opts.gossipIntervalMs;
   }
 
   #dropWorker(worker: string): void {

@@ -7,6 +7,7 @@
  *   seq > last + 1        held in a reorder buffer; when it holds more than `window` batches, or on `flush()`
  *                         (the indexer calls it every second), the gap is skipped (counted) and the buffer drains
  *   first batch of a worker is applied whatever its seq.
+ * A batch that starts with `cleared` needs no predecessors: the caller skips to it (skipTo) without a gap.
  */
 export interface Sequenced<B> {
   seq: number;
@@ -38,6 +39,16 @@ export class WorkerSequencer<B> {
   reset(last: number | null): void {
     this.#last = last;
     this.#pending.clear();
+  }
+
+  /**
+   * The batch at `seq` voids everything before it (it starts with `cleared`): batches still missing before it
+   * are not waited for, and not counted as a gap. Buffered batches from `seq` on stay.
+   */
+  skipTo(seq: number): void {
+    if (this.#last !== null && seq <= this.#last + 1) return;
+    for (const k of [...this.#pending.keys()]) if (k < seq) this.#pending.delete(k);
+    this.#last = seq - 1;
   }
 
   get pending(): number {

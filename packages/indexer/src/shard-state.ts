@@ -66,7 +66,10 @@ export class ShardState {
   readonly #window: number;
   readonly #decoded = new DecodedBatch();
   readonly #counters = { batches: 0, storedBlocks: 0, removedBlocks: 0, clears: 0, decodeErrors: 0 };
-  /** workers whose sequence skipped a gap since the last `flushGaps()` (the indexer asks their shims to resync) */
+  /**
+   * workers whose sequence skipped a gap since the last `flushGaps()`, or whose first batch here came far into
+   * their sequence without a clear (unknown history): the indexer asks their shims to resync
+   */
   readonly #gapped = new Set<string>();
 
   constructor(opts: ShardOptions = {}) {
@@ -125,8 +128,15 @@ export class ShardState {
   /** Apply a decoded batch in sequence (a batch that must wait for its predecessors is cloned). */
   offer(b: DecodedBatch): void {
     const s = this.#sequencer(b.worker);
-    if (s.takeInOrder(b.seq)) this.#apply(b);
-    else {
+    const first = s.last === null;
+    const clears = b.count > 0 && b.type[0] === CLEARED;
+    // nothing before a clear matters (a shim's resync, its restart clear): do not wait for it, it is no gap
+    if (clears && !first) s.skipTo(b.seq);
+    if (s.takeInOrder(b.seq)) {
+      this.#apply(b);
+      // the first batch of a worker without state, far into its sequence: its history is unknown here
+      if (first && b.seq > 0 && !clears) this.#gapped.add(b.worker);
+    } else {
       const gaps = s.stats.gaps;
       for (const ready of s.offer(b.seq, b.clone())) this.#apply(ready);
       if (s.stats.gaps !== gaps) this.#gapped.add(b.worker); // the reorder window overflowed: a gap was skipped

@@ -84,4 +84,23 @@ test('shard: flushGaps names the workers that skipped a gap, once; a filled reor
   assert.equal(s.flushGaps(), []);
 });
 
+const cleared = (worker: string, seq: number, h: bigint): Uint8Array =>
+  encode({ worker, seq, ts: 0, events: [{ t: 'cleared' }, { t: 'stored', parent: null, hashes: [h] }] } satisfies EventBatch);
+
+test('shard: a batch that starts with cleared needs no predecessors (no gap, no wait); a first batch far into a sequence is reported', () => {
+  const s = new ShardState({ reorderWindow: 4 });
+  s.ingest(batch('a', 0, 1n));
+  s.ingest(cleared('a', 5, 9n)); // 1..4 lost: a resync batch replaces them
+  assert.is(s.digests().a!.seq, 5, 'applied at once');
+  assert.is(s.digests().a!.count, 1, 'only what the clear left');
+  s.ingest(batch('a', 3, 2n)); // a late one from before the clear
+  assert.is(s.digests().a!.count, 1, 'ignored');
+  assert.equal(s.flushGaps(), [], 'no gap reported');
+  s.ingest(batch('b', 7, 3n)); // the first batch of b seen here, far into its sequence: history unknown
+  assert.equal(s.flushGaps(), ['b']);
+  s.ingest(batch('c', 0, 4n));
+  s.ingest(cleared('d', 3, 5n));
+  assert.equal(s.flushGaps(), [], 'a first batch at 0, or one that clears, is no hole');
+});
+
 test.run();
