@@ -22,6 +22,8 @@ export type ErrorCode =
   | 'KVG_NOT_READY'
   | 'KVG_SHUTTING_DOWN'
   | 'KVG_ENGINE_DOWN'
+  | 'KVG_UNAUTHORIZED'
+  | 'KVG_RATE_LIMITED'
   | 'KVG_INTERNAL';
 
 const STATUS: Record<ErrorCode, number> = {
@@ -46,6 +48,10 @@ const STATUS: Record<ErrorCode, number> = {
   KVG_SHUTTING_DOWN: 503,
   /** the shim's engine does not answer its health probe */
   KVG_ENGINE_DOWN: 503,
+  /** a call without valid credentials (a shim call without a valid cluster signature) */
+  KVG_UNAUTHORIZED: 401,
+  /** a key (or client) over its request or prompt-token rate; the answer carries Retry-After */
+  KVG_RATE_LIMITED: 429,
   KVG_INTERNAL: 500,
 };
 

@@ -16,3 +16,4 @@ export * from './fifo.js';
 export * from './diag.js';
 export * from './diag-publisher.js';
 export * from './http-drain.js';
+export * from './cluster-auth.js';

@@ -43,6 +43,7 @@ import {
   decisionStreamConfig,
   startDiagPublisher,
   decode,
+  signRequest,
   type KvEntry,
   type RouteDecisionWire,
 } from '@kvgate/protocol';
@@ -60,6 +61,8 @@ import { WorkerView, type Pool } from './workers.js';
 import { WorkerHealth, type FailureReason } from './health.js';
 import { RegistryHold } from './registry-hold.js';
 import { decodeSuspect, encodeSuspect, suspectSubject } from './suspect-wire.js';
+import { ApiKeys } from './api-keys.js';
+import { RateLimiter, type RateLimitOptions } from './rate-limit.js';
 
 export interface RouterOptions {
   /** HTTP port; 0 = any free port. Default 8080. */
@@ -112,6 +115,28 @@ export interface RouterOptions {
   suspectBackoffMs?: number;
   /** ceiling of that back-off; default 30000 ms */
   suspectMaxBackoffMs?: number;
+  /**
+   * API keys clients present as `Authorization: Bearer <key>` on every /v1/* request (as vLLM's --api-key); a
+   * request without one of them gets 401 invalid_api_key. Absent or empty: open (default).
+   */
+  apiKeys?: readonly string[];
+  /** with apiKeys: /healthz, /readyz and /metrics need a key too (default false: they stay open) */
+  authHealth?: boolean;
+  /** per-key token buckets on requests/s and prompt tokens/s (per client address without keys); default none */
+  rateLimit?: RateLimitOptions;
+  /** the clock of the rate limits, ms (default Date.now; tests) */
+  rateLimitClock?: () => number;
+  /** sent upstream (engines, shims, their prefill leg, /tokenize) as `Authorization: Bearer …`; default none */
+  engineApiKey?: string;
+  /** forward the client's own Authorization upstream instead of dropping it (default false) */
+  forwardClientAuth?: boolean;
+  /**
+   * keep client-supplied `kv_transfer_params` (body) and `x-prefiller-host-port` (header), for a gateway in front
+   * that does the P/D pairing itself (default false: both are stripped before routing)
+   */
+  trustClientPd?: boolean;
+  /** sign every upstream call with this cluster secret (x-kvgate-signature, cluster-auth.ts); default none */
+  clusterSecret?: string;
 }
 
 export interface RouterStats {
@@ -180,7 +205,14 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   const inflight = new Inflight({ routerId: id, predictedTtlMs: options.predictedTtlMs ?? 30_000 });
   const selector = new Selector(view, inflight, policy, weights, options.random ?? Math.random);
   const agent: Agent = createAgent({ upstreamTimeoutMs: options.upstreamTimeoutMs ?? 600_000 });
-  const tokenizer = new PromptTokenizer({ ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}), dispatcher: agent });
+  const engineAuth = options.engineApiKey ? `Bearer ${options.engineApiKey}` : undefined;
+  const tokenizer = new PromptTokenizer({ ...(options.tokenizer ? { tokenizer: options.tokenizer } : {}), dispatcher: agent, ...(engineAuth ? { authorization: engineAuth } : {}) });
+  const apiKeys = new ApiKeys(options.apiKeys ?? []);
+  const authHealth = options.authHealth === true && apiKeys.size > 0;
+  const limiter = new RateLimiter(options.rateLimit ?? {}, options.rateLimitClock);
+  const forwardClientAuth = options.forwardClientAuth === true;
+  const trustClientPd = options.trustClientPd === true;
+  const clusterSecret = options.clusterSecret || undefined;
   const stats: RouterStats = { requests: 0, indexFallbacks: 0, retries: 0, noWorker: 0 };
   const openPerWorker = new Map<string, number>();
   const waiters = new Set<() => void>();
@@ -635,9 +667,14 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     metrics.inflight.set({ worker }, Math.max(0, n));
   }
 
-  async function proxy(req: ApiRequest, path: string, inReq: IncomingMessage, res: ServerResponse, span: Span): Promise<void> {
+  async function proxy(req: ApiRequest, path: string, inReq: IncomingMessage, res: ServerResponse, span: Span, client: string): Promise<void> {
     const t0 = performance.now();
     let routed = await route(req);
+    // the prompt-token bucket: charged once the prompt's tokens are known (a raw-size estimate without them)
+    if (limiter.enabled) {
+      const wait = limiter.tokens(client, routed.tokens?.length ?? Math.ceil(req.raw.length / 4));
+      if (wait > 0) throw rateLimited(client, wait, 'prompt tokens per second');
+    }
     const rid = inReq.headers['x-request-id'];
     const requestId = typeof rid === 'string' && rid.length > 0 && rid.length <= 200 ? rid : randomUUID();
     const abort = new UpstreamAbort();
@@ -653,13 +690,16 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       const headers: Record<string, string> = { 'content-type': 'application/json' };
       const tp = inReq.headers.traceparent;
       if (typeof tp === 'string') headers.traceparent = tp;
-      const auth = inReq.headers.authorization;
+      // the client's credentials stay here: upstream gets the engine's own key (unless told to forward the client's)
+      const auth = forwardClientAuth ? inReq.headers.authorization : undefined;
       if (typeof auth === 'string') headers.authorization = auth;
+      else if (engineAuth) headers.authorization = engineAuth;
       headers['x-request-id'] = requestId;
       // a data-parallel rank of one engine server: vLLM's API server reads this hint (X-data-parallel-rank)
       if (decision.worker.dpRank !== undefined) headers['x-data-parallel-rank'] = String(decision.worker.dpRank);
       recordDecision(routed, req, requestId);
       if (decision.prefill) headers['x-prefiller-host-port'] = hostPort(decision.prefill.engineUrl);
+      else if (trustClientPd && typeof inReq.headers['x-prefiller-host-port'] === 'string') headers['x-prefiller-host-port'] = inReq.headers['x-prefiller-host-port'];
       injectTraceHeaders(headers, span);
       const extra: Record<string, string> = { 'x-kvgate-worker': decision.worker.worker, 'x-request-id': requestId };
       if (decision.prefill) extra['x-kvgate-prefill'] = decision.prefill.worker;
@@ -668,6 +708,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       if (attempt === 0) metrics.routeSeconds.observe((performance.now() - t0) / 1000);
       const u = parsedUrl(decision.worker.url);
       const worker = decision.worker.worker;
+      if (clusterSecret) Object.assign(headers, signRequest(clusterSecret, 'POST', u.basePath + path, req.raw));
       setOpen(worker, 1);
       health.sent(worker);
       let up;
@@ -767,14 +808,44 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     res.on('finish', () => metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
     handle(path, inReq, res).catch((e) => {
       if (!(e instanceof KvgateError)) log.error({ err: (e as Error).stack }, 'request failed');
+      if (e instanceof RateLimited && !res.headersSent) res.setHeader('retry-after', String(e.retryAfterS));
       sendError(res, e);
     });
   });
   /** SIGTERM: stop accepting, let responses finish, cut the rest cleanly */
   const drain = new HttpDrain(server, 'router');
 
+  /**
+   * The API key check (before the body is read) and the request bucket: the key's label names the caller, or its
+   * address when the router has no keys. undefined = already answered 401.
+   */
+  function admit(path: string, inReq: IncomingMessage, res: ServerResponse): string | undefined {
+    let client: string;
+    if (apiKeys.size > 0) {
+      const label = apiKeys.check(inReq.headers.authorization);
+      if (label === undefined) {
+        sendJson(res, 401, { error: { message: 'Invalid or missing API key: send Authorization: Bearer <key>', type: 'invalid_request_error', code: 'invalid_api_key' } }, { 'www-authenticate': 'Bearer' });
+        return undefined;
+      }
+      client = label;
+    } else client = `addr:${inReq.socket.remoteAddress ?? '?'}`;
+    if (limiter.enabled && path.startsWith('/v1/')) {
+      const wait = limiter.request(client);
+      if (wait > 0) throw rateLimited(client, wait, 'requests per second');
+    }
+    return client;
+  }
+
+  function rateLimited(client: string, waitS: number, what: string): RateLimited {
+    log.debug({ client, retryAfterS: waitS }, `rate limited: ${what}`);
+    return new RateLimited(`rate limit reached (${what}); retry after ${waitS} s`, waitS);
+  }
+
   async function handle(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = inReq.method ?? 'GET';
+    const guarded = path.startsWith('/v1/') || (authHealth && (path === '/healthz' || path === '/readyz' || path === '/metrics'));
+    const client = guarded ? admit(path, inReq, res) : '';
+    if (client === undefined) return;
     if (method === 'GET') {
       if (path === '/healthz') return sendJson(res, 200, { status: 'ok', router: id });
       if (path === '/readyz') {
@@ -807,10 +878,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
       const raw = await readBody(inReq, bodyLimit);
       const kind = path === '/v1/completions' ? 'completion' : path === '/v1/chat/completions' ? 'chat' : 'either';
       const req = validateApiRequest(kind, raw);
+      if (!trustClientPd && req.body.kv_transfer_params !== undefined) {
+        // a client must not choose where KV blocks come from (or go): only the router's own P/D pairing sets this
+        delete req.body.kv_transfer_params;
+        req.raw = Buffer.from(JSON.stringify(req.body));
+      }
       if (path === '/v1/route') return routeOnly(req, res);
       const span = tracer().startSpan('kvgate.route', { attributes: { 'kvgate.model': req.model, 'kvgate.router': id } }, extractTraceContext(inReq.headers));
       try {
-        await proxy(req, path, inReq, res, span);
+        await proxy(req, path, inReq, res, span, client);
       } catch (e) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
         span.end();
@@ -848,7 +924,8 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   }
   const port = (server.address() as AddressInfo).port;
   const host = options.host && options.host !== '0.0.0.0' ? options.host : '127.0.0.1';
-  log.info({ port, policy }, 'router listening');
+  log.info({ port, policy, apiKeys: apiKeys.size, clusterSigned: clusterSecret !== undefined, rateLimited: limiter.enabled }, 'router listening');
+  if (apiKeys.size === 0 && !isLoopback(options.host ?? '127.0.0.1')) log.warn({ host: options.host }, 'listening beyond loopback without API keys: anyone who reaches this port can send requests (--api-key)');
 
   return {
     id,
@@ -883,6 +960,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   };
 }
 
+/** 429 KVG_RATE_LIMITED; the HTTP edge adds `Retry-After: retryAfterS` */
+class RateLimited extends KvgateError {
+  readonly retryAfterS: number;
+  constructor(message: string, retryAfterS: number) {
+    super('KVG_RATE_LIMITED', message);
+    this.retryAfterS = retryAfterS;
+  }
+}
+
 /**
  * Does the protocol's decodeLoad keep `healthy`? (Asked once. A decodeLoad that keeps only the fields it knew
  * before DESIGN.md §4 added `healthy` would drop it; the raw payload is then read again for it.)
@@ -907,6 +993,10 @@ function sentRequest(r: Routed, req: ApiRequest): SentRequest {
     blockSize: r.pool.blockSize,
     batch: Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0])),
   };
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 function endpointLabel(path: string): string {

@@ -24,6 +24,8 @@ export interface TokenizeOptions {
   remoteTimeoutMs?: number;
   /** undici dispatcher for engine calls (the router's keep-alive agent) */
   dispatcher?: Dispatcher;
+  /** `Authorization` header value for the engines' /tokenize (the router's engine API key); default none */
+  authorization?: string;
 }
 
 export interface ChatTokenizeInput {
@@ -44,6 +46,7 @@ export class PromptTokenizer {
   #cache: LRUCache<string, number[]>;
   #timeoutMs: number;
   #dispatcher: Dispatcher | undefined;
+  #headers: Record<string, string>;
   #splitRe: RegExp | undefined;
   /** counters for metrics: pieces served from the cache / encoded */
   hits = 0;
@@ -54,6 +57,7 @@ export class PromptTokenizer {
     this.#cache = new LRUCache({ max: opts.cacheEntries ?? 20_000 });
     this.#timeoutMs = opts.remoteTimeoutMs ?? 250;
     this.#dispatcher = opts.dispatcher;
+    this.#headers = { 'content-type': 'application/json', ...(opts.authorization ? { authorization: opts.authorization } : {}) };
     if (this.#tok) {
       const tok = this.#tok;
       const specials = [...tok.specialTokenIds].map((id) => tok.decode([id])).filter((s) => s.length > 0);
@@ -132,7 +136,7 @@ export class PromptTokenizer {
     try {
       const res = await request(new URL('/tokenize', engineUrl), {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: this.#headers,
         body: JSON.stringify(body),
         ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}),
         headersTimeout: this.#timeoutMs,

@@ -21,6 +21,7 @@ import {
   injectTraceHeaders,
   KvgateError,
   logger,
+  type ClusterVerifier,
   SpanStatusCode,
   tracer,
   type Span,
@@ -49,6 +50,8 @@ export interface HttpFrontDeps {
   dispatcher?: Dispatcher;
   /** the engine answered a proxied request 200 (for the worker it was for) */
   onServed?(worker: string): void;
+  /** with a cluster secret: every P/D/proxy call must carry a valid router signature (cluster-auth.ts), else 401 */
+  clusterAuth?: ClusterVerifier;
 }
 
 const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
@@ -148,11 +151,15 @@ export class HttpFront {
     let status = 0;
     try {
       let body = await readBody(req, d.maxBodyBytes);
+      if (d.clusterAuth) {
+        const v = d.clusterAuth.verify(req.method ?? 'POST', req.url ?? path, body, req.headers);
+        if (!v.ok) throw new KvgateError('KVG_UNAUTHORIZED', `cluster signature refused: ${v.reason}`);
+      }
       const prefiller = req.headers[PREFILLER_HEADER];
       if (typeof prefiller === 'string' && prefiller !== '' && d.role !== 'prefill') {
         const json = parseJsonObject(body);
         const base = prefillerBaseUrl(prefiller);
-        const desc = await this.#prefill(base, path, json, span, abort.signal);
+        const desc = await this.#prefill(base, path, json, span, abort.signal, req.headers.authorization);
         body = Buffer.from(JSON.stringify({ ...json, kv_transfer_params: desc }));
         res.setHeader('x-kvgate-prefill', prefiller);
       }
@@ -214,11 +221,12 @@ export class HttpFront {
     return this.#d.worker;
   }
 
-  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal): Promise<Record<string, unknown>> {
+  /** `authorization`: the router's engine key, passed on to the prefill engine as to the own engine */
+  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined): Promise<Record<string, unknown>> {
     const d = this.#d;
     const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base } }, extractTraceContext(injectTraceHeaders({}, parent)));
     try {
-      const headers = injectTraceHeaders({ 'content-type': 'application/json' }, span);
+      const headers = injectTraceHeaders({ 'content-type': 'application/json', ...(authorization ? { authorization } : {}) }, span);
       let res: Dispatcher.ResponseData;
       try {
         res = await request(`${base}${path}`, {

@@ -17,7 +17,7 @@
  */
 import { request } from 'undici';
 import { AggregatorRegistry } from 'prom-client';
-import { initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
+import { ClusterVerifier, initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
 import { LoraNames, lorasFromModels } from './lora.js';
@@ -189,6 +189,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       metrics,
       metricsText: dp ? () => metricsText([metrics, ...ranks.map((r) => r.metrics)]) : undefined,
       onServed: (w) => ranks.find((r) => r.worker === w)?.diag.serving(),
+      ...(o.clusterSecret ? { clusterAuth: new ClusterVerifier(o.clusterSecret) } : {}),
       unhealthy: () => (shared.engineUp ? undefined : new KvgateError('KVG_ENGINE_DOWN', `worker ${o.worker}: the engine at ${o.engineUrl} does not answer GET /health`)),
       health: () => ({
         status: shared.stopped ? 'stopping' : 'ok',
@@ -291,6 +292,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       bind: o.kvEvents.bind,
       replay: o.kvReplay,
       key: registryKey(o.worker),
+      clusterSigned: o.clusterSecret !== undefined,
     },
     'shim started',
   );

@@ -83,9 +83,15 @@ export interface ShimOptions {
   engineProbeTimeoutMs?: number;
   /** an engine down this long is deregistered (registered again once it answers), ms (default 30000) */
   engineDownDeregisterMs?: number;
+  /**
+   * the cluster secret: the HTTP front's P/D/proxy routes then take only router calls signed with it
+   * (x-kvgate-signature, ±30 s; /healthz and /metrics stay open); absent = unsigned calls accepted. Never logged.
+   */
+  clusterSecret?: string;
 }
 
-export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank'>> & {
+export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank' | 'clusterSecret'>> & {
+  clusterSecret: string | undefined;
   kvReplay: string | undefined;
   advertiseUrl: string | undefined;
   loraMap: Map<number, string>;
@@ -169,5 +175,6 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     engineProbeMs: positive(o.engineProbeMs ?? 1000, 'engine probe period'),
     engineProbeTimeoutMs: positive(o.engineProbeTimeoutMs ?? 1000, 'engine probe timeout'),
     engineDownDeregisterMs: positive(o.engineDownDeregisterMs ?? 30_000, 'engine-down deregistration bound', true),
+    clusterSecret: o.clusterSecret || undefined,
   };
 }

@@ -34,6 +34,10 @@ export interface StackOptions {
   indexOverBus?: boolean;
   /** run each engine in its own worker thread (default false: on the main thread) */
   engineThreads?: boolean;
+  /** cluster secret: every shim front checks router signatures, every router signs (default none) */
+  clusterSecret?: string;
+  /** give every shim an HTTP front and route through it (default: only P/D roles; `both` goes to the engine) */
+  shimFronts?: boolean;
 }
 
 type EngineHandle = Pick<SimEngineHandle, 'url' | 'role' | 'blockSize' | 'numBlocks' | 'kvEventsEndpoint' | 'replayEndpoint' | 'close'> | ThreadEngine;
@@ -79,6 +83,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
         ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
         // in one process the indexer answers by direct call (NATS: over the bus, as in production)
         ...(o.nats || o.indexOverBus ? {} : { index: indexer!.client }),
+        ...(o.clusterSecret ? { clusterSecret: o.clusterSecret } : {}),
         ...ro,
         port: i === 0 ? (o.routerPort ?? 0) : 0,
       });
@@ -103,7 +108,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
           ...(e.replayEndpoint ? { kvReplay: e.replayEndpoint } : {}),
           namespace,
           // P/D needs the shim's front; otherwise routers talk to the engine directly (one hop less)
-          port: e.role === 'both' ? -1 : 0,
+          port: e.role === 'both' && !o.shimFronts ? -1 : 0,
+          ...(o.clusterSecret ? { clusterSecret: o.clusterSecret } : {}),
           blockSize: e.blockSize,
           capacityBlocks: e.numBlocks,
         }),
