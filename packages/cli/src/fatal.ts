@@ -7,6 +7,7 @@
  *   KVG_CONFIG           exit 2  options that do not fit together (a component's own validation)
  *   KVG_PORT_IN_USE      exit 1  a listen or bind on an address something else holds (HTTP or ZMQ)
  *   KVG_ADDRESS          exit 1  an address that cannot be listened on (permission, not local)
+ *   KVG_NATS_AUTH        exit 1  NATS refused the credentials (or TLS failed)
  *   KVG_NATS_UNREACHABLE exit 1  no NATS server answered within --nats-connect-timeout
  *   KVG_NATS             exit 1  NATS answered but the bus could not be set up (JetStream off, timeouts)
  *   KVG_FILE             exit 1  a file or directory named by a flag that cannot be read or written
@@ -14,7 +15,7 @@
  */
 import { KvgateError } from '@kvgate/protocol';
 
-export type FatalCode = 'KVG_BAD_FLAG' | 'KVG_CONFIG' | 'KVG_PORT_IN_USE' | 'KVG_ADDRESS' | 'KVG_NATS_UNREACHABLE' | 'KVG_NATS' | 'KVG_FILE' | 'KVG_STARTUP';
+export type FatalCode = 'KVG_BAD_FLAG' | 'KVG_CONFIG' | 'KVG_PORT_IN_USE' | 'KVG_ADDRESS' | 'KVG_NATS_AUTH' | 'KVG_NATS_UNREACHABLE' | 'KVG_NATS' | 'KVG_FILE' | 'KVG_STARTUP';
 
 export interface Fatal {
   code: FatalCode;
@@ -72,6 +73,9 @@ export function classify(cmd: string, err: unknown): Fatal {
   }
   if (err instanceof KvgateError) {
     if (err.code === 'KVG_CONFIG') return { code: 'KVG_CONFIG', what: msg, hint: `kvgate ${cmd} --help lists the options`, exitCode: 2 };
+    if (err.code === 'KVG_BUS' && /cannot connect to NATS.*(rejected the credentials|TLS|certificate|SSL)/i.test(msg)) {
+      return { code: 'KVG_NATS_AUTH', what: msg, hint: 'check --nats-user/--nats-password, --nats-token, --nats-nkey, --nats-creds and --nats-tls-* (or the URL\'s user:pass)', exitCode: 1 };
+    }
     if (err.code === 'KVG_BUS' && /cannot connect to NATS/.test(msg)) {
       return { code: 'KVG_NATS_UNREACHABLE', what: msg, hint: 'is nats-server running (with -js) at that URL? check --nats, or wait longer with --nats-connect-timeout', exitCode: 1 };
     }

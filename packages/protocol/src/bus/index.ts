@@ -7,7 +7,7 @@ import { logger } from '../log.js';
 
 export { Channel } from './channel.js';
 export { MemoryBus, MemoryHub } from './memory.js';
-export { NatsBus, connectNats, type NatsBusOptions } from './nats.js';
+export { NatsBus, connectNats, natsAuthOptions, redactNatsUrl, type NatsBusOptions } from './nats.js';
 export { FaultyBus, parseBusFaults, type BusFaults, type FaultCounts } from './faulty.js';
 
 export interface CreateBusOptions extends NatsBusOptions {

@@ -11,8 +11,11 @@
  * event MemoryBus's timers produce. Times come from the server's store timestamp; the rule assumes the
  * clocks of client and server agree to well within the TTL.
  */
+import { readFileSync } from 'node:fs';
 import {
   connect,
+  credsAuthenticator,
+  nkeyAuthenticator,
   DeliverPolicy,
   DiscardPolicy,
   Events,
@@ -77,6 +80,113 @@ export interface NatsBusOptions {
    * production NATS runs. Default: KVGATE_NATS_REPLICAS, else 1. Existing streams keep theirs.
    */
   replicas?: number;
+  /** NATS user (also read from a `nats://user:pass@host` URL, which the option overrides); default none */
+  user?: string;
+  /** NATS password; default none */
+  pass?: string;
+  /** NATS token; default none */
+  token?: string;
+  /** path to an nkey seed file (`SU…`); default none */
+  nkeySeedFile?: string;
+  /** path to a `.creds` file (user JWT + seed, from nsc); default none */
+  credsFile?: string;
+  /** TLS: CA bundle, client cert and key (PEM file paths). Any of them (or a tls:// URL) turns TLS on; default off */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
+}
+
+/**
+ * The URL(s) with every password or token blanked: `nats://user:***@host:4222`. Every log line and error that
+ * names a NATS URL goes through this; a string that does not parse as a URL keeps only what follows an '@'.
+ */
+export function redactNatsUrl(url: string): string {
+  return url
+    .split(',')
+    .map((raw) => {
+      const s = raw.trim();
+      const at = s.lastIndexOf('@');
+      if (at < 0) return s;
+      const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(s)?.[0] ?? '';
+      const cred = s.slice(scheme.length, at);
+      const colon = cred.indexOf(':');
+      // user:pass → user:***; a bare token (nats://token@host) → ***
+      const shown = colon >= 0 ? `${cred.slice(0, colon)}:***` : '***';
+      return `${scheme}${shown}${s.slice(at)}`;
+    })
+    .join(',');
+}
+
+/** each server of a comma-separated URL list, credentials taken out (nats.js gets them as options) */
+function splitServers(url: string): { servers: string[]; user?: string; pass?: string; token?: string; tls: boolean } {
+  const servers: string[] = [];
+  let user: string | undefined;
+  let pass: string | undefined;
+  let token: string | undefined;
+  let tls = false;
+  for (const raw of url.split(',')) {
+    const s = raw.trim();
+    if (!s) continue;
+    if (/^tls:\/\//i.test(s)) tls = true;
+    const at = s.lastIndexOf('@');
+    if (at < 0) {
+      servers.push(s);
+      continue;
+    }
+    const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(s)?.[0] ?? '';
+    const cred = s.slice(scheme.length, at);
+    const colon = cred.indexOf(':');
+    if (colon >= 0) {
+      user = decodeURIComponent(cred.slice(0, colon));
+      pass = decodeURIComponent(cred.slice(colon + 1));
+    } else {
+      token = decodeURIComponent(cred);
+    }
+    servers.push(`${scheme}${s.slice(at + 1)}`);
+  }
+  return { servers, ...(user !== undefined ? { user } : {}), ...(pass !== undefined ? { pass } : {}), ...(token !== undefined ? { token } : {}), tls };
+}
+
+function readSecretFile(path: string, what: string): Uint8Array {
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch (err) {
+    throw new KvgateError('KVG_CONFIG', `cannot read the NATS ${what} file ${JSON.stringify(path)}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`, { cause: err });
+  }
+}
+
+/** The auth and TLS part of nats.js's ConnectionOptions from NatsBusOptions and the URL (pure but for reading the named files). */
+export function natsAuthOptions(url: string, o: NatsBusOptions): Pick<ConnectionOptions, 'servers' | 'user' | 'pass' | 'token' | 'authenticator' | 'tls'> {
+  const u = splitServers(url);
+  const out: Pick<ConnectionOptions, 'servers' | 'user' | 'pass' | 'token' | 'authenticator' | 'tls'> = { servers: u.servers };
+  const user = o.user ?? u.user;
+  const pass = o.pass ?? u.pass;
+  const token = o.token ?? u.token;
+  if (o.credsFile && o.nkeySeedFile) throw new KvgateError('KVG_CONFIG', 'give either a NATS .creds file or an nkey seed file, not both');
+  if (user !== undefined) out.user = user;
+  if (pass !== undefined) out.pass = pass;
+  if (token !== undefined) out.token = token;
+  if (o.credsFile) out.authenticator = credsAuthenticator(readSecretFile(o.credsFile, '.creds'));
+  else if (o.nkeySeedFile) {
+    const seed = new TextDecoder().decode(readSecretFile(o.nkeySeedFile, 'nkey seed')).split(/\s+/).find((l) => /^S[A-Z0-9]{20,}$/.test(l));
+    if (!seed) throw new KvgateError('KVG_CONFIG', `the NATS nkey seed file ${JSON.stringify(o.nkeySeedFile)} holds no seed (a line starting with S…)`);
+    out.authenticator = nkeyAuthenticator(new TextEncoder().encode(seed));
+  }
+  const t = o.tls ?? {};
+  if (u.tls || t.caFile || t.certFile || t.keyFile) {
+    if ((t.certFile === undefined) !== (t.keyFile === undefined)) throw new KvgateError('KVG_CONFIG', 'a NATS TLS client certificate needs its key, and a key its certificate');
+    // nats.js (node) reads these paths itself when it connects; check them now for a clear error
+    if (t.caFile) readSecretFile(t.caFile, 'TLS CA');
+    if (t.certFile) readSecretFile(t.certFile, 'TLS certificate');
+    if (t.keyFile) readSecretFile(t.keyFile, 'TLS key');
+    out.tls = { ...(t.caFile ? { caFile: t.caFile } : {}), ...(t.certFile ? { certFile: t.certFile } : {}), ...(t.keyFile ? { keyFile: t.keyFile } : {}) };
+  }
+  return out;
+}
+
+/** a nats.js error message with anything secret the options hold blanked (servers echo little, but be sure) */
+function scrub(msg: string, secrets: Array<string | undefined>): string {
+  let m = msg;
+  for (const s of secrets) if (s && s.length >= 3) m = m.split(s).join('***');
+  return m;
 }
 
 /** replicas from the option or KVGATE_NATS_REPLICAS; a bad value is a clear KVG_CONFIG error */
@@ -195,8 +305,10 @@ function isNotFound(err: unknown): boolean {
 export async function connectNats(url: string, opts: NatsBusOptions = {}): Promise<NatsBus> {
   const log = opts.log ?? logger('bus.nats');
   const replicas = replicasOf(opts);
+  const auth = natsAuthOptions(url, opts);
+  const shown = redactNatsUrl(url);
   const copts: ConnectionOptions = {
-    servers: url.split(',').map((s) => s.trim()),
+    ...auth,
     name: opts.name ?? 'kvgate',
     maxReconnectAttempts: -1,
     reconnectTimeWait: opts.reconnectWaitMs ?? 250,
@@ -214,13 +326,15 @@ export async function connectNats(url: string, opts: NatsBusOptions = {}): Promi
       const retry = code === 'CONNECTION_REFUSED' || code === 'CONNECTION_TIMEOUT' || code === 'TIMEOUT';
       const wait = copts.reconnectTimeWait ?? 250;
       if (!retry || Date.now() + wait >= deadline) {
-        const why = retry ? `unreachable after ${budget} ms` : 'refused the connection';
-        throw new BusError('KVG_BUS', `cannot connect to NATS at ${url}: ${why} (${(err as Error).message})`, { cause: err });
+        const auth = code === 'AUTHORIZATION_VIOLATION' || /authori[sz]ation/i.test((err as Error).message);
+        const why = retry ? `unreachable after ${budget} ms` : auth ? 'rejected the credentials (authorization violation)' : 'refused the connection';
+        const detail = scrub((err as Error).message, [copts.pass, copts.token]);
+        throw new BusError('KVG_BUS', `cannot connect to NATS at ${shown}: ${why} (${detail})`);
       }
       await new Promise((r) => setTimeout(r, wait));
     }
   }
-  const bus = new NatsBus(nc, url, log, opts.jetstreamTimeoutMs ?? 5000, replicas);
+  const bus = new NatsBus(nc, shown, log, opts.jetstreamTimeoutMs ?? 5000, replicas);
   return bus;
 }
 
