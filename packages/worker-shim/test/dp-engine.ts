@@ -16,7 +16,7 @@
 import { createServer as createNetServer } from 'node:net';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { Router, XPublisher } from 'zeromq';
-import { mp, seqFrame, type Hash } from './fake-engine.js';
+import { mp, seqFrame, serveReplay, type Hash } from './fake-engine.js';
 
 type Bytes = number[];
 const hashBytes = (h: Hash): Bytes => (typeof h === 'bigint' ? mp.uint(h) : mp.bin(h));
@@ -100,21 +100,8 @@ export class EngineRank {
     return this.#subscribed;
   }
 
-  /** vLLM's `_service_replay`: `[id, '', seq, payload]` per buffered batch from the start seq, then `END_SEQ` (-1) */
-  async #serveReplay(): Promise<void> {
-    try {
-      for await (const frames of this.router) {
-        const [id, , start] = frames;
-        if (!id || !start || start.length !== 8) continue;
-        const from = start.readBigUInt64BE();
-        this.replayRequests.push(from);
-        const seqs = [...this.buffer.keys()].filter((s) => s >= from).sort((a, b) => (a < b ? -1 : 1));
-        for (const s of seqs) await this.router.send([id, Buffer.alloc(0), seqFrame(s), this.buffer.get(s)!]);
-        await this.router.send([id, Buffer.alloc(0), Buffer.alloc(8, 0xff), Buffer.alloc(0)]);
-      }
-    } catch {
-      /* socket closed */
-    }
+  #serveReplay(): Promise<void> {
+    return serveReplay(this.router, this.buffer, this.replayRequests);
   }
 
   /** publish one batch at this rank's next seq, kept for replay (topic empty, as vLLM's default) */

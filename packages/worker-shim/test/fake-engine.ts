@@ -109,6 +109,27 @@ export function vllmMapBatch(events: Ev[], ts = Date.now() / 1000): Uint8Array {
   return Uint8Array.from(mp.map([['ts', mp.float64(ts)], ['events', mp.array(evs)], ['data_parallel_rank', mp.uint(0)]]));
 }
 
+/**
+ * vLLM's `_service_replay` on a ROUTER socket: for each request `[id, '', start]`, `[id, '', seq, payload]` for
+ * every buffered batch from `start` on, then the end marker (seq -1, empty payload). Records each start in
+ * `requests`; ends when the socket closes.
+ */
+export async function serveReplay(router: Router, buffer: Map<bigint, Uint8Array>, requests: bigint[]): Promise<void> {
+  try {
+    for await (const frames of router) {
+      const [id, , start] = frames;
+      if (!id || !start || start.length !== 8) continue;
+      const from = start.readBigUInt64BE();
+      requests.push(from);
+      const seqs = [...buffer.keys()].filter((s) => s >= from).sort((a, b) => (a < b ? -1 : 1));
+      for (const s of seqs) await router.send([id, Buffer.alloc(0), seqFrame(s), buffer.get(s)!]);
+      await router.send([id, Buffer.alloc(0), Buffer.alloc(8, 0xff), Buffer.alloc(0)]);
+    }
+  } catch {
+    /* socket closed */
+  }
+}
+
 export function seqFrame(seq: number | bigint): Buffer {
   return Buffer.from(be(BigInt(seq), 8));
 }
@@ -176,20 +197,8 @@ export class FakeEngine {
     return this.#subscribed;
   }
 
-  async #serveReplay(): Promise<void> {
-    try {
-      for await (const frames of this.router) {
-        const [id, , start] = frames;
-        if (!id || !start || start.length !== 8) continue;
-        const from = start.readBigUInt64BE();
-        this.replayRequests.push(from);
-        const seqs = [...this.buffer.keys()].filter((s) => s >= from).sort((a, b) => (a < b ? -1 : 1));
-        for (const s of seqs) await this.router.send([id, Buffer.alloc(0), seqFrame(s), this.buffer.get(s)!]);
-        await this.router.send([id, Buffer.alloc(0), Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Buffer.alloc(0)]);
-      }
-    } catch {
-      /* socket closed */
-    }
+  #serveReplay(): Promise<void> {
+    return serveReplay(this.router, this.buffer, this.replayRequests);
   }
 
   /** next engine sequence number */
