@@ -7,10 +7,10 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { LoadClient } from './client.js';
 import { buildPlan, runPlan, type PlanSpec } from './plan.js';
 
-const { spec, urls } = workerData as { spec: PlanSpec; urls: string[] };
+const { spec, urls, apiKey } = workerData as { spec: PlanSpec; urls: string[]; apiKey?: string };
 const port = parentPort!;
 const plan = buildPlan(spec);
-const client = new LoadClient(urls);
+const client = new LoadClient(urls, undefined, apiKey);
 let last = 0;
 const { results, wallMs } = await runPlan(plan, client, (done) => {
   const now = Date.now();

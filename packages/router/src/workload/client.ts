@@ -27,8 +27,11 @@ interface SseChunk {
 export class LoadClient {
   #pools: Pool[];
   #next = 0;
+  readonly #headers: Record<string, string>;
 
-  constructor(routerUrls: string[], connections = 1024) {
+  /** `apiKey`: sent as `Authorization: Bearer …` (routers with --api-key) */
+  constructor(routerUrls: string[], connections = 1024, apiKey?: string) {
+    this.#headers = { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) };
     this.#pools = routerUrls.map((u) => new Pool(u, { connections, keepAliveTimeout: 30_000, headersTimeout: 0, bodyTimeout: 0 }));
   }
 
@@ -39,7 +42,7 @@ export class LoadClient {
     const t0 = performance.now();
     const out: RequestResult = { ok: false, status: 0, worker: undefined, ttftMs: NaN, e2eMs: NaN, itlMs: [], promptTokens: 0, cachedTokens: 0 };
     try {
-      const res = await pool.request({ path, method: 'POST', body, headers: { 'content-type': 'application/json' } });
+      const res = await pool.request({ path, method: 'POST', body, headers: this.#headers });
       out.status = res.statusCode;
       const w = res.headers['x-kvgate-worker'];
       out.worker = typeof w === 'string' ? w : undefined;

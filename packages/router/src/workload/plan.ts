@@ -210,10 +210,10 @@ export function buildPlan(spec: PlanSpec, tokenizer?: PromptTokenizer): Plan {
   return plan;
 }
 
-/** runPlan in a worker thread (client-thread.ts). */
-export async function runPlanInThread(spec: PlanSpec, urls: string[], onDone: (done: number) => void = () => {}): Promise<{ results: RequestResult[]; wallMs: number }> {
+/** runPlan in a worker thread (client-thread.ts); `o.apiKey`: the client's key for routers that require one. */
+export async function runPlanInThread(spec: PlanSpec, urls: string[], onDone: (done: number) => void = () => {}, o: { apiKey?: string } = {}): Promise<{ results: RequestResult[]; wallMs: number }> {
   const { Worker } = await import('node:worker_threads');
-  const w = new Worker(new URL('./client-thread-boot.mjs', import.meta.url), { workerData: { spec, urls }, env: process.env });
+  const w = new Worker(new URL('./client-thread-boot.mjs', import.meta.url), { workerData: { spec, urls, ...(o.apiKey ? { apiKey: o.apiKey } : {}) }, env: process.env });
   return new Promise((resolve, reject) => {
     w.on('message', (m: { progress?: number; results?: RequestResult[]; wallMs?: number }) => {
       if (m.progress !== undefined) onDone(m.progress);

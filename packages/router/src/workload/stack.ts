@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { type Bus } from '@kvgate/protocol';
-import { createBus } from '@kvgate/protocol/bus/index';
+import { createBus, type NatsBusOptions } from '@kvgate/protocol/bus/index';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
 import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
@@ -21,6 +21,10 @@ export interface StackOptions {
   model?: string;
   /** NATS URL; absent = MemoryBus */
   nats?: string;
+  /** NATS credentials and TLS for the stack's one connection (user/pass, token, nkey, .creds, tls); default none */
+  natsAuth?: Pick<NatsBusOptions, 'user' | 'pass' | 'token' | 'nkeySeedFile' | 'credsFile' | 'tls'>;
+  /** API keys every router requires (`Authorization: Bearer …`); default none (open) */
+  apiKeys?: readonly string[];
   /** subject namespace (default: a fresh random one on NATS, 'default' in memory) */
   namespace?: string;
   /** options for every engine (blockSize, numBlocks, speedup, …) */
@@ -62,7 +66,7 @@ export interface Stack {
 export async function startStack(o: StackOptions = {}): Promise<Stack> {
   const model = o.model ?? 'qwen3-8b';
   const namespace = o.namespace ?? (o.nats ? `kvg${randomBytes(4).toString('hex')}` : 'default');
-  const bus = await createBus(o.nats ? { nats: o.nats } : {});
+  const bus = await createBus(o.nats ? { nats: o.nats, ...o.natsAuth } : {});
   const engines: EngineHandle[] = [];
   const shims: ShimHandle[] = [];
   const routers: RouterHandle[] = [];
@@ -84,6 +88,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
         // in one process the indexer answers by direct call (NATS: over the bus, as in production)
         ...(o.nats || o.indexOverBus ? {} : { index: indexer!.client }),
         ...(o.clusterSecret ? { clusterSecret: o.clusterSecret } : {}),
+        ...(o.apiKeys?.length ? { apiKeys: o.apiKeys } : {}),
         ...ro,
         port: i === 0 ? (o.routerPort ?? 0) : 0,
       });
