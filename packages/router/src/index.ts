@@ -4,3 +4,5 @@ export { POLICIES, isPolicy, Selector, type Policy, type Decision } from './sele
 export { Inflight, type InflightOptions, type Ticket } from './inflight.js';
 export { WorkerView, type Pool } from './workers.js';
 export { PromptTokenizer } from './tokenize.js';
+export { RoutingCore, decisionRecord, type Route, type RouteRequest, type RoutingCoreOptions, type ClusterState, type TokenizerPort, type IndexQuery, type DecisionSink, type PendingDecision } from './routing-core.js';
+export { ClusterView, type ClusterViewOptions } from './cluster-view.js';

@@ -1,0 +1,388 @@
+/**
+ * The HTTP edge: the OpenAI-compatible server in front of the routing core. It owns the listener and what is
+ * HTTP about a request — API keys and rate limits (api-keys.ts, rate-limit.ts), reading and validating the body
+ * (http.ts), the upstream call and the relay (proxy.ts), trace spans, the engine-usage tap (diag.ts) and the
+ * drain on close (http-drain.ts). Routing itself is the core's (routing-core.ts); what the cluster looks like, the
+ * cluster view's (cluster-view.ts).
+ *
+ * Request path (POST /v1/completions, /v1/chat/completions), top to bottom in this file:
+ *   handle: admit (API key, request bucket) → read + validate → strip client P/D fields
+ *   proxy:  core.route → prompt-token bucket → core.commit → upstream (headers, signature) → relay chunk by chunk;
+ *           a connect failure or a 5xx before the first byte marks the worker suspect and goes to
+ *           core.reroute without the workers tried, until one answers or none is left.
+ * POST /v1/route answers the decision without proxying (routeOnly).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { extractTraceContext, HttpDrain, injectTraceHeaders, KvgateError, signRequest, SpanStatusCode, tracer, type Logger, type Span } from '@kvgate/protocol';
+import type { Agent } from 'undici';
+import type { ApiKeys } from './api-keys.js';
+import type { ClusterView } from './cluster-view.js';
+import { RouterDiag, UsageTap, type SentRequest } from './diag.js';
+import type { FailureReason } from './health.js';
+import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
+import type { RouterMetrics } from './metrics.js';
+import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
+import type { RateLimiter } from './rate-limit.js';
+import type { Route, RoutingCore } from './routing-core.js';
+
+export interface HttpEdgeOptions {
+  id: string;
+  core: RoutingCore;
+  cluster: ClusterView;
+  metrics: RouterMetrics;
+  diag: RouterDiag;
+  log: Logger;
+  /** the upstream keep-alive agent (proxy.ts createAgent) */
+  agent: Agent;
+  /** request body limit, bytes */
+  bodyLimit: number;
+  apiKeys: ApiKeys;
+  /** /healthz, /readyz and /metrics need a key too */
+  authHealth: boolean;
+  limiter: RateLimiter;
+  /** `Authorization` value sent upstream, or undefined */
+  engineAuth: string | undefined;
+  forwardClientAuth: boolean;
+  trustClientPd: boolean;
+  clusterSecret: string | undefined;
+}
+
+export interface EdgeStats {
+  requests: number;
+  retries: number;
+}
+
+interface ParsedUrl {
+  origin: string;
+  basePath: string;
+  host: string;
+}
+
+export class HttpEdge {
+  readonly server: Server;
+  /** SIGTERM: stop accepting, let responses finish, cut the rest cleanly */
+  readonly drain: HttpDrain;
+  readonly #o: HttpEdgeOptions;
+  readonly #core: RoutingCore;
+  readonly #cluster: ClusterView;
+  readonly #metrics: RouterMetrics;
+  readonly #log: Logger;
+  readonly #stats: EdgeStats = { requests: 0, retries: 0 };
+  readonly #openPerWorker = new Map<string, number>();
+  /** parsed worker URLs (a handful of distinct ones; parsing each request's costs a few µs and garbage) */
+  readonly #urls = new Map<string, ParsedUrl>();
+
+  constructor(o: HttpEdgeOptions) {
+    this.#o = o;
+    this.#core = o.core;
+    this.#cluster = o.cluster;
+    this.#metrics = o.metrics;
+    this.#log = o.log;
+    this.server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (inReq, res) => {
+      const path = (inReq.url ?? '/').split('?')[0]!;
+      this.#stats.requests++;
+      res.on('finish', () => this.#metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
+      this.#handle(path, inReq, res).catch((e) => {
+        if (!(e instanceof KvgateError)) this.#log.error({ err: (e as Error).stack }, 'request failed');
+        if (e instanceof RateLimited && !res.headersSent) res.setHeader('retry-after', String(e.retryAfterS));
+        sendError(res, e);
+      });
+    });
+    this.drain = new HttpDrain(this.server, 'router');
+  }
+
+  stats(): EdgeStats {
+    return { ...this.#stats };
+  }
+
+  listen(port: number, host: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => resolve());
+    });
+  }
+
+  /** Stop accepting; in-flight responses get `drainMs` to finish, then are cut cleanly. */
+  async close(drainMs: number): Promise<void> {
+    await this.drain.close(this.server, drainMs);
+  }
+
+  async #handle(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = inReq.method ?? 'GET';
+    const guarded = path.startsWith('/v1/') || (this.#o.authHealth && (path === '/healthz' || path === '/readyz' || path === '/metrics'));
+    const client = guarded ? this.#admit(path, inReq, res) : '';
+    if (client === undefined) return;
+    if (method === 'GET') {
+      if (path === '/healthz') return sendJson(res, 200, { status: 'ok', router: this.#o.id });
+      if (path === '/readyz') return this.#readyz(res);
+      if (path === '/metrics') {
+        const text = await this.#metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': this.#metrics.registry.contentType });
+        res.end(text);
+        return;
+      }
+      if (path === '/v1/models') {
+        return sendJson(res, 200, { object: 'list', data: this.#cluster.workers.models().map((m) => ({ id: m.id, object: 'model', created: 0, owned_by: 'kvgate', root: m.root, parent: m.lora ? m.root : null })) });
+      }
+    }
+    if (method === 'POST' && (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/route')) {
+      const raw = await readBody(inReq, this.#o.bodyLimit);
+      const kind = path === '/v1/completions' ? 'completion' : path === '/v1/chat/completions' ? 'chat' : 'either';
+      const req = validateApiRequest(kind, raw);
+      if (!this.#o.trustClientPd && req.body.kv_transfer_params !== undefined) {
+        // a client must not choose where KV blocks come from (or go): only the router's own P/D pairing sets this
+        delete req.body.kv_transfer_params;
+        req.raw = Buffer.from(JSON.stringify(req.body));
+      }
+      if (path === '/v1/route') return this.#routeOnly(req, res);
+      const span = tracer().startSpan('kvgate.route', { attributes: { 'kvgate.model': req.model, 'kvgate.router': this.#o.id } }, extractTraceContext(inReq.headers));
+      try {
+        await this.#proxy(req, path, inReq, res, span, client);
+      } catch (e) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+        span.end();
+        throw e;
+      }
+      return;
+    }
+    throw new KvgateError('KVG_NOT_FOUND', `no route for ${method} ${path}`);
+  }
+
+  /**
+   * The API key check (before the body is read) and the request bucket: the key's label names the caller, or its
+   * address when the router has no keys. undefined = already answered 401.
+   */
+  #admit(path: string, inReq: IncomingMessage, res: ServerResponse): string | undefined {
+    const { apiKeys, limiter } = this.#o;
+    let client: string;
+    if (apiKeys.size > 0) {
+      const label = apiKeys.check(inReq.headers.authorization);
+      if (label === undefined) {
+        sendJson(res, 401, { error: { message: 'Invalid or missing API key: send Authorization: Bearer <key>', type: 'invalid_request_error', code: 'invalid_api_key' } }, { 'www-authenticate': 'Bearer' });
+        return undefined;
+      }
+      client = label;
+    } else client = `addr:${inReq.socket.remoteAddress ?? '?'}`;
+    if (limiter.enabled && path.startsWith('/v1/')) {
+      const wait = limiter.request(client);
+      if (wait > 0) throw this.#rateLimited(client, wait, 'requests per second');
+    }
+    return client;
+  }
+
+  async #proxy(req: ApiRequest, path: string, inReq: IncomingMessage, res: ServerResponse, span: Span, client: string): Promise<void> {
+    const o = this.#o;
+    const core = this.#core;
+    const t0 = performance.now();
+    let routed = await core.route(req);
+    // the prompt-token bucket: charged once the prompt's tokens are known (a raw-size estimate without them)
+    if (o.limiter.enabled) {
+      const wait = o.limiter.tokens(client, routed.tokens?.length ?? Math.ceil(req.raw.length / 4));
+      if (wait > 0) throw this.#rateLimited(client, wait, 'prompt tokens per second');
+    }
+    const rid = inReq.headers['x-request-id'];
+    const requestId = typeof rid === 'string' && rid.length > 0 && rid.length <= 200 ? rid : randomUUID();
+    const abort = new UpstreamAbort();
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
+    /** workers this request already failed on (never tried twice) */
+    const tried = new Set<string>();
+    for (let attempt = 0; ; attempt++) {
+      const { decision } = routed;
+      const tickets = core.commit(routed, req, requestId);
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      const tp = inReq.headers.traceparent;
+      if (typeof tp === 'string') headers.traceparent = tp;
+      // the client's credentials stay here: upstream gets the engine's own key (unless told to forward the client's)
+      const auth = o.forwardClientAuth ? inReq.headers.authorization : undefined;
+      if (typeof auth === 'string') headers.authorization = auth;
+      else if (o.engineAuth) headers.authorization = o.engineAuth;
+      headers['x-request-id'] = requestId;
+      // a data-parallel rank of one engine server: vLLM's API server reads this hint (X-data-parallel-rank)
+      if (decision.worker.dpRank !== undefined) headers['x-data-parallel-rank'] = String(decision.worker.dpRank);
+      if (decision.prefill) headers['x-prefiller-host-port'] = this.#parsedUrl(decision.prefill.engineUrl).host;
+      else if (o.trustClientPd && typeof inReq.headers['x-prefiller-host-port'] === 'string') headers['x-prefiller-host-port'] = inReq.headers['x-prefiller-host-port'];
+      injectTraceHeaders(headers, span);
+      const extra: Record<string, string> = { 'x-kvgate-worker': decision.worker.worker, 'x-request-id': requestId };
+      if (decision.prefill) extra['x-kvgate-prefill'] = decision.prefill.worker;
+      span.setAttribute('kvgate.worker', decision.worker.worker);
+      span.setAttribute('kvgate.overlap_blocks', decision.overlap);
+      if (attempt === 0) this.#metrics.routeSeconds.observe((performance.now() - t0) / 1000);
+      const u = this.#parsedUrl(decision.worker.url);
+      const worker = decision.worker.worker;
+      if (o.clusterSecret) Object.assign(headers, signRequest(o.clusterSecret, 'POST', u.basePath + path, req.raw));
+      this.#setOpen(worker, 1);
+      this.#cluster.health.sent(worker);
+      let up;
+      try {
+        up = await openUpstream(o.agent, u.origin, u.basePath + path, req.raw, headers, abort);
+      } catch (e) {
+        core.finish(tickets);
+        this.#setOpen(worker, -1);
+        if (abort.aborted) {
+          this.#cluster.health.abandoned(worker);
+          span.end();
+          return;
+        }
+        if (e instanceof UpstreamError && e.beforeFirstByte) {
+          const reason: FailureReason = e.status !== undefined ? 'status' : 'connect';
+          this.#cluster.upstreamFailed(worker, reason, e);
+          tried.add(worker);
+          if (decision.prefill) tried.add(decision.prefill.worker);
+          try {
+            routed = core.reroute(routed, tried);
+          } catch (again) {
+            // no other worker to try: the upstream failure is the better answer
+            if (again instanceof KvgateError && again.code === 'KVG_NO_WORKER') throw e;
+            throw again;
+          }
+          this.#stats.retries++;
+          this.#metrics.retries.inc({ reason });
+          this.#log.warn({ worker, next: routed.decision.worker.worker, reason, err: e.message }, 'upstream failed before the first byte; retrying on another worker');
+          continue;
+        }
+        throw e;
+      }
+      this.#cluster.upstreamAnswered(worker);
+      // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
+      const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
+      const sent = routed;
+      this.drain.onCut(
+        res,
+        relay(up, res, extra, {
+          onFirstByte: () => core.firstByte(tickets),
+          ...(tap ? { onChunk: (c: Buffer) => tap.push(c) } : {}),
+          onDone: (ok) => {
+            core.finish(tickets);
+            this.#setOpen(worker, -1);
+            if (!ok) abort.abort();
+            else if (tap) o.diag.observe(worker, sentRequest(sent, req), tap.usage());
+            span.end();
+          },
+        }),
+      );
+      return;
+    }
+  }
+
+  /** POST /v1/route: the decision and what it was made from, without proxying (nothing is credited or recorded). */
+  async #routeOnly(req: ApiRequest, res: ServerResponse): Promise<void> {
+    const r = await this.#core.route(req);
+    const { decision } = r;
+    const { workers, inflight } = this.#cluster;
+    const selector = this.#core.selector;
+    const load = (w: string) => {
+      const l = workers.lastLoad(w);
+      const f = inflight.total(w);
+      return { waiting: l?.waiting ?? 0, running: l?.running ?? 0, kvUsage: l?.kvUsage ?? 0, inflightPrefillTokens: f.prefillTokens, inflightDecodeBlocks: f.decodeBlocks };
+    };
+    sendJson(res, 200, {
+      worker: decision.worker.worker,
+      url: decision.worker.url,
+      ...(decision.prefill ? { prefill: decision.prefill.worker, prefillHostPort: this.#parsedUrl(decision.prefill.engineUrl).host } : {}),
+      model: r.pool.model,
+      lora: r.pool.lora,
+      blockSize: r.pool.blockSize,
+      promptTokens: r.tokens?.length ?? null,
+      promptBlocks: decision.promptBlocks,
+      overlap: decision.overlap,
+      cached: decision.cached,
+      ...(r.salted ? { salted: true } : {}),
+      indexAnswered: r.indexAnswered,
+      policy: selector.policy,
+      tierWeights: selector.weights.tierWeights,
+      // per worker, the cumulative per-tier overlap the score used (gpu ≤ cpu ≤ disk; gpu only: all three equal)
+      tiers: Object.fromEntries(decision.scored.map((s) => [s.worker, s.tiers])),
+      candidates: decision.scored.map((s) => ({
+        worker: s.worker,
+        overlap: s.overlap,
+        indexOverlap: r.overlaps?.[s.worker] ?? 0,
+        tiers: s.tiers,
+        ...(r.tiers?.[s.worker] ? { indexTiers: r.tiers[s.worker] } : {}),
+        cached: s.cached,
+        score: s.cost,
+        busy: s.busy,
+        load: load(s.worker),
+      })),
+    });
+  }
+
+  #readyz(res: ServerResponse): void {
+    const c = this.#cluster;
+    const live = c.liveCount();
+    const ready = c.registryLoaded && live > 0;
+    // a stale view stays ready: it is still used while the engines answer (the detail says so)
+    sendJson(res, ready ? 200 : 503, {
+      ready,
+      liveWorkers: live,
+      registryLoaded: c.registryLoaded,
+      busUp: c.hold.busUp(),
+      busSilentMs: c.hold.silentMs(),
+      viewStale: c.hold.stale(),
+      heldWorkers: c.hold.held(),
+      suspectWorkers: c.health.suspects(),
+      unhealthyWorkers: c.health.unhealthy(),
+    });
+  }
+
+  #rateLimited(client: string, waitS: number, what: string): RateLimited {
+    this.#log.debug({ client, retryAfterS: waitS }, `rate limited: ${what}`);
+    return new RateLimited(`rate limit reached (${what}); retry after ${waitS} s`, waitS);
+  }
+
+  #parsedUrl(url: string): ParsedUrl {
+    let p = this.#urls.get(url);
+    if (!p) {
+      const u = new URL(url);
+      p = { origin: u.origin, basePath: u.pathname.replace(/\/$/, ''), host: u.host };
+      if (this.#urls.size >= 1024) this.#urls.clear();
+      this.#urls.set(url, p);
+    }
+    return p;
+  }
+
+  #setOpen(worker: string, d: number): void {
+    const n = (this.#openPerWorker.get(worker) ?? 0) + d;
+    if (n <= 0) this.#openPerWorker.delete(worker);
+    else this.#openPerWorker.set(worker, n);
+    this.#metrics.inflight.set({ worker }, Math.max(0, n));
+  }
+}
+
+/** 429 KVG_RATE_LIMITED; the HTTP edge adds `Retry-After: retryAfterS` */
+class RateLimited extends KvgateError {
+  readonly retryAfterS: number;
+  constructor(message: string, retryAfterS: number) {
+    super('KVG_RATE_LIMITED', message);
+    this.retryAfterS = retryAfterS;
+  }
+}
+
+/** What diag.ts compares the engine's usage with: the router's token count and, single-worker only, the index's overlap. */
+function sentRequest(r: Route, req: ApiRequest): SentRequest {
+  const p = req.body.prompt;
+  const worker = r.decision.worker.worker;
+  return {
+    routerTokens: r.tokens?.length ?? null,
+    overlapBlocks: r.indexAnswered && !r.decision.prefill ? (r.overlaps?.[worker] ?? 0) : null,
+    blockSize: r.pool.blockSize,
+    batch: Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0])),
+  };
+}
+
+function endpointLabel(path: string): string {
+  switch (path) {
+    case '/v1/completions':
+    case '/v1/chat/completions':
+    case '/v1/route':
+    case '/v1/models':
+    case '/healthz':
+    case '/readyz':
+    case '/metrics':
+      return path;
+    default:
+      return 'other';
+  }
+}
