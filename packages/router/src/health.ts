@@ -1,6 +1,6 @@
 /**
  * Passive health: what the router learned about each worker's engine from its own upstream calls, its peers and
- * the shims' load reports. No I/O, clock injected; the router's edges feed it and ask it before each pick.
+ * the shims' load reports. No I/O, clock injected; the cluster view feeds it, the routing core asks it before each pick.
  *
  * Suspicion (one state machine per worker):
  *   healthy ──fail──▶ suspect(back-off b) ──b elapses──▶ probation ──request sent──▶ probing

@@ -11,7 +11,7 @@
  *   hash names its whole prefix, so only every `predictStride`-th block (and the last) is remembered: overlaps
  *   come out rounded down to that stride, at a fraction of the cost.
  *
- * No I/O: the router's bus edge calls `takeBatch()` on a timer and feeds peers' batches to `applyPeer()`.
+ * No I/O: the cluster view (cluster-view.ts) calls `takeBatch()` on a timer and feeds peers' batches to `applyPeer()`.
  */
 import { LRUCache } from 'lru-cache';
 import type { ActiveBatch, ActiveDelta } from '@kvgate/protocol';

@@ -1,5 +1,5 @@
 /**
- * The router's last-known registry through a bus outage. No I/O, clock injected; router.ts feeds it.
+ * The router's last-known registry through a bus outage. No I/O, clock injected; the cluster view (cluster-view.ts) feeds it.
  *
  * A registration that lapses (its TTL ran out with no re-put) is either a dead shim or a bus the shims could not
  * reach — or that this router could not hear: during a NATS outage every watcher lapses every key by itself. So a

@@ -1,6 +1,6 @@
 /**
  * The router's view of the workers: registrations (from the `…workers` KV bucket watch) and their latest load
- * reports (from `…load.*`). No I/O: the bus edge (router.ts) feeds it.
+ * reports (from `…load.*`). No I/O: the cluster view (cluster-view.ts) feeds it from the bus.
  *
  * A worker is live while its registration exists (the bucket's TTL expires dead shims: that is the liveness
  * signal). A load report older than `staleMs` is ignored (the worker counts as unloaded but for in-flight
