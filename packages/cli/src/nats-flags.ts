@@ -6,6 +6,7 @@
  */
 import type { NatsBusOptions } from '@kvgate/protocol';
 import type { FlagSpec } from './flags.js';
+import { FlagError } from './fatal.js';
 
 export const NATS_AUTH_SPEC = {
   'nats-user': { type: 'string', help: 'NATS user (or nats://user:pass@host in --nats)' },
@@ -20,8 +21,11 @@ export const NATS_AUTH_SPEC = {
 
 export type NatsAuthFlags = { [K in keyof typeof NATS_AUTH_SPEC]?: string | undefined };
 
-/** NatsBusOptions' auth and TLS fields from the parsed flags (absent flags add nothing) */
+/** NatsBusOptions' auth and TLS fields from the parsed flags (absent flags add nothing); ways that exclude each other throw FlagError */
 export function natsOptionsFrom(f: NatsAuthFlags): Pick<NatsBusOptions, 'user' | 'pass' | 'token' | 'nkeySeedFile' | 'credsFile' | 'tls'> {
+  const ways = [f['nats-user'] || f['nats-password'] ? '--nats-user/--nats-password' : '', f['nats-token'] ? '--nats-token' : '', f['nats-nkey'] ? '--nats-nkey' : '', f['nats-creds'] ? '--nats-creds' : ''].filter(Boolean);
+  if (ways.length > 1) throw new FlagError(`give one NATS authentication, not ${ways.join(' and ')}`);
+  if ((f['nats-tls-cert'] && !f['nats-tls-key']) || (f['nats-tls-key'] && !f['nats-tls-cert'])) throw new FlagError('--nats-tls-cert and --nats-tls-key go together');
   const tls = {
     ...(f['nats-tls-ca'] ? { caFile: f['nats-tls-ca'] } : {}),
     ...(f['nats-tls-cert'] ? { certFile: f['nats-tls-cert'] } : {}),

@@ -108,7 +108,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     if (now - lastLoraRefresh < LORA_REFRESH_MS) return;
     lastLoraRefresh = now;
     try {
-      const res = await request(`${o.engineUrl}/v1/models`, { headersTimeout: 2000, bodyTimeout: 2000 });
+      const res = await request(`${o.engineUrl}/v1/models`, { headersTimeout: 2000, bodyTimeout: 2000, ...(o.engineApiKey ? { headers: { authorization: `Bearer ${o.engineApiKey}` } } : {}) });
       const body = await res.body.json();
       if (res.statusCode === 200) loras.learnFromModels(lorasFromModels(body));
     } catch (e) {

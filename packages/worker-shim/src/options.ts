@@ -88,10 +88,16 @@ export interface ShimOptions {
    * (x-kvgate-signature, ±30 s; /healthz and /metrics stay open); absent = unsigned calls accepted. Never logged.
    */
   clusterSecret?: string;
+  /**
+   * the engine's own API key (vLLM --api-key), sent as `Authorization: Bearer …` on the shim's own /v1 calls to it
+   * (GET /v1/models for LoRA names; /health and /metrics need none). Proxied requests carry the router's. Never logged.
+   */
+  engineApiKey?: string;
 }
 
-export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank' | 'clusterSecret'>> & {
+export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank' | 'clusterSecret' | 'engineApiKey'>> & {
   clusterSecret: string | undefined;
+  engineApiKey: string | undefined;
   kvReplay: string | undefined;
   advertiseUrl: string | undefined;
   loraMap: Map<number, string>;
@@ -176,5 +182,6 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     engineProbeTimeoutMs: positive(o.engineProbeTimeoutMs ?? 1000, 'engine probe timeout'),
     engineDownDeregisterMs: positive(o.engineDownDeregisterMs ?? 30_000, 'engine-down deregistration bound', true),
     clusterSecret: o.clusterSecret || undefined,
+    engineApiKey: o.engineApiKey || undefined,
   };
 }

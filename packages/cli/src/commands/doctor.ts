@@ -7,6 +7,8 @@
 import { BusError, decodeDiag, decodeRegistration, KvgateError, subjects, type Bus, type DiagReport, type WorkerRegistration, type WorkerVerdict, verdicts } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { intFlag, parseFlags } from '../flags.js';
+import { classify, fatalLine } from '../fatal.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 
 export const summary = 'check every registered worker for misconfiguration (stale KV events, block size, tokenizer, hash mismatch)';
 
@@ -21,6 +23,7 @@ const SPEC = {
   'wait-ms': { type: 'string', default: '3000', help: 'listen this long for the shims\' and routers\' reports' },
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
   json: { type: 'boolean', help: 'one JSON object per worker line' },
+  ...NATS_AUTH_SPEC,
 } as const;
 
 export interface Examination {
@@ -114,11 +117,14 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   }
   const waitMs = intFlag(f['wait-ms'], 'wait-ms', 3000);
+  const natsAuth = natsOptionsFrom(f);
   let bus: Bus;
   try {
-    bus = await createBus({ nats: f.nats });
+    bus = await createBus({ nats: f.nats, ...natsAuth });
   } catch (e) {
-    console.error(`kvgate doctor: cannot reach the bus: ${(e as Error).message}`);
+    // refused credentials: the one fatal line with its code (KVG_NATS_AUTH); still exit 2, the bus cannot be used
+    const fatal = classify('doctor', e);
+    console.error(fatal.code === 'KVG_NATS_AUTH' ? fatalLine('doctor', fatal) : `kvgate doctor: cannot reach the bus: ${(e as Error).message}`);
     return 2;
   }
   try {

@@ -1,6 +1,8 @@
 import { createBus, initTracing, logger, type Bus } from '@kvgate/protocol';
 import { startIndexer } from '@kvgate/indexer';
 import { parseFlags, intFlag } from '../flags.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
+import { redactNatsUrl } from '@kvgate/protocol/bus/index';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
@@ -20,6 +22,7 @@ const SPEC = {
   'gossip-ms': { type: 'string', help: 'gossip period in ms', default: '1000' },
   'ttl-ms': { type: 'string', help: 'worker registry TTL in ms (must match the shims)', default: '3000' },
   ...NATS_CONNECT_SPEC,
+  ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
 } as const;
 
@@ -52,19 +55,20 @@ export async function run(argv: string[]): Promise<number> {
   }
   const drain = drainMs(f);
   const connectTimeoutMs = natsConnectTimeoutMs(f);
+  const natsAuth = natsOptionsFrom(f);
   const log = logger('cli.indexer');
   await initTracing('kvgate-indexer');
   // a start-up failure throws: main.ts prints it in one line (fatal.ts); what was started is closed first
   let bus: Bus | null = null;
   let ix: Awaited<ReturnType<typeof startIndexer>> | null = null;
   try {
-    bus = await createBus({ nats: f.nats, name: `kvgate-indexer${f.id ? `-${f.id}` : ''}`, connectTimeoutMs });
+    bus = await createBus({ nats: f.nats, name: `kvgate-indexer${f.id ? `-${f.id}` : ''}`, connectTimeoutMs, ...natsAuth });
     ix = await startIndexer(bus, opts);
   } catch (e) {
     await within(2000, 'bus close', bus?.close() ?? Promise.resolve());
     throw e;
   }
-  log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ?? null, shards: opts.shards }, 'indexer listening');
+  log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ? redactNatsUrl(f.nats) : null, shards: opts.shards }, 'indexer listening');
   const running = ix;
   const b = bus;
   // the indexer has no long requests to drain: it closes its HTTP edge, shards and subscriptions

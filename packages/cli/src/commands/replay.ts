@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createBus, parseKvlog, initHashing, prefixHashes, hexToHash, hashToHex, type Bus, type KvlogRecord } from '@kvgate/protocol';
 import { parseFlags, intFlag } from '../flags.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom, type NatsAuthFlags } from '../nats-flags.js';
 import { parseTimeArg } from '../replay/time-arg.js';
 import { readStreams, writeKvlog, importRecords } from '../replay/stream-io.js';
 import { inspect } from '../replay/inspect.js';
@@ -37,13 +38,14 @@ const SPEC = {
   compress: { type: 'string', help: 'whatif: divide trace arrival times by this', default: '1' },
   limit: { type: 'string', help: 'whatif: replay only the first N requests' },
   json: { type: 'boolean', help: 'machine-readable output' },
+  ...NATS_AUTH_SPEC,
 } as const;
 
 type Parsed = NonNullable<ReturnType<typeof parseFlags<typeof SPEC>>>;
 
-async function withBus<T>(url: string | undefined, fn: (bus: Bus) => Promise<T>): Promise<T> {
-  if (!url) throw new Error('--nats URL is required (the in-memory bus lives only inside one process)');
-  const bus = await createBus({ nats: url });
+async function withBus<T>(f: NatsAuthFlags & { nats?: string | undefined }, fn: (bus: Bus) => Promise<T>): Promise<T> {
+  if (!f.nats) throw new Error('--nats URL is required (the in-memory bus lives only inside one process)');
+  const bus = await createBus({ nats: f.nats, ...natsOptionsFrom(f) });
   try {
     return await fn(bus);
   } finally {
@@ -56,7 +58,7 @@ const progress = (verb: string) => (n: number) => process.stderr.write(`\r[repla
 async function loadRecords(p: Parsed): Promise<KvlogRecord[]> {
   const file = p.positionals[1];
   if (file) return parseKvlog(readFileSync(file)).records;
-  return withBus(p.flags.nats, (bus) => readStreams(bus, { namespace: p.flags.namespace ?? 'default', progress: progress('read') }));
+  return withBus(p.flags, (bus) => readStreams(bus, { namespace: p.flags.namespace ?? 'default', progress: progress('read') }));
 }
 
 async function queryHashes(p: Parsed): Promise<bigint[] | undefined> {
@@ -85,7 +87,7 @@ export async function run(argv: string[]): Promise<number> {
         if (!f.out) throw new Error('export needs -o f.kvlog');
         const from = parseTimeArg(f.from), to = parseTimeArg(f.to);
         const ns = f.namespace ?? 'default';
-        const records = await withBus(f.nats, (bus) => readStreams(bus, { namespace: ns, ...(from !== undefined ? { from } : {}), ...(to !== undefined ? { to } : {}), progress: progress('read') }));
+        const records = await withBus(f, (bus) => readStreams(bus, { namespace: ns, ...(from !== undefined ? { from } : {}), ...(to !== undefined ? { to } : {}), progress: progress('read') }));
         writeFileSync(f.out, writeKvlog(records, { namespace: ns, ...(from !== undefined ? { from } : {}), ...(to !== undefined ? { to } : {}) }));
         const ev = records.filter((r) => r.kind === 'event').length;
         process.stderr.write('\n');
@@ -97,7 +99,7 @@ export async function run(argv: string[]): Promise<number> {
         if (!file) throw new Error('import needs a .kvlog file');
         const { records } = parseKvlog(readFileSync(file));
         const ns = argv.includes('--namespace') || process.env.KVGATE_NAMESPACE ? f.namespace ?? 'replay' : 'replay';
-        const counts = await withBus(f.nats, (bus) => importRecords(bus, records, ns, progress('imported')));
+        const counts = await withBus(f, (bus) => importRecords(bus, records, ns, progress('imported')));
         process.stderr.write('\n');
         console.log(f.json ? JSON.stringify({ namespace: ns, ...counts }) : `imported into namespace ${ns}: ${counts.events} event batches, ${counts.decisions} routing decisions`);
         return 0;

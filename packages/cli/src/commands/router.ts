@@ -4,6 +4,8 @@ import { initTracing, logger } from '@kvgate/protocol';
 import { loadTokenizer } from '@kvgate/protocol/tokenizer';
 import { DEFAULT_TIER_WEIGHTS, DEFAULT_WEIGHTS, isPolicy, parseTierWeights, startRouter, type TierWeights } from '@kvgate/router';
 import { intFlag, parseFlags } from '../flags.js';
+import { ROUTER_AUTH_SPEC, routerAuthFrom } from '../auth-flags.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
@@ -43,7 +45,9 @@ const SPEC = {
   'stale-view-ms': { type: 'string', default: '60000', help: 'bus silent this long: the last-known registry and load view are marked stale (metric, log, /readyz) and still used' },
   'suspect-backoff-ms': { type: 'string', default: '1000', help: 'a worker failing before its first byte is skipped this long, doubled per failed probe' },
   'suspect-max-backoff-ms': { type: 'string', default: '30000', help: 'ceiling of that back-off' },
+  ...ROUTER_AUTH_SPEC,
   ...NATS_CONNECT_SPEC,
+  ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
 } as const;
 
@@ -63,7 +67,10 @@ export async function run(argv: string[]): Promise<number> {
   // main.ts prints it in one line (fatal.ts), after what was started is closed
   const drain = drainMs(f);
   const connectTimeoutMs = natsConnectTimeoutMs(f);
+  const natsAuth = natsOptionsFrom(f);
+  const auth = routerAuthFrom(f);
   const options = {
+    ...auth,
     port: intFlag(f.port, 'port', 8080),
     host: f.host ?? '0.0.0.0',
     namespace: f.namespace ?? 'default',
@@ -88,7 +95,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   await initTracing('kvgate-router');
   const tokenizer = f.tokenizer ? await loadTokenizer(f.tokenizer) : undefined;
-  const bus = await createBus(f.nats ? { nats: f.nats, connectTimeoutMs } : {});
+  const bus = await createBus(f.nats ? { nats: f.nats, connectTimeoutMs, ...natsAuth } : {});
   let router;
   try {
     router = await startRouter(bus, { ...options, ...(tokenizer ? { tokenizer } : {}) });
@@ -97,7 +104,10 @@ export async function run(argv: string[]): Promise<number> {
     throw e;
   }
   const log = logger('cli');
-  log.info({ url: router.url, id: router.id, policy, bus: bus.kind }, 'router ready');
+  log.info(
+    { url: router.url, id: router.id, policy, bus: bus.kind, apiKeys: auth.apiKeys?.length ?? 0, rateLimited: auth.rateLimit !== undefined, clusterSigned: auth.clusterSecret !== undefined },
+    'router ready',
+  );
   const r = router;
   return serveUntilSignal('router', drain, async (ms) => {
     await within(ms + 2000, 'router close', r.close({ drainMs: ms }));

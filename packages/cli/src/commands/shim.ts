@@ -1,6 +1,8 @@
 import { createBus, initTracing, type WorkerRole } from '@kvgate/protocol';
 import { startShim } from '@kvgate/worker-shim';
-import { parseFlags, intFlag } from '../flags.js';
+import { parseFlags, intFlag, numberFlag } from '../flags.js';
+import { CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
@@ -22,7 +24,7 @@ const SPEC = {
   nats: { type: 'string', help: 'NATS URL (absent: in-memory bus, useful only for trying it out)' },
   namespace: { type: 'string', help: 'bus namespace', default: 'default' },
   port: { type: 'string', help: 'HTTP front port (P/D proxy, /healthz, /metrics); -1 = none', default: '8100' },
-  host: { type: 'string', help: 'HTTP front bind address', default: '0.0.0.0' },
+  host: { type: 'string', help: 'HTTP front bind address (in a pod: 0.0.0.0, with --cluster-secret)', default: '127.0.0.1' },
   'advertise-url': { type: 'string', help: 'URL routers use for this worker (default: http://<host>:<port> of the front)' },
   'block-size': { type: 'string', help: 'engine block size until the engine reports it', default: '16' },
   'lora-map': { type: 'string', help: 'LoRA int id → name for engines that send only lora_id, e.g. 1=sql-lora,2=chat' },
@@ -36,7 +38,12 @@ const SPEC = {
   'stale-events-s': { type: 'string', help: 'warn (and tell kvgate doctor) when the engine serves this long without one KV event', default: '60' },
   'engine-probe-ms': { type: 'string', help: "probe the engine's GET /health this often (a failed probe: load reports say healthy: false, /healthz 503)", default: '1000' },
   'engine-down-deregister-ms': { type: 'string', help: 'an engine down this long is deregistered (registered again once it answers)', default: '30000' },
+  'publish-buffer-batches': { type: 'string', help: 'event batches kept per worker while the bus cannot store them (past it: dropped, resync)', default: '10000' },
+  'publish-buffer-bytes': { type: 'string', help: 'bytes of event batches kept per worker while the bus cannot store them', default: String(64 * 1024 * 1024) },
+  'engine-api-key': { type: 'string', help: "the engine's own --api-key, for the shim's /v1/models calls (prefer KVGATE_ENGINE_API_KEY)" },
+  ...CLUSTER_SECRET_SPEC,
   ...NATS_CONNECT_SPEC,
+  ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
 } as const;
 
@@ -51,13 +58,17 @@ export async function run(argv: string[]): Promise<number> {
   const drain = drainMs(f);
   const connectTimeoutMs = natsConnectTimeoutMs(f);
   const port = intFlag(f.port, 'port', 8100);
+  const natsAuth = natsOptionsFrom(f);
+  const clusterSecret = clusterSecretFrom(f['cluster-secret']);
+  const publishBufferBatches = numberFlag(f['publish-buffer-batches'], 'publish-buffer-batches', 10_000, { min: 1, integer: true });
+  const publishBufferBytes = numberFlag(f['publish-buffer-bytes'], 'publish-buffer-bytes', 64 * 1024 * 1024, { min: 1, integer: true });
   let advertiseUrl = f['advertise-url'];
   if (!advertiseUrl && (f.host === '0.0.0.0' || f.host === '::') && port > 0) {
     const { hostname } = await import('node:os');
     advertiseUrl = `http://${hostname()}:${port}`;
   }
   await initTracing('kvgate-shim');
-  const bus = await createBus({ nats: f.nats, connectTimeoutMs });
+  const bus = await createBus({ nats: f.nats, connectTimeoutMs, ...natsAuth });
   let shim;
   try {
     shim = await startShim(bus, {
@@ -86,12 +97,19 @@ export async function run(argv: string[]): Promise<number> {
       staleEventsMs: intFlag(f['stale-events-s'], 'stale-events-s', 60) * 1000,
       engineProbeMs: intFlag(f['engine-probe-ms'], 'engine-probe-ms', 1000),
       engineDownDeregisterMs: intFlag(f['engine-down-deregister-ms'], 'engine-down-deregister-ms', 30_000),
+      publishBufferBatches,
+      publishBufferBytes,
+      ...(clusterSecret ? { clusterSecret } : {}),
+      ...(f['engine-api-key'] ? { engineApiKey: f['engine-api-key'] } : {}),
     });
   } catch (e) {
     await within(1500, 'bus close', bus.close());
     throw e;
   }
   console.error(`kvgate shim: worker ${shim.worker} up${shim.url ? ` at ${shim.url}` : ''}`);
+  if (!clusterSecret && port >= 0 && f.host !== '127.0.0.1' && f.host !== 'localhost' && f.host !== '::1') {
+    console.error(`kvgate shim: warning: the HTTP front on ${f.host} takes unsigned calls from anyone who reaches it; give every router and shim --cluster-secret`);
+  }
   const s = shim;
   return serveUntilSignal('shim', drain, async (ms) => {
     await within(ms + 3000, 'shim stop', s.stop({ drainMs: ms }));

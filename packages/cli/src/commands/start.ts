@@ -13,6 +13,8 @@ import type { Policy, RouterOptions } from '@kvgate/router';
 import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/router/workload/plan';
 import type { PolicyResult } from '@kvgate/router/workload/stats';
 import { intFlag, parseFlags } from '../flags.js';
+import { API_KEY_SPEC, apiKeysFrom, CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
+import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 
 /**
  * Built-in workload: per-engine KV blocks of 16 tokens (49k tokens). A quarter of the 16 shared contexts plus their
@@ -60,6 +62,9 @@ const SPEC = {
   },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (default 25, PCIe 4.0 ×16)' },
   json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], cpuOffload?} as JSON' },
+  ...API_KEY_SPEC,
+  ...CLUSTER_SECRET_SPEC,
+  ...NATS_AUTH_SPEC,
 } as const;
 
 function progressBar(label: string, total: number): { tick(done: number): void; end(): void } {
@@ -104,7 +109,7 @@ export async function run(argv: string[]): Promise<number> {
   // the table is the output; component info logs (shims leaving, …) would bury it (KVGATE_LOG_LEVEL=info shows
   // them). Set before the components' modules load: some create their logger at import.
   process.env.KVGATE_LOG_LEVEL ??= 'warn';
-  const [{ initHashing }, { loadTokenizer }, { isPolicy, PromptTokenizer }, { infiniteHitRate, pooledHitRate }, { buildPlan, planData, runPlanInThread }, { startStack }, { summarize }, { engineCounter }] =
+  const [{ initHashing, redactNatsUrl }, { loadTokenizer }, { isPolicy, PromptTokenizer }, { infiniteHitRate, pooledHitRate }, { buildPlan, planData, runPlanInThread }, { startStack }, { summarize }, { engineCounter }] =
     await Promise.all([
       import('@kvgate/protocol'),
       import('@kvgate/protocol/tokenizer'),
@@ -115,6 +120,12 @@ export async function run(argv: string[]): Promise<number> {
       import('@kvgate/router/workload/stats'),
       import('@kvgate/router/workload/engine-counters'),
     ]);
+  // auth (issue 13): the routers require these keys (the load client sends the first), routers sign every call
+  // to a shim with the cluster secret (every shim then gets an HTTP front that checks it), NATS credentials/TLS
+  const apiKeys = apiKeysFrom(f);
+  const clusterSecret = clusterSecretFrom(f['cluster-secret']);
+  const natsAuth = natsOptionsFrom(f);
+  const clientAuth = apiKeys.length > 0 ? { apiKey: apiKeys[0]! } : {};
   const policies = (f.policy ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   for (const p of policies) {
     if (!isPolicy(p)) {
@@ -154,7 +165,7 @@ export async function run(argv: string[]): Promise<number> {
     ? `${plan.requests.length} trace requests`
     : `${plan.requests.length} chat requests (${chatOptions.conversations} conversations × ${chatOptions.turns} turns over ${chatOptions.systemPrompts} shared ${chatOptions.systemWords}-word contexts, sent as ${chatOptions.format === 'chat' ? 'chat messages' : 'token ids'})`;
   process.stderr.write(
-    `kvgate start: ${what} over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${f.nats}` : 'in-memory bus'}\n`,
+    `kvgate start: ${what} over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${redactNatsUrl(f.nats)}` : 'in-memory bus'}${apiKeys.length ? ', API keys on' : ''}${clusterSecret ? ', cluster secret on' : ''}\n`,
   );
 
   const routerOptions = (policy: Policy): RouterOptions => ({
@@ -190,7 +201,9 @@ export async function run(argv: string[]): Promise<number> {
       engines,
       routers,
       model,
-      ...(f.nats ? { nats: f.nats } : {}),
+      ...(f.nats ? { nats: f.nats, natsAuth } : {}),
+      ...(apiKeys.length ? { apiKeys } : {}),
+      ...(clusterSecret ? { clusterSecret, shimFronts: true } : {}),
       tokenizer,
       routerPort: intFlag(f.port, 'port', 0),
       engineThreads: true,
@@ -210,7 +223,7 @@ export async function run(argv: string[]): Promise<number> {
       // a short throwaway pass (JIT in every thread, connection pools) so no policy is charged for it
       if (warmupN > 0) {
         const bar = progressBar(`warm-up${tag}`, warmupN);
-        await runPlanInThread({ ...spec, warmup: warmupN, warmupGapMs: 20 }, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+        await runPlanInThread({ ...spec, warmup: warmupN, warmupGapMs: 20 }, stack.routers.map((r) => r.url), (d) => bar.tick(d), clientAuth);
         bar.end();
       }
       for (const policy of policies as Policy[]) {
@@ -219,7 +232,7 @@ export async function run(argv: string[]): Promise<number> {
         const name = policy + tag;
         const cpuBefore = cpu > 0 ? await engineCounter(engineUrls, 'vllm:external_prefix_cache_hits_total') : 0;
         const bar = progressBar(name, plan.requests.length);
-        const { results: rs, wallMs } = await runPlanInThread(spec, stack.routers.map((r) => r.url), (d) => bar.tick(d));
+        const { results: rs, wallMs } = await runPlanInThread(spec, stack.routers.map((r) => r.url), (d) => bar.tick(d), clientAuth);
         bar.end();
         const s = summarize(name, rs, wallMs);
         // prompt tokens the CPU tier served in this run / prompt tokens (the engines' own count of CPU hits)
