@@ -1,9 +1,13 @@
 /**
  * Starts a real `nats-server -js` on a free loopback port with a temp store dir, for integration tests.
  *   const nats = await startNatsServer();  … nats.url …  await nats.stop();
+ * With `{ auth: 'password' | 'token' }` the server requires credentials (a generated config with a random user
+ * password or token): `nats.auth` holds them (NatsBusOptions' user/pass or token), `nats.authUrl` is the URL with
+ * them in it (nats://user:pass@host or nats://token@host); `nats.url` has none (a client using it is refused).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +16,10 @@ export interface NatsServerHandle {
   url: string;
   port: number;
   storeDir: string;
+  /** the credentials the server requires (spread into createBus / connectNats options); undefined without auth */
+  auth: { user: string; pass: string } | { token: string } | undefined;
+  /** `url` with the credentials in it; `url` itself without auth */
+  authUrl: string;
   /** kill -9 and restart on the same port and store (tests of reconnection / durability) */
   restart(): Promise<void>;
   /** kill -9 only (an outage: clients see the server gone until `start()`); no-op when already down */
@@ -73,14 +81,29 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs = 10_000
   throw new Error(`nats-server did not listen on ${port} within ${timeoutMs} ms`);
 }
 
-export async function startNatsServer(): Promise<NatsServerHandle> {
+export interface NatsServerOptions {
+  /** require credentials: a user with a random password, or a random token (default none) */
+  auth?: 'password' | 'token';
+}
+
+export async function startNatsServer(o: NatsServerOptions = {}): Promise<NatsServerHandle> {
   // restart() binds the same port again, so take one no concurrent port-0 allocation can be handed meanwhile
   const port = await stablePort();
   const storeDir = mkdtempSync(join(tmpdir(), 'kvgate-nats-'));
+  const secret = randomBytes(12).toString('hex');
+  const auth = o.auth === 'password' ? { user: 'kvgate', pass: secret } : o.auth === 'token' ? { token: secret } : undefined;
+  const args = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir];
+  if (auth) {
+    const conf = join(storeDir, 'auth.conf');
+    writeFileSync(conf, 'token' in auth ? `authorization { token: "${auth.token}" }\n` : `authorization { user: "${auth.user}", password: "${auth.pass}" }\n`);
+    args.push('-c', conf);
+  }
+  const url = `nats://127.0.0.1:${port}`;
+  const authUrl = !auth ? url : 'token' in auth ? `nats://${auth.token}@127.0.0.1:${port}` : `nats://${auth.user}:${auth.pass}@127.0.0.1:${port}`;
   let child: ChildProcess;
   let log = '';
   const launch = async () => {
-    child = spawn(natsBinary(), ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = spawn(natsBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout?.on('data', (d) => (log += d));
     child.stderr?.on('data', (d) => (log += d));
     try {
@@ -99,9 +122,11 @@ export async function startNatsServer(): Promise<NatsServerHandle> {
   const onExit = () => { try { child.kill('SIGKILL'); } catch { /* already gone */ } };
   process.once('exit', onExit);
   return {
-    url: `nats://127.0.0.1:${port}`,
+    url,
     port,
     storeDir,
+    auth,
+    authUrl,
     async restart() {
       await kill();
       await launch();

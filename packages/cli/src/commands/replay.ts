@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createBus, parseKvlog, initHashing, prefixHashes, hexToHash, hashToHex, type Bus, type KvlogRecord } from '@kvgate/protocol';
 import { parseFlags, intFlag } from '../flags.js';
+import { classify, fatalLine } from '../fatal.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom, type NatsAuthFlags } from '../nats-flags.js';
 import { parseTimeArg } from '../replay/time-arg.js';
 import { readStreams, writeKvlog, importRecords } from '../replay/stream-io.js';
@@ -155,7 +156,9 @@ export async function run(argv: string[]): Promise<number> {
         return 2;
     }
   } catch (e) {
-    console.error(`kvgate replay ${verb}: ${(e as Error).message}`);
+    // refused NATS credentials: the fatal line with its code (KVG_NATS_AUTH), the URL redacted by the bus
+    const fatal = classify(`replay ${verb}`, e);
+    console.error(fatal.code === 'KVG_NATS_AUTH' ? fatalLine(`replay ${verb}`, fatal) : `kvgate replay ${verb}: ${(e as Error).message}`);
     return 1;
   }
 }
