@@ -12,10 +12,12 @@ import { EngineCore } from './engine.js';
 import { EngineMetrics } from './metrics.js';
 import { KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
 import { createHttpHandler, type EngineRole } from './openai-http.js';
-import { DEFAULT_OFFLOAD_LINK, DEFAULT_TIMING, DEFAULT_TRANSFER, QWEN3_8B_SHAPE, bytesPerBlock, type ModelShape, type OffloadLinkModel, type TimingModel, type TransferModel } from './timing.js';
+import { DEFAULT_OFFLOAD_LINK, DEFAULT_TRANSFER, bytesPerBlock, type ModelShape, type OffloadLinkModel, type TimingModel, type TransferModel } from './timing.js';
 import type { SchedulerStats } from './scheduler.js';
+import { resolveProfile, type ProfileSpec, type SimProfile } from './profile.js';
 
 export * from './timing.js';
+export * from './profile.js';
 export { KvCache, type KvCacheEvent, type Medium } from './kv-cache.js';
 export { CpuOffloadTier, type OffloadStoreResult } from './kv-offload.js';
 export { Scheduler, type SchedulerOptions, type SubmitRequest, type StepResult, type TokenOutput, type SchedulerStats, type HeldBlocks } from './scheduler.js';
@@ -41,8 +43,13 @@ export interface SimEngineOptions {
   engineId?: string;
   /** tokens per KV block (default 16) */
   blockSize?: number;
-  /** KV capacity in blocks (default 16384 ≈ 262k tokens) */
+  /** KV capacity in blocks (default: derived from `profile`, as vLLM sizes num_gpu_blocks) */
   numBlocks?: number;
+  /**
+   * simulation profile: model shape, GPU, TP, gpu-memory-utilization (default qwen3-8b on one H100 80 GB at 0.9:
+   * 25,178 blocks of 16 tokens); sets numBlocks, the timing model and the shape unless those are given
+   */
+  profile?: ProfileSpec;
   /** max prompt + completion tokens (default 32768, capped at the KV capacity) */
   maxModelLen?: number;
   /** max sequences per batch (default 256) */
@@ -51,9 +58,9 @@ export interface SimEngineOptions {
   maxNumBatchedTokens?: number;
   /** simulated ms per wall ms (default 1; tests use 20-100) */
   speedup?: number;
-  /** timing model overrides (defaults: ~8B model on one H100) */
+  /** timing model overrides (defaults: the profile's, fitted to Qwen3-8B on one H100) */
   timing?: Partial<TimingModel>;
-  /** model shape for bytes per block (defaults: Qwen3-8B bf16) */
+  /** model shape for bytes per block (defaults: the profile's model, Qwen3-8B bf16) */
   shape?: Partial<ModelShape>;
   /** modelled RDMA link (defaults: 50 GB/s, 0.5 ms) */
   transfer?: Partial<TransferModel>;
@@ -126,18 +133,30 @@ function sampleVocabulary(tok: Tokenizer): number[] {
   return ids.length > 0 ? ids : [tok.encode(' the', { addSpecialTokens: false })[0] ?? 0];
 }
 
+/** The profile an engine with these options runs: its profile spec, with blockSize / numBlocks / batch limits applied. */
+export function engineProfile(options: Pick<SimEngineOptions, 'profile' | 'blockSize' | 'numBlocks' | 'maxNumBatchedTokens' | 'maxNumSeqs'>): SimProfile {
+  return resolveProfile({
+    ...options.profile,
+    ...(options.blockSize !== undefined ? { blockSize: options.blockSize } : {}),
+    ...(options.maxNumBatchedTokens !== undefined ? { maxNumBatchedTokens: options.maxNumBatchedTokens } : {}),
+    ...(options.maxNumSeqs !== undefined ? { maxNumSeqs: options.maxNumSeqs } : {}),
+    ...(options.numBlocks !== undefined ? { numBlocksOverride: options.numBlocks } : {}),
+  });
+}
+
 export async function startSimEngine(options: SimEngineOptions = {}): Promise<SimEngineHandle> {
   const model = options.model ?? 'qwen3-8b';
   const role = options.role ?? 'both';
   if (!['prefill', 'decode', 'both'].includes(role)) throw new RangeError(`role must be prefill, decode or both, got ${role}`);
   const engineId = options.engineId ?? `sim-${randomUUID().slice(0, 8)}`;
   if (options.prefixCachingHashAlgo === 'xxhash') await initHashing();
-  const blockSize = options.blockSize ?? 16;
-  const numBlocks = options.numBlocks ?? 16384;
+  const profile = engineProfile(options);
+  const blockSize = profile.blockSize;
+  const numBlocks = profile.numBlocks;
   const maxModelLen = Math.min(options.maxModelLen ?? 32768, numBlocks * blockSize);
   const cpuOffloadBlocks = options.cpuOffloadBlocks ?? 0;
   if (!Number.isInteger(cpuOffloadBlocks) || cpuOffloadBlocks < 0) throw new RangeError(`cpuOffloadBlocks must be a non-negative integer, got ${cpuOffloadBlocks}`);
-  const shape = { ...QWEN3_8B_SHAPE, ...options.shape };
+  const shape = { ...profile.shape, ...options.shape };
   const log = logger('sim-engine', { engine: engineId });
 
   const tokenizer = await loadTokenizer(options.tokenizer);
@@ -171,7 +190,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
         blockSize,
         maxNumSeqs: options.maxNumSeqs ?? 256,
         maxNumBatchedTokens: options.maxNumBatchedTokens ?? 8192,
-        timing: { ...DEFAULT_TIMING, ...options.timing },
+        timing: { ...profile.timing, ...options.timing },
         ...(options.hashSeed !== undefined ? { hashSeed: options.hashSeed } : {}),
         ...(options.prefixCachingHashAlgo !== undefined ? { hashAlgo: options.prefixCachingHashAlgo } : {}),
         sample,

@@ -1,4 +1,4 @@
-import { startSimEngine, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
+import { startSimEngine, engineProfile, resolveProfile, formatCapacity, MODELS, GPUS, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, serveUntilSignal, within } from '../lifecycle.js';
@@ -15,7 +15,11 @@ const SPEC = {
   role: { type: 'string', help: 'P/D role: prefill | decode | both', default: 'both' },
   'engine-id': { type: 'string', help: 'engine id in transfer descriptors (default: sim-<random>)' },
   'block-size': { type: 'string', help: 'tokens per KV block', default: '16' },
-  'num-blocks': { type: 'string', help: 'KV cache capacity in blocks', default: '16384' },
+  'model-profile': { type: 'string', help: `model shape that sizes the KV cache and the timing: ${Object.keys(MODELS).join(' | ')}`, default: 'qwen3-8b' },
+  gpu: { type: 'string', help: `simulated GPU: ${Object.keys(GPUS).join(' | ')}`, default: 'h100-80gb' },
+  'tensor-parallel-size': { type: 'string', help: 'GPUs per engine (weights and KV heads split across them)', default: '1' },
+  'gpu-memory-utilization': { type: 'string', help: 'share of GPU memory for weights, activations and KV, as vLLM', default: '0.9' },
+  'num-blocks': { type: 'string', help: 'KV cache capacity in blocks (default: derived from the profile, as vLLM)' },
   'max-model-len': { type: 'string', help: 'max prompt + completion tokens', default: '32768' },
   'max-num-seqs': { type: 'string', help: 'max sequences per batch', default: '256' },
   'max-num-batched-tokens': { type: 'string', help: 'token budget per step (chunked prefill)', default: '8192' },
@@ -31,12 +35,12 @@ const SPEC = {
   'default-max-tokens': { type: 'string', help: 'max_tokens when a request gives none', default: '16' },
   'max-body-bytes': { type: 'string', help: 'request body limit', default: String(16 * 1024 * 1024) },
   'kv-hold-timeout': { type: 'string', help: 'seconds a P/D prefill keeps blocks for the decode side', default: '480' },
-  'prefill-coeffs': { type: 'string', help: 'prefill ms = a·T² + b·T + c, as a,b,c', default: '4.21e-7,1.518e-2,16.5' },
-  'decode-coeffs': { type: 'string', help: 'decode ms = max(1, p·u² + q·u + r) + s·seqs, as p,q,r,s', default: '-25.74,54.01,5.74,0.02' },
-  'num-layers': { type: 'string', help: 'model layers (bytes per block)', default: '36' },
-  'num-kv-heads': { type: 'string', help: 'KV heads per layer (bytes per block)', default: '8' },
-  'head-dim': { type: 'string', help: 'head dimension (bytes per block)', default: '128' },
-  'dtype-bytes': { type: 'string', help: 'bytes per KV element (bytes per block)', default: '2' },
+  'prefill-coeffs': { type: 'string', help: 'prefill ms = a·T² + b·T + c, as a,b,c (default: the profile\'s; qwen3-8b on h100: 4.21e-7,1.518e-2,16.5)' },
+  'decode-coeffs': { type: 'string', help: 'decode ms = max(1, p·u² + q·u + r) + s·seqs, as p,q,r,s (default: the profile\'s; qwen3-8b on h100: -25.74,54.01,5.74,0.02)' },
+  'num-layers': { type: 'string', help: 'model layers (bytes per block; default: the profile\'s)' },
+  'num-kv-heads': { type: 'string', help: 'KV heads per layer (bytes per block; default: the profile\'s)' },
+  'head-dim': { type: 'string', help: 'head dimension (bytes per block; default: the profile\'s)' },
+  'dtype-bytes': { type: 'string', help: 'bytes per KV element (bytes per block; default: the profile\'s)' },
   'rdma-bandwidth': { type: 'string', help: 'modelled P/D link bandwidth, GB/s', default: '50' },
   'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms', default: '0.5' },
   'cpu-offload-blocks': { type: 'string', help: 'CPU offload tier in blocks, as vLLM\'s OffloadingConnector (0 = off)', default: '0' },
@@ -56,14 +60,24 @@ function oneOf<T extends string>(v: string | undefined, name: string, allowed: r
 }
 
 export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typeof SPEC>>>['flags']): SimEngineOptions {
-  const [a, b, c] = coeffs(f['prefill-coeffs'], 'prefill-coeffs', 3) as [number, number, number];
-  const [p, q, r, s] = coeffs(f['decode-coeffs'], 'decode-coeffs', 4) as [number, number, number, number];
   const pos = (name: keyof typeof SPEC, def: number, allowZero = false) => {
     const x = intFlag(f[name] as string | undefined, name, def);
     if (!(allowZero ? x >= 0 : x > 0)) throw new Error(`--${name} must be ${allowZero ? 'non-negative' : 'positive'}, got ${x}`);
     return x;
   };
+  const profile = {
+    model: f['model-profile'] ?? 'qwen3-8b',
+    gpu: f.gpu ?? 'h100-80gb',
+    tensorParallelSize: pos('tensor-parallel-size', 1),
+    gpuMemoryUtilization: Number(f['gpu-memory-utilization'] ?? '0.9'),
+  };
+  // the profile's timing and shape, each flag given overriding its part
+  const base = resolveProfile(profile);
+  const t = base.timing;
+  const [a, b, c] = f['prefill-coeffs'] !== undefined ? (coeffs(f['prefill-coeffs'], 'prefill-coeffs', 3) as [number, number, number]) : [t.prefillA, t.prefillB, t.prefillC];
+  const [p, q, r, s] = f['decode-coeffs'] !== undefined ? (coeffs(f['decode-coeffs'], 'decode-coeffs', 4) as [number, number, number, number]) : [t.decodeP, t.decodeQ, t.decodeR, t.decodePerSeq];
   return {
+    profile,
     host: f.host ?? '127.0.0.1',
     port: pos('port', 8000, true),
     model: f.model ?? 'qwen3-8b',
@@ -71,7 +85,7 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     role: oneOf<EngineRole>(f.role, 'role', ['prefill', 'decode', 'both']),
     ...(f['engine-id'] ? { engineId: f['engine-id'] } : {}),
     blockSize: pos('block-size', 16),
-    numBlocks: pos('num-blocks', 16384),
+    ...(f['num-blocks'] !== undefined ? { numBlocks: pos('num-blocks', 0) } : {}),
     maxModelLen: pos('max-model-len', 32768),
     maxNumSeqs: pos('max-num-seqs', 256),
     maxNumBatchedTokens: pos('max-num-batched-tokens', 8192),
@@ -87,7 +101,7 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     maxBodyBytes: pos('max-body-bytes', 16 * 1024 * 1024),
     kvHoldTimeoutS: pos('kv-hold-timeout', 480),
     timing: { prefillA: a, prefillB: b, prefillC: c, decodeP: p, decodeQ: q, decodeR: r, decodePerSeq: s },
-    shape: { layers: pos('num-layers', 36), kvHeads: pos('num-kv-heads', 8), headDim: pos('head-dim', 128), dtypeBytes: pos('dtype-bytes', 2) },
+    shape: { layers: pos('num-layers', base.shape.layers), kvHeads: pos('num-kv-heads', base.shape.kvHeads), headDim: pos('head-dim', base.shape.headDim), dtypeBytes: pos('dtype-bytes', base.shape.dtypeBytes) },
     transfer: { bandwidthGBps: pos('rdma-bandwidth', 50), latencyMs: pos('rdma-latency-ms', 0.5, true) },
     cpuOffloadBlocks: pos('cpu-offload-blocks', 0, true),
     offloadLink: { bandwidthGBps: pos('offload-bandwidth', 25) },
@@ -108,6 +122,7 @@ export async function run(argv: string[]): Promise<number> {
     throw e instanceof FlagError ? e : new FlagError((e as Error).message);
   }
   const engine = await startSimEngine(opts);
+  console.error(`kvgate sim-engine: ${formatCapacity(engineProfile(opts))}`);
   console.error(
     `kvgate sim-engine ${engine.engineId} (${engine.model}, role ${engine.role}) listening on ${engine.url}\n` +
       `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks${engine.cpuOffloadBlocks > 0 ? ` + ${engine.cpuOffloadBlocks} CPU offload blocks` : ''}, speedup ${opts.speedup}`,
