@@ -161,6 +161,20 @@ export const MEMORY: BusKind = {
   },
 };
 
+/**
+ * Auth on in the NATS variants of the e2e suites (issue 13: the positive paths pass with auth on): nats-server
+ * requires a password, routers require E2E_API_KEY (clients send E2E_AUTH_HEADERS) and sign every upstream call
+ * with E2E_CLUSTER_SECRET.
+ */
+export const E2E_API_KEY = 'e2e-api-key-3b9f';
+export const E2E_CLUSTER_SECRET = 'e2e-cluster-secret-5d21';
+export const E2E_AUTH_HEADERS: Record<string, string> = { authorization: `Bearer ${E2E_API_KEY}` };
+
+/** startStack options of an e2e suite's NATS variant: `nats` (started with a password) and every auth option on */
+export function authedStackOptions(nats: NatsServerHandle): { nats: string; natsAuth: { user: string; pass: string }; apiKeys: string[]; clusterSecret: string; shimFronts: true } {
+  return { nats: nats.url, natsAuth: nats.auth as { user: string; pass: string }, apiKeys: [E2E_API_KEY], clusterSecret: E2E_CLUSTER_SECRET, shimFronts: true };
+}
+
 let natsShared: NatsServerHandle | undefined;
 export const NATS: BusKind = {
   name: 'nats',

@@ -7,22 +7,27 @@ import * as assert from 'uvu/assert';
 import { request } from 'undici';
 import { initHashing } from '@kvgate/protocol';
 import { startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
-import { startStack, type Stack } from '../src/workload/stack.js';
-import { tokens, until } from './helpers.js';
+import { startStack, type Stack, type StackOptions } from '../src/workload/stack.js';
+import { authedStackOptions, E2E_AUTH_HEADERS, tokens, until } from './helpers.js';
 
 await initHashing();
 
+/** the running suite's client headers (the NATS variant's routers require an API key) */
+let authHeaders: Record<string, string> = {};
+
 async function post(url: string, body: unknown) {
-  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...authHeaders } });
   return { status: res.statusCode, worker: res.headers['x-kvgate-worker'] as string | undefined, json: (await res.body.json()) as any };
 }
 
-function build(name: string, natsUrl: () => Promise<string | undefined>) {
+/** `conn`: the bus (and, over NATS, auth) part of the stack options */
+function build(name: string, conn: () => Promise<Partial<StackOptions>>) {
   const t = suite(`whole stack over ${name}`);
   let stack: Stack;
   t.before(async () => {
-    const nats = await natsUrl();
-    stack = await startStack({ engines: 3, routers: 2, ...(nats ? { nats } : {}), engine: { speedup: 50, numBlocks: 4096, blockSize: 16 }, router: { indexTimeoutMs: 500 } });
+    const c = await conn();
+    authHeaders = c.apiKeys ? E2E_AUTH_HEADERS : {};
+    stack = await startStack({ engines: 3, routers: 2, ...c, engine: { speedup: 50, numBlocks: 4096, blockSize: 16 }, router: { indexTimeoutMs: 500 } });
   });
   t.after(async () => {
     await stack.close();
@@ -76,9 +81,10 @@ function build(name: string, natsUrl: () => Promise<string | undefined>) {
   return t;
 }
 
-build('the memory bus', async () => undefined).run();
+build('the memory bus', async () => ({})).run();
 let nats: NatsServerHandle | undefined;
-const n = build('NATS', async () => (nats ??= await startNatsServer()).url);
+// over NATS with auth on: a password on nats-server, router API keys, the cluster secret through every shim front
+const n = build('NATS (auth on)', async () => authedStackOptions((nats ??= await startNatsServer({ auth: 'password' }))));
 n.after(async () => {
   await nats?.stop();
 });

@@ -10,15 +10,18 @@ import * as assert from 'uvu/assert';
 import { request } from 'undici';
 import { initHashing, prefixHashes } from '@kvgate/protocol';
 import { startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
-import { startStack, type Stack } from '../src/workload/stack.js';
-import { tokens } from './helpers.js';
+import { startStack, type Stack, type StackOptions } from '../src/workload/stack.js';
+import { authedStackOptions, E2E_AUTH_HEADERS, tokens } from './helpers.js';
 
 await initHashing();
 const MODEL = 'qwen3-8b';
 const B = 16;
 
+/** the running suite's client headers (the NATS variant's routers require an API key) */
+let authHeaders: Record<string, string> = {};
+
 async function post(url: string, body: unknown) {
-  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...authHeaders } });
   return { status: res.statusCode, worker: res.headers['x-kvgate-worker'] as string | undefined, json: (await res.body.json()) as any };
 }
 
@@ -32,13 +35,15 @@ async function eventually<T>(fn: () => Promise<T>, ok: (v: T) => boolean, what: 
   }
 }
 
-function build(name: string, natsUrl: () => Promise<string | undefined>) {
+/** `conn`: the bus (and, over NATS, auth) part of the stack options */
+function build(name: string, conn: () => Promise<Partial<StackOptions>>) {
   const t = suite(`CPU tier end to end over ${name}`);
   let stack: Stack;
   t.before(async () => {
-    const nats = await natsUrl();
+    const c = await conn();
+    authHeaders = c.apiKeys ? E2E_AUTH_HEADERS : {};
     // 96 GPU blocks hold two 40-block prompts; the CPU tier holds 2048 blocks
-    stack = await startStack({ engines: 2, routers: 2, ...(nats ? { nats } : {}), engine: { speedup: 50, numBlocks: 96, blockSize: B, cpuOffloadBlocks: 2048 }, router: { indexTimeoutMs: 500 } });
+    stack = await startStack({ engines: 2, routers: 2, ...c, engine: { speedup: 50, numBlocks: 96, blockSize: B, cpuOffloadBlocks: 2048 }, router: { indexTimeoutMs: 500 } });
   });
   t.after(async () => {
     await stack.close();
@@ -81,9 +86,10 @@ function build(name: string, natsUrl: () => Promise<string | undefined>) {
   return t;
 }
 
-build('the memory bus', async () => undefined).run();
+build('the memory bus', async () => ({})).run();
 let nats: NatsServerHandle | undefined;
-const n = build('NATS', async () => (nats ??= await startNatsServer()).url);
+// over NATS with auth on: a password on nats-server, router API keys, the cluster secret through every shim front
+const n = build('NATS (auth on)', async () => authedStackOptions((nats ??= await startNatsServer({ auth: 'password' }))));
 n.after(async () => {
   await nats?.stop();
 });
