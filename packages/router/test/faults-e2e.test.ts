@@ -17,8 +17,11 @@ await initHashing();
 let nsCounter = 0;
 const nsName = () => `f${process.pid}_${++nsCounter}`;
 
+/** the headers the running test's clients send (over NATS the routers require an API key: auth on, issue 13) */
+let authHeaders: Record<string, string> = {};
+
 async function post(url: string, body: unknown) {
-  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+  const res = await request(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...authHeaders } });
   const text = await res.body.text();
   let json: any;
   try {
@@ -71,12 +74,14 @@ class Flaky {
 const outage = suite('router through a nats-server kill and restart');
 
 outage('keeps answering 200 through the outage (by load while the index is away), keeps its workers, resumes the index after', async () => {
-  const nats = await startNatsServer();
+  // auth on (issue 13): nats-server requires a password, the router an API key, and signs upstream calls
+  const nats = await startNatsServer({ auth: 'password' });
+  authHeaders = NATS.headers!;
   const ns = nsName();
   const s = subjects(ns);
   const ttlMs = 1000;
-  const shimBus = await createBus({ nats: nats.url });
-  const routerBus = await createBus({ nats: nats.url });
+  const shimBus = await createBus({ nats: nats.url, ...nats.auth });
+  const routerBus = await createBus({ nats: nats.url, ...nats.auth });
   const engines = await Promise.all(['w0', 'w1'].map((n) => new StubEngine(n).listen()));
   const prompt = tokens(40, 7000);
   const idx = fakeIndex(shimBus, new Map([['w0', new Set(prefixHashes('stub-model', null, 4, prompt))]]), ns);
@@ -90,7 +95,7 @@ outage('keeps answering 200 through the outage (by load while the index is away)
   };
   beat();
   const shimTimer = setInterval(beat, 250);
-  const r = await startRouter(routerBus, { port: 0, namespace: ns, id: 'r-outage', indexTimeoutMs: 200, registryTtlMs: ttlMs });
+  const r = await startRouter(routerBus, { port: 0, namespace: ns, id: 'r-outage', indexTimeoutMs: 200, registryTtlMs: ttlMs, ...NATS.routerAuth });
   const statuses: { status: number; phase: string; code?: string }[] = [];
   let phase = 'before';
   let stop = false;
@@ -216,6 +221,9 @@ async function breakableBus(): Promise<{ bus: Bus; watches: () => number; breakW
 }
 
 const registry = suite('router registry: watch breaks and lapses');
+registry.before.each(() => {
+  authHeaders = {};
+});
 
 registry('a registry watch that breaks drops no worker; the router watches again and sees later changes', async () => {
   const { bus, watches, breakWatch } = await breakableBus();
@@ -288,6 +296,7 @@ function health(kind: BusKind) {
   const t = suite(`router passive health over ${kind.name} bus`);
 
   async function rig(routerOpts: RouterOptions = {}, routers = 1) {
+    authHeaders = kind.headers ?? {};
     const { bus, done } = await kind.make();
     const ns = nsName();
     const flaky = await Flaky.make('w0');
@@ -302,7 +311,7 @@ function health(kind: BusKind) {
     let asked = 0;
     const rs: RouterHandle[] = [];
     for (let i = 0; i < routers; i++) {
-      const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 500, registryTtlMs: 0, ...routerOpts });
+      const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 500, registryTtlMs: 0, ...kind.routerAuth, ...routerOpts });
       await r.waitForWorkers(2);
       rs.push(r);
     }
@@ -437,6 +446,7 @@ function health(kind: BusKind) {
   });
 
   t('retries go through the pool until a worker answers: refused, then 503, then 200', async () => {
+    authHeaders = kind.headers ?? {};
     const { bus, done } = await kind.make();
     const ns = nsName();
     const dead = await Flaky.make('a');
@@ -449,7 +459,7 @@ function health(kind: BusKind) {
     const prompt = tokens(40, 900);
     const hs = prefixHashes('stub-model', null, 4, prompt);
     const idx = fakeIndex(bus, new Map([['a', new Set(hs)], ['b', new Set(hs.slice(0, 5))]]), ns);
-    const r = await startRouter(bus, { port: 0, namespace: ns, id: 'r-pool', indexTimeoutMs: 500, registryTtlMs: 0 });
+    const r = await startRouter(bus, { port: 0, namespace: ns, id: 'r-pool', indexTimeoutMs: 500, registryTtlMs: 0, ...kind.routerAuth });
     try {
       await r.waitForWorkers(3);
       const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt, max_tokens: 1 });

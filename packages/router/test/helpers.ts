@@ -151,6 +151,10 @@ export interface BusKind {
   name: string;
   /** a fresh bus (and whatever it needs); call `done` after closing the bus */
   make(): Promise<{ bus: Bus; done(): Promise<void> }>;
+  /** auth options for the routers of a suite on this bus (NATS: API keys and the cluster secret) */
+  routerAuth?: { apiKeys: string[]; clusterSecret: string };
+  /** headers a client of those routers sends (NATS: the API key) */
+  headers?: Record<string, string>;
 }
 
 export const MEMORY: BusKind = {
@@ -176,13 +180,16 @@ export function authedStackOptions(nats: NatsServerHandle): { nats: string; nats
 }
 
 let natsShared: NatsServerHandle | undefined;
+/** a shared nats-server that requires a password (issue 13: the e2e suites over NATS run with auth on) */
 export const NATS: BusKind = {
-  name: 'nats',
+  name: 'nats (auth on)',
   async make() {
-    natsShared ??= await startNatsServer();
-    const bus = await createBus({ nats: natsShared.url });
+    natsShared ??= await startNatsServer({ auth: 'password' });
+    const bus = await createBus({ nats: natsShared.url, ...natsShared.auth });
     return { bus, done: async () => {} };
   },
+  routerAuth: { apiKeys: [E2E_API_KEY], clusterSecret: E2E_CLUSTER_SECRET },
+  headers: E2E_AUTH_HEADERS,
 };
 export async function stopNats(): Promise<void> {
   await natsShared?.stop();

@@ -21,14 +21,18 @@ interface Ctx {
   routers: RouterHandle[];
 }
 
+/** the headers the running test's clients send (its bus kind's: over NATS the routers require an API key) */
+let authHeaders: Record<string, string> = {};
+
 async function setup(kind: BusKind, n: number, routerOpts: RouterOptions = {}, routers = 1): Promise<Ctx> {
+  authHeaders = kind.headers ?? {};
   const { bus, done } = await kind.make();
   const ns = `t${process.pid}_${++nsCounter}`;
   const engines = await Promise.all(Array.from({ length: n }, (_, i) => new StubEngine(`w${i}`).listen()));
   for (const e of engines) await register(bus, registration(e.name, e.url), ns);
   const rs: RouterHandle[] = [];
   for (let i = 0; i < routers; i++) {
-    const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 200, registryTtlMs: 0, ...routerOpts });
+    const r = await startRouter(bus, { port: 0, namespace: ns, id: `r${i}`, indexTimeoutMs: 200, registryTtlMs: 0, ...kind.routerAuth, ...routerOpts });
     await r.waitForWorkers(n);
     rs.push(r);
   }
@@ -43,7 +47,7 @@ async function teardown(c: Ctx): Promise<void> {
 }
 
 async function post(url: string, body: unknown, headers: Record<string, string> = {}) {
-  const res = await request(url, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } });
+  const res = await request(url, { method: 'POST', body: typeof body === 'string' ? body : JSON.stringify(body), headers: { 'content-type': 'application/json', ...authHeaders, ...headers } });
   const text = await res.body.text();
   let json: any;
   try {
@@ -207,7 +211,7 @@ function build(kind: BusKind) {
     // stands in for the indexer: w1 holds the whole prompt in host memory, w2 two blocks on GPU and more on disk
     const reply: MatchReply = { overlaps: { w2: 2 }, tiers: { w1: { gpu: 0, cpu: 10, disk: 10 }, w2: { gpu: 2, cpu: 2, disk: 6 } }, indexerSeq: 1 };
     const idx = c.bus.subscribe(s.indexMatch, { queue: s.indexQueue, callback: (m) => m.respond(encode(reply)) });
-    const noLower = await startRouter(c.bus, { port: 0, namespace: c.ns, id: 'r-gpu-only', indexTimeoutMs: 200, registryTtlMs: 0, weights: { tierWeights: { cpu: 0, disk: 0 } } });
+    const noLower = await startRouter(c.bus, { port: 0, namespace: c.ns, id: 'r-gpu-only', indexTimeoutMs: 200, registryTtlMs: 0, ...kind.routerAuth, weights: { tierWeights: { cpu: 0, disk: 0 } } });
     c.routers.push(noLower);
     await noLower.waitForWorkers(3);
     try {
@@ -316,7 +320,7 @@ function build(kind: BusKind) {
     try {
       const res = await request(`${c.routers[0]!.url}/v1/completions`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...authHeaders },
         body: JSON.stringify({ model: 'stub-model', prompt: tokens(8), stream: true }),
       });
       assert.is(res.statusCode, 200);
@@ -352,7 +356,7 @@ function build(kind: BusKind) {
       const ac = new AbortController();
       const res = await request(`${c.routers[0]!.url}/v1/completions`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...authHeaders },
         body: JSON.stringify({ model: 'stub-model', prompt: tokens(8), stream: true }),
         signal: ac.signal,
       });
@@ -389,7 +393,7 @@ function build(kind: BusKind) {
       const invalid = await post(`${url}/v1/completions`, { model: 'stub-model' });
       assert.is(invalid.status, 400);
       shape(invalid, 'KVG_BAD_REQUEST');
-      const path = await request(`${url}/v2/nothing`);
+      const path = await request(`${url}/v2/nothing`, { headers: authHeaders });
       assert.is(path.statusCode, 404);
       shape({ json: await path.body.json() }, 'KVG_NOT_FOUND');
       // the only worker leaves the registry → no live worker
@@ -440,7 +444,7 @@ function build(kind: BusKind) {
     try {
       await register(c.bus, registration('w9', c.engines[0]!.url, { model: 'other', loras: ['sql-lora'] }), c.ns);
       await until(() => c.routers[0]!.workers.models().length === 3, 5000, 'registration');
-      const models = (await (await request(`${c.routers[0]!.url}/v1/models`)).body.json()) as any;
+      const models = (await (await request(`${c.routers[0]!.url}/v1/models`, { headers: authHeaders })).body.json()) as any;
       assert.equal(models.data.map((m: any) => m.id).sort(), ['other', 'sql-lora', 'stub-model']);
       const lora = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'sql-lora', prompt: tokens(8) });
       assert.is(lora.headers['x-kvgate-worker'], 'w9');
@@ -456,6 +460,7 @@ function build(kind: BusKind) {
   });
 
   t('P/D: prefill by overlap, decode by load; the decode shim is told the prefill engine', async () => {
+    authHeaders = kind.headers ?? {};
     const { bus, done } = await kind.make();
     const ns = `t${process.pid}_${++nsCounter}`;
     const engines = await Promise.all(['p0', 'p1', 'd0'].map((n) => new StubEngine(n).listen()));
@@ -465,7 +470,7 @@ function build(kind: BusKind) {
     await register(bus, registration('d0', d0.url, { role: 'decode' }), ns);
     const prompt = tokens(32);
     const idx = fakeIndex(bus, new Map([['p1', new Set(prefixHashes('stub-model', null, 4, prompt))]]), ns);
-    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200, registryTtlMs: 0 });
+    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200, registryTtlMs: 0, ...kind.routerAuth });
     try {
       await r.waitForWorkers(3);
       const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt });
