@@ -14,18 +14,20 @@ import { Pool } from 'undici';
 export type LoadRequest =
   | { op: 'engines'; count: number }
   | { op: 'prompts'; bodies: string[] }
-  | { op: 'measure'; url: string; path: string; tag: string; count: number; rate: number }
+  | { op: 'measure'; url: string; path: string; tag: string; count: number; rate: number; headers?: Record<string, string> }
   | { op: 'rps'; url: string; path: string; seconds: number; inFlight: number };
 
 const arrivals = new Map<string, number>();
 /** ms on the machine-wide monotonic clock */
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 
-/** one measured request: client send and stub arrival (ms, monotonic clock) */
+/** one measured request: client send, stub arrival and response complete at the client (ms, monotonic clock) */
 export interface Timed {
   id: string;
   sent: number;
   at: number;
+  /** the client has the whole response (status, headers, body) */
+  done: number;
 }
 const servers: Server[] = [];
 let bodies: string[] = [];
@@ -47,7 +49,7 @@ async function stubEngine(): Promise<string> {
   return `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
 }
 
-/** `count` requests at a fixed rate; per request: when it was sent and when the stub saw its headers */
+/** `count` requests at a fixed rate; per request: when it was sent, when the stub saw its headers, when the response was in */
 async function measure(url: string, path: string, tag: string, count: number, rate: number): Promise<Timed[]> {
   const pool = new Pool(url, { connections: 64 });
   const out: Timed[] = [];
@@ -59,12 +61,13 @@ async function measure(url: string, path: string, tag: string, count: number, ra
     const id = `${tag}-${i}`;
     const sent = now();
     pending.push(
-      pool.request({ path, method: 'POST', body: bodies[i % bodies.length]!, headers: { 'content-type': 'application/json', 'x-request-id': id } }).then(async (res) => {
+      pool.request({ path, method: 'POST', body: bodies[i % bodies.length]!, headers: { 'content-type': 'application/json', 'x-request-id': id, ...headers } }).then(async (res) => {
         await res.body.dump();
+        const done = now();
         if (res.statusCode !== 200) throw new Error(`${url}${path} answered ${res.statusCode}`);
         const at = arrivals.get(id);
         arrivals.delete(id);
-        if (at !== undefined) out.push({ id, sent, at });
+        if (at !== undefined) out.push({ id, sent, at, done });
       }),
     );
   }

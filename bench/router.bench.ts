@@ -4,6 +4,18 @@
  *                               the MemoryBus, 4 workers, a 2k-token prompt as token ids) at a fixed request rate;
  *                               baseline: the same client straight to the engine stub. Client and stubs run in a
  *                               process of their own (router-load.ts); the router process holds router + indexer.
+ *   router.added.p50 / .p99     ms, client-observed latency (send → whole response in) through the router minus
+ *                               the same straight to the engine, at 200 req/s; baseline: nginx.added (so the ratio
+ *                               column is router/nginx). Same client, payloads and rate for every path, measured in
+ *                               the same alternating rounds as router.overhead.
+ *   nginx.added.p50 / .p99      the same through nginx, haproxy.added.* through HAProxy (plain round-robin proxies
+ *                               over the same 4 engines, bench/peers.ts: installed with apt-get when missing, run
+ *                               from a generated config as the current user; skipped with a note when they cannot
+ *                               be); baseline: the direct client-observed latency at that percentile.
+ *   router.added.1k.p50 / .p99  (and nginx.added.1k.*, haproxy.added.1k.*) the same at 1,000 req/s.
+ *   router.fallback.nats        % of routing decisions that missed the index budget (5 ms) and went by load only,
+ *                               200 req/s, with a real nats-server and the indexer in its own process
+ *                               (bench/router-nats.ts); baseline: the same share over the MemoryBus in this run.
  *   router.route.rps            pick-only POST /v1/route requests/s (32 in flight); baseline: the same requests
  *                               answered by a bare HTTP server that only parses the JSON.
  *   router.tokenize.prompt8k    ms to tokenize a new 8k-token prompt (local Qwen3 tokenizer); baseline: a repeat
@@ -22,6 +34,8 @@ import { startIndexer } from '@kvgate/indexer';
 import { startRouter, PromptTokenizer } from '@kvgate/router';
 import { percentile, type BenchContext } from './figure.js';
 import type { LoadRequest, Timed } from './router-load.js';
+import { startPeer, type Peer } from './peers.js';
+import { startNatsLeg } from './router-nats.js';
 
 const MODEL = 'bench-model';
 const B = 16;
@@ -66,6 +80,33 @@ const words = (n: number, seed: number) => {
   return out.join(' ');
 };
 
+/**
+ * `<path>.added<suffix>.p50/.p99` for the router and each peer: client-observed latency (send → whole response)
+ * at that percentile minus direct's. The router's baseline is nginx's added (the ratio the goals are set on).
+ */
+function reportAdded(ctx: BenchContext, samples: Map<string, Timed[]>, suffix: string, how: string, skipped: string[]): void {
+  const total = (name: string) => samples.get(name)!.map((t) => t.done - t.sent);
+  const direct = total('direct');
+  const added = new Map<string, { p50: number; p99: number }>();
+  for (const name of samples.keys()) {
+    if (name === 'direct') continue;
+    const xs = total(name);
+    added.set(name, { p50: percentile(xs, 50) - percentile(direct, 50), p99: percentile(xs, 99) - percentile(direct, 99) });
+  }
+  const skipNote = skipped.length ? `; skipped: ${skipped.join('; ')}` : '';
+  for (const q of ['p50', 'p99'] as const) {
+    const r = added.get('router')![q];
+    const ng = added.get('nginx')?.[q], hp = added.get('haproxy')?.[q];
+    const ratios = [ng !== undefined ? `router/nginx ${(r / ng).toFixed(2)}×` : '', hp !== undefined ? `router/haproxy ${(r / hp).toFixed(2)}×` : ''].filter(Boolean).join(', ');
+    const base = `client-observed send → whole response, ${q} minus direct's (direct ${percentile(direct, q === 'p50' ? 50 : 99).toFixed(3)} ms), ${samples.get('router')!.length} requests per path, ${how}`;
+    ctx.report({ bench: `router.added${suffix}.${q}`, value: r, unit: 'ms', ...(ng !== undefined ? { baseline: ng } : {}), note: `through the router; baseline: nginx.added${suffix}.${q}; ${ratios || 'no peer ran'}; ${base}${skipNote}` });
+    for (const peer of ['nginx', 'haproxy'] as const) {
+      const a = added.get(peer);
+      if (a) ctx.report({ bench: `${peer}.added${suffix}.${q}`, value: a[q], unit: 'ms', baseline: percentile(direct, q === 'p50' ? 50 : 99), note: `through ${peer} (round-robin over the same 4 engines); baseline: direct ${q}; ${base}` });
+    }
+  }
+}
+
 export default async function (ctx: BenchContext): Promise<void> {
   await initHashing();
   const n = ctx.quick ? 400 : 3000;
@@ -97,27 +138,40 @@ export default async function (ctx: BenchContext): Promise<void> {
 
   const prompts = Array.from({ length: 64 }, (_, p) => JSON.stringify({ model: MODEL, max_tokens: 1, prompt: Array.from({ length: 2048 }, (_, i) => ((p % 400) * 7919 + i * 31) % 150_000 + (i > 1024 ? p : 0)) }));
   await load.call({ op: 'prompts', bodies: prompts });
-  const measure = (url: string, path: string, tag: string, count = n) => load.call<Timed[]>({ op: 'measure', url, path, tag, count, rate });
   // "request in" at the router: its HTTP server has the request's headers (same monotonic clock as the load process)
   const inAt = new Map<string, number>();
   router.server.prependListener('request', (req: IncomingMessage) => {
     const rid = req.headers['x-request-id'];
     if (typeof rid === 'string') inAt.set(rid, Number(process.hrtime.bigint()) / 1e6);
   });
-  // warm-up both paths, then measure in alternating rounds (n requests per path in all), so both paths see the
-  // same machine: a shared 2-core box drifts over a minute, and one window each would charge drift to one path
-  await measure(router.url, '/v1/completions', 'warm-r');
-  await measure(engines[0]!, '/v1/completions', 'warm-d');
-  const rounds = ctx.quick ? 1 : 3;
-  const via: Timed[] = [];
-  const direct: Timed[] = [];
-  const fallbacks0 = router.stats().indexFallbacks;
-  for (let r = 0; r < rounds; r++) {
-    const per = Math.ceil(n / rounds);
-    via.push(...(await measure(router.url, '/v1/completions', `via${r}`, per)));
-    direct.push(...(await measure(engines[0]!, '/v1/completions', `direct${r}`, per)));
+  // the peers: nginx and HAProxy as plain round-robin proxies in front of the same engines
+  const peers: Peer[] = [];
+  const skipped: string[] = [];
+  for (const name of ['nginx', 'haproxy'] as const) {
+    const p = await startPeer(name, engines, ctx.progress);
+    if ('skipped' in p) {
+      skipped.push(p.skipped);
+      ctx.progress(`${name} skipped: ${p.skipped}`);
+    } else peers.push(p);
   }
+  // the paths measured side by side: direct first (the baseline of every .added figure)
+  const paths = [{ name: 'direct', url: engines[0]! }, { name: 'router', url: router.url }, ...peers.map((p) => ({ name: p.name as string, url: p.url }))];
+  // warm-up every path, then measure in alternating rounds (n requests per path in all), so all paths see the
+  // same machine: a shared 2-core box drifts over a minute, and one window each would charge drift to one path
+  const roundsAt = async (r: number, count: number, rounds: number): Promise<Map<string, Timed[]>> => {
+    for (const p of paths) await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `warm-${p.name}-${r}`, count: Math.min(count, 2 * r), rate: r });
+    const out = new Map<string, Timed[]>(paths.map((p) => [p.name, []]));
+    for (let k = 0; k < rounds; k++) {
+      for (const p of paths) out.get(p.name)!.push(...(await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `${p.name}-${r}-${k}`, count: Math.ceil(count / rounds), rate: r })));
+    }
+    return out;
+  };
+  const rounds = ctx.quick ? 1 : 3;
+  const fallbacks0 = router.stats().indexFallbacks;
+  const at200 = await roundsAt(rate, n, rounds);
+  const via = at200.get('router')!, direct = at200.get('direct')!;
   const fallbacks = router.stats().indexFallbacks - fallbacks0;
+  const memoryFallbackShare = (100 * fallbacks) / via.length;
   const inRouter = via.map((t) => t.at - inAt.get(t.id)!);
   if (inRouter.some((x) => !Number.isFinite(x) || x < 0)) throw new Error('router request-in times missing or after the upstream arrival');
   const viaTotal = via.map((t) => t.at - t.sent), directTotal = direct.map((t) => t.at - t.sent);
@@ -125,6 +179,13 @@ export default async function (ctx: BenchContext): Promise<void> {
   const how = `${rate} req/s, 2k-token prompts as token ids, 4 workers, real indexer over the MemoryBus; client and stub engines in another process; ${fallbacks} index fallbacks in ${via.length} requests (${rounds} alternating rounds)`;
   ctx.report({ bench: 'router.overhead.p50', value: r50, unit: 'ms', baseline: d50, note: `request in at the router (headers) → upstream sees it (tokens → hashes → index over the bus → score → proxy); baseline: client → engine directly; client-observed send → upstream: via router ${v50.toFixed(3)} ms, direct ${d50.toFixed(3)} ms; ${how}` });
   ctx.report({ bench: 'router.overhead.p99', value: r99, unit: 'ms', baseline: d99, note: `as p50; client-observed send → upstream at p99: via router ${v99.toFixed(3)} ms, direct ${d99.toFixed(3)} ms` });
+  reportAdded(ctx, at200, '', `${rate} req/s`, skipped);
+
+  ctx.progress('added latency at 1,000 req/s');
+  const fb1k0 = router.stats().indexFallbacks;
+  const at1k = await roundsAt(1000, ctx.quick ? 2000 : 6000, rounds);
+  reportAdded(ctx, at1k, '.1k', `1,000 req/s; ${router.stats().indexFallbacks - fb1k0} index fallbacks in ${at1k.get('router')!.length} routed requests`, skipped);
+  for (const p of peers) await p.stop();
 
   // ---- pick-only throughput ---------------------------------------------------------------------------------
   ctx.progress('route rps');
@@ -151,8 +212,28 @@ export default async function (ctx: BenchContext): Promise<void> {
   await router.close();
   await indexer.close();
   await bus.close();
-  load.close();
   clearInterval(heartbeat);
+
+  // ---- the index budget over a real nats-server (indexer in its own process) --------------------------------
+  ctx.progress('router over NATS: index fallbacks at 200 req/s');
+  try {
+    const leg = await startNatsLeg({ engines, model: MODEL, blockSize: B, prefixes: 400, progress: ctx.progress });
+    try {
+      const url = leg.router.url;
+      await load.call<Timed[]>({ op: 'measure', url, path: '/v1/completions', tag: 'warm-nats', count: 400, rate });
+      const f0 = leg.router.stats().indexFallbacks;
+      const count = ctx.quick ? 1000 : 6000;
+      const timed = await load.call<Timed[]>({ op: 'measure', url, path: '/v1/completions', tag: 'nats', count, rate });
+      const fb = leg.router.stats().indexFallbacks - f0;
+      const total = timed.map((t) => t.done - t.sent);
+      ctx.report({ bench: 'router.fallback.nats', value: (100 * fb) / timed.length, unit: '%', baseline: memoryFallbackShare, note: `${fb} of ${timed.length} routing decisions went by load only (index budget 5 ms missed, no fault), ${rate} req/s over a real nats-server, indexer in its own process; client-observed p50 ${percentile(total, 50).toFixed(3)} ms, p99 ${percentile(total, 99).toFixed(3)} ms; baseline: the share over the MemoryBus in this run` });
+    } finally {
+      await leg.close();
+    }
+  } catch (e) {
+    ctx.progress(`router over NATS skipped: ${(e as Error).message}`);
+  }
+  load.close();
 
   // ---- tokenization -----------------------------------------------------------------------------------------
   ctx.progress('tokenize');
