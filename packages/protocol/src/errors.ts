@@ -22,6 +22,8 @@ export type ErrorCode =
   | 'KVG_NOT_READY'
   | 'KVG_SHUTTING_DOWN'
   | 'KVG_ENGINE_DOWN'
+  | 'KVG_BAD_PREFILL_TARGET'
+  | 'KVG_REQUEST_TIMEOUT'
   | 'KVG_UNAUTHORIZED'
   | 'KVG_RATE_LIMITED'
   | 'KVG_INTERNAL';
@@ -48,6 +50,10 @@ const STATUS: Record<ErrorCode, number> = {
   KVG_SHUTTING_DOWN: 503,
   /** the shim's engine does not answer its health probe */
   KVG_ENGINE_DOWN: 503,
+  /** x-prefiller-host-port names no registered, live prefill worker (the shim sends nothing there) */
+  KVG_BAD_PREFILL_TARGET: 403,
+  /** the request's headers or body did not arrive within the server's bound (http-limits.ts); the socket is closed */
+  KVG_REQUEST_TIMEOUT: 408,
   /** a call without valid credentials (a shim call without a valid cluster signature) */
   KVG_UNAUTHORIZED: 401,
   /** a key (or client) over its request or prompt-token rate; the answer carries Retry-After */

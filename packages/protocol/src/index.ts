@@ -17,3 +17,4 @@ export * from './diag.js';
 export * from './diag-publisher.js';
 export * from './http-drain.js';
 export * from './cluster-auth.js';
+export * from './http-limits.js';

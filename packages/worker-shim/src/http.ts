@@ -2,7 +2,12 @@
  * The shim's HTTP front (edge): fronts the engine for P/D and exposes health and metrics.
  *   POST /v1/completions, /v1/chat/completions — proxied to the engine, bodies and SSE streamed through.
  *        With `x-prefiller-host-port` on a decode (or both) shim: remote prefill first (pd.ts), then the
- *        request goes to the engine carrying the returned transfer descriptor.
+ *        request goes to the engine carrying the returned transfer descriptor. The header is honoured only when it
+ *        names a live prefill worker of the registry (prefill-targets.ts), else 403 KVG_BAD_PREFILL_TARGET and
+ *        nothing is sent anywhere; the descriptor the prefill returns is passed on only when its
+ *        `remote_host`/`remote_port` belong to that worker (else the engine prefills locally), and a
+ *        `kv_transfer_params` already in the request body only when its peer (if any) is a live prefill worker
+ *        (else 403). What the prefill endpoint answers on failure is logged, never shown to the client.
  *   GET /healthz (503, OpenAI-shaped, while the engine fails its health probe), GET /metrics.
  * close(drainMs) stops accepting, lets proxied requests finish that long, then cuts them cleanly (http-drain.ts:
  * an SSE stream ends with an error event and `data: [DONE]`).
@@ -26,9 +31,15 @@ import {
   tracer,
   type Span,
   type WorkerRole,
+  type WorkerRegistration,
+  applyHttpLimits,
+  httpServerOptions,
+  resolveHttpLimits,
+  type HttpLimits,
 } from '@kvgate/protocol';
 import type { ShimMetrics } from './metrics.js';
 import { describeDescriptor, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, validateDescriptor } from './pd.js';
+import { descriptorPeer, type PrefillTargets } from './prefill-targets.js';
 
 const log = logger('shim.http');
 
@@ -52,6 +63,12 @@ export interface HttpFrontDeps {
   onServed?(worker: string): void;
   /** with a cluster secret: every P/D/proxy call must carry a valid router signature (cluster-auth.ts), else 401 */
   clusterAuth?: ClusterVerifier;
+  /** the registry's live prefill workers; absent: every prefill target and transfer peer is refused */
+  prefillTargets?: Pick<PrefillTargets, 'lookup' | 'all'>;
+  /** the prefill engines' NIXL side-channel base port (vLLM `VLLM_NIXL_SIDE_CHANNEL_PORT`, default 5600) */
+  nixlSideChannelPort?: number;
+  /** timeouts and connection cap of the front (protocol http-limits.ts; resolved again, so already resolved is fine) */
+  httpLimits?: HttpLimits;
 }
 
 const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
@@ -91,8 +108,9 @@ export class HttpFront {
 
   constructor(deps: HttpFrontDeps) {
     this.#d = deps;
-    this.#server = createServer((req, res) => void this.#handle(req, res));
-    this.#server.keepAliveTimeout = 5_000;
+    const limits = resolveHttpLimits(deps.httpLimits);
+    this.#server = createServer(httpServerOptions(limits), (req, res) => void this.#handle(req, res));
+    applyHttpLimits(this.#server, limits, 'shim');
     this.#drain = new HttpDrain(this.#server, 'shim');
   }
 
@@ -159,9 +177,19 @@ export class HttpFront {
       if (typeof prefiller === 'string' && prefiller !== '' && d.role !== 'prefill') {
         const json = parseJsonObject(body);
         const base = prefillerBaseUrl(prefiller);
-        const desc = await this.#prefill(base, path, json, span, abort.signal, req.headers.authorization);
-        body = Buffer.from(JSON.stringify({ ...json, kv_transfer_params: desc }));
-        res.setHeader('x-kvgate-prefill', prefiller);
+        const workers = d.prefillTargets?.lookup(prefiller) ?? [];
+        if (workers.length === 0) {
+          d.metrics.pdPrefills.inc({ result: 'refused_target' });
+          log.warn({ worker: d.worker, target: prefiller }, 'prefill target refused: not a live prefill worker of the registry (nothing sent)');
+          throw new KvgateError('KVG_BAD_PREFILL_TARGET', `${PREFILLER_HEADER} ${JSON.stringify(prefiller)} names no registered, live prefill worker`);
+        }
+        const desc = await this.#prefill(base, path, json, span, abort.signal, req.headers.authorization, workers);
+        const { kv_transfer_params: _client, ...rest } = json;
+        // a refused descriptor is never handed to the engine (it would connect there): it prefills locally
+        body = Buffer.from(JSON.stringify(desc ? { ...rest, kv_transfer_params: desc } : rest));
+        res.setHeader('x-kvgate-prefill', desc ? prefiller : 'local');
+      } else if (d.role !== 'prefill') {
+        this.#checkClientDescriptor(body);
       }
       const headers: Record<string, string> = {};
       for (const h of FORWARD_REQ) {
@@ -214,6 +242,28 @@ export class HttpFront {
     }
   }
 
+  /**
+   * A request arriving with its own `kv_transfer_params` (a gateway that pairs P/D itself, through a router with
+   * `trustClientPd`): a peer it names (`remote_host`/`remote_port`) must be a live prefill worker, else 403.
+   */
+  #checkClientDescriptor(body: Buffer): void {
+    if (!body.includes('kv_transfer_params')) return;
+    let v: unknown;
+    try {
+      v = JSON.parse(body.toString('utf8'));
+    } catch {
+      return; // the engine answers a body that is not JSON
+    }
+    const p = (v as { kv_transfer_params?: unknown } | null)?.kv_transfer_params;
+    if (typeof p !== 'object' || p === null) return;
+    const { remote_host, remote_port } = p as { remote_host?: unknown; remote_port?: unknown };
+    if ((remote_host === undefined || remote_host === null) && (remote_port === undefined || remote_port === null)) return;
+    if (descriptorPeer(p as Record<string, unknown>, this.#d.prefillTargets?.all() ?? [], this.#d.nixlSideChannelPort)) return;
+    this.#d.metrics.pdPrefills.inc({ result: 'refused_descriptor' });
+    log.warn({ worker: this.#d.worker, host: String(remote_host), port: String(remote_port) }, 'request kv_transfer_params refused: its peer is not a live prefill worker (nothing sent)');
+    throw new KvgateError('KVG_BAD_PREFILL_TARGET', 'kv_transfer_params names a transfer peer that is no registered, live prefill worker');
+  }
+
   /** the worker a request is for: its rank's worker when it names a rank this shim serves */
   #workerOf(req: IncomingMessage): string {
     const h = req.headers[DP_RANK_HEADER];
@@ -221,8 +271,12 @@ export class HttpFront {
     return this.#d.worker;
   }
 
-  /** `authorization`: the router's engine key, passed on to the prefill engine as to the own engine */
-  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined): Promise<Record<string, unknown>> {
+  /**
+   * `authorization`: the router's engine key, passed on to the prefill engine as to the own engine. Returns the
+   * descriptor, or undefined when its peer is not one of `workers` (the prefill worker named): then the request
+   * is prefilled locally.
+   */
+  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined, workers: WorkerRegistration[]): Promise<Record<string, unknown> | undefined> {
     const d = this.#d;
     const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base } }, extractTraceContext(injectTraceHeaders({}, parent)));
     try {
@@ -241,7 +295,11 @@ export class HttpFront {
         throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} unreachable: ${(e as Error).message}`, { cause: e });
       }
       const text = await res.body.text();
-      if (res.statusCode !== 200) throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} answered ${res.statusCode}: ${text.slice(0, 200)}`);
+      if (res.statusCode !== 200) {
+        // the body is logged, never reflected: whatever answered is not the client's to read
+        log.warn({ worker: d.worker, prefill: base, status: res.statusCode, body: text.slice(0, 200) }, 'prefill endpoint failed');
+        throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} answered ${res.statusCode}`);
+      }
       let parsed: unknown;
       try {
         parsed = JSON.parse(text);
@@ -254,6 +312,11 @@ export class HttpFront {
       } catch (e) {
         // the prefill side broke the protocol: a gateway error for our client, not its bad request
         throw new KvgateError('KVG_UPSTREAM', (e as Error).message, { cause: e });
+      }
+      if (!descriptorPeer(desc, workers, d.nixlSideChannelPort)) {
+        d.metrics.pdPrefills.inc({ result: 'foreign_descriptor' });
+        log.warn({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'transfer descriptor refused: its remote_host/remote_port are not the prefill worker; prefilling locally');
+        return undefined;
       }
       log.info({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'remote prefill done');
       d.metrics.pdPrefills.inc({ result: 'ok' });

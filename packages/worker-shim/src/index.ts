@@ -24,6 +24,7 @@ import { LoraNames, lorasFromModels } from './lora.js';
 import { LoadScraper } from './load-scraper.js';
 import { registryKey } from './registry.js';
 import { HttpFront } from './http.js';
+import { PrefillTargets, watchPrefillTargets } from './prefill-targets.js';
 import { engineLoad } from './engine-load.js';
 import { offsetEndpoint } from './dp.js';
 import { RankWorker, type SharedShape } from './rank-worker.js';
@@ -179,6 +180,8 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
 
   // ---- HTTP front ------------------------------------------------------------------------------------
   let front: HttpFront | undefined;
+  // where a P/D request may prefill: the registry's live prefill workers (a decode-capable front only)
+  const prefillTargets = o.port >= 0 && o.role !== 'prefill' ? new PrefillTargets({ confirmMs: o.registryTtlMs }) : undefined;
   if (o.port >= 0) {
     front = new HttpFront({
       worker: o.worker,
@@ -190,6 +193,9 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       metricsText: dp ? () => metricsText([metrics, ...ranks.map((r) => r.metrics)]) : undefined,
       onServed: (w) => ranks.find((r) => r.worker === w)?.diag.serving(),
       ...(o.clusterSecret ? { clusterAuth: new ClusterVerifier(o.clusterSecret) } : {}),
+      prefillTargets,
+      nixlSideChannelPort: o.nixlSideChannelPort,
+      httpLimits: o.httpLimits,
       unhealthy: () => (shared.engineUp ? undefined : new KvgateError('KVG_ENGINE_DOWN', `worker ${o.worker}: the engine at ${o.engineUrl} does not answer GET /health`)),
       health: () => ({
         status: shared.stopped ? 'stopping' : 'ok',
@@ -217,6 +223,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     });
     shared.url = await front.listen(o.port, o.host);
   }
+  const targetWatch = prefillTargets ? watchPrefillTargets(kv, prefillTargets) : undefined;
   shared.advertised = o.advertiseUrl ?? (shared.url || o.engineUrl);
 
   // ---- engine health: probe GET /health; report, withdraw and rejoin on what it says ------------------------
@@ -263,6 +270,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     // deregister first (routers stop sending here), then drain what is in flight, then the event side
     if (clean) await within(STEP_MS, Promise.all(started.map((r) => r.withdraw())));
     await front?.close(drainMs);
+    await within(STEP_MS, targetWatch?.stop() ?? Promise.resolve());
     await within(STEP_MS, scraper.stop());
     await within(STEP_MS, Promise.all(started.map((r) => r.stop(clean))));
     if (clean) await within(STEP_MS, bus.flush().catch(() => undefined));

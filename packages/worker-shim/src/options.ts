@@ -1,5 +1,5 @@
 /** The shim's one options type; `kvgate shim` flags and KVGATE_* env vars map onto it. */
-import { KvgateError, TOKEN_RE, type WorkerRole } from '@kvgate/protocol';
+import { KvgateError, resolveHttpLimits, TOKEN_RE, type HttpLimits, type ResolvedHttpLimits, type WorkerRole } from '@kvgate/protocol';
 import { parseLoraMap } from './lora.js';
 import { offsetEndpoint, rankWorkerId } from './dp.js';
 
@@ -93,9 +93,17 @@ export interface ShimOptions {
    * (GET /v1/models for LoRA names; /health and /metrics need none). Proxied requests carry the router's. Never logged.
    */
   engineApiKey?: string;
+  /**
+   * the prefill engines' NIXL side-channel base port (vLLM `VLLM_NIXL_SIDE_CHANNEL_PORT`, default 5600): a transfer
+   * descriptor's `remote_port` must be this + the prefill worker's DP rank (or the port it registered)
+   */
+  nixlSideChannelPort?: number;
+  /** header/body timeouts, keep-alive and connection cap of the HTTP front (protocol http-limits.ts) */
+  httpLimits?: HttpLimits;
 }
 
-export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank' | 'clusterSecret' | 'engineApiKey'>> & {
+export type ResolvedShimOptions = Required<Omit<ShimOptions, 'kvReplay' | 'advertiseUrl' | 'loraMap' | 'kvEvents' | 'kvEventsBind' | 'dataParallelSize' | 'dpRank' | 'clusterSecret' | 'engineApiKey' | 'httpLimits'>> & {
+  httpLimits: ResolvedHttpLimits;
   clusterSecret: string | undefined;
   engineApiKey: string | undefined;
   kvReplay: string | undefined;
@@ -179,6 +187,8 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     publishBufferBatches: positive(o.publishBufferBatches ?? 10_000, 'publish buffer batches'),
     publishBufferBytes: positive(o.publishBufferBytes ?? 64 * 1024 * 1024, 'publish buffer bytes'),
     engineProbeMs: positive(o.engineProbeMs ?? 1000, 'engine probe period'),
+    nixlSideChannelPort: rankNumber(o.nixlSideChannelPort ?? 5600, 'NIXL side-channel port', 1),
+    httpLimits: resolveHttpLimits(o.httpLimits),
     engineProbeTimeoutMs: positive(o.engineProbeTimeoutMs ?? 1000, 'engine probe timeout'),
     engineDownDeregisterMs: positive(o.engineDownDeregisterMs ?? 30_000, 'engine-down deregistration bound', true),
     clusterSecret: o.clusterSecret || undefined,

@@ -8,7 +8,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request } from 'undici';
-import { connectNats, decodeRegistration, initHashing, MemoryBus, prefixHashes, subjects, type Bus } from '@kvgate/protocol';
+import { connectNats, decodeRegistration, encode, initHashing, MemoryBus, prefixHashes, subjects, type Bus } from '@kvgate/protocol';
 import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
 import { freePort, stablePort, startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
 import { startShim, registryKey, type ShimHandle, type ShimOptions } from '../src/index.js';
@@ -249,19 +249,27 @@ function busSuite(kind: 'memory' | 'nats') {
     try {
       const hostPort = new URL(prefill.url).host;
       const p = prompt(40, 100);
+      // only a live prefill worker of the registry is a prefill target (prefill-targets.test.ts has the refusals)
+      const kv = await r.bus.kv(S.workersBucket, { ttlMs: 3000 });
+      const deadPort = await freePort();
+      const regOf = (worker: string, url: string) => encode({ worker, model: MODEL, role: 'prefill', url, engineUrl: url, blockSize: B, capacityBlocks: 100, loras: [], ts: Date.now() });
+      await kv.put(registryKey(`${r.worker}-p`), regOf(`${r.worker}-p`, prefill.url));
+      await kv.put(registryKey(`${r.worker}-dead`), regOf(`${r.worker}-dead`, `http://127.0.0.1:${deadPort}`));
+      await waitFor(async () => (await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: 'x', max_tokens: 1 }, { 'x-prefiller-host-port': hostPort })).status === 200, 'prefill worker registered');
+      const okBefore = await metric(r.shim, 'pd_prefills_total', 'ok');
       const res = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p, max_tokens: 5 }, { 'x-prefiller-host-port': hostPort, traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' });
       assert.is(res.status, 200, res.text);
       assert.is(res.headers['x-kvgate-prefill'], hostPort);
       assert.is(res.headers['x-kvgate-worker'], r.worker);
       assert.ok(res.json().choices[0].text.length > 0);
-      assert.is(await metric(r.shim, 'pd_prefills_total', 'ok'), 1);
+      assert.is(await metric(r.shim, 'pd_prefills_total', 'ok'), okBefore + 1);
       // streaming passthrough, P/D too
       const s = await post(`${r.shim.url}/v1/chat/completions`, { model: MODEL, messages: [{ role: 'user', content: p }], max_tokens: 4, stream: true }, { 'x-prefiller-host-port': hostPort });
       assert.is(s.status, 200, s.text);
       assert.match(String(s.headers['content-type']), /text\/event-stream/);
       assert.ok(s.text.trim().endsWith('data: [DONE]'));
-      // a prefill endpoint that is not there: 502, OpenAI-shaped
-      const bad = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p }, { 'x-prefiller-host-port': `127.0.0.1:${await freePort()}` });
+      // a registered prefill endpoint that is not there: 502, OpenAI-shaped
+      const bad = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p }, { 'x-prefiller-host-port': `127.0.0.1:${deadPort}` });
       assert.is(bad.status, 502);
       assert.is(bad.json().error.code, 'KVG_UPSTREAM');
       const junk = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p }, { 'x-prefiller-host-port': 'not a host' });
