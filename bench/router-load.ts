@@ -50,7 +50,7 @@ async function stubEngine(): Promise<string> {
 }
 
 /** `count` requests at a fixed rate; per request: when it was sent, when the stub saw its headers, when the response was in */
-async function measure(url: string, path: string, tag: string, count: number, rate: number): Promise<Timed[]> {
+async function measure(url: string, path: string, tag: string, count: number, rate: number, headers: Record<string, string> = {}): Promise<Timed[]> {
   const pool = new Pool(url, { connections: 64 });
   const out: Timed[] = [];
   const t0 = now();
@@ -104,7 +104,7 @@ async function handle(req: LoadRequest): Promise<unknown> {
       bodies = req.bodies;
       return bodies.length;
     case 'measure':
-      return measure(req.url, req.path, req.tag, req.count, req.rate);
+      return measure(req.url, req.path, req.tag, req.count, req.rate, req.headers);
     case 'rps':
       return rps(req.url, req.path, req.seconds, req.inFlight);
   }

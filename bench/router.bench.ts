@@ -4,6 +4,9 @@
  *                               the MemoryBus, 4 workers, a 2k-token prompt as token ids) at a fixed request rate;
  *                               baseline: the same client straight to the engine stub. Client and stubs run in a
  *                               process of their own (router-load.ts); the router process holds router + indexer.
+ *   router.overhead.auth.p50 / .p99  the same through a second router on the same bus with auth on (an API key,
+ *                               the rate limiter, the engine's key upstream), measured in the same alternating
+ *                               rounds; baseline: router.overhead.* (auth off) — the cost of the checks.
  *   router.added.p50 / .p99     ms, client-observed latency (send → whole response in) through the router minus
  *                               the same straight to the engine, at 200 req/s; baseline: nginx.added (so the ratio
  *                               column is router/nginx). Same client, payloads and rate for every path, measured in
@@ -134,16 +137,22 @@ export default async function (ctx: BenchContext): Promise<void> {
   await indexer.whenReady();
   const router = await startRouter(bus, { port: 0, id: 'bench-router', registryTtlMs: 15_000 });
   await router.waitForWorkers(4);
+  // the same router with auth on (API key, per-key rate limits that never bite, the engine's own key upstream)
+  const AUTH = { authorization: 'Bearer bench-api-key' };
+  const routerAuth = await startRouter(bus, { port: 0, id: 'bench-router-auth', registryTtlMs: 15_000, apiKeys: ['bench-api-key'], rateLimit: { requestsPerS: 1e6, tokensPerS: 1e9 }, engineApiKey: 'bench-engine-key' });
+  await routerAuth.waitForWorkers(4);
   ctx.progress('router up; measuring overhead');
 
   const prompts = Array.from({ length: 64 }, (_, p) => JSON.stringify({ model: MODEL, max_tokens: 1, prompt: Array.from({ length: 2048 }, (_, i) => ((p % 400) * 7919 + i * 31) % 150_000 + (i > 1024 ? p : 0)) }));
   await load.call({ op: 'prompts', bodies: prompts });
   // "request in" at the router: its HTTP server has the request's headers (same monotonic clock as the load process)
   const inAt = new Map<string, number>();
-  router.server.prependListener('request', (req: IncomingMessage) => {
+  const requestIn = (req: IncomingMessage) => {
     const rid = req.headers['x-request-id'];
     if (typeof rid === 'string') inAt.set(rid, Number(process.hrtime.bigint()) / 1e6);
-  });
+  };
+  router.server.prependListener('request', requestIn);
+  routerAuth.server.prependListener('request', requestIn);
   // the peers: nginx and HAProxy as plain round-robin proxies in front of the same engines
   const peers: Peer[] = [];
   const skipped: string[] = [];
@@ -155,14 +164,14 @@ export default async function (ctx: BenchContext): Promise<void> {
     } else peers.push(p);
   }
   // the paths measured side by side: direct first (the baseline of every .added figure)
-  const paths = [{ name: 'direct', url: engines[0]! }, { name: 'router', url: router.url }, ...peers.map((p) => ({ name: p.name as string, url: p.url }))];
+  const paths: { name: string; url: string; headers?: Record<string, string> }[] = [{ name: 'direct', url: engines[0]! }, { name: 'router', url: router.url }, { name: 'router-auth', url: routerAuth.url, headers: AUTH }, ...peers.map((p) => ({ name: p.name as string, url: p.url }))];
   // warm-up every path, then measure in alternating rounds (n requests per path in all), so all paths see the
   // same machine: a shared 2-core box drifts over a minute, and one window each would charge drift to one path
   const roundsAt = async (r: number, count: number, rounds: number): Promise<Map<string, Timed[]>> => {
-    for (const p of paths) await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `warm-${p.name}-${r}`, count: Math.min(count, 2 * r), rate: r });
+    for (const p of paths) await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `warm-${p.name}-${r}`, count: Math.min(count, 2 * r), rate: r, ...(p.headers ? { headers: p.headers } : {}) });
     const out = new Map<string, Timed[]>(paths.map((p) => [p.name, []]));
     for (let k = 0; k < rounds; k++) {
-      for (const p of paths) out.get(p.name)!.push(...(await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `${p.name}-${r}-${k}`, count: Math.ceil(count / rounds), rate: r })));
+      for (const p of paths) out.get(p.name)!.push(...(await load.call<Timed[]>({ op: 'measure', url: p.url, path: '/v1/completions', tag: `${p.name}-${r}-${k}`, count: Math.ceil(count / rounds), rate: r, ...(p.headers ? { headers: p.headers } : {}) })));
     }
     return out;
   };
@@ -179,6 +188,11 @@ export default async function (ctx: BenchContext): Promise<void> {
   const how = `${rate} req/s, 2k-token prompts as token ids, 4 workers, real indexer over the MemoryBus; client and stub engines in another process; ${fallbacks} index fallbacks in ${via.length} requests (${rounds} alternating rounds)`;
   ctx.report({ bench: 'router.overhead.p50', value: r50, unit: 'ms', baseline: d50, note: `request in at the router (headers) → upstream sees it (tokens → hashes → index over the bus → score → proxy); baseline: client → engine directly; client-observed send → upstream: via router ${v50.toFixed(3)} ms, direct ${d50.toFixed(3)} ms; ${how}` });
   ctx.report({ bench: 'router.overhead.p99', value: r99, unit: 'ms', baseline: d99, note: `as p50; client-observed send → upstream at p99: via router ${v99.toFixed(3)} ms, direct ${d99.toFixed(3)} ms` });
+  const inAuth = at200.get('router-auth')!.map((t) => t.at - inAt.get(t.id)!);
+  if (inAuth.some((x) => !Number.isFinite(x) || x < 0)) throw new Error('auth-on router: request-in times missing or after the upstream arrival');
+  for (const [q, off] of [['p50', r50], ['p99', r99]] as const) {
+    ctx.report({ bench: `router.overhead.auth.${q}`, value: percentile(inAuth, q === 'p50' ? 50 : 99), unit: 'ms', baseline: off, note: `as router.overhead.${q}, through a router with auth on (API key, per-key rate limiter on requests and prompt tokens, engine key upstream); baseline: router.overhead.${q} (auth off), same alternating rounds` });
+  }
   reportAdded(ctx, at200, '', `${rate} req/s`, skipped);
 
   ctx.progress('added latency at 1,000 req/s');
@@ -210,6 +224,7 @@ export default async function (ctx: BenchContext): Promise<void> {
   bare.closeAllConnections();
   bare.close();
   await router.close();
+  await routerAuth.close();
   await indexer.close();
   await bus.close();
   clearInterval(heartbeat);
