@@ -16,6 +16,8 @@ const KVGATE = fileURLToPath(new URL('../bin/kvgate.js', import.meta.url));
 
 export interface NatsLeg {
   router: RouterHandle;
+  /** the indexer process's HTTP edge (/metrics, /debug/workers) */
+  indexerUrl: string;
   close(): Promise<void>;
 }
 
@@ -82,7 +84,7 @@ export async function startNatsLeg(o: NatsLegOptions): Promise<NatsLeg> {
     router = await startRouter(bus, { port: 0, id: 'bench-router-nats', registryTtlMs: 15_000 });
     await router.waitForWorkers(workers);
     o.progress('router over NATS up (indexer in its own process)');
-    return { router, close };
+    return { router, indexerUrl, close };
   } catch (e) {
     await close();
     throw e;

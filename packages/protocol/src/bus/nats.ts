@@ -197,6 +197,8 @@ function replicasOf(o: NatsBusOptions): number {
 }
 
 const DEFAULT_TIMEOUT_MS = 1000;
+/** how much longer than a request's deadline nats.js keeps its reply slot (a late reply is then dropped quietly) */
+const REQUEST_SLOT_GRACE_MS = 1000;
 /** close(): the final flush, and the close itself, each wait at most this long */
 const CLOSE_BUDGET_MS = 1000;
 
@@ -486,16 +488,27 @@ export class NatsBus implements Bus {
     }
     const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     return new Promise<Msg>((resolve, reject) => {
+      let settled = false;
+      const settle = (): boolean => {
+        if (settled) return false;
+        settled = true;
+        clearTimeout(timer);
+        this.#enders.delete(onClose);
+        return true;
+      };
       // close() rejects what is still waiting with KVG_BUS_CLOSED (nats.js would report a timeout)
-      const onClose = (): void => reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`));
+      const onClose = (): void => void (settle() && reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`)));
       this.#enders.add(onClose);
-      this.#nc.request(subject, copyBytes(data), { timeout }).then(
-        (m) => {
-          this.#enders.delete(onClose);
-          resolve(this.#wrap(m));
-        },
+      // The deadline is kept here, not by nats.js: when it passes, a reply that is already in the socket is read
+      // first. Node runs due timers before it polls for I/O, so after one busy turn of the event loop (a GC pause,
+      // a large body parsed) a bare timer would fire ahead of a reply that came back in time, and a 5 ms index
+      // budget would be missed with nothing slow on the bus (issue 14). setImmediate runs after that poll.
+      const timer = setTimeout(() => setImmediate(() => void (settle() && reject(new BusError('KVG_TIMEOUT', `request on ${subject} timed out after ${timeout} ms`)))), timeout);
+      // nats.js's own timeout only frees its reply slot, later (our deadline settles first)
+      this.#nc.request(subject, copyBytes(data), { timeout: timeout + REQUEST_SLOT_GRACE_MS }).then(
+        (m) => void (settle() && resolve(this.#wrap(m))),
         (err) => {
-          this.#enders.delete(onClose);
+          if (!settle()) return;
           const e = toBusError(err, subject);
           if (e.code === 'KVG_TIMEOUT') reject(new BusError('KVG_TIMEOUT', `request on ${subject} timed out after ${timeout} ms`, { cause: err }));
           else reject(e);
