@@ -8,7 +8,7 @@
  * Errors are OpenAI-shaped JSON ({error: {message, type, code}}), never a stack trace.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { errorBody, hexToHash, KvgateError, logger, prefixHashes, readBody, parseJsonObject } from '@kvgate/protocol';
+import { applyHttpLimits, errorBody, hexToHash, httpServerOptions, KvgateError, logger, prefixHashes, readBody, parseJsonObject, resolveHttpLimits, type HttpLimits } from '@kvgate/protocol';
 import type { Indexer } from './actor.js';
 
 const MAX_BODY = 8 * 1024 * 1024;
@@ -62,8 +62,10 @@ export function parseMatchBody(body: unknown, indexer: Pick<Indexer, 'blockSizeO
   bad('give `tokens` (number[]) or `hashes` (16-hex strings)');
 }
 
-export function createIndexerHttp(indexer: Indexer): Server {
-  return createServer((req, res) => {
+/** `limits`: header/body timeouts, keep-alive and connection cap (protocol http-limits.ts) */
+export function createIndexerHttp(indexer: Indexer, limits: HttpLimits = {}): Server {
+  const l = resolveHttpLimits(limits);
+  const server = createServer(httpServerOptions(l), (req, res) => {
     void handle(indexer, req, res).catch((err) => {
       if (!(err instanceof KvgateError)) log.error({ err }, 'request failed');
       const { status, body } = errorBody(err);
@@ -71,6 +73,8 @@ export function createIndexerHttp(indexer: Indexer): Server {
       else res.destroy();
     });
   });
+  applyHttpLimits(server, l, 'indexer');
+  return server;
 }
 
 async function handle(indexer: Indexer, req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -4,7 +4,7 @@
  */
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import { initHashing, type Bus } from '@kvgate/protocol';
+import { initHashing, type Bus, type HttpLimits } from '@kvgate/protocol';
 import { Indexer, type IndexClient, type IndexerOptions } from './actor.js';
 import { createIndexerHttp } from './http.js';
 
@@ -13,6 +13,8 @@ export interface StartIndexerOptions extends IndexerOptions {
   port?: number;
   /** HTTP bind address. Default '127.0.0.1'. */
   host?: string;
+  /** header/body timeouts, keep-alive and connection cap of the HTTP server (protocol http-limits.ts) */
+  httpLimits?: HttpLimits;
 }
 
 export interface RunningIndexer {
@@ -32,7 +34,7 @@ export async function startIndexer(bus: Bus, options: StartIndexerOptions = {}):
   let server: Server | null = null;
   let port: number | null = null;
   if (options.port !== undefined) {
-    server = createIndexerHttp(indexer);
+    server = createIndexerHttp(indexer, options.httpLimits);
     await new Promise<void>((resolve, reject) => {
       server!.once('error', reject);
       server!.listen(options.port, options.host ?? '127.0.0.1', () => resolve());

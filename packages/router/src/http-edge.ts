@@ -14,7 +14,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { extractTraceContext, HttpDrain, injectTraceHeaders, KvgateError, signRequest, SpanStatusCode, tracer, type Logger, type Span } from '@kvgate/protocol';
+import { applyHttpLimits, extractTraceContext, HttpDrain, httpServerOptions, injectTraceHeaders, KvgateError, resolveHttpLimits, signRequest, SpanStatusCode, tracer, type HttpLimits, type Logger, type Span } from '@kvgate/protocol';
 import type { Agent } from 'undici';
 import type { ApiKeys } from './api-keys.js';
 import type { ClusterView } from './cluster-view.js';
@@ -46,6 +46,8 @@ export interface HttpEdgeOptions {
   forwardClientAuth: boolean;
   trustClientPd: boolean;
   clusterSecret: string | undefined;
+  /** header/body timeouts, keep-alive (65 s by default here) and connection cap (protocol http-limits.ts) */
+  httpLimits?: HttpLimits;
 }
 
 export interface EdgeStats {
@@ -79,7 +81,8 @@ export class HttpEdge {
     this.#cluster = o.cluster;
     this.#metrics = o.metrics;
     this.#log = o.log;
-    this.server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (inReq, res) => {
+    const limits = resolveHttpLimits(o.httpLimits, { keepAliveTimeoutMs: 65_000 });
+    this.server = createServer(httpServerOptions(limits, { noDelay: true }), (inReq, res) => {
       const path = (inReq.url ?? '/').split('?')[0]!;
       this.#stats.requests++;
       res.on('finish', () => this.#metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
@@ -89,6 +92,7 @@ export class HttpEdge {
         sendError(res, e);
       });
     });
+    applyHttpLimits(this.server, limits, 'router');
     this.drain = new HttpDrain(this.server, 'router');
   }
 

@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
-import { decisionStreamConfig, initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, type MatchReply, type Subjects } from '@kvgate/protocol';
+import { decisionStreamConfig, initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, type HttpLimits, type MatchReply, type Subjects } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { ApiKeys } from './api-keys.js';
 import { ClusterView } from './cluster-view.js';
@@ -106,6 +106,8 @@ export interface RouterOptions {
   trustClientPd?: boolean;
   /** sign every upstream call with this cluster secret (x-kvgate-signature, cluster-auth.ts); default none */
   clusterSecret?: string;
+  /** header/body timeouts (408 KVG_REQUEST_TIMEOUT), keep-alive (default 65 s) and connection cap of the client server (protocol http-limits.ts) */
+  httpLimits?: HttpLimits;
 }
 
 export interface RouterStats {
@@ -200,6 +202,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     forwardClientAuth: options.forwardClientAuth === true,
     trustClientPd: options.trustClientPd === true,
     clusterSecret,
+    httpLimits: options.httpLimits,
   });
 
   let closed = false;

@@ -3,7 +3,7 @@
  * ZMQ KV events + replay) and returns a handle; many instances coexist in one process.
  * The pure core (KvCache, Scheduler, timing model) is exported for virtual-clock drivers (`kvgate replay whatif`).
  */
-import { HttpDrain, initHashing } from '@kvgate/protocol';
+import { applyHttpLimits, HttpDrain, httpServerOptions, initHashing, resolveHttpLimits, type HttpLimits } from '@kvgate/protocol';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -95,6 +95,8 @@ export interface SimEngineOptions {
   cpuOffloadBlocks?: number;
   /** GPU ↔ host link of the offload tier (defaults: 25 GB/s, 0 ms) */
   offloadLink?: Partial<OffloadLinkModel>;
+  /** header/body timeouts, keep-alive (default 65 s here) and connection cap of the HTTP server (protocol http-limits.ts) */
+  httpLimits?: HttpLimits;
 }
 
 export interface SimEngineHandle {
@@ -224,7 +226,9 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     advertise: () => ({ host: advertiseHost, port }),
     tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
   });
-  const server: Server = createServer({ keepAliveTimeout: 65_000 }, handler);
+  const limits = resolveHttpLimits(options.httpLimits, { keepAliveTimeoutMs: 65_000 });
+  const server: Server = createServer(httpServerOptions(limits), handler);
+  applyHttpLimits(server, limits, 'sim-engine');
   const drain = new HttpDrain(server, 'engine');
   try {
     await new Promise<void>((resolve, reject) => {

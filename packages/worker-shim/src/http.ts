@@ -154,7 +154,8 @@ export class HttpFront {
       }
       throw new KvgateError('KVG_NOT_FOUND', `no route ${req.method} ${path}`);
     } catch (e) {
-      if (!(e instanceof KvgateError)) log.error({ err: e, path }, 'request failed');
+      // a client gone mid-request (or cut by the body timeout) is no failure of ours
+      if (!(e instanceof KvgateError) && !req.destroyed) log.error({ err: e, path }, 'request failed');
       sendError(res, e);
     }
   }
