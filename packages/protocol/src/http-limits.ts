@@ -29,7 +29,7 @@ export interface HttpLimits {
   headersTimeoutMs?: number;
   /** the whole request, body included, must arrive within this, ms (default 30,000) */
   bodyTimeoutMs?: number;
-  /** an idle keep-alive connection is closed after this, ms (default 5,000; the router and sim engine pass 65,000) */
+  /** an idle keep-alive connection is closed after this (+ Node's 1 s grace), ms (default 5,000; the router and sim engine pass 65,000) */
   keepAliveTimeoutMs?: number;
   /** concurrent connections accepted; more are closed at once (default 10,000; 0 = no cap) */
   maxConnections?: number;
@@ -59,7 +59,8 @@ export function resolveHttpLimits(l: HttpLimits = {}, base: HttpLimits = {}): Re
     // Node requires headersTimeout ≤ requestTimeout
     headersTimeoutMs: Math.min(headersTimeoutMs, bodyTimeoutMs),
     bodyTimeoutMs,
-    keepAliveTimeoutMs: bound(l.keepAliveTimeoutMs, 'keep-alive timeout', d.keepAliveTimeoutMs, true),
+    // 0 would not mean "no keep-alive" to Node but "idle sockets never time out": refused
+    keepAliveTimeoutMs: bound(l.keepAliveTimeoutMs, 'keep-alive timeout', d.keepAliveTimeoutMs, false),
     maxConnections: bound(l.maxConnections, 'max connections', d.maxConnections, true),
   };
 }

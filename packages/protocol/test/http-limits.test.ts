@@ -64,7 +64,7 @@ test('resolveHttpLimits: defaults, a base, headers never past the body bound, ba
   assert.is(resolveHttpLimits({}, { keepAliveTimeoutMs: 65_000 }).keepAliveTimeoutMs, 65_000);
   assert.is(resolveHttpLimits({ keepAliveTimeoutMs: 1000 }, { keepAliveTimeoutMs: 65_000 }).keepAliveTimeoutMs, 1000);
   assert.is(resolveHttpLimits({ headersTimeoutMs: 5000, bodyTimeoutMs: 2000 }).headersTimeoutMs, 2000);
-  for (const bad of [{ headersTimeoutMs: 0 }, { bodyTimeoutMs: -1 }, { maxConnections: 1.5 }, { keepAliveTimeoutMs: Number.NaN }]) {
+  for (const bad of [{ headersTimeoutMs: 0 }, { bodyTimeoutMs: -1 }, { maxConnections: 1.5 }, { keepAliveTimeoutMs: Number.NaN }, { keepAliveTimeoutMs: 0 }]) {
     try {
       resolveHttpLimits(bad);
       assert.unreachable(JSON.stringify(bad));
