@@ -5,7 +5,8 @@
  *   - as processes against a real nats-server that requires a password: every command that connects (router,
  *     indexer, shim, doctor, replay) refuses to start without credentials and with a wrong password — exit ≠ 0,
  *     one line `… [KVG_NATS_AUTH]`, and the password appears nowhere in stdout or stderr; with the right ones the
- *     router serves, requires its API key, and the indexer's log names the URL redacted; the shim binds 127.0.0.1.
+ *     router serves, requires its API key, and the indexer's log names the URL redacted; the shim binds 127.0.0.1;
+ *     the same for a token server (KVGATE_NATS_TOKEN, or the token in the URL).
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -221,6 +222,26 @@ test('the right credentials: the router serves and requires its API key; the ind
     assert.not.ok(r.out.stdout.includes(auth.pass) || r.out.stderr.includes(auth.pass), `the password is printed:\n${r.out.stderr}`);
     assert.not.ok(r.out.stderr.includes('a-cluster-secret-of-length'), 'the cluster secret is printed');
     assert.not.ok(r.out.stderr.includes('flag-key') || r.out.stderr.includes('file-key'), 'an API key is printed');
+  }
+});
+
+test('a token server: a wrong token (KVGATE_NATS_TOKEN, or in the URL) is refused and never printed; the right one serves', async () => {
+  const tokenNats = await startNatsServer({ auth: 'token' });
+  const WRONG_TOKEN = 'WrongTokenQ9z8y7x6';
+  try {
+    const args = ['router', '--port', '0', '--host', '127.0.0.1'];
+    await expectRefused([...args, '--nats', tokenNats.url], 'router', { KVGATE_NATS_TOKEN: WRONG_TOKEN }, 1, [WRONG_TOKEN]);
+    await expectRefused([...args, '--nats', tokenNats.url.replace('nats://', `nats://${WRONG_TOKEN}@`)], 'router', {}, 1, [WRONG_TOKEN]);
+    const token = (tokenNats.auth as { token: string }).token;
+    const ok = kvgate([...args, '--nats', tokenNats.url], { KVGATE_NATS_TOKEN: token });
+    try {
+      await waitFor(ok, /router ready/);
+    } finally {
+      await stop(ok);
+    }
+    assert.not.ok(ok.out.stdout.includes(token) || ok.out.stderr.includes(token), 'the token is printed');
+  } finally {
+    await tokenNats.stop();
   }
 });
 
