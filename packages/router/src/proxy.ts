@@ -97,8 +97,11 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
   for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
   Object.assign(headers, extraHeaders);
   res.writeHead(up.statusCode, headers);
-  // Flush the headers now: a streaming client sees the response start before the first token.
-  res.flushHeaders();
+  // A stream's headers go out now: a streaming client sees the response start before the first token. A whole
+  // JSON answer's go out with its body, one write instead of two (one packet less for the client to read: the
+  // router's added latency, issue 14).
+  const ct = up.headers['content-type'];
+  if (typeof ct !== 'string' || !ct.startsWith('application/json')) res.flushHeaders();
   const body = up.body;
   let first = true;
   let done = false;
