@@ -64,7 +64,7 @@ export interface HttpFrontDeps {
   /** with a cluster secret: every P/D/proxy call must carry a valid router signature (cluster-auth.ts), else 401 */
   clusterAuth?: ClusterVerifier;
   /** the registry's live prefill workers; absent: every prefill target and transfer peer is refused */
-  prefillTargets?: Pick<PrefillTargets, 'lookup' | 'all'>;
+  prefillTargets?: Pick<PrefillTargets, 'lookup' | 'all' | 'isLoaded' | 'loaded'>;
   /** the prefill engines' NIXL side-channel base port (vLLM `VLLM_NIXL_SIDE_CHANNEL_PORT`, default 5600) */
   nixlSideChannelPort?: number;
   /** timeouts and connection cap of the front (protocol http-limits.ts; resolved again, so already resolved is fine) */
@@ -77,6 +77,8 @@ const FORWARD_REQ = ['content-type', 'authorization', 'accept', 'x-request-id', 
 const DROP_RES = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding', 'date', 'server']);
 /** long generations: no overall deadline, but the engine must start answering in time */
 const UPSTREAM_TIMEOUTS = { headersTimeout: 300_000, bodyTimeout: 300_000 };
+/** a P/D request arriving before the registry was read waits this long for it at most */
+const REGISTRY_LOAD_WAIT_MS = 2_000;
 
 function sendError(res: ServerResponse, err: unknown): void {
   const { status, body } = errorBody(err);
@@ -178,7 +180,12 @@ export class HttpFront {
       if (typeof prefiller === 'string' && prefiller !== '' && d.role !== 'prefill') {
         const json = parseJsonObject(body);
         const base = prefillerBaseUrl(prefiller);
-        const workers = d.prefillTargets?.lookup(prefiller) ?? [];
+        let workers = d.prefillTargets?.lookup(prefiller) ?? [];
+        if (workers.length === 0 && d.prefillTargets && !d.prefillTargets.isLoaded) {
+          // just started: the registry is still being read
+          await d.prefillTargets.loaded(REGISTRY_LOAD_WAIT_MS);
+          workers = d.prefillTargets.lookup(prefiller);
+        }
         if (workers.length === 0) {
           d.metrics.pdPrefills.inc({ result: 'refused_target' });
           log.warn({ worker: d.worker, target: prefiller }, 'prefill target refused: not a live prefill worker of the registry (nothing sent)');

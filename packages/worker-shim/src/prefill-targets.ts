@@ -14,7 +14,9 @@
  *     heard). Same rule as the router's registry hold (packages/router/src/registry-hold.ts). An explicit delete
  *     (a shim deregistering) drops the worker at once.
  *   - `descriptorPeer` checks a transfer descriptor against those workers (below).
- *   - `watchPrefillTargets` feeds a `PrefillTargets` from a bucket, watching again when the watch ends or breaks.
+ *   - `watchPrefillTargets` feeds a `PrefillTargets` from a bucket, watching again when the watch ends or breaks;
+ *     `loaded()` resolves once the entries present at the start were read (a request arriving before that waits
+ *     for it, bounded, instead of being refused by a view still empty).
  *
  * Addresses are compared as written (host lower-cased, IPv6 brackets dropped), never resolved: a name that would
  * resolve to a worker's IP is not that worker (DNS answers can change between the check and the call).
@@ -85,6 +87,8 @@ export class PrefillTargets {
   #lapsed = new Map<string, number>();
   /** address key → bucket keys of prefill-capable workers advertising it */
   #byAddr = new Map<string, Set<string>>();
+  #loaded = false;
+  #onLoaded: (() => void)[] = [];
 
   constructor(o: PrefillTargetsOptions = {}) {
     this.#confirmMs = Math.max(1, o.confirmMs ?? 3000);
@@ -107,6 +111,34 @@ export class PrefillTargets {
         if (!this.#lapsed.has(c.key)) this.#lapsed.set(c.key, this.#now());
       } else this.#drop(c.key);
     }
+  }
+
+  /** the registry as it was at the start has been read */
+  markLoaded(): void {
+    if (this.#loaded) return;
+    this.#loaded = true;
+    for (const f of this.#onLoaded.splice(0)) f();
+  }
+
+  get isLoaded(): boolean {
+    return this.#loaded;
+  }
+
+  /** resolves once loaded, or after `timeoutMs` (then the view is used as it is) */
+  loaded(timeoutMs: number): Promise<void> {
+    if (this.#loaded) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(done, timeoutMs);
+      t.unref();
+      const self = this;
+      function done(): void {
+        clearTimeout(t);
+        const i = self.#onLoaded.indexOf(done);
+        if (i >= 0) self.#onLoaded.splice(i, 1);
+        resolve();
+      }
+      this.#onLoaded.push(done);
+    });
   }
 
   /** keys gone from a fresh listing (after a broken watch): lapses too */
@@ -212,8 +244,11 @@ export function watchPrefillTargets(kv: Pick<KvStore, 'watch' | 'keys'>, targets
     while (!stopped) {
       try {
         if (!first) targets.reconcile(new Set(await kv.keys()));
-        first = false;
         watcher = kv.watch();
+        // the keys present now: once each was delivered (or the bucket is empty), the view is loaded
+        const initial = first ? new Set(await kv.keys()) : undefined;
+        first = false;
+        if (initial?.size === 0) targets.markLoaded();
         for await (const e of watcher) {
           let reg: WorkerRegistration | undefined;
           if (e.op === 'put' && e.value) {
@@ -225,6 +260,7 @@ export function watchPrefillTargets(kv: Pick<KvStore, 'watch' | 'keys'>, targets
             }
           }
           targets.apply({ key: e.key, op: e.op, revision: e.revision, reg });
+          if (initial && initial.delete(e.key) && initial.size === 0) targets.markLoaded();
           delayMs = 250;
         }
         if (!stopped) log.warn('registry watch ended; watching again (known prefill workers are kept)');

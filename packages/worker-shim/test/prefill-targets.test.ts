@@ -15,7 +15,7 @@ import { request } from 'undici';
 import { encode, initHashing, MemoryBus, subjects, type WorkerRegistration } from '@kvgate/protocol';
 import { startSimEngine } from '@kvgate/sim-engine';
 import { startShim, registryKey } from '../src/index.js';
-import { descriptorPeer, PrefillTargets } from '../src/prefill-targets.js';
+import { descriptorPeer, PrefillTargets, watchPrefillTargets } from '../src/prefill-targets.js';
 import { waitFor } from './fake-engine.js';
 
 await initHashing();
@@ -85,6 +85,29 @@ test('descriptor peer: the worker host with its registered port or its NIXL side
   for (const [h, port] of [['169.254.169.254', 80], ['169.254.169.254', 5600], ['10.0.0.1', 5601], ['10.0.0.1', 22], ['10.0.0.2', 8000], ['localhost', 5600], [null, 5600], ['10.0.0.1', '5600']] as const)
     assert.is(descriptorPeer(d(h, port), [p]), undefined, `${h}:${port}`);
   assert.is(descriptorPeer(d('10.0.0.1', 8000), []), undefined);
+});
+
+test('watch: loaded once the entries present at the start were read (an empty bucket at once); changes follow', async () => {
+  const b = new MemoryBus();
+  try {
+    const kv = await b.kv('watch-test', { ttlMs: 0 });
+    const empty = new PrefillTargets();
+    const w0 = watchPrefillTargets(kv, empty);
+    await empty.loaded(5000);
+    assert.ok(empty.isLoaded, 'an empty bucket is loaded');
+    await w0.stop();
+    for (let i = 0; i < 50; i++) await kv.put(`p${i}`, encode(reg(`p${i}`, 'prefill', `http://10.1.0.${i}:8000`)));
+    const t = new PrefillTargets();
+    const w = watchPrefillTargets(kv, t);
+    await t.loaded(5000);
+    assert.ok(t.isLoaded);
+    assert.is(t.all().length, 50, 'every entry present at the start is in the view once loaded');
+    await kv.delete('p7');
+    await waitFor(() => t.lookup('10.1.0.7:8000').length === 0, 'deregistration seen');
+    await w.stop();
+  } finally {
+    await b.close();
+  }
 });
 
 // ---- the front against real listeners ---------------------------------------------------------------------------
