@@ -52,7 +52,11 @@ export class KvCache {
   /** the CPU tier, null when off */
   readonly offload: CpuOffloadTier | null;
 
-  constructor(numBlocks: number, blockSize: number, cpuBlocks = 0) {
+  /** false: no events are recorded (a driver that never drains them) */
+  readonly recordsEvents: boolean;
+
+  constructor(numBlocks: number, blockSize: number, cpuBlocks = 0, recordEvents = true) {
+    this.recordsEvents = recordEvents;
     if (!Number.isInteger(numBlocks) || numBlocks <= 0) throw new RangeError(`numBlocks must be a positive integer, got ${numBlocks}`);
     if (!Number.isInteger(blockSize) || blockSize <= 0) throw new RangeError(`blockSize must be a positive integer, got ${blockSize}`);
     this.numBlocks = numBlocks;
@@ -112,13 +116,14 @@ export class KvCache {
       if (d) {
         this.#byKey.delete(d.key);
         this.#digest[id] = null;
-        (removed ??= []).push(d);
+        if (this.recordsEvents || this.offload) (removed ??= []).push(d);
       }
       this.#ref[id] = 1;
       out[i] = id;
     }
     if (removed) {
       const cpu = this.offload?.store(removed);
+      if (!this.recordsEvents) return out;
       if (cpu?.stored.length) this.#events.push({ type: 'BlockStored', hashes: cpu.stored, parent: null, tokenIds: [], blockSize: this.blockSize, medium: 'CPU' });
       this.#events.push({ type: 'BlockRemoved', hashes: removed, medium: 'GPU' });
       if (cpu?.removed.length) this.#events.push({ type: 'BlockRemoved', hashes: cpu.removed, medium: 'CPU' });
@@ -160,7 +165,7 @@ export class KvCache {
 
   /** Records a BlockStored event (the scheduler groups one request's newly cached blocks into one event). */
   recordStored(hashes: BlockDigest[], parent: BlockDigest | null, tokenIds: number[]): void {
-    if (hashes.length > 0) this.#events.push({ type: 'BlockStored', hashes, parent, tokenIds, blockSize: this.blockSize, medium: 'GPU' });
+    if (hashes.length > 0 && this.recordsEvents) this.#events.push({ type: 'BlockStored', hashes, parent, tokenIds, blockSize: this.blockSize, medium: 'GPU' });
   }
 
   /**
@@ -172,7 +177,7 @@ export class KvCache {
     for (const id of this.#byKey.values()) this.#digest[id] = null;
     this.#byKey.clear();
     this.offload?.clear();
-    this.#events.push({ type: 'AllBlocksCleared' });
+    if (this.recordsEvents) this.#events.push({ type: 'AllBlocksCleared' });
     return true;
   }
 

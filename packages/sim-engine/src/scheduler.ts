@@ -49,6 +49,8 @@ export interface SchedulerOptions {
   kvBytesPerBlock?: number;
   /** GPU ↔ host link of the offload tier (default DEFAULT_OFFLOAD_LINK: 25 GB/s) */
   offloadLink?: OffloadLinkModel;
+  /** record KV events (default true; a virtual-clock driver that never reads them turns them off) */
+  recordEvents?: boolean;
 }
 
 export interface SubmitRequest {
@@ -62,6 +64,8 @@ export interface SubmitRequest {
   remoteKv?: boolean;
   /** keep the blocks when finished, until releaseHeld(id) (prefill side of P/D) */
   holdOnFinish?: boolean;
+  /** the prompt's block digests, as this scheduler's prefixDigests(promptTokens) gives them (saves hashing again) */
+  digests?: readonly BlockDigest[];
 }
 
 export interface TokenOutput {
@@ -173,7 +177,7 @@ export class Scheduler {
 
   constructor(opts: SchedulerOptions = {}) {
     this.blockSize = opts.blockSize ?? 16;
-    this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize, opts.cpuOffloadBlocks ?? 0);
+    this.cache = new KvCache(opts.numBlocks ?? 16384, this.blockSize, opts.cpuOffloadBlocks ?? 0, opts.recordEvents ?? true);
     this.#bytesPerBlock = opts.kvBytesPerBlock ?? bytesPerBlock(QWEN3_8B_SHAPE, this.blockSize);
     this.#link = opts.offloadLink ?? DEFAULT_OFFLOAD_LINK;
     if (!(this.#bytesPerBlock >= 0) || !(this.#link.bandwidthGBps > 0) || !(this.#link.latencyMs >= 0)) throw new RangeError('kvBytesPerBlock must be ≥ 0, offload bandwidth > 0 and latency ≥ 0');
@@ -201,7 +205,7 @@ export class Scheduler {
       promptLen: r.promptTokens.length,
       maxTokens: r.maxTokens,
       arrivalMs: r.arrivalMs,
-      digests: [],
+      digests: r.digests ? r.digests.slice() : [],
       blocks: [],
       cachedUpTo: 0,
       numComputed: 0,
@@ -256,8 +260,18 @@ export class Scheduler {
 
   /** Full blocks of `tokens` this engine holds cached now (a peek; changes nothing). */
   cachedPrefixBlocks(tokens: readonly number[]): number {
+    return this.cache.longestHit(this.prefixDigests(tokens));
+  }
+
+  /** Digests of the full blocks of `tokens` under this engine's hash seed. */
+  prefixDigests(tokens: readonly number[]): BlockDigest[] {
     const digests: BlockDigest[] = [];
     this.hasher.extend(digests, tokens, this.blockSize);
+    return digests;
+  }
+
+  /** Leading `digests` (from prefixDigests, or a scheduler with the same seed) the GPU cache holds. */
+  cachedDigestBlocks(digests: readonly BlockDigest[]): number {
     return this.cache.longestHit(digests);
   }
 
@@ -449,7 +463,7 @@ export class Scheduler {
     let runStart = -1;
     const flush = (end: number) => {
       if (runStart < 0) return;
-      this.cache.recordStored(req.digests.slice(runStart, end), runStart === 0 ? null : req.digests[runStart - 1]!, req.tokens.slice(runStart * B, end * B));
+      if (this.cache.recordsEvents) this.cache.recordStored(req.digests.slice(runStart, end), runStart === 0 ? null : req.digests[runStart - 1]!, req.tokens.slice(runStart * B, end * B));
       runStart = -1;
     };
     for (let i = req.cachedUpTo; i < full; i++) {

@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createBus, parseKvlog, initHashing, prefixHashes, hexToHash, hashToHex, type Bus, type KvlogRecord } from '@kvgate/protocol';
-import { parseFlags, intFlag } from '../flags.js';
+import { parseFlags, intFlag, numberFlag } from '../flags.js';
+import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
 import { classify, fatalLine } from '../fatal.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom, type NatsAuthFlags } from '../nats-flags.js';
 import { parseTimeArg } from '../replay/time-arg.js';
@@ -12,7 +13,7 @@ export const summary = 'record, re-import, inspect and re-run event streams for 
 const USAGE = `kvgate replay export --nats URL [--from T1] [--to T2] -o f.kvlog
 kvgate replay import f.kvlog --nats URL [--namespace NS]
 kvgate replay inspect (--nats URL | f.kvlog) (--at T | --seq N) [--prefix-of TEXT | --tokens IDS] [--request ID] [--json]
-kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--json]
+kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--model-profile M --gpu G --tensor-parallel-size N] [--json]
 
 T: ms since epoch, ISO 8601, or relative (-5m, -30s, now).`;
 
@@ -34,7 +35,8 @@ const SPEC = {
   trace: { type: 'string', help: 'whatif: Mooncake trace (.jsonl) or .kvlog' },
   policy: { type: 'string', help: 'whatif: policies to compare', default: 'kv,least-loaded,round-robin' },
   engines: { type: 'string', help: 'whatif: simulated engines', default: '4' },
-  'num-blocks': { type: 'string', help: 'whatif: KV blocks per engine', default: '16384' },
+  'num-blocks': { type: 'string', help: 'whatif: KV blocks per engine (default: derived from the profile, as vLLM)' },
+  ...PROFILE_SPEC,
   'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens', default: '16' },
   compress: { type: 'string', help: 'whatif: divide trace arrival times by this', default: '1' },
   limit: { type: 'string', help: 'whatif: replay only the first N requests' },
@@ -145,7 +147,8 @@ export async function run(argv: string[]): Promise<number> {
           policies: (f.policy ?? 'kv').split(','),
           engines: intFlag(f.engines, 'engines', 4),
           json: f.json,
-          numBlocks: intFlag(f['num-blocks'], 'num-blocks', 16384),
+          profile: profileFrom(f),
+          ...(f['num-blocks'] !== undefined ? { numBlocks: numberFlag(f['num-blocks'], 'num-blocks', 0, { min: 1, integer: true }) } : {}),
           blockSize: intFlag(f['engine-block-size'], 'engine-block-size', 16),
           compress: intFlag(f.compress, 'compress', 1),
           ...(f.limit !== undefined ? { limit: intFlag(f.limit, 'limit', Infinity) } : {}),

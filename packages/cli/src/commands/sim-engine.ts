@@ -1,6 +1,7 @@
-import { startSimEngine, engineProfile, resolveProfile, formatCapacity, MODELS, GPUS, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
+import { startSimEngine, engineProfile, resolveProfile, formatCapacity, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
 import { FlagError } from '../fatal.js';
+import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
 import { drainMs, LIFECYCLE_SPEC, serveUntilSignal, within } from '../lifecycle.js';
 import { initTracing } from '@kvgate/protocol';
 
@@ -15,10 +16,7 @@ const SPEC = {
   role: { type: 'string', help: 'P/D role: prefill | decode | both', default: 'both' },
   'engine-id': { type: 'string', help: 'engine id in transfer descriptors (default: sim-<random>)' },
   'block-size': { type: 'string', help: 'tokens per KV block', default: '16' },
-  'model-profile': { type: 'string', help: `model shape that sizes the KV cache and the timing: ${Object.keys(MODELS).join(' | ')}`, default: 'qwen3-8b' },
-  gpu: { type: 'string', help: `simulated GPU: ${Object.keys(GPUS).join(' | ')}`, default: 'h100-80gb' },
-  'tensor-parallel-size': { type: 'string', help: 'GPUs per engine (weights and KV heads split across them)', default: '1' },
-  'gpu-memory-utilization': { type: 'string', help: 'share of GPU memory for weights, activations and KV, as vLLM', default: '0.9' },
+  ...PROFILE_SPEC,
   'num-blocks': { type: 'string', help: 'KV cache capacity in blocks (default: derived from the profile, as vLLM)' },
   'max-model-len': { type: 'string', help: 'max prompt + completion tokens', default: '32768' },
   'max-num-seqs': { type: 'string', help: 'max sequences per batch', default: '256' },
@@ -65,12 +63,7 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     if (!(allowZero ? x >= 0 : x > 0)) throw new Error(`--${name} must be ${allowZero ? 'non-negative' : 'positive'}, got ${x}`);
     return x;
   };
-  const profile = {
-    model: f['model-profile'] ?? 'qwen3-8b',
-    gpu: f.gpu ?? 'h100-80gb',
-    tensorParallelSize: pos('tensor-parallel-size', 1),
-    gpuMemoryUtilization: Number(f['gpu-memory-utilization'] ?? '0.9'),
-  };
+  const profile = profileFrom(f);
   // the profile's timing and shape, each flag given overriding its part
   const base = resolveProfile(profile);
   const t = base.timing;

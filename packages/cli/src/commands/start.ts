@@ -13,6 +13,9 @@ import type { Policy, RouterOptions } from '@kvgate/router';
 import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/router/workload/plan';
 import type { PolicyResult } from '@kvgate/router/workload/stats';
 import { intFlag, parseFlags } from '../flags.js';
+import { FlagError } from '../fatal.js';
+import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
+import { formatCapacity, resolveProfile, type SimProfile } from '@kvgate/sim-engine/profile';
 import { API_KEY_SPEC, apiKeysFrom, CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 
@@ -42,8 +45,9 @@ const SPEC = {
   compress: { type: 'string', help: 'trace time compression: timestamps divided by this (default 8)' },
   limit: { type: 'string', help: 'replay only the first N trace requests' },
   speedup: { type: 'string', help: 'engine simulated-ms per wall-ms (default: trace 2, built-in 1)' },
-  'block-size': { type: 'string', help: 'engine KV block size in tokens (default: trace 128, built-in 16)' },
-  'num-blocks': { type: 'string', help: `engine KV capacity in blocks (default: trace 16384, built-in ${BUILTIN_NUM_BLOCKS})` },
+  'block-size': { type: 'string', help: 'engine KV block size in tokens (default 16, as vLLM)' },
+  'num-blocks': { type: 'string', help: `engine KV capacity in blocks (default: trace: derived from the profile, as vLLM; built-in workload: ${BUILTIN_NUM_BLOCKS})` },
+  ...PROFILE_SPEC,
   'index-timeout-ms': { type: 'string', default: '50', help: 'router budget for the index answer before routing by load alone' },
   'uncached-weight': { type: 'string', help: 'kv score: weight of uncached prompt blocks (router default 4)' },
   'decode-weight': { type: 'string', help: 'kv score: weight of active decode blocks (router default 0.1)' },
@@ -61,7 +65,7 @@ const SPEC = {
     help: `also run every policy on engines with a CPU offload tier of N blocks and show what it gains (0 = off; built-in workload: try ${BUILTIN_CPU_BLOCKS})`,
   },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (default 25, PCIe 4.0 ×16)' },
-  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], cpuOffload?} as JSON' },
+  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], capacity, cpuOffload?} as JSON' },
   ...API_KEY_SPEC,
   ...CLUSTER_SECRET_SPEC,
   ...NATS_AUTH_SPEC,
@@ -137,9 +141,22 @@ export async function run(argv: string[]): Promise<number> {
   const engines = intFlag(f.engines, 'engines', 4);
   const routers = intFlag(f.routers, 'routers', 2);
   const traceMode = f.trace !== undefined;
-  const blockSize = intFlag(f['block-size'], 'block-size', traceMode ? 128 : 16);
   const speedup = intFlag(f.speedup, 'speedup', traceMode ? 2 : 1);
-  const numBlocks = intFlag(f['num-blocks'], 'num-blocks', traceMode ? 16_384 : BUILTIN_NUM_BLOCKS);
+  // engines sized by the simulation profile (as vLLM sizes num_gpu_blocks); the built-in workload keeps its own
+  // small cache unless --num-blocks is given (it is sized so that a quarter of its shared contexts fits)
+  const profileSpec = profileFrom(f);
+  let profile: SimProfile;
+  try {
+    profile = resolveProfile({
+      ...profileSpec,
+      blockSize: intFlag(f['block-size'], 'block-size', 16),
+      maxNumSeqs: 256,
+      ...(f['num-blocks'] !== undefined || !traceMode ? { numBlocksOverride: intFlag(f['num-blocks'], 'num-blocks', BUILTIN_NUM_BLOCKS) } : {}),
+    });
+  } catch (e) {
+    throw new FlagError((e as Error).message);
+  }
+  const { blockSize, numBlocks } = profile;
   const model = f.model ?? 'qwen3-8b';
   await initHashing();
   const tokenizer = await loadTokenizer();
@@ -165,6 +182,7 @@ export async function run(argv: string[]): Promise<number> {
     ? `${plan.requests.length} trace requests`
     : `${plan.requests.length} chat requests (${chatOptions.conversations} conversations × ${chatOptions.turns} turns over ${chatOptions.systemPrompts} shared ${chatOptions.systemWords}-word contexts, sent as ${chatOptions.format === 'chat' ? 'chat messages' : 'token ids'})`;
   process.stderr.write(
+    `kvgate start: engines: ${formatCapacity(profile)}${!traceMode && f['num-blocks'] === undefined ? ' — the built-in workload\'s own size' : ''}\n` +
     `kvgate start: ${what} over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${redactNatsUrl(f.nats)}` : 'in-memory bus'}${apiKeys.length ? ', API keys on' : ''}${clusterSecret ? ', cluster secret on' : ''}\n`,
   );
 
@@ -208,6 +226,7 @@ export async function run(argv: string[]): Promise<number> {
       routerPort: intFlag(f.port, 'port', 0),
       engineThreads: true,
       engine: {
+        profile: profileSpec,
         blockSize,
         numBlocks,
         speedup,
@@ -267,6 +286,7 @@ export async function run(argv: string[]): Promise<number> {
         infiniteCacheHitRate: infinite,
         pooledHitRate: pooled,
         policies: results.map(row),
+        capacity: { model: profile.model, gpu: profile.gpu, tensorParallelSize: profile.tensorParallelSize, numBlocks, blockSize, tokens: profile.tokens, line: formatCapacity(profile) },
         ...(cpuBlocks > 0
           ? { cpuOffload: { blocksPerEngine: cpuBlocks, bandwidthGBps: offloadBandwidth, policies: cpuResults.map((r) => ({ ...row(r), cpuHitRate: r.cpuHitRate })), gains } }
           : {}),

@@ -8,9 +8,9 @@
  * the prefill tokens and decode blocks in flight to it.
  */
 import { parseKvlog, initHashing } from '@kvgate/protocol';
-import { Scheduler, type TokenOutput } from '@kvgate/sim-engine';
+import { Scheduler, resolveProfile, type BlockDigest, formatCapacity, type ProfileSpec, type SimProfile, type TimingModel, type TokenOutput } from '@kvgate/sim-engine';
 import { DEFAULT_WEIGHTS, score, pick, isPolicy, type Candidate, type Policy } from '@kvgate/router';
-import { readTrace, recordTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/router/workload/trace';
+import { readTrace, blockTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/router/workload/trace';
 import { infiniteHitRate, pooledHitRate } from '@kvgate/router/workload/bounds';
 import { percentile, type PolicyResult } from '@kvgate/router/workload/stats';
 import { readFileSync } from 'node:fs';
@@ -20,7 +20,9 @@ export interface WhatifOptions {
   policies: string[];
   engines: number;
   json: boolean;
-  /** KV blocks per engine (default 16384) and tokens per block (default 16) */
+  /** engines' simulation profile (model, GPU, TP, gpu-memory-utilization; default qwen3-8b on one H100 80 GB) */
+  profile?: ProfileSpec;
+  /** KV blocks per engine (default: derived from the profile) and tokens per block (default 16) */
   numBlocks?: number;
   blockSize?: number;
   /** divide arrival times by this (default 1: the trace's own pace) */
@@ -37,6 +39,8 @@ export type WhatifPolicyResult = Pick<PolicyResult, 'policy' | 'hitRate' | 'ttft
 export interface WhatifResult {
   requests: number;
   engines: number;
+  /** what each engine was sized as */
+  capacity: { model: string; gpu: string; tensorParallelSize: number; numBlocks: number; blockSize: number; tokens: number; line: string };
   infiniteCacheHitRate: number;
   pooledHitRate: number;
   policies: WhatifPolicyResult[];
@@ -44,12 +48,34 @@ export interface WhatifResult {
 
 interface SimRequest {
   arrivalMs: number;
-  tokens: number[];
+  /** the prompt, built when the request arrives (12 k long prompts held at once would be gigabytes) */
+  tokens: () => number[];
   maxTokens: number;
+}
+
+/**
+ * A record's prompt (recordTokens' tokens), from each hash id's 512 tokens generated once: a trace repeats its
+ * shared blocks many times, and every policy replays every request.
+ */
+function promptBuilder(): (r: TraceRecord) => number[] {
+  const blocks = new Map<number, number[]>();
+  return (r) => {
+    const out = new Array<number>(r.inputLength);
+    for (let i = 0; i < r.hashIds.length; i++) {
+      const h = r.hashIds[i]!;
+      let b = blocks.get(h);
+      if (!b) blocks.set(h, (b = blockTokens(h)));
+      const at = i * TRACE_BLOCK;
+      const n = Math.min(TRACE_BLOCK, r.inputLength - at);
+      for (let j = 0; j < n; j++) out[at + j] = b[j]!;
+    }
+    return out;
+  };
 }
 
 /** Requests from a Mooncake trace, or the prompts recorded in a .kvlog's routing decisions (by block count). */
 function loadRequests(path: string, compress: number, limit: number): { reqs: SimRequest[]; records: TraceRecord[] } {
+  const prompt = promptBuilder();
   if (path.endsWith('.kvlog')) {
     // A recording holds prefix hashes, not tokens: rebuild prompts whose block structure is the same (one synthetic
     // block per recorded prefix hash), which is what prefix caching and routing depend on.
@@ -62,10 +88,10 @@ function loadRequests(path: string, compress: number, limit: number): { reqs: Si
       const hashIds = r.decision.hashes.map((h) => ids.get(h) ?? (ids.set(h, ids.size), ids.size - 1));
       return { timestamp: r.time - t0, inputLength: Math.max(1, hashIds.length) * TRACE_BLOCK, outputLength: 16, hashIds: hashIds.length ? hashIds : [ids.size + 1_000_000] };
     });
-    return { reqs: trace.map((r) => ({ arrivalMs: r.timestamp / compress, tokens: recordTokens(r), maxTokens: Math.max(1, r.outputLength) })), records: trace };
+    return { reqs: trace.map((r) => ({ arrivalMs: r.timestamp / compress, tokens: () => prompt(r), maxTokens: Math.max(1, r.outputLength) })), records: trace };
   }
   const records = readTrace(path).slice(0, limit);
-  return { reqs: records.map((r) => ({ arrivalMs: r.timestamp / compress, tokens: recordTokens(r), maxTokens: Math.max(1, r.outputLength) })), records };
+  return { reqs: records.map((r) => ({ arrivalMs: r.timestamp / compress, tokens: () => prompt(r), maxTokens: Math.max(1, r.outputLength) })), records };
 }
 
 interface EngineSim {
@@ -77,10 +103,16 @@ interface EngineSim {
   served: number;
 }
 
-export function simulatePolicy(reqs: readonly SimRequest[], policy: Policy, opts: { engines: number; numBlocks: number; blockSize: number; seed?: number }, onProgress?: (done: number) => void): WhatifPolicyResult {
+export function simulatePolicy(
+  reqs: readonly SimRequest[],
+  policy: Policy,
+  opts: { engines: number; numBlocks: number; blockSize: number; timing?: TimingModel; seed?: number },
+  onProgress?: (done: number) => void,
+): WhatifPolicyResult {
   const B = opts.blockSize;
   const engines: EngineSim[] = Array.from({ length: opts.engines }, (_, i) => ({
-    sched: new Scheduler({ numBlocks: opts.numBlocks, blockSize: B, hashSeed: `whatif-${i}`, hashAlgo: 'xxhash' }),
+    // one hash seed for every engine (their caches are separate anyway): a prompt is hashed once, not per engine
+    sched: new Scheduler({ numBlocks: opts.numBlocks, blockSize: B, hashSeed: 'whatif', hashAlgo: 'xxhash', recordEvents: false, ...(opts.timing ? { timing: opts.timing } : {}) }),
     busyUntil: 0,
     inflightPrefillTokens: 0,
     inflightDecodeBlocks: 0,
@@ -93,15 +125,15 @@ export function simulatePolicy(reqs: readonly SimRequest[], policy: Policy, opts
   const ttft: number[] = [], itl: number[] = [], e2e: number[] = [];
   let prompt = 0, cached = 0, done = 0, lastEnd = 0;
 
-  const choose = (tokens: number[]): EngineSim => {
+  const choose = (digests: readonly BlockDigest[]): EngineSim => {
     if (policy === 'round-robin') return engines[rr++ % engines.length]!;
     if (policy === 'random') return engines[Math.floor(random() * engines.length)]!;
-    const promptBlocks = Math.floor(tokens.length / B);
+    const promptBlocks = digests.length;
     const candidates: Candidate[] = engines.map((e, i) => {
       const st = e.sched.stats();
       return {
         worker: String(i),
-        overlap: policy === 'kv' ? e.sched.cachedPrefixBlocks(tokens) : 0,
+        overlap: policy === 'kv' ? e.sched.cachedDigestBlocks(digests) : 0,
         inflightPrefillTokens: e.inflightPrefillTokens,
         inflightDecodeBlocks: e.inflightDecodeBlocks,
         waiting: st.waiting,
@@ -159,15 +191,17 @@ export function simulatePolicy(reqs: readonly SimRequest[], policy: Policy, opts
     while (next < reqs.length && reqs[next]!.arrivalMs <= now) {
       const r = reqs[next]!;
       const id = `r${next++}`;
-      const e = choose(r.tokens);
-      const overlap = e.sched.cachedPrefixBlocks(r.tokens);
-      const newPrefill = r.tokens.length - overlap * B;
-      const blocks = Math.ceil((r.tokens.length + r.maxTokens) / B);
+      const tokens = r.tokens();
+      const digests = engines[0]!.sched.prefixDigests(tokens);
+      const e = choose(digests);
+      const overlap = e.sched.cachedDigestBlocks(digests);
+      const newPrefill = tokens.length - overlap * B;
+      const blocks = Math.ceil((tokens.length + r.maxTokens) / B);
       e.inflightPrefillTokens += newPrefill;
       e.inflightDecodeBlocks += blocks;
       e.served++;
       meta.set(id, { arrival: r.arrivalMs, engine: e, newPrefill, blocks, lastAt: r.arrivalMs, first: 0 });
-      e.sched.submit({ id, promptTokens: r.tokens, maxTokens: r.maxTokens, arrivalMs: r.arrivalMs });
+      e.sched.submit({ id, promptTokens: tokens, digests, maxTokens: r.maxTokens, arrivalMs: r.arrivalMs });
     }
     stepIdle(now);
   }
@@ -190,18 +224,25 @@ export async function whatif(o: WhatifOptions, progress: (msg: string) => void =
   if (bad.length) throw new Error(`unknown policy ${bad.join(', ')} (kv, least-loaded, round-robin, random)`);
   if (!Number.isInteger(o.engines) || o.engines < 1) throw new Error('--engines must be a positive integer');
   await initHashing();
-  const numBlocks = o.numBlocks ?? 16384, blockSize = o.blockSize ?? 16;
+  const profile: SimProfile = resolveProfile({
+    ...o.profile,
+    ...(o.blockSize !== undefined ? { blockSize: o.blockSize } : {}),
+    ...(o.numBlocks !== undefined ? { numBlocksOverride: o.numBlocks } : {}),
+  });
+  const { numBlocks, blockSize } = profile;
+  progress(`engines: ${formatCapacity(profile)}`);
   const { reqs, records } = loadRequests(o.trace, o.compress ?? 1, o.limit ?? Infinity);
   const boundBlocks = records.map((r) => r.hashIds.map((h, i) => ({ key: h, tokens: Math.min(TRACE_BLOCK, r.inputLength - i * TRACE_BLOCK) })));
   const result: WhatifResult = {
     requests: reqs.length,
     engines: o.engines,
+    capacity: { model: profile.model, gpu: profile.gpu, tensorParallelSize: profile.tensorParallelSize, numBlocks, blockSize, tokens: profile.tokens, line: formatCapacity(profile) },
     infiniteCacheHitRate: infiniteHitRate(boundBlocks),
     pooledHitRate: pooledHitRate(boundBlocks, o.engines * numBlocks * blockSize, TRACE_BLOCK),
     policies: [],
   };
   for (const p of o.policies as Policy[]) {
-    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, numBlocks, blockSize }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
+    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, numBlocks, blockSize, timing: profile.timing }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
   }
   return result;
 }
@@ -210,6 +251,7 @@ export function formatWhatif(r: WhatifResult): string {
   const f = (n: number) => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : 1) : '-');
   const lines = [
     `${r.requests} requests on ${r.engines} simulated engines (virtual clock)`,
+    `engines: ${r.capacity.line}`,
     `bounds: infinite-cache hit rate ${(r.infiniteCacheHitRate * 100).toFixed(1)}%, pooled hit rate ${(r.pooledHitRate * 100).toFixed(1)}%`,
     `${'policy'.padEnd(14)} ${'hit rate'.padStart(8)} ${'TTFT p50'.padStart(9)} ${'TTFT p99'.padStart(9)} ${'ITL p50'.padStart(8)} ${'e2e p50'.padStart(8)} ${'req/s'.padStart(7)}  per engine`,
   ];
