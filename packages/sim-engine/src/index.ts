@@ -150,6 +150,8 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
   const model = options.model ?? 'qwen3-8b';
   const role = options.role ?? 'both';
   if (!['prefill', 'decode', 'both'].includes(role)) throw new RangeError(`role must be prefill, decode or both, got ${role}`);
+  // validated before anything is started (a bad value must not leave sockets behind)
+  const limits = resolveHttpLimits(options.httpLimits, { keepAliveTimeoutMs: 65_000 });
   const engineId = options.engineId ?? `sim-${randomUUID().slice(0, 8)}`;
   if (options.prefixCachingHashAlgo === 'xxhash') await initHashing();
   const profile = engineProfile(options);
@@ -226,7 +228,6 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     advertise: () => ({ host: advertiseHost, port }),
     tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
   });
-  const limits = resolveHttpLimits(options.httpLimits, { keepAliveTimeoutMs: 65_000 });
   const server: Server = createServer(httpServerOptions(limits), handler);
   applyHttpLimits(server, limits, 'sim-engine');
   const drain = new HttpDrain(server, 'engine');
