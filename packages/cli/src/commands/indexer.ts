@@ -4,6 +4,7 @@ import { parseFlags, intFlag } from '../flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { redactNatsUrl } from '@kvgate/protocol/bus/index';
 import { FlagError } from '../fatal.js';
+import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = 'run an indexer replica: the global prefix → worker index (sharded, gossip-replicated)';
@@ -11,7 +12,7 @@ export const summary = 'run an indexer replica: the global prefix → worker ind
 const USAGE = 'kvgate indexer --port P [--nats URL] [--id NAME] [--shards N] [--snapshot-dir D] [--max-entries N]';
 const SPEC = {
   port: { type: 'string', help: 'HTTP port (/healthz, /readyz, /metrics, /debug/workers, /debug/match)', default: '8090' },
-  host: { type: 'string', help: 'HTTP bind address', default: '0.0.0.0' },
+  host: { type: 'string', help: 'HTTP bind address (in a pod: 0.0.0.0)', default: '127.0.0.1' },
   nats: { type: 'string', help: 'NATS URL (nats://host:port); absent = in-memory bus (only useful for a smoke test)' },
   namespace: { type: 'string', help: 'subject namespace', default: 'default' },
   id: { type: 'string', help: 'replica id, unique among indexers (default indexer-<random>)' },
@@ -24,6 +25,7 @@ const SPEC = {
   ...NATS_CONNECT_SPEC,
   ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
+  ...HTTP_LIMITS_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -40,7 +42,7 @@ export async function run(argv: string[]): Promise<number> {
     };
     opts = {
       port: int('port', 8090),
-      host: f.host ?? '0.0.0.0',
+      host: f.host ?? '127.0.0.1',
       namespace: f.namespace ?? 'default',
       ...(f.id ? { id: f.id } : {}),
       shards: int('shards', 0),
@@ -49,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       maxEntries: int('max-entries', 0),
       gossipIntervalMs: int('gossip-ms', 1000, 1),
       registryTtlMs: int('ttl-ms', 3000, 1),
+      httpLimits: httpLimitsFrom(f),
     };
   } catch (e) {
     throw new FlagError((e as Error).message);

@@ -5,6 +5,7 @@ import { loadTokenizer } from '@kvgate/protocol/tokenizer';
 import { DEFAULT_TIER_WEIGHTS, DEFAULT_WEIGHTS, isPolicy, parseTierWeights, startRouter, type TierWeights } from '@kvgate/router';
 import { intFlag, parseFlags } from '../flags.js';
 import { ROUTER_AUTH_SPEC, routerAuthFrom } from '../auth-flags.js';
+import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
@@ -21,7 +22,7 @@ where gpu ≤ cpu ≤ disk are the prompt's prefix reachable on GPU, then throug
 
 const SPEC = {
   port: { type: 'string', default: '8080', help: 'HTTP port' },
-  host: { type: 'string', default: '0.0.0.0', help: 'bind address' },
+  host: { type: 'string', default: '127.0.0.1', help: 'bind address (in a pod or behind a load balancer: 0.0.0.0, with --api-key)' },
   nats: { type: 'string', help: 'NATS URL (absent: in-memory bus, useful only with in-process workers)' },
   namespace: { type: 'string', default: 'default', help: 'subject namespace' },
   id: { type: 'string', help: 'replica id (default router-<random>)' },
@@ -49,6 +50,7 @@ const SPEC = {
   ...NATS_CONNECT_SPEC,
   ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
+  ...HTTP_LIMITS_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -71,8 +73,9 @@ export async function run(argv: string[]): Promise<number> {
   const auth = routerAuthFrom(f);
   const options = {
     ...auth,
+    httpLimits: httpLimitsFrom(f),
     port: intFlag(f.port, 'port', 8080),
-    host: f.host ?? '0.0.0.0',
+    host: f.host ?? '127.0.0.1',
     namespace: f.namespace ?? 'default',
     ...(f.id ? { id: f.id } : {}),
     policy,

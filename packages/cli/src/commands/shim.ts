@@ -4,6 +4,7 @@ import { parseFlags, intFlag, numberFlag } from '../flags.js';
 import { CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { FlagError } from '../fatal.js';
+import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = "run beside an engine: put its KV cache and load on the bus, front it for P/D";
@@ -39,12 +40,14 @@ const SPEC = {
   'engine-probe-ms': { type: 'string', help: "probe the engine's GET /health this often (a failed probe: load reports say healthy: false, /healthz 503)", default: '1000' },
   'engine-down-deregister-ms': { type: 'string', help: 'an engine down this long is deregistered (registered again once it answers)', default: '30000' },
   'publish-buffer-batches': { type: 'string', help: 'event batches kept per worker while the bus cannot store them (past it: dropped, resync)', default: '10000' },
+  'nixl-side-channel-port': { type: 'string', help: "the prefill engines' VLLM_NIXL_SIDE_CHANNEL_PORT (a P/D descriptor's remote_port must be it + DP rank, or the worker's registered port)", default: '5600' },
   'publish-buffer-bytes': { type: 'string', help: 'bytes of event batches kept per worker while the bus cannot store them', default: String(64 * 1024 * 1024) },
   'engine-api-key': { type: 'string', help: "the engine's own --api-key, for the shim's /v1/models calls (prefer KVGATE_ENGINE_API_KEY)" },
   ...CLUSTER_SECRET_SPEC,
   ...NATS_CONNECT_SPEC,
   ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
+  ...HTTP_LIMITS_SPEC,
 } as const;
 
 export async function run(argv: string[]): Promise<number> {
@@ -98,6 +101,8 @@ export async function run(argv: string[]): Promise<number> {
       engineProbeMs: intFlag(f['engine-probe-ms'], 'engine-probe-ms', 1000),
       engineDownDeregisterMs: intFlag(f['engine-down-deregister-ms'], 'engine-down-deregister-ms', 30_000),
       publishBufferBatches,
+      httpLimits: httpLimitsFrom(f),
+      nixlSideChannelPort: numberFlag(f['nixl-side-channel-port'], 'nixl-side-channel-port', 5600, { min: 1, integer: true }),
       publishBufferBytes,
       ...(clusterSecret ? { clusterSecret } : {}),
       ...(f['engine-api-key'] ? { engineApiKey: f['engine-api-key'] } : {}),

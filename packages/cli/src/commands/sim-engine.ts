@@ -2,6 +2,7 @@ import { startSimEngine, engineProfile, resolveProfile, formatCapacity, type Sim
 import { parseFlags, intFlag } from '../flags.js';
 import { FlagError } from '../fatal.js';
 import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
+import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { drainMs, LIFECYCLE_SPEC, serveUntilSignal, within } from '../lifecycle.js';
 import { initTracing } from '@kvgate/protocol';
 
@@ -44,6 +45,7 @@ const SPEC = {
   'cpu-offload-blocks': { type: 'string', help: 'CPU offload tier in blocks, as vLLM\'s OffloadingConnector (0 = off)', default: '0' },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (PCIe 4.0 ×16)', default: '25' },
   ...LIFECYCLE_SPEC,
+  ...HTTP_LIMITS_SPEC,
 } as const;
 
 function coeffs(v: string | undefined, name: string, n: number): number[] {
@@ -109,7 +111,7 @@ export async function run(argv: string[]): Promise<number> {
   let opts: SimEngineOptions;
   let drain: number;
   try {
-    opts = optionsFromFlags(parsed.flags);
+    opts = { ...optionsFromFlags(parsed.flags), httpLimits: httpLimitsFrom(parsed.flags) };
     drain = drainMs(parsed.flags);
   } catch (e) {
     throw e instanceof FlagError ? e : new FlagError((e as Error).message);
