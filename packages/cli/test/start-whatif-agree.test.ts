@@ -2,10 +2,10 @@
  * `kvgate start` (wall clock: engine threads, shims, indexer, routers, HTTP) and `kvgate replay whatif` (the same
  * scheduler on a virtual clock) on one small trace, policy and profile: the same derived capacity, hit rates within
  * 10 % of each other and TTFT p50 within 25 % (issue 14). The trace is built here: 4 shared 3,072-token prefixes,
- * each request one of them plus 1,000–1,500 tokens of its own, 10 requests/s for 10 s. start's engines run at half
- * the modelled speed (--speedup 0.5: wall ms = 2 × simulated ms, so the fixed HTTP/router costs weigh half as much
- * against the engine time being compared); whatif replays the trace compressed 2× in simulated time, which is what
- * those engines see. Few enough prefixes that even round-robin's median request hits (TTFT is bimodal, hit or miss:
+ * each request one of them plus 1,000–1,500 tokens of its own, 10 requests/s for 10 s. Both replay it at 2× its pace in
+ * modelled time (--compress 2); start's engines run at half the modelled speed (--speedup 0.5: wall ms = 2 ×
+ * modelled ms, so the fixed HTTP/router costs weigh half as much against the engine time being compared), and it
+ * reports modelled ms, as whatif does. Few enough prefixes that even round-robin's median request hits (TTFT is bimodal, hit or miss:
  * a p50 that sat on the boundary would swing either way). One router, as whatif models: two routers each doing
  * round-robin on their own send consecutive requests to the same engine in pairs, which queues the second.
  */
@@ -41,7 +41,7 @@ test('start and whatif agree on one trace, policy and profile', async () => {
   writeFileSync(trace, smallTrace());
   try {
     const policies = ['kv', 'round-robin'];
-    const args = ['start', '--trace', trace, '--policy', policies.join(','), '--engines', '4', '--routers', '1', '--compress', '1', '--speedup', '0.5', '--warmup', '20', '--json'];
+    const args = ['start', '--trace', trace, '--policy', policies.join(','), '--engines', '4', '--routers', '1', '--compress', '2', '--speedup', '0.5', '--warmup', '20', '--json'];
     const out = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       execFile(process.execPath, [BIN, ...args], { timeout: 120_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
         resolve({ code: err ? ((err as { code?: unknown }).code as number) ?? -1 : 0, stdout, stderr });
@@ -54,13 +54,12 @@ test('start and whatif agree on one trace, policy and profile', async () => {
 
     // the same engines: qwen3-8b on one H100 at 0.9, printed the same way
     assert.is(started.capacity.line, virtual.capacity.line);
-    assert.is(virtual.capacity.numBlocks, 25_178);
+    assert.is(virtual.capacity.numBlocks, 3147); // 3147 × 128 = 402,816 tokens
     assert.match(out.stderr, `engines: ${virtual.capacity.line}`);
 
     for (const p of policies) {
-      const wall = started.policies.find((r) => r.policy === p)!;
-      // start's wall ms → simulated ms of its engines
-      const s = { ...wall, ttftP50Ms: wall.ttftP50Ms * 0.5 };
+      // start reports its engines' modelled ms (wall ms × speedup), as whatif does
+      const s = started.policies.find((r) => r.policy === p)!;
       const v = virtual.policies.find((r) => r.policy === p)!;
       const detail = `${p}: start hit ${(s.hitRate * 100).toFixed(1)}% TTFT p50 ${s.ttftP50Ms.toFixed(1)} ms; whatif hit ${(v.hitRate * 100).toFixed(1)}% TTFT p50 ${v.ttftP50Ms.toFixed(1)} ms`;
       console.log(detail);

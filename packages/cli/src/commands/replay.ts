@@ -37,7 +37,7 @@ const SPEC = {
   engines: { type: 'string', help: 'whatif: simulated engines', default: '4' },
   'num-blocks': { type: 'string', help: 'whatif: KV blocks per engine (default: derived from the profile, as vLLM)' },
   ...PROFILE_SPEC,
-  'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens', default: '16' },
+  'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens (128 as start --trace; vLLM accepts it)', default: '128' },
   compress: { type: 'string', help: 'whatif: divide trace arrival times by this', default: '1' },
   limit: { type: 'string', help: 'whatif: replay only the first N requests' },
   json: { type: 'boolean', help: 'machine-readable output' },
@@ -149,7 +149,7 @@ export async function run(argv: string[]): Promise<number> {
           json: f.json,
           profile: profileFrom(f),
           ...(f['num-blocks'] !== undefined ? { numBlocks: numberFlag(f['num-blocks'], 'num-blocks', 0, { min: 1, integer: true }) } : {}),
-          blockSize: intFlag(f['engine-block-size'], 'engine-block-size', 16),
+          blockSize: intFlag(f['engine-block-size'], 'engine-block-size', 128),
           compress: intFlag(f.compress, 'compress', 1),
           ...(f.limit !== undefined ? { limit: intFlag(f.limit, 'limit', Infinity) } : {}),
         });
