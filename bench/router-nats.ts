@@ -4,7 +4,7 @@
  * it measures is how often a routing decision misses the index budget (5 ms) and falls back to load-only with no
  * fault anywhere: the share issue 14 found at ~1 % on a real cluster.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { encode, prefixHashes, subjects, type Bus } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
@@ -13,11 +13,18 @@ import { startNatsServer, type NatsServerHandle } from '../test/harness/nats-ser
 import { freePort } from './peers.js';
 
 const KVGATE = fileURLToPath(new URL('../bin/kvgate.js', import.meta.url));
+const ECHO = fileURLToPath(new URL('./nats-echo.ts', import.meta.url));
+const ECHO_SUBJECT = 'bench.echo';
 
 export interface NatsLeg {
   router: RouterHandle;
   /** the indexer process's HTTP edge (/metrics, /debug/workers) */
   indexerUrl: string;
+  /**
+   * The baseline of the index query's budget: `count` requests at `rate`/s of the index query's size (~1 KiB) from
+   * the router's own NATS connection to an echo process (bench/nats-echo.ts) with the same deadline; how many missed.
+   */
+  echoMisses(count: number, rate: number, timeoutMs: number): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -28,6 +35,8 @@ export interface NatsLegOptions {
   /** distinct 256-block prefixes indexed before the measurement (spread over the workers) */
   prefixes: number;
   progress(m: string): void;
+  /** node flags for the indexer process (e.g. --cpu-prof to see where its time goes); default KVGATE_BENCH_INDEXER_NODE_ARGS */
+  indexerNodeArgs?: string[];
 }
 
 /** nats-server + indexer process + a router over NATS in this process, the workers registered and indexed */
@@ -37,8 +46,10 @@ export async function startNatsLeg(o: NatsLegOptions): Promise<NatsLeg> {
   let bus: Bus | undefined;
   let router: RouterHandle | undefined;
   let heartbeat: NodeJS.Timeout | undefined;
+  let echo: ChildProcess | undefined;
   const close = async () => {
     clearInterval(heartbeat);
+    if (echo?.connected) echo.disconnect();
     await router?.close().catch(() => undefined);
     if (indexer && indexer.exitCode === null && indexer.signalCode === null) {
       const gone = new Promise((r) => indexer!.once('exit', r));
@@ -53,7 +64,8 @@ export async function startNatsLeg(o: NatsLegOptions): Promise<NatsLeg> {
   try {
     nats = await startNatsServer();
     const port = await freePort();
-    indexer = spawn(process.execPath, [KVGATE, 'indexer', '--nats', nats.url, '--port', String(port), '--host', '127.0.0.1', '--id', 'bench-indexer', '--ttl-ms', '15000'], {
+    const nodeArgs = o.indexerNodeArgs ?? (process.env.KVGATE_BENCH_INDEXER_NODE_ARGS?.split(' ').filter(Boolean) ?? []);
+    indexer = spawn(process.execPath, [...nodeArgs, KVGATE, 'indexer', '--nats', nats.url, '--port', String(port), '--host', '127.0.0.1', '--id', 'bench-indexer', '--ttl-ms', '15000'], {
       stdio: ['ignore', 'ignore', 'inherit'],
       env: { ...process.env, KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' },
     });
@@ -84,7 +96,26 @@ export async function startNatsLeg(o: NatsLegOptions): Promise<NatsLeg> {
     router = await startRouter(bus, { port: 0, id: 'bench-router-nats', registryTtlMs: 15_000 });
     await router.waitForWorkers(workers);
     o.progress('router over NATS up (indexer in its own process)');
-    return { router, indexerUrl, close };
+    echo = fork(ECHO, [nats.url, ECHO_SUBJECT], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+    await new Promise<void>((resolve, reject) => {
+      echo!.once('message', () => resolve());
+      echo!.once('exit', (c) => reject(new Error(`echo process exited (${c})`)));
+    });
+    const echoBus = bus;
+    const echoMisses = async (count: number, rate: number, timeoutMs: number): Promise<number> => {
+      const payload = new Uint8Array(1040); // the index query: model, lora and 128 packed hashes
+      let missed = 0;
+      const pending: Promise<void>[] = [];
+      const t0 = performance.now();
+      for (let i = 0; i < count; i++) {
+        const wait = t0 + (i * 1000) / rate - performance.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        pending.push(echoBus.request(ECHO_SUBJECT, payload, { timeoutMs }).then(() => undefined, () => void missed++));
+      }
+      await Promise.all(pending);
+      return missed;
+    };
+    return { router, indexerUrl, echoMisses, close };
   } catch (e) {
     await close();
     throw e;
