@@ -86,6 +86,11 @@ export interface SimEngineOptions {
   maxBodyBytes?: number;
   /** seconds (simulated) a P/D prefill keeps its blocks for the decode side (default 480) */
   kvHoldTimeoutS?: number;
+  /**
+   * a decode request whose KV pull fails (prefill engine gone, blocks expired): 'fail' answers an error (vLLM's
+   * `kv_load_failure_policy` default), 'recompute' prefills locally and serves it
+   */
+  kvLoadFailurePolicy?: 'fail' | 'recompute';
   /** data-parallel rank written into event batches (default 0) */
   dpRank?: number;
   /**
@@ -225,6 +230,8 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     blockSize,
     shape,
     transfer: { ...DEFAULT_TRANSFER, ...options.transfer },
+    holdRealMs: ((options.kvHoldTimeoutS ?? 480) * 1000) / core.speedup,
+    kvLoadFailurePolicy: options.kvLoadFailurePolicy ?? 'fail',
     advertise: () => ({ host: advertiseHost, port }),
     tokenText: (id) => textOf.get(id) ?? tokenizer.decode([id]),
   });

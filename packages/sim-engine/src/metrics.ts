@@ -47,6 +47,20 @@ export class EngineMetrics {
     counter('vllm:external_prefix_cache_hits_total', 'External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of cached tokens.', (s) => s.externalHits);
     counter('vllm:num_preemptions_total', 'Cumulative number of preemption from the engine.', (s) => s.preemptions);
     counter('vllm:prompt_tokens_total', 'Number of prefill tokens processed.', (s) => s.promptTokensComputed);
+    // vLLM's prompt_tokens_by_source: where each prompt token's KV came from (a P/D decode engine: the transfer)
+    const lastBySource = { local_compute: 0, local_cache_hit: 0, external_kv_transfer: 0 };
+    const bySource = new Counter({
+      name: 'vllm:prompt_tokens_by_source_total', help: 'Number of prompt tokens by source.', labelNames: [...labelNames, 'source'], registers: [r],
+      collect() {
+        const s = stats();
+        const now = { local_compute: s.promptTokensComputed, local_cache_hit: s.prefixHits, external_kv_transfer: s.promptTokensTransferred };
+        for (const k of Object.keys(now) as (keyof typeof now)[]) {
+          if (now[k] > lastBySource[k]) this.inc({ ...labels, source: k }, now[k] - lastBySource[k]);
+          lastBySource[k] = now[k];
+        }
+      },
+    });
+    for (const source of Object.keys(lastBySource)) bySource.inc({ ...labels, source }, 0);
     counter('vllm:generation_tokens_total', 'Number of generation tokens processed.', (s) => s.generationTokens);
     this.#success = new Counter({ name: 'vllm:request_success_total', help: 'Count of successfully processed requests.', labelNames: [...labelNames, 'finished_reason'], registers: [r] });
     new Gauge({

@@ -27,6 +27,10 @@ export interface HttpContext {
   blockSize: number;
   shape: ModelShape;
   transfer: TransferModel;
+  /** wall-clock ms a prefill's held blocks live (its descriptor's remote_blocks_expiry_time is now + this) */
+  holdRealMs?: number;
+  /** a failed KV pull: fail the request (vLLM's default) or prefill locally */
+  kvLoadFailurePolicy?: 'fail' | 'recompute';
   /** host and port written into transfer descriptors */
   advertise: () => { host: string; port: number };
   /** text of one generated token */
@@ -240,9 +244,15 @@ async function generateTraced(ctx: HttpContext, g: GenRequest, req: IncomingMess
   let remoteKv = false;
   if (hasDescriptor) {
     const d = parseDescriptor(g.kvParams!);
-    await fetchRemoteBlocks(ctx, d, g.promptTokens);
+    try {
+      await fetchRemoteBlocks(ctx, d, g.promptTokens);
+      remoteKv = true;
+    } catch (e) {
+      if (ctx.kvLoadFailurePolicy !== 'recompute') throw e;
+      // vLLM kv_load_failure_policy=recompute: the blocks are computed here instead
+      log.warn({ engine: ctx.engineId, from: d.remote_engine_id, err: (e as Error).message }, 'KV pull failed; recomputing the prompt locally');
+    }
     if (closed) return;
-    remoteKv = true;
   }
 
   const texts: string[] = [];
@@ -322,6 +332,8 @@ function makeDescriptor(ctx: HttpContext, coreId: string): TransferDescriptor | 
     remote_port: port,
     tp_size: 1,
     remote_request_id: coreId,
+    remote_num_tokens: held.promptTokens.length,
+    ...(ctx.holdRealMs !== undefined ? { remote_blocks_expiry_time: (Date.now() + ctx.holdRealMs) / 1000 } : {}),
   };
 }
 

@@ -22,6 +22,9 @@ export interface TransferDescriptor {
   remote_port: number;
   tp_size: number;
   remote_request_id: string;
+  /** newer vLLM: the prompt tokens the blocks hold, and when (unix seconds) the prefill side frees them */
+  remote_num_tokens?: number;
+  remote_blocks_expiry_time?: number;
 }
 
 export interface PullRequest {

@@ -130,6 +130,8 @@ export interface SchedulerStats {
   cpuReloadedBlocks: number;
   preemptions: number;
   promptTokensComputed: number;
+  /** P/D decode side: prompt tokens whose KV came from a prefill engine (vLLM prompt_tokens_by_source external_kv_transfer) */
+  promptTokensTransferred: number;
   generationTokens: number;
 }
 
@@ -171,7 +173,7 @@ export class Scheduler {
   #running: Req[] = [];
   #byId = new Map<string, Req>();
   #held = new Map<string, HeldBlocks>();
-  #stats = { prefixQueries: 0, prefixHits: 0, externalQueries: 0, externalHits: 0, cpuReloadedBlocks: 0, preemptions: 0, promptTokensComputed: 0, generationTokens: 0 };
+  #stats = { prefixQueries: 0, prefixHits: 0, externalQueries: 0, externalHits: 0, cpuReloadedBlocks: 0, preemptions: 0, promptTokensComputed: 0, promptTokensTransferred: 0, generationTokens: 0 };
   #bytesPerBlock: number;
   #link: OffloadLinkModel;
 
@@ -382,6 +384,7 @@ export class Scheduler {
       this.#running.push(req);
       if (remote) {
         // KV of all prompt tokens but the last came over the (modelled) wire: no compute for them
+        this.#stats.promptTokensTransferred += req.tokens.length - 1 - req.numComputed;
         req.numComputed = req.tokens.length - 1;
         req.remoteKv = false;
       }

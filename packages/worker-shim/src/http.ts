@@ -8,6 +8,12 @@
  *        `remote_host`/`remote_port` belong to that worker (else the engine prefills locally), and a
  *        `kv_transfer_params` already in the request body only when its peer (if any) is a live prefill worker
  *        (else 403). What the prefill endpoint answers on failure is logged, never shown to the client.
+ *        The prefill leg carries the request id (`x-request-id`, made here when the caller gave none, and the
+ *        same on the decode leg: older vLLM pairs the two by it), the trace context and the engine key. When it
+ *        fails (the prefill worker died, timed out after `prefillTimeoutMs`, answered an error or no valid
+ *        descriptor) or its descriptor has expired (`remote_blocks_expiry_time` past), the request goes to the
+ *        own engine without a descriptor: a local prefill, still served, counted in
+ *        `kvgate_shim_pd_local_prefills_total{reason}` and answered with `x-kvgate-prefill: local`.
  *   GET /healthz (503, OpenAI-shaped, while the engine fails its health probe), GET /metrics.
  * close(drainMs) stops accepting, lets proxied requests finish that long, then cuts them cleanly (http-drain.ts:
  * an SSE stream ends with an error event and `data: [DONE]`).
@@ -16,6 +22,7 @@
  * through to the engine, and `x-kvgate-worker` names that rank's worker.
  * Errors answer OpenAI-shaped JSON (errorBody), never a stack.
  */
+import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { request, type Dispatcher } from 'undici';
 import {
@@ -38,7 +45,7 @@ import {
   type HttpLimits,
 } from '@kvgate/protocol';
 import type { ShimMetrics } from './metrics.js';
-import { describeDescriptor, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, validateDescriptor } from './pd.js';
+import { describeDescriptor, descriptorExpired, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, validateDescriptor } from './pd.js';
 import { descriptorPeer, type PrefillTargets } from './prefill-targets.js';
 
 const log = logger('shim.http');
@@ -67,6 +74,10 @@ export interface HttpFrontDeps {
   prefillTargets?: Pick<PrefillTargets, 'lookup' | 'all' | 'isLoaded' | 'loaded'>;
   /** the prefill engines' NIXL side-channel base port (vLLM `VLLM_NIXL_SIDE_CHANNEL_PORT`, default 5600) */
   nixlSideChannelPort?: number;
+  /** the engines' API key (vLLM --api-key): the prefill leg carries it; absent = the caller's Authorization */
+  engineApiKey?: string;
+  /** P/D: the prefill leg's header and body timeout, ms (default 60,000); past it the decode worker prefills locally */
+  prefillTimeoutMs?: number;
   /** timeouts and connection cap of the front (protocol http-limits.ts; resolved again, so already resolved is fine) */
   httpLimits?: HttpLimits;
 }
@@ -191,7 +202,26 @@ export class HttpFront {
           log.warn({ worker: d.worker, target: prefiller }, 'prefill target refused: not a live prefill worker of the registry (nothing sent)');
           throw new KvgateError('KVG_BAD_PREFILL_TARGET', `${PREFILLER_HEADER} ${JSON.stringify(prefiller)} names no registered, live prefill worker`);
         }
-        const desc = await this.#prefill(base, path, json, span, abort.signal, req.headers.authorization, workers);
+        const rid = req.headers['x-request-id'];
+        const requestId = typeof rid === 'string' && rid !== '' ? rid : randomUUID();
+        req.headers['x-request-id'] = requestId; // the decode leg carries the same id (FORWARD_REQ)
+        let desc: Record<string, unknown> | undefined;
+        try {
+          const authorization = d.engineApiKey ? `Bearer ${d.engineApiKey}` : req.headers.authorization;
+          desc = await this.#prefill(base, path, json, span, abort.signal, authorization, workers, requestId);
+        } catch (e) {
+          if (abort.signal.aborted) throw e; // the client left: nothing to serve
+          // the prefill worker failed (died, timed out, broke the protocol): the decode worker prefills itself
+          const reason = isTimeout((e as Error).cause) ? 'timeout' : 'error';
+          d.metrics.pdLocalPrefills.inc({ reason });
+          log.warn({ worker: d.worker, prefill: base, requestId, reason, err: (e as Error).message }, 'remote prefill failed; prefilling locally');
+          desc = undefined;
+        }
+        if (desc && descriptorExpired(desc, Date.now())) {
+          d.metrics.pdLocalPrefills.inc({ reason: 'expired' });
+          log.warn({ worker: d.worker, prefill: base, requestId, descriptor: describeDescriptor(desc) }, 'transfer descriptor expired before the decode; prefilling locally');
+          desc = undefined;
+        }
         const { kv_transfer_params: _client, ...rest } = json;
         // a refused descriptor is never handed to the engine (it would connect there): it prefills locally
         body = Buffer.from(JSON.stringify(desc ? { ...rest, kv_transfer_params: desc } : rest));
@@ -284,12 +314,14 @@ export class HttpFront {
    * descriptor, or undefined when its peer is not one of `workers` (the prefill worker named): then the request
    * is prefilled locally.
    */
-  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined, workers: WorkerRegistration[]): Promise<Record<string, unknown> | undefined> {
+  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined, workers: WorkerRegistration[], requestId: string): Promise<Record<string, unknown> | undefined> {
     const d = this.#d;
-    const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base } }, extractTraceContext(injectTraceHeaders({}, parent)));
+    const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base, 'kvgate.request_id': requestId } }, extractTraceContext(injectTraceHeaders({}, parent)));
+    const timeoutMs = d.prefillTimeoutMs ?? 60_000;
     try {
-      const headers = injectTraceHeaders({ 'content-type': 'application/json', ...(authorization ? { authorization } : {}) }, span);
+      const headers = injectTraceHeaders({ 'content-type': 'application/json', 'x-request-id': requestId, ...(authorization ? { authorization } : {}) }, span);
       let res: Dispatcher.ResponseData;
+      let text: string;
       try {
         res = await request(`${base}${path}`, {
           method: 'POST',
@@ -297,12 +329,13 @@ export class HttpFront {
           body: JSON.stringify(prefillRequest(json, path.endsWith('/chat/completions'))),
           signal,
           dispatcher: d.dispatcher,
-          ...UPSTREAM_TIMEOUTS,
+          headersTimeout: timeoutMs,
+          bodyTimeout: timeoutMs,
         });
+        text = await res.body.text();
       } catch (e) {
-        throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} unreachable: ${(e as Error).message}`, { cause: e });
+        throw new KvgateError('KVG_UPSTREAM', `prefill endpoint ${base} ${isTimeout(e) ? 'timed out' : 'unreachable'}: ${(e as Error).message}`, { cause: e });
       }
-      const text = await res.body.text();
       if (res.statusCode !== 200) {
         // the body is logged, never reflected: whatever answered is not the client's to read
         log.warn({ worker: d.worker, prefill: base, status: res.statusCode, body: text.slice(0, 200) }, 'prefill endpoint failed');
@@ -323,6 +356,7 @@ export class HttpFront {
       }
       if (!descriptorPeer(desc, workers, d.nixlSideChannelPort)) {
         d.metrics.pdPrefills.inc({ result: 'foreign_descriptor' });
+        d.metrics.pdLocalPrefills.inc({ reason: 'foreign_descriptor' });
         log.warn({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'transfer descriptor refused: its remote_host/remote_port are not the prefill worker; prefilling locally');
         return undefined;
       }
@@ -338,6 +372,12 @@ export class HttpFront {
       span.end();
     }
   }
+}
+
+/** undici's header or body timeout */
+function isTimeout(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT';
 }
 
 function parseJsonObject(body: Buffer): Record<string, unknown> {

@@ -195,6 +195,8 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
       ...(o.clusterSecret ? { clusterAuth: new ClusterVerifier(o.clusterSecret) } : {}),
       prefillTargets,
       nixlSideChannelPort: o.nixlSideChannelPort,
+      prefillTimeoutMs: o.prefillTimeoutMs,
+      ...(o.engineApiKey ? { engineApiKey: o.engineApiKey } : {}),
       httpLimits: o.httpLimits,
       unhealthy: () => (shared.engineUp ? undefined : new KvgateError('KVG_ENGINE_DOWN', `worker ${o.worker}: the engine at ${o.engineUrl} does not answer GET /health`)),
       health: () => ({

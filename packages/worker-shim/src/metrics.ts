@@ -28,6 +28,7 @@ export interface ShimMetrics {
   loadReports: Counter;
   proxied: Counter<'route' | 'status'>;
   pdPrefills: Counter<'result'>;
+  pdLocalPrefills: Counter<'reason'>;
   publishBufferBatches: Gauge;
   publishBufferBytes: Gauge;
   publishFailures: Counter;
@@ -76,6 +77,7 @@ export function createMetrics(worker: string): ShimMetrics {
     loadReports: c('load_reports_total', 'LoadReports published'),
     proxied: c('proxied_requests_total', 'requests proxied to the engine, by route and status', ['route', 'status']),
     pdPrefills: c('pd_prefills_total', 'remote prefills done for P/D, by result', ['result']),
+    pdLocalPrefills: c('pd_local_prefills_total', 'P/D requests prefilled on the decode worker instead (prefill worker failed or timed out, descriptor expired or foreign); each still served', ['reason']),
     publishBufferBatches: g('publish_buffer_batches', 'event batches not yet stored in the event stream (bus down, appends failing or in flight)'),
     publishBufferBytes: g('publish_buffer_bytes', 'bytes of the event batches not yet stored'),
     publishFailures: c('publish_failures_total', 'event batch appends the stream did not acknowledge (kept and retried)'),

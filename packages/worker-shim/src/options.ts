@@ -98,6 +98,11 @@ export interface ShimOptions {
    * descriptor's `remote_port` must be this + the prefill worker's DP rank (or the port it registered)
    */
   nixlSideChannelPort?: number;
+  /**
+   * P/D: how long the prefill leg may take (headers and body, ms; default 60,000); past it, or when the prefill
+   * worker fails, the decode worker prefills locally (the request still succeeds; counted)
+   */
+  prefillTimeoutMs?: number;
   /** header/body timeouts, keep-alive and connection cap of the HTTP front (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
 }
@@ -188,6 +193,7 @@ export function resolveOptions(o: ShimOptions): ResolvedShimOptions {
     publishBufferBytes: positive(o.publishBufferBytes ?? 64 * 1024 * 1024, 'publish buffer bytes'),
     engineProbeMs: positive(o.engineProbeMs ?? 1000, 'engine probe period'),
     nixlSideChannelPort: rankNumber(o.nixlSideChannelPort ?? 5600, 'NIXL side-channel port', 1),
+    prefillTimeoutMs: positive(o.prefillTimeoutMs ?? 60_000, 'prefill timeout'),
     httpLimits: resolveHttpLimits(o.httpLimits),
     engineProbeTimeoutMs: positive(o.engineProbeTimeoutMs ?? 1000, 'engine probe timeout'),
     engineDownDeregisterMs: positive(o.engineDownDeregisterMs ?? 30_000, 'engine-down deregistration bound', true),

@@ -2,9 +2,14 @@
  * Prefill/decode disaggregation, the decode side's pure parts (DESIGN.md section 3):
  *   - the prefill target from `x-prefiller-host-port: host:port` (Gateway API inference extension convention);
  *   - the prefill request: the client's request with `kv_transfer_params {do_remote_decode: true}`,
- *     `max_tokens: 1`, `stream: false`;
+ *     `max_tokens: 1`, `stream: false`, without `stream_options`, `min_tokens` and `min_completion_tokens` (an
+ *     engine may refuse a minimum over the maximum of 1; vLLM's disagg proxy examples drop them the same way);
  *   - the transfer descriptor: the prefill response's `kv_transfer_params` (vLLM NixlConnector), checked
- *     for shape and otherwise passed on untouched (opaque);
+ *     for shape and otherwise passed on untouched (opaque), newer fields included (`remote_request_id`,
+ *     `remote_num_tokens`, `remote_blocks_expiry_time`, `tp_size`/`pp_size`/`dcp_size`, `remote_block_ids` as one
+ *     id list per KV-cache group);
+ *   - expiry: a descriptor whose `remote_blocks_expiry_time` (unix seconds) has passed names blocks the prefill
+ *     engine has freed: the decode worker prefills locally instead;
  *   - the decode request: the client's request carrying that descriptor.
  */
 import { KvgateError } from '@kvgate/protocol';
@@ -34,6 +39,8 @@ export function prefillRequest(body: Record<string, unknown>, chat: boolean): Re
     max_tokens: 1,
   };
   delete out.stream_options;
+  delete out.min_tokens;
+  delete out.min_completion_tokens;
   if (chat && 'max_completion_tokens' in out) out.max_completion_tokens = 1;
   return out;
 }
@@ -59,8 +66,20 @@ export function validateDescriptor(v: unknown): TransferDescriptor {
   if (!(isIntArray(ids) || (Array.isArray(ids) && ids.every(isIntArray)))) throw bad('remote_block_ids is not a list of block ids');
   if (typeof d.remote_host !== 'string' || d.remote_host === '') throw bad('remote_host is not a string');
   if (!Number.isInteger(d.remote_port) || (d.remote_port as number) < 1 || (d.remote_port as number) > 65535) throw bad('remote_port is not a port');
-  if (d.tp_size !== undefined && d.tp_size !== null && !(Number.isInteger(d.tp_size) && (d.tp_size as number) > 0)) throw bad('tp_size is not a positive integer');
+  for (const k of ['tp_size', 'pp_size', 'dcp_size'] as const) {
+    if (d[k] !== undefined && d[k] !== null && !(Number.isInteger(d[k]) && (d[k] as number) > 0)) throw bad(`${k} is not a positive integer`);
+  }
+  if (d.remote_request_id !== undefined && d.remote_request_id !== null && (typeof d.remote_request_id !== 'string' || d.remote_request_id === '')) throw bad('remote_request_id is not a string');
+  if (d.remote_num_tokens !== undefined && d.remote_num_tokens !== null && !(Number.isSafeInteger(d.remote_num_tokens) && (d.remote_num_tokens as number) >= 0)) throw bad('remote_num_tokens is not a token count');
+  const exp = d.remote_blocks_expiry_time;
+  if (exp !== undefined && exp !== null && !(typeof exp === 'number' && Number.isFinite(exp) && exp > 0)) throw bad('remote_blocks_expiry_time is not a time');
   return d;
+}
+
+/** true when the descriptor's `remote_blocks_expiry_time` (unix seconds) is at or before `nowMs` */
+export function descriptorExpired(d: TransferDescriptor, nowMs: number): boolean {
+  const exp = d.remote_blocks_expiry_time;
+  return typeof exp === 'number' && exp * 1000 <= nowMs;
 }
 
 /** a short, log-safe summary of a descriptor */
@@ -73,5 +92,7 @@ export function describeDescriptor(d: TransferDescriptor): Record<string, unknow
     blocks: Array.isArray(ids) ? (ids.length > 0 && Array.isArray(ids[0]) ? (ids as unknown[][]).reduce((n, g) => n + g.length, 0) : ids.length) : 0,
     tp: d.tp_size,
     requestId: d.remote_request_id,
+    ...(d.remote_num_tokens !== undefined ? { tokens: d.remote_num_tokens } : {}),
+    ...(d.remote_blocks_expiry_time !== undefined ? { expires: d.remote_blocks_expiry_time } : {}),
   };
 }

@@ -268,10 +268,12 @@ function busSuite(kind: 'memory' | 'nats') {
       assert.is(s.status, 200, s.text);
       assert.match(String(s.headers['content-type']), /text\/event-stream/);
       assert.ok(s.text.trim().endsWith('data: [DONE]'));
-      // a registered prefill endpoint that is not there: 502, OpenAI-shaped
+      // a registered prefill endpoint that is not there: the decode engine prefills locally, the request is served
+      const localBefore = await metric(r.shim, 'pd_local_prefills_total', 'error');
       const bad = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p }, { 'x-prefiller-host-port': `127.0.0.1:${deadPort}` });
-      assert.is(bad.status, 502);
-      assert.is(bad.json().error.code, 'KVG_UPSTREAM');
+      assert.is(bad.status, 200, bad.text);
+      assert.is(bad.headers['x-kvgate-prefill'], 'local');
+      assert.is(await metric(r.shim, 'pd_local_prefills_total', 'error'), localBefore + 1);
       const junk = await post(`${r.shim.url}/v1/completions`, { model: MODEL, prompt: p }, { 'x-prefiller-host-port': 'not a host' });
       assert.is(junk.status, 400);
     } finally {
