@@ -23,7 +23,7 @@ const common = { model: MODEL, port: 0, clusterSecret: SECRET } as const;
 const pShim = await startShim(bus, { ...common, worker: 'stack-p0', role: 'prefill', engineUrl: pEngine.url, kvEvents: pEngine.kvEventsEndpoint! });
 const dShim = await startShim(bus, { ...common, worker: 'stack-d0', role: 'decode', engineUrl: dEngine.url, kvEvents: dEngine.kvEventsEndpoint! });
 const indexer = await startIndexer(bus, {});
-const router = await startRouter(bus, { port: 0, index: indexer.client, recordDecisions: false, clusterSecret: SECRET, apiKeys: ['client-key'] });
+const router = await startRouter(bus, { port: 0, index: indexer.client, recordDecisions: false, clusterSecret: SECRET, apiKeys: ['client-key'], pdMinPrefillTokens: 0 });
 await router.waitForWorkers(2);
 
 async function prefills(shim: ShimHandle, result: string): Promise<number> {

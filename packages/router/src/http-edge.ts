@@ -293,6 +293,8 @@ export class HttpEdge {
       promptBlocks: decision.promptBlocks,
       overlap: decision.overlap,
       cached: decision.cached,
+      // P/D pools: split (remote prefill) or not, and why (select.ts PdPolicy)
+      ...(decision.pd ? { pd: { split: decision.pd.split, reason: decision.pd.reason } } : {}),
       ...(r.salted ? { salted: true } : {}),
       indexAnswered: r.indexAnswered,
       policy: selector.policy,

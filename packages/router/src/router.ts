@@ -71,6 +71,12 @@ export interface RouterOptions {
   upstreamTimeoutMs?: number;
   /** decode tokens assumed when a request gives no max_tokens; default 256 */
   defaultMaxTokens?: number;
+  /**
+   * P/D pools: no remote prefill when the decode worker lacks fewer prompt tokens than this (default 512; CLI
+   * --pd-min-prefill-tokens), or holds ≥ `pdDecodeHoldRatio` (default 0.8) of the prompt, or every prefill worker is busy
+   */
+  pdMinPrefillTokens?: number;
+  pdDecodeHoldRatio?: number;
   /** random source for tie-breaks and sampling; default Math.random */
   random?: () => number;
   /** misconfiguration report (diag.ts) on `…diag.router.<id>` this often; default 2000 ms */
@@ -182,6 +188,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     ...(decisions ? { decisions } : {}),
     metrics,
     defaultMaxTokens: options.defaultMaxTokens ?? 256,
+    pd: { ...(options.pdMinPrefillTokens !== undefined ? { minPrefillTokens: options.pdMinPrefillTokens } : {}), ...(options.pdDecodeHoldRatio !== undefined ? { decodeHoldRatio: options.pdDecodeHoldRatio } : {}) },
     random: options.random ?? Math.random,
   });
 

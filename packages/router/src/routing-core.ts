@@ -18,7 +18,7 @@ import type { ChatMessage } from '@kvgate/protocol/tokenizer';
 import type { WorkerHealth } from './health.js';
 import type { Inflight, Ticket } from './inflight.js';
 import type { RouterMetrics } from './metrics.js';
-import { Selector, type Decision, type Policy } from './select.js';
+import { DEFAULT_PD_POLICY, Selector, type Decision, type PdPolicy, type Policy } from './select.js';
 import type { ScoreWeights } from './scorer.js';
 import type { ChatTokenizeInput } from './tokenize.js';
 import type { Pool, WorkerView } from './workers.js';
@@ -95,6 +95,8 @@ export interface RoutingCoreOptions {
   metrics: RouterMetrics;
   /** decode tokens assumed when a request gives no max_tokens; default 256 */
   defaultMaxTokens?: number;
+  /** P/D pools: when a request is split (select.ts PdPolicy; defaults DEFAULT_PD_POLICY, minPrefillTokens 512) */
+  pd?: Partial<PdPolicy>;
   /** random source for tie-breaks and sampling; default Math.random */
   random?: () => number;
   /** clock of the decision records; default Date.now */
@@ -132,7 +134,7 @@ export class RoutingCore {
     this.#metrics = o.metrics;
     this.#defaultMaxTokens = o.defaultMaxTokens ?? 256;
     this.#now = o.now ?? Date.now;
-    this.selector = new Selector(o.cluster.workers, o.cluster.inflight, o.policy, o.weights, o.random ?? Math.random);
+    this.selector = new Selector(o.cluster.workers, o.cluster.inflight, o.policy, o.weights, o.random ?? Math.random, { ...DEFAULT_PD_POLICY, ...o.pd });
     this.#decisionsPd = o.metrics.decisions.labels({ policy: o.policy, mode: 'pd' });
     this.#decisionsSingle = o.metrics.decisions.labels({ policy: o.policy, mode: 'single' });
   }
@@ -177,6 +179,7 @@ export class RoutingCore {
     const decodeBlocks = Math.ceil((promptTokens + (req.maxTokens ?? this.#defaultMaxTokens)) / B);
     if (this.selector.policy === 'kv' && r.hashes.length > 0) inflight.predict(decision.prefillWorker.worker, r.hashes);
     (decision.prefill ? this.#decisionsPd : this.#decisionsSingle).inc();
+    if (decision.pd) this.#metrics.pdDecisions.inc({ decision: decision.pd.split ? 'split' : 'local', reason: decision.pd.reason });
     if (decision.promptBlocks > 0) this.#metrics.overlapRatio.observe(decision.overlap / decision.promptBlocks);
     const tickets = decision.prefill
       ? [inflight.start(decision.prefill.worker, prefillTokens, 0), inflight.start(decision.worker.worker, 0, decodeBlocks)]
@@ -231,7 +234,7 @@ export class RoutingCore {
   }
 
   #select(r: Omit<Route, 'decision'>, tried: ReadonlySet<string> | undefined): Decision {
-    const decision = this.selector.select({ pool: r.pool, hashes: r.hashes, indexOverlaps: r.overlaps, indexTiers: r.tiers, ...this.#healthFilter(r.pool, tried) });
+    const decision = this.selector.select({ pool: r.pool, hashes: r.hashes, indexOverlaps: r.overlaps, indexTiers: r.tiers, ...(r.tokens ? { promptTokens: r.tokens.length } : {}), ...this.#healthFilter(r.pool, tried) });
     if (!decision) throw this.#noWorker(`no live worker left for model \`${r.model}\`${this.#cluster.health.quiet ? '' : ' (engines reported down are not picked)'}`);
     return decision;
   }
@@ -286,6 +289,7 @@ export function decisionRecord(router: string, policy: Policy, { route: r, reque
     scores,
     chosen: decision.prefillWorker.worker,
     ...(decision.prefill ? { prefill: decision.prefill.worker } : {}),
+    ...(decision.pd ? { pd: decision.pd.reason } : {}),
     policy,
     ...(policy === 'kv' && !r.indexAnswered ? { degraded: true } : {}),
     ts,

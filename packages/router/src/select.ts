@@ -15,7 +15,11 @@
  * extend that prefix; the scorer weighs them (scorer.ts).
  *
  * P/D: when the pool has prefill and decode workers, the prefill worker is picked by the policy (overlap matters
- * there) and the decode worker by load alone (`least-loaded` over decode workers).
+ * there) and so is the decode worker, by its own overlap and decode load. Then, per request, whether to split
+ * (`PdPolicy`): no remote prefill (the decode worker prefills locally) when the part of the prompt the decode
+ * worker lacks is shorter than `minPrefillTokens` (`short_prompt`), when the decode worker already holds at least
+ * `decodeHoldRatio` of the prompt's blocks (`decode_holds_prefix`), or when every prefill worker is busy
+ * (`prefill_saturated`); else `split`. The reason is on the decision (`pd`).
  */
 import type { TierOverlap, WorkerRegistration } from '@kvgate/protocol';
 import type { Inflight } from './inflight.js';
@@ -29,6 +33,19 @@ export function isPolicy(s: string): s is Policy {
   return (POLICIES as readonly string[]).includes(s);
 }
 
+/** When to disaggregate a request (P/D pools only). */
+export interface PdPolicy {
+  /** no remote prefill when the decode worker's uncached prompt part is shorter (tokens; default 512) */
+  minPrefillTokens: number;
+  /** no remote prefill when the decode worker holds at least this share of the prompt's blocks (default 0.8) */
+  decodeHoldRatio: number;
+}
+
+export const DEFAULT_PD_POLICY: PdPolicy = { minPrefillTokens: 512, decodeHoldRatio: 0.8 };
+
+export const PD_REASONS = ['split', 'short_prompt', 'decode_holds_prefix', 'prefill_saturated', 'same_worker'] as const;
+export type PdReason = (typeof PD_REASONS)[number];
+
 export interface SelectInput {
   pool: Pool;
   /** prefix hashes of the prompt's full blocks (may be empty: tokenization unavailable) */
@@ -41,6 +58,8 @@ export interface SelectInput {
   exclude?: ReadonlySet<string>;
   /** workers to pick only when no other is left (suspect after failures) */
   avoid?: ReadonlySet<string>;
+  /** the prompt's length in tokens, when known (else promptBlocks × block size) */
+  promptTokens?: number;
 }
 
 export interface Decision {
@@ -56,6 +75,8 @@ export interface Decision {
   promptBlocks: number;
   /** every candidate's score, for /v1/route and logs */
   scored: Scored[];
+  /** P/D pools: split or not, and why; with the decode candidates' scores */
+  pd?: { split: boolean; reason: PdReason; decodeScored: Scored[] };
 }
 
 export class Selector {
@@ -65,8 +86,10 @@ export class Selector {
   policy: Policy;
   weights: ScoreWeights;
   #random: () => number;
+  pdPolicy: PdPolicy;
 
-  constructor(view: WorkerView, inflight: Inflight, policy: Policy, weights: ScoreWeights, random: () => number = Math.random) {
+  constructor(view: WorkerView, inflight: Inflight, policy: Policy, weights: ScoreWeights, random: () => number = Math.random, pdPolicy: PdPolicy = DEFAULT_PD_POLICY) {
+    this.pdPolicy = pdPolicy;
     this.#view = view;
     this.#inflight = inflight;
     this.policy = policy;
@@ -90,23 +113,38 @@ export class Selector {
       const pre = prefer([...pool.prefill, ...pool.both].filter(keep));
       const dec = prefer([...pool.decode, ...pool.both].filter(keep));
       const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
-      const d = this.#choose(dec, pool, promptBlocks, null, null, new Map(), this.policy === 'kv' ? 'least-loaded' : this.policy, `${pool.model}|${pool.lora}|d`);
+      // the decode worker by its own overlap and decode load (the same score: its prefix saves a local prefill)
+      const d = this.#choose(dec, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|d`);
       if (!p || !d) return undefined;
-      const same = p.reg.worker === d.reg.worker;
+      const reason = this.#pdReason(p, d, pool, promptBlocks, input.promptTokens);
+      if (reason !== 'split') {
+        return { worker: d.reg, prefillWorker: d.reg, overlap: d.pick.overlap, cached: d.pick.cached, promptBlocks, scored: p.scored, pd: { split: false, reason, decodeScored: d.scored } };
+      }
       return {
         worker: d.reg,
-        ...(same ? {} : { prefill: p.reg }),
+        prefill: p.reg,
         prefillWorker: p.reg,
         overlap: p.pick.overlap,
         cached: p.pick.cached,
         promptBlocks,
         scored: p.scored,
+        pd: { split: true, reason, decodeScored: d.scored },
       };
     }
     const all = prefer((pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep));
     const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}`);
     if (!c) return undefined;
     return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, cached: c.pick.cached, promptBlocks, scored: c.scored };
+  }
+
+  #pdReason(p: { reg: WorkerRegistration; pick: Scored; scored: Scored[] }, d: { reg: WorkerRegistration; pick: Scored }, pool: Pool, promptBlocks: number, promptTokens: number | undefined): PdReason {
+    if (p.reg.worker === d.reg.worker) return 'same_worker';
+    const B = pool.blockSize || 16;
+    const tokens = promptTokens ?? promptBlocks * B;
+    if (tokens - d.pick.cached * B < this.pdPolicy.minPrefillTokens) return 'short_prompt';
+    if (promptBlocks > 0 && d.pick.overlap / promptBlocks >= this.pdPolicy.decodeHoldRatio) return 'decode_holds_prefix';
+    if (p.scored.every((s) => s.busy)) return 'prefill_saturated';
+    return 'split';
   }
 
   #choose(

@@ -470,7 +470,7 @@ function build(kind: BusKind) {
     await register(bus, registration('d0', d0.url, { role: 'decode' }), ns);
     const prompt = tokens(32);
     const idx = fakeIndex(bus, new Map([['p1', new Set(prefixHashes('stub-model', null, 4, prompt))]]), ns);
-    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200, registryTtlMs: 0, ...kind.routerAuth });
+    const r = await startRouter(bus, { port: 0, namespace: ns, indexTimeoutMs: 200, registryTtlMs: 0, pdMinPrefillTokens: 0, ...kind.routerAuth });
     try {
       await r.waitForWorkers(3);
       const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt });

@@ -228,6 +228,7 @@ test('passive health: an engine reported down is never picked, a suspect one onl
 
 test('P/D: the prefill worker by overlap, the decode worker by load; two tickets', async () => {
   const { core, index, workers, inflight } = setup({ workers: [reg('p0', { role: 'prefill' }), reg('p1', { role: 'prefill' }), reg('d0', { role: 'decode' }), reg('d1', { role: 'decode' })] });
+  core.selector.pdPolicy = { minPrefillTokens: 0, decodeHoldRatio: 2 }; // split every prompt: this test is about who is picked
   const ids = tokens(24);
   index.store('p1', hashesOf(ids));
   workers.load(loadOf('d0', { role: 'decode', waiting: 8, running: 8 }));

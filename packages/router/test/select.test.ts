@@ -139,7 +139,8 @@ test('P/D: prefill by overlap, decode by load', () => {
   view.upsert(reg('d1', { role: 'decode' }));
   view.upsert(reg('d2', { role: 'decode' }));
   inflight.start('d1', 0, 500);
-  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS);
+  // every prompt split (10 blocks is under the default 512-token minimum): this test is about who is picked
+  const s = new Selector(view, inflight, 'kv', DEFAULT_WEIGHTS, Math.random, { minPrefillTokens: 0, decodeHoldRatio: 2 });
   const d = s.select({ pool: view.pool('m')!, hashes: hashes(10), indexOverlaps: { p2: 10, d1: 10 } })!;
   assert.is(d.prefill!.worker, 'p2');
   assert.is(d.prefillWorker.worker, 'p2');
@@ -167,7 +168,7 @@ test('avoided (suspect) workers are skipped while any other is left, by every po
   const { view: v2, inflight: f2 } = setup(0);
   for (const w of ['p0', 'p1']) v2.upsert(reg(w, { role: 'prefill' }));
   for (const w of ['d0', 'd1']) v2.upsert(reg(w, { role: 'decode' }));
-  const pd = new Selector(v2, f2, 'kv', DEFAULT_WEIGHTS).select({ pool: v2.pool('m')!, hashes: hs, indexOverlaps: { p0: 10 }, avoid: new Set(['p0', 'd0']) })!;
+  const pd = new Selector(v2, f2, 'kv', DEFAULT_WEIGHTS, Math.random, { minPrefillTokens: 0, decodeHoldRatio: 2 }).select({ pool: v2.pool('m')!, hashes: hs, indexOverlaps: { p0: 10 }, avoid: new Set(['p0', 'd0']) })!;
   assert.equal([pd.prefill?.worker, pd.worker.worker], ['p1', 'd1']);
 });
 
