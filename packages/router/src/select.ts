@@ -19,7 +19,7 @@
  * (`PdPolicy`): no remote prefill (the decode worker prefills locally) when the part of the prompt the decode
  * worker lacks is shorter than `minPrefillTokens` (`short_prompt`), when the decode worker already holds at least
  * `decodeHoldRatio` of the prompt's blocks (`decode_holds_prefix`), or when every prefill worker is busy
- * (`prefill_saturated`); else `split`. The reason is on the decision (`pd`).
+ * (`prefill_saturated`) or none is left (`no_prefill_worker`: all reported down); else `split`. The reason is on the decision (`pd`).
  */
 import type { TierOverlap, WorkerRegistration } from '@kvgate/protocol';
 import type { Inflight } from './inflight.js';
@@ -43,7 +43,7 @@ export interface PdPolicy {
 
 export const DEFAULT_PD_POLICY: PdPolicy = { minPrefillTokens: 512, decodeHoldRatio: 0.8 };
 
-export const PD_REASONS = ['split', 'short_prompt', 'decode_holds_prefix', 'prefill_saturated', 'same_worker'] as const;
+export const PD_REASONS = ['split', 'short_prompt', 'decode_holds_prefix', 'prefill_saturated', 'no_prefill_worker', 'same_worker'] as const;
 export type PdReason = (typeof PD_REASONS)[number];
 
 export interface SelectInput {
@@ -115,10 +115,11 @@ export class Selector {
       const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
       // the decode worker by its own overlap and decode load (the same score: its prefix saves a local prefill)
       const d = this.#choose(dec, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|d`);
-      if (!p || !d) return undefined;
-      const reason = this.#pdReason(p, d, pool, promptBlocks, input.promptTokens);
-      if (reason !== 'split') {
-        return { worker: d.reg, prefillWorker: d.reg, overlap: d.pick.overlap, cached: d.pick.cached, promptBlocks, scored: p.scored, pd: { split: false, reason, decodeScored: d.scored } };
+      if (!d) return undefined;
+      // no prefill worker left (all down or excluded): the decode worker prefills locally
+      const reason = p ? this.#pdReason(p, d, pool, promptBlocks, input.promptTokens) : 'no_prefill_worker';
+      if (!p || reason !== 'split') {
+        return { worker: d.reg, prefillWorker: d.reg, overlap: d.pick.overlap, cached: d.pick.cached, promptBlocks, scored: p?.scored ?? d.scored, pd: { split: false, reason, decodeScored: d.scored } };
       }
       return {
         worker: d.reg,
