@@ -10,7 +10,7 @@ import { request } from 'undici';
 import { initHashing } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { startShim } from '@kvgate/worker-shim';
-import { startStack, type Stack } from '@kvgate/router/workload/stack';
+import { startStack, type Stack } from '@kvgate/workload/stack';
 import { freePort, startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
 import { FakeEngine, vllmArrayBatch } from '../../worker-shim/test/fake-engine.js';
 import { tokens } from '../../router/test/helpers.js';

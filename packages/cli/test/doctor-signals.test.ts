@@ -14,7 +14,7 @@ import { initHashing, prefixHashes, type Bus, type WorkerVerdict } from '@kvgate
 import { MemoryBus } from '@kvgate/protocol/bus/index';
 import { startShim, type ShimHandle } from '@kvgate/worker-shim';
 import { startRouter, type RouterHandle } from '@kvgate/router';
-import { startStack } from '@kvgate/router/workload/stack';
+import { startStack } from '@kvgate/workload/stack';
 import { FakeEngine, vllmArrayBatch } from '../../worker-shim/test/fake-engine.js';
 import { fakeIndex, register, registration, tokens } from '../../router/test/helpers.js';
 import { examine, formatLine, jsonLine } from '../src/commands/doctor.js';

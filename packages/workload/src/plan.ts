@@ -6,7 +6,7 @@
  */
 import { mulberry32, prefixHashes } from '@kvgate/protocol';
 import type { ChatMessage } from '@kvgate/protocol/tokenizer';
-import type { PromptTokenizer } from '../tokenize.js';
+import type { PromptTokenizer } from '@kvgate/router';
 import type { BoundBlock } from './bounds.js';
 import type { LoadClient, RequestResult } from './client.js';
 import { readTrace, recordTokens, TRACE_BLOCK, type TraceRecord } from './trace.js';

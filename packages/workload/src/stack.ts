@@ -9,7 +9,7 @@ import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
 import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
 import { startShim, type ShimHandle } from '@kvgate/worker-shim';
-import { startRouter, type RouterHandle, type RouterOptions } from '../router.js';
+import { startRouter, type RouterHandle, type RouterOptions } from '@kvgate/router';
 import { startEngineThread, type ThreadEngine } from './engine-threads.js';
 
 export interface StackOptions {

@@ -7,7 +7,7 @@ import * as assert from 'uvu/assert';
 import { request } from 'undici';
 import { initHashing } from '@kvgate/protocol';
 import { startNatsServer, type NatsServerHandle } from '../../../test/harness/nats-server.js';
-import { startStack, type Stack, type StackOptions } from '../src/workload/stack.js';
+import { startStack, type Stack, type StackOptions } from '../src/stack.js';
 import { authedStackOptions, E2E_AUTH_HEADERS, tokens, until } from './helpers.js';
 
 await initHashing();

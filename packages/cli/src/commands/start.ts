@@ -10,8 +10,8 @@
  * what the tier gained per policy (hit rate, TTFT p50).
  */
 import type { Policy, RouterOptions } from '@kvgate/router';
-import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/router/workload/plan';
-import type { PolicyResult } from '@kvgate/router/workload/stats';
+import type { ChatWorkloadOptions, PlanSpec } from '@kvgate/workload/plan';
+import type { PolicyResult } from '@kvgate/workload/stats';
 import { intFlag, parseFlags } from '../flags.js';
 import { FlagError } from '../fatal.js';
 import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
@@ -123,11 +123,11 @@ export async function run(argv: string[]): Promise<number> {
       import('@kvgate/protocol'),
       import('@kvgate/protocol/tokenizer'),
       import('@kvgate/router'),
-      import('@kvgate/router/workload/bounds'),
-      import('@kvgate/router/workload/plan'),
-      import('@kvgate/router/workload/stack'),
-      import('@kvgate/router/workload/stats'),
-      import('@kvgate/router/workload/engine-counters'),
+      import('@kvgate/workload/bounds'),
+      import('@kvgate/workload/plan'),
+      import('@kvgate/workload/stack'),
+      import('@kvgate/workload/stats'),
+      import('@kvgate/workload/engine-counters'),
     ]);
   // auth (issue 13): the routers require these keys (the load client sends the first), routers sign every call
   // to a shim with the cluster secret (every shim then gets an HTTP front that checks it), NATS credentials/TLS

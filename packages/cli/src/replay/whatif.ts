@@ -10,9 +10,9 @@
 import { parseKvlog, initHashing } from '@kvgate/protocol';
 import { Scheduler, resolveProfile, type BlockDigest, formatCapacity, type ProfileSpec, type SimProfile, type TimingModel, type TokenOutput } from '@kvgate/sim-engine';
 import { DEFAULT_WEIGHTS, score, pick, isPolicy, type Candidate, type Policy } from '@kvgate/router';
-import { readTrace, blockTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/router/workload/trace';
-import { infiniteHitRate, pooledHitRate } from '@kvgate/router/workload/bounds';
-import { percentile, type PolicyResult } from '@kvgate/router/workload/stats';
+import { readTrace, blockTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/workload/trace';
+import { infiniteHitRate, pooledHitRate } from '@kvgate/workload/bounds';
+import { percentile, type PolicyResult } from '@kvgate/workload/stats';
 import { readFileSync } from 'node:fs';
 
 export interface WhatifOptions {
