@@ -18,6 +18,7 @@ import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { ApiKeys } from './api-keys.js';
 import { ClusterView } from './cluster-view.js';
 import { DecisionLog } from './decision-log.js';
+import { EppEdge, type EppOptions } from './epp/epp-edge.js';
 import { RouterDiag } from './diag.js';
 import type { WorkerHealth } from './health.js';
 import { HttpEdge } from './http-edge.js';
@@ -114,6 +115,8 @@ export interface RouterOptions {
   clusterSecret?: string;
   /** header/body timeouts (408 KVG_REQUEST_TIMEOUT), keep-alive (default 65 s) and connection cap of the client server (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
+  /** also serve the gateway endpoint picker (Envoy ext_proc + gRPC health, epp/epp-edge.ts) over the same core; default off */
+  epp?: EppOptions;
 }
 
 export interface RouterStats {
@@ -138,6 +141,8 @@ export interface RouterHandle {
   readonly registryHold: RegistryHold;
   /** the HTTP server (for instrumentation listeners; the router owns it) */
   readonly server: Server;
+  /** the endpoint picker's ports, when `epp` was given */
+  readonly epp?: { readonly port: number; readonly healthPort: number; status(service: string): number };
   stats(): RouterStats;
   /** resolves once at least `n` live workers are known (or rejects after timeoutMs) */
   waitForWorkers(n: number, timeoutMs?: number): Promise<void>;
@@ -178,11 +183,12 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
 
   // the routing core over it
   const decisions = recordDecisions ? new DecisionLog(bus, subj.decisions(id), log, (p) => decisionRecord(id, policy, p)) : undefined;
+  const index = options.index ? directIndexQuery(options.index, indexTimeoutMs) : busIndexQuery(bus, subj, indexTimeoutMs);
   const core = new RoutingCore({
     id,
     cluster,
     tokenizer,
-    index: options.index ? directIndexQuery(options.index, indexTimeoutMs) : busIndexQuery(bus, subj, indexTimeoutMs),
+    index,
     policy,
     weights,
     ...(decisions ? { decisions } : {}),
@@ -212,11 +218,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     httpLimits: options.httpLimits,
   });
 
+  // the gateway edge beside it (optional)
+  const epp = options.epp ? new EppEdge(options.epp, { core, cluster, index, weights, metrics, log }) : undefined;
+
   let closed = false;
   async function stop(drainMs: number): Promise<void> {
     if (closed) return;
     closed = true;
     await edge.close(drainMs);
+    await epp?.close();
     diagPublisher.stop();
     decisions?.flush();
     await cluster.close();
@@ -225,6 +235,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
 
   try {
     await edge.listen(options.port ?? 8080, options.host ?? '127.0.0.1');
+    await epp?.listen();
   } catch (e) {
     // the port is taken (or not ours): nothing of this router may keep running
     await stop(0);
@@ -245,6 +256,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     health: cluster.health,
     registryHold: cluster.hold,
     server: edge.server,
+    ...(epp ? { epp: { get port() { return epp.port; }, get healthPort() { return epp.healthPort; }, status: (s: string) => epp.status(s) } } : {}),
     stats: () => {
       const c = core.stats();
       const e = edge.stats();

@@ -147,8 +147,11 @@ export class RoutingCore {
     return { ...this.#stats };
   }
 
-  /** Pool → tokens → hashes → index → select. Throws KVG_UNKNOWN_MODEL or KVG_NO_WORKER. */
-  async route(req: RouteRequest): Promise<Route> {
+  /**
+   * Pool → tokens → hashes → index → select. Throws KVG_UNKNOWN_MODEL or KVG_NO_WORKER. `exclude`: workers not to
+   * pick (a gateway's subset hint leaves out every worker outside it).
+   */
+  async route(req: RouteRequest, exclude?: ReadonlySet<string>): Promise<Route> {
     const pool = this.#poolFor(req.model);
     const tokens = await this.#tokensOf(req, pool);
     // as a BigUint64Array: no BigInt per block, and it packs for the index query by swapping bytes. A salted
@@ -157,7 +160,7 @@ export class RoutingCore {
     let reply: MatchReply | null = null;
     if (this.selector.policy === 'kv' && hashes.length > 0) reply = await this.#match(pool, hashes);
     const route: Omit<Route, 'decision'> = { model: req.model, pool, hashes, tokens, indexAnswered: reply !== null, overlaps: reply?.overlaps ?? null, tiers: reply?.tiers ?? null, salted: req.cacheSalt !== undefined };
-    return { ...route, decision: this.#select(route, undefined) };
+    return { ...route, decision: this.#select(route, exclude) };
   }
 
   /** The same prompt, hashes and index answer as `prior`, picked again without the workers in `tried`. */
@@ -186,6 +189,22 @@ export class RoutingCore {
       : [inflight.start(decision.worker.worker, prefillTokens, decodeBlocks)];
     this.#sink?.add({ route: r, requestId, ts: this.#now() });
     return tickets;
+  }
+
+  /**
+   * The request went to `worker` instead of the one its tickets credit (a gateway tried its fallbacks): the same
+   * load, moved. Tickets already on `worker` are kept.
+   */
+  move(tickets: readonly Ticket[], worker: string): Ticket[] {
+    const inflight = this.#cluster.inflight;
+    return tickets.map((t) => {
+      if (t.worker === worker || !t.open) return t;
+      const prefillOpen = t.prefillOpen;
+      inflight.finish(t);
+      const moved = inflight.start(worker, t.prefillTokens, t.decodeBlocks);
+      if (!prefillOpen) inflight.prefillDone(moved);
+      return moved;
+    });
   }
 
   /** The first upstream byte: the prefill is done. */

@@ -1,0 +1,202 @@
+/**
+ * The gateway edge: Envoy's ext_proc `Process` stream on one port (default 9002) and the gRPC health service on
+ * another (default 9003), over the same routing core as the HTTP edge. It owns the two gRPC servers, the flow gate
+ * and the picker's metrics; each stream's conversation is stream.ts's, each decision picker.ts's.
+ *
+ * Health (GIE endpoint-picker protocol): `liveness` SERVING while the process answers; `readiness` and
+ * `envoy.service.ext_proc.v3.ExternalProcessor` SERVING once the registry is loaded and the index answered a probe
+ * (kept for `indexProbeMs`), NOT_SERVING otherwise; any other name SERVICE_UNKNOWN.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { Counter, Gauge, Histogram } from 'prom-client';
+import type { Logger } from '@kvgate/protocol';
+import type { ClusterView } from '../cluster-view.js';
+import type { RouterMetrics } from '../metrics.js';
+import type { IndexQuery, RoutingCore } from '../routing-core.js';
+import type { ScoreWeights } from '../scorer.js';
+import { FlowGate, type FlowOptions, type FlowQueue } from './flow-control.js';
+import type { ProcessingRequest, ProcessingResponse } from './messages.js';
+import { Picker } from './picker.js';
+import { EXT_PROC_SERVICE, NOT_SERVING, protos, SERVICE_UNKNOWN, SERVING } from './protos.js';
+import { EppStream } from './stream.js';
+
+export interface EppOptions {
+  /** ext_proc port; 0 = any free port. Default 9002. */
+  port?: number;
+  /** gRPC health port; 0 = any free port. Default 9003. */
+  healthPort?: number;
+  /** bind address; default 127.0.0.1 */
+  host?: string;
+  /** the model of a request whose body names none (or that has no body); default none (400) */
+  pool?: string;
+  /** buffered request body cap; default 10 MiB (past it: 413) */
+  bodyLimitBytes?: number;
+  /** objective name → priority (InferenceObjective semantics); default none (every request priority 0) */
+  objectives?: Record<string, number>;
+  /** queue bounds and deadline of requests meeting a saturated pool (flow-control.ts) */
+  flow?: FlowOptions;
+  /** per-endpoint scores in envoy.lb/x-gateway-destination-endpoint-scores; default false */
+  scores?: boolean;
+  /** a successful index probe counts for readiness this long; default 5000 ms */
+  indexProbeMs?: number;
+}
+
+export interface EppEdgeDeps {
+  core: RoutingCore;
+  cluster: ClusterView;
+  index: IndexQuery;
+  weights: ScoreWeights;
+  metrics: RouterMetrics;
+  log: Logger;
+}
+
+export class EppEdge {
+  readonly #o: EppOptions;
+  readonly #d: EppEdgeDeps;
+  readonly #gate: FlowGate;
+  readonly #picker: Picker;
+  readonly #server = new grpc.Server();
+  readonly #healthServer = new grpc.Server();
+  readonly #streams = new Set<EppStream>();
+  readonly #queueDepth: Gauge<'priority'>;
+  readonly #queueWait: Histogram<'priority'>;
+  readonly #shed: Counter<'priority' | 'reason'>;
+  readonly #pickSeconds: Histogram;
+  #indexOkAt = -Infinity;
+  #probing = false;
+  port = 0;
+  healthPort = 0;
+
+  constructor(o: EppOptions, d: EppEdgeDeps) {
+    this.#o = o;
+    this.#d = d;
+    const registers = [d.metrics.registry];
+    this.#queueDepth = new Gauge({ name: 'kvgate_epp_queue_depth', help: 'requests waiting for a saturated pool, by priority', labelNames: ['priority'], registers });
+    this.#queueWait = new Histogram({ name: 'kvgate_epp_queue_wait_seconds', help: 'time a request waited for a saturated pool, by priority', labelNames: ['priority'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers });
+    this.#shed = new Counter({ name: 'kvgate_epp_shed_total', help: 'requests refused at a saturated pool (429 sheddable / queue-full, 503 queue-timeout)', labelNames: ['priority', 'reason'], registers });
+    this.#pickSeconds = new Histogram({ name: 'kvgate_epp_pick_seconds', help: 'last request message in → headers answer out', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1], registers });
+    this.#gate = new FlowGate(o.flow ?? {}, (pool) => this.#picker.hasRoom(pool), (_pool, q) => this.#depths(q));
+    this.#picker = new Picker({
+      core: d.core,
+      workers: d.cluster.workers,
+      weights: d.weights,
+      gate: this.#gate,
+      objectives: new Map(Object.entries(o.objectives ?? {})),
+      ...(o.pool ? { defaultModel: o.pool } : {}),
+      onShed: (p, reason) => this.#shed.inc({ priority: String(p), reason }),
+      onWaited: (p, ms) => this.#queueWait.observe({ priority: String(p) }, ms / 1000),
+    });
+    const { extProc, health } = protos();
+    this.#server.addService(extProc.service, { Process: (call: grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>) => this.#process(call) });
+    this.#healthServer.addService(health.service, {
+      Check: (call: grpc.ServerUnaryCall<{ service?: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => cb(null, { status: this.status(call.request.service ?? '') }),
+      Watch: (call: grpc.ServerWritableStream<{ service?: string }, unknown>) => this.#watch(call),
+    });
+  }
+
+  /** The health status of `service` (gRPC health v1 ServingStatus). */
+  status(service: string): number {
+    if (service === 'liveness' || service === '') return SERVING;
+    if (service !== 'readiness' && service !== EXT_PROC_SERVICE) return SERVICE_UNKNOWN;
+    return this.ready() ? SERVING : NOT_SERVING;
+  }
+
+  /** the registry loaded and the index answered lately (a probe is started when the last one is old) */
+  ready(): boolean {
+    if (!this.#d.cluster.registryLoaded) return false;
+    const fresh = performance.now() - this.#indexOkAt < (this.#o.indexProbeMs ?? 5000);
+    if (!fresh) this.#probe();
+    return fresh;
+  }
+
+  async listen(): Promise<void> {
+    const host = this.#o.host ?? '127.0.0.1';
+    this.port = await bind(this.#server, host, this.#o.port ?? 9002);
+    this.healthPort = await bind(this.#healthServer, host, this.#o.healthPort ?? 9003);
+    this.#probe();
+  }
+
+  async close(): Promise<void> {
+    this.#gate.close();
+    for (const s of this.#streams) s.end();
+    await Promise.all([shutdown(this.#server), shutdown(this.#healthServer)]);
+  }
+
+  #process(call: grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>): void {
+    const stream = new EppStream(
+      {
+        picker: this.#picker,
+        core: this.#d.core,
+        ...(this.#o.bodyLimitBytes !== undefined ? { bodyLimit: this.#o.bodyLimitBytes } : {}),
+        scores: this.#o.scores === true,
+        log: this.#d.log,
+        onPicked: (ms) => this.#pickSeconds.observe(ms / 1000),
+        onFinished: () => this.#gate.poke(),
+      },
+      (r) => {
+        if (!call.writableEnded && !call.destroyed) call.write(r);
+      },
+    );
+    this.#streams.add(stream);
+    const end = () => {
+      if (!this.#streams.delete(stream)) return;
+      stream.end();
+    };
+    call.on('data', (m: ProcessingRequest) => void stream.onMessage(m));
+    call.on('end', () => {
+      end();
+      if (!call.writableEnded) call.end();
+    });
+    call.on('cancelled', end);
+    call.on('error', end);
+    call.on('close', end);
+  }
+
+  #watch(call: grpc.ServerWritableStream<{ service?: string }, unknown>): void {
+    const service = call.request.service ?? '';
+    let last = -1;
+    const send = () => {
+      const s = this.status(service);
+      if (s !== last) call.write({ status: (last = s) });
+    };
+    send();
+    const t = setInterval(send, 1000);
+    t.unref();
+    call.on('cancelled', () => clearInterval(t));
+    call.on('close', () => clearInterval(t));
+  }
+
+  #probe(): void {
+    if (this.#probing) return;
+    this.#probing = true;
+    // an empty prompt: any index answers it (overlaps {}); silence within the budget = not ready
+    this.#d
+      .index('', null, new BigUint64Array(0))
+      .then((r) => {
+        if (r !== null) this.#indexOkAt = performance.now();
+      })
+      .catch(() => undefined)
+      .finally(() => (this.#probing = false));
+  }
+
+  #depths(q: FlowQueue): void {
+    for (const [p, n] of q.depths()) this.#queueDepth.set({ priority: String(p) }, n);
+  }
+}
+
+function bind(server: grpc.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+}
+
+function shutdown(server: grpc.Server): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, 1000);
+    server.tryShutdown(() => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,192 @@
+/**
+ * The endpoint picker's decision: a request (its headers, its buffered body, the proxy's subset hint) → the ordered
+ * endpoints to try, or a local reply. Routing is the core's (routing-core.ts: the same selection, in-flight credit
+ * and decision record as the HTTP edge); this file only maps workers to endpoints and back, applies the subset
+ * hint, and puts priority and flow control (flow-control.ts) in front of a saturated pool.
+ *
+ *   endpoints   a worker's endpoint is its registered engine address, `host:port` (what an InferencePool's
+ *               `podIP:targetPort` is); first the core's choice, then the other candidates by score, busy ones left
+ *               out (the proxy walks the list on retry)
+ *   subset      workers whose endpoint is outside the hint are excluded; nothing left → 503
+ *   saturated   every candidate busy: a sheddable request (priority < 0) → 429 at once; others wait for room in
+ *               the pool's queue, past the deadline → 503, queue full → 429
+ */
+import { randomUUID } from 'node:crypto';
+import { KvgateError, type WorkerRegistration } from '@kvgate/protocol';
+import { validateApiRequest } from '../http.js';
+import type { Route, RouteRequest, RoutingCore } from '../routing-core.js';
+import type { Ticket } from '../inflight.js';
+import type { ScoreWeights } from '../scorer.js';
+import type { Pool, WorkerView } from '../workers.js';
+import type { FlowGate } from './flow-control.js';
+
+/** objective headers, the current llm-d name first (GIE's older spelling accepted) */
+export const OBJECTIVE_HEADERS = ['x-llm-d-inference-objective', 'x-gateway-inference-objective'] as const;
+export const FAIRNESS_HEADERS = ['x-llm-d-inference-fairness-id', 'x-gateway-inference-fairness-id'] as const;
+
+export interface PickInput {
+  /** lower-cased request headers */
+  header(name: string): string | undefined;
+  /** the whole request body (empty when there was none) */
+  body: Buffer;
+  /** the proxy's candidate endpoints, or undefined (the whole pool) */
+  subset: string[] | undefined;
+}
+
+export type PickResult =
+  | { kind: 'picked'; endpoints: string[]; route: Route; tickets: Ticket[]; requestId: string; priority: number; scores: Record<string, number> }
+  | { kind: 'refused'; status: number; reason: string; message: string };
+
+export interface PickerOptions {
+  core: RoutingCore;
+  workers: WorkerView;
+  weights: ScoreWeights;
+  gate: FlowGate;
+  /** objective name → priority (InferenceObjective: unset 0, negative = sheddable); unknown names → 0 */
+  objectives: ReadonlyMap<string, number>;
+  /** the model when a request has no body (or none naming one); default: none (400) */
+  defaultModel?: string;
+  onShed?(priority: number, reason: string): void;
+  onWaited?(priority: number, waitedMs: number): void;
+}
+
+/** `http://10.0.0.7:8000/…` → `10.0.0.7:8000` (the scheme's port when none is given) */
+export function endpointOf(engineUrl: string): string {
+  const u = new URL(engineUrl);
+  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
+  return `${u.hostname}:${port}`;
+}
+
+function poolWorkers(pool: Pool): WorkerRegistration[] {
+  return pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode];
+}
+
+export class Picker {
+  readonly #o: PickerOptions;
+
+  constructor(o: PickerOptions) {
+    this.#o = o;
+  }
+
+  priorityOf(input: PickInput): number {
+    for (const h of OBJECTIVE_HEADERS) {
+      const name = input.header(h);
+      if (name !== undefined && name !== '') return this.#o.objectives.get(name) ?? 0;
+    }
+    return 0;
+  }
+
+  /** Is any worker of the pool below its busy thresholds (by its last load report)? */
+  hasRoom(model: string): boolean {
+    const pool = this.#o.workers.pool(model);
+    if (!pool) return true;
+    const w = this.#o.weights;
+    for (const r of poolWorkers(pool)) {
+      const l = this.#o.workers.lastLoad(r.worker);
+      if (!l || (l.kvUsage < w.busyKvUsage && l.waiting < w.busyWaiting)) return true;
+    }
+    return false;
+  }
+
+  async pick(input: PickInput): Promise<PickResult> {
+    let req: RouteRequest;
+    try {
+      req = this.#request(input.body);
+    } catch (e) {
+      return refused(e);
+    }
+    const priority = this.priorityOf(input);
+    const tenant = firstHeader(input, FAIRNESS_HEADERS) ?? 'default';
+    let route: Route;
+    let exclude: Set<string> | undefined;
+    try {
+      exclude = this.#subsetExclusion(req.model, input.subset);
+      route = await this.#o.core.route(req, exclude);
+      if (allBusy(route)) {
+        if (priority < 0) {
+          this.#o.onShed?.(priority, 'sheddable');
+          return { kind: 'refused', status: 429, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` is saturated and the request is sheddable (priority ${priority})` };
+        }
+        const { outcome, waitedMs } = await this.#o.gate.wait(req.model, priority, tenant);
+        this.#o.onWaited?.(priority, waitedMs);
+        if (outcome === 'full') {
+          this.#o.onShed?.(priority, 'queue-full');
+          return { kind: 'refused', status: 429, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` is saturated and the queue of priority ${priority} is full` };
+        }
+        if (outcome === 'expired') {
+          this.#o.onShed?.(priority, 'queue-timeout');
+          return { kind: 'refused', status: 503, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` stayed saturated past the queue deadline` };
+        }
+        // admitted: the load has moved since; pick again (the next waiter goes once this pick is made)
+        try {
+          route = await this.#o.core.route(req, exclude);
+        } finally {
+          this.#o.gate.picked(req.model);
+        }
+      }
+    } catch (e) {
+      return refused(e);
+    }
+    const requestId = input.header('x-request-id') || randomUUID();
+    const tickets = this.#o.core.commit(route, req, requestId);
+    const { endpoints, scores } = this.#ordered(route);
+    return { kind: 'picked', endpoints, route, tickets, requestId, priority, scores };
+  }
+
+  /** The worker serving `endpoint` in the route's pool, or undefined. */
+  workerAt(route: Route, endpoint: string): string | undefined {
+    for (const r of poolWorkers(route.pool)) if (endpointOf(r.engineUrl) === endpoint) return r.worker;
+    return undefined;
+  }
+
+  #request(body: Buffer): RouteRequest {
+    if (body.length > 0) return validateApiRequest('either', body);
+    if (!this.#o.defaultModel) throw new KvgateError('KVG_BAD_REQUEST', 'the request has no body naming a model and the picker has no --pool');
+    return { kind: 'completion', model: this.#o.defaultModel, maxTokens: undefined, raw: body };
+  }
+
+  #subsetExclusion(model: string, subset: string[] | undefined): Set<string> | undefined {
+    if (subset === undefined) return undefined;
+    const pool = this.#o.workers.pool(model);
+    const allowed = new Set(subset);
+    const out = new Set<string>();
+    for (const r of pool ? poolWorkers(pool) : []) if (!allowed.has(endpointOf(r.engineUrl))) out.add(r.worker);
+    if (pool && out.size === poolWorkers(pool).length) throw new KvgateError('KVG_NO_WORKER', `no worker of \`${model}\` is in the gateway's endpoint subset (${subset.join(',') || 'empty'})`);
+    return out;
+  }
+
+  #ordered(route: Route): { endpoints: string[]; scores: Record<string, number> } {
+    const byWorker = new Map(poolWorkers(route.pool).map((r) => [r.worker, r] as const));
+    const first = route.decision.worker;
+    const endpoints = [endpointOf(first.engineUrl)];
+    const scores: Record<string, number> = {};
+    const rest = route.decision.scored.filter((s) => s.worker !== first.worker && !s.busy).sort((a, b) => a.cost - b.cost);
+    for (const s of route.decision.scored) {
+      const r = byWorker.get(s.worker);
+      if (r) scores[endpointOf(r.engineUrl)] = s.cost;
+    }
+    for (const s of rest) {
+      const r = byWorker.get(s.worker);
+      if (r) endpoints.push(endpointOf(r.engineUrl));
+    }
+    return { endpoints, scores };
+  }
+}
+
+function allBusy(route: Route): boolean {
+  const s = route.decision.scored;
+  return s.length > 0 && s.every((x) => x.busy);
+}
+
+function firstHeader(input: PickInput, names: readonly string[]): string | undefined {
+  for (const h of names) {
+    const v = input.header(h);
+    if (v) return v;
+  }
+  return undefined;
+}
+
+function refused(e: unknown): PickResult {
+  if (e instanceof KvgateError) return { kind: 'refused', status: e.httpStatus, reason: e.code, message: e.message };
+  return { kind: 'refused', status: 500, reason: 'KVG_INTERNAL', message: 'internal error' };
+}
