@@ -28,7 +28,7 @@ const dir = mkdtempSync(join(tmpdir(), 'kvgate-chaos-'));
 const base = 20000 + Math.floor(Math.random() * 40) * 200; // ports base+90 … base+3224 (see up.sh)
 const routerPort = base + 80;
 const ENGINES = 4;
-const env = { ...process.env, KVGATE_LOCAL_DIR: dir, KVGATE_PORT: String(routerPort), KVGATE_LOCAL_BASE: String(base), KVGATE_LOCAL_ENGINES: String(ENGINES), KVGATE_LOCAL_SPEEDUP: '20', KVGATE_LOG_LEVEL: 'warn' };
+const env = { ...process.env, KVGATE_LOCAL_DIR: dir, KVGATE_PORT: String(routerPort), KVGATE_LOCAL_BASE: String(base), KVGATE_LOCAL_ENGINES: String(ENGINES), KVGATE_LOCAL_SPEEDUP: '20', KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' };
 const ctl = async (...a: string[]) => (await run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env })).stdout.trim();
 /** ctl with extra environment for the process it starts */
 const ctlEnv = async (extra: Record<string, string>, ...a: string[]) => (await run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env: { ...env, ...extra } })).stdout.trim();
@@ -55,6 +55,41 @@ async function converged(): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** the URL that answers 200 once the process NAME serves again (its port as up.sh assigns it) */
+function readyUrl(name: string): string {
+  const [kind, n] = [name.replace(/-\d+$/, ''), Number(/\d+$/.exec(name)?.[0])];
+  if (kind === 'nats') return `http://127.0.0.1:${base + 3221 + n}/healthz`; // JetStream current, not just up
+  if (kind === 'indexer') return `${indexers[n]}/readyz`;
+  if (kind === 'engine') return `${engines[n]}/health`;
+  if (kind === 'shim') return `http://127.0.0.1:${base + 400 + n}/healthz`;
+  if (kind === 'router') return `${routers[n]}/readyz`;
+  throw new Error(`no readiness URL for ${name}`);
+}
+
+/** NAME answers its readiness URL within `ms` */
+async function waitReady(name: string, ms: number): Promise<boolean> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < ms) {
+    const ok = await fetch(readyUrl(name), { signal: AbortSignal.timeout(2000) }).then((r) => (void r.body?.cancel(), r.status === 200), () => false);
+    if (ok) return true;
+    await sleep(250);
+  }
+  return false;
+}
+
+/** one line per worker where an indexer and the engine disagree (printed when a fault never reconverges) */
+async function diagnose(): Promise<string[]> {
+  const out: string[] = [];
+  const ix = await Promise.all(indexers.map((u) => json(`${u}/debug/workers`).then((j) => j.workers as Record<string, { blocks: number; seq: number }>, (e) => String(e))));
+  for (let i = 0; i < ENGINES; i++) {
+    const engine = await json(`${engines[i]}/sim/stats`).then((j) => String(j.cachedBlocks), (e) => String(e));
+    const shim = await json(`http://127.0.0.1:${base + 400 + i}/healthz`).then((j) => `seq ${j.eventSeq} map ${j.mapEntries}`, (e) => String(e));
+    const seen = ix.map((w, k) => `indexer-${k} ${typeof w === 'string' ? w : `${w[`sim-${i}`]?.blocks ?? '-'} blocks seq ${w[`sim-${i}`]?.seq ?? '-'}`}`);
+    if (ix.some((w) => typeof w === 'string' || String(w[`sim-${i}`]?.blocks) !== engine)) out.push(`sim-${i}: engine ${engine} blocks, shim ${shim}, ${seen.join(', ')}`);
+  }
+  return out;
 }
 
 // ---- load: 8 req/s over both routers, shared prefixes (so placement matters), half of them streamed ---------
@@ -177,11 +212,16 @@ async function main(): Promise<number> {
       const t0 = Date.now();
       const ok = await waitConverged(45_000);
       const reconvergeMs = ok ? Date.now() - t0 : null;
+      if (!ok) for (const l of await diagnose()) say(`  not converged: ${l}`);
+      // the next fault starts only once what was revived serves again (a router still starting when the next
+      // fault hits measures that fault, not this one)
+      const notReady = (await Promise.all(f.victims.map(async (v) => ((await waitReady(v, 30_000)) ? null : v)))).filter((v) => v !== null);
       await sleep(1500); // requests sent just before convergence finish
       sink = [];
       const exited: string[] = [];
       for (const n of names) if (!f.victims.includes(n) && !(await alive(n))) exited.push(n);
       for (const v of f.victims) if (!(await alive(v))) exited.push(`${v} (did not come back)`);
+        else if (notReady.includes(v)) exited.push(`${v} (not ready 30 s after its restart)`);
       const r = row(f.name, outcomes, reconvergeMs, exited);
       rows.push(r);
       await f.cleanup?.();
