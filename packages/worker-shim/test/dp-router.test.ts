@@ -58,7 +58,8 @@ function busSuite(kind: 'memory' | 'nats') {
       for (const e of [dpEngine, plainEngine]) for (const r of e.ranks) await r.subscribed();
       await probed(dp);
       await probed(plain);
-      router = await startRouter(bus, { port: 0, id: `r-${kind}` });
+      // a generous index budget: this test is about the rank hint, not the budget (a loaded CI box misses 5 ms)
+      router = await startRouter(bus, { port: 0, id: `r-${kind}`, indexTimeoutMs: 2000 });
       await router.waitForWorkers(3);
 
       // rank 0 holds P0, rank 1 holds P1, the non-DP engine P2 (it numbers its batches rank 0, as vLLM does)
