@@ -32,6 +32,11 @@ export function injectTraceHeaders(headers: Record<string, string>, span?: Span)
   return headers;
 }
 
+/** A span parented by `parent` (a step inside a request's span: a transfer, a phase). */
+export function startChildSpan(name: string, parent: Span, attributes: Record<string, string | number | boolean> = {}): Span {
+  return tracer().startSpan(name, { attributes }, trace.setSpan(context.active(), parent));
+}
+
 /** Context carried by incoming HTTP headers, to parent the server span. */
 export function extractTraceContext(headers: Record<string, string | string[] | undefined>) {
   return propagation.extract(context.active(), headers);

@@ -62,8 +62,10 @@ export interface SimEngineOptions {
   timing?: Partial<TimingModel>;
   /** model shape for bytes per block (defaults: the profile's model, Qwen3-8B bf16) */
   shape?: Partial<ModelShape>;
-  /** modelled RDMA link (defaults: 50 GB/s, 0.5 ms) */
+  /** modelled KV link of a decode engine's pulls (defaults: 50 GB/s, 0.5 ms, i.e. KV_FABRICS['rdma-400g']) */
   transfer?: Partial<TransferModel>;
+  /** vLLM --api-key: the /v1 routes answer 401 without `Authorization: Bearer <key>` (default none) */
+  apiKey?: string;
   /** ZMQ PUB endpoint for KV events; null = none (default tcp://127.0.0.1:* here, tcp://*:5557 in the CLI) */
   kvEventsEndpoint?: string | null;
   /** ZMQ ROUTER replay endpoint; null = none (default tcp://127.0.0.1:* here, none in the CLI) */
@@ -166,6 +168,8 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
   const cpuOffloadBlocks = options.cpuOffloadBlocks ?? 0;
   if (!Number.isInteger(cpuOffloadBlocks) || cpuOffloadBlocks < 0) throw new RangeError(`cpuOffloadBlocks must be a non-negative integer, got ${cpuOffloadBlocks}`);
   const shape = { ...profile.shape, ...options.shape };
+  const transfer = { ...DEFAULT_TRANSFER, ...options.transfer };
+  if (!(transfer.bandwidthGBps > 0) || !(transfer.latencyMs >= 0)) throw new RangeError(`transfer bandwidth must be > 0 and latency ≥ 0, got ${transfer.bandwidthGBps} GB/s, ${transfer.latencyMs} ms`);
   const log = logger('sim-engine', { engine: engineId });
 
   const tokenizer = await loadTokenizer(options.tokenizer);
@@ -229,7 +233,9 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
     blockSize,
     shape,
-    transfer: { ...DEFAULT_TRANSFER, ...options.transfer },
+    transfer,
+    link: { freeAtMs: 0 },
+    ...(options.apiKey ? { apiKey: options.apiKey } : {}),
     holdRealMs: ((options.kvHoldTimeoutS ?? 480) * 1000) / core.speedup,
     kvLoadFailurePolicy: options.kvLoadFailurePolicy ?? 'fail',
     advertise: () => ({ host: advertiseHost, port }),

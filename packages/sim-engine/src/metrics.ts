@@ -7,6 +7,9 @@ import type { SchedulerStats } from './scheduler.js';
 
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
 const LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
+/** vLLM's NixlPromMetrics buckets (nixl_xfer_time_seconds) */
+const XFER_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0];
+const BYTES_BUCKETS = [1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10];
 const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
 
 export class EngineMetrics {
@@ -15,6 +18,9 @@ export class EngineMetrics {
   #e2e: Histogram<string>;
   #itl: Histogram<string>;
   #success: Counter<string>;
+  #xferTime: Histogram<string>;
+  #xferBytes: Histogram<string>;
+  #xferFailed: Counter<string>;
   #labels: { model_name: string; engine: string };
 
   constructor(model: string, cacheConfig: { blockSize: number; numBlocks: number }, stats: () => SchedulerStats) {
@@ -78,7 +84,21 @@ export class EngineMetrics {
     this.#ttft = new Histogram({ name: 'vllm:time_to_first_token_seconds', help: 'Histogram of time to first token in seconds.', labelNames, buckets: TTFT_BUCKETS, registers: [r] });
     this.#e2e = new Histogram({ name: 'vllm:e2e_request_latency_seconds', help: 'Histogram of e2e request latency in seconds.', labelNames, buckets: LATENCY_BUCKETS, registers: [r] });
     this.#itl = new Histogram({ name: 'vllm:inter_token_latency_seconds', help: 'Histogram of inter-token latency in seconds.', labelNames, buckets: ITL_BUCKETS, registers: [r] });
-    for (const h of [this.#ttft, this.#e2e, this.#itl]) h.zero(labels);
+    // the NixlConnector's transfer metrics (decode side, one observation per pull; simulated seconds)
+    this.#xferTime = new Histogram({ name: 'vllm:nixl_xfer_time_seconds', help: 'Histogram of transfer duration for NIXL KV Cache transfers.', labelNames, buckets: XFER_BUCKETS, registers: [r] });
+    this.#xferBytes = new Histogram({ name: 'vllm:nixl_bytes_transferred', help: 'Histogram of bytes transferred per NIXL KV Cache transfers.', labelNames, buckets: BYTES_BUCKETS, registers: [r] });
+    this.#xferFailed = new Counter({ name: 'vllm:nixl_num_failed_transfers', help: 'Number of failed NIXL KV Cache transfers.', labelNames, registers: [r] });
+    this.#xferFailed.inc(labels, 0);
+    for (const h of [this.#ttft, this.#e2e, this.#itl, this.#xferTime, this.#xferBytes]) h.zero(labels);
+  }
+
+  /** one KV pull done: its modelled time (queueing on the link included) and bytes */
+  kvTransfer(ms: number, bytes: number): void {
+    this.#xferTime.observe(this.#labels, ms / 1000);
+    this.#xferBytes.observe(this.#labels, bytes);
+  }
+  kvTransferFailed(): void {
+    this.#xferFailed.inc(this.#labels);
   }
 
   firstToken(ttftMs: number): void {

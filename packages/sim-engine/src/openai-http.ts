@@ -5,11 +5,11 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage, tracer, extractTraceContext, SpanStatusCode, type Span, readBody, parseJsonObject } from '@kvgate/protocol';
+import { KvgateError, errorBody, logger, type Tokenizer, type ChatMessage, tracer, startChildSpan, extractTraceContext, SpanStatusCode, type Span, readBody, parseJsonObject } from '@kvgate/protocol';
 import type { EngineCore } from './engine.js';
 import type { EngineMetrics } from './metrics.js';
 import type { TokenOutput } from './scheduler.js';
-import { bytesPerBlock, transferMs, type ModelShape, type TransferModel } from './timing.js';
+import { bytesPerBlock, linkTransfer, type ModelShape, type TransferModel } from './timing.js';
 import { PULL_PATH, parseDescriptor, pullBlocks, type PullRequest, type PullReply, type TransferDescriptor } from './pd.js';
 
 export type EngineRole = 'prefill' | 'decode' | 'both';
@@ -27,6 +27,10 @@ export interface HttpContext {
   blockSize: number;
   shape: ModelShape;
   transfer: TransferModel;
+  /** the decode engine's KV link: busy until this simulated ms (pulls queue on it) */
+  link: { freeAtMs: number };
+  /** vLLM --api-key: every /v1 route needs `Authorization: Bearer <key>` (401 otherwise); other routes stay open */
+  apiKey?: string;
   /** wall-clock ms a prefill's held blocks live (its descriptor's remote_blocks_expiry_time is now + this) */
   holdRealMs?: number;
   /** a failed KV pull: fail the request (vLLM's default) or prefill locally */
@@ -244,16 +248,32 @@ async function generateTraced(ctx: HttpContext, g: GenRequest, req: IncomingMess
   let remoteKv = false;
   if (hasDescriptor) {
     const d = parseDescriptor(g.kvParams!);
+    // the pull, as its own span of the request's trace (route → prefill → transfer → decode)
+    const xfer = startChildSpan('engine.kv_transfer', span, { 'kvgate.engine': ctx.engineId, 'kvgate.transfer.from': d.remote_engine_id, 'kvgate.transfer.blocks': d.remote_block_ids.length });
     try {
-      await fetchRemoteBlocks(ctx, d, g.promptTokens);
+      const t = await fetchRemoteBlocks(ctx, d, g.promptTokens);
+      xfer.setAttributes({ 'kvgate.transfer.bytes': t.bytes, 'kvgate.transfer.modelled_ms': t.ms });
       remoteKv = true;
     } catch (e) {
+      ctx.metrics.kvTransferFailed();
+      xfer.recordException(e as Error);
+      xfer.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
       if (ctx.kvLoadFailurePolicy !== 'recompute') throw e;
       // vLLM kv_load_failure_policy=recompute: the blocks are computed here instead
       log.warn({ engine: ctx.engineId, from: d.remote_engine_id, err: (e as Error).message }, 'KV pull failed; recomputing the prompt locally');
+    } finally {
+      xfer.end();
     }
     if (closed) return;
   }
+  // the scheduler's part: prefill (or, after a transfer, the last prompt token) and the decode steps
+  const phase = startChildSpan(remoteKv ? 'engine.decode' : wantsDecodeElsewhere ? 'engine.prefill' : 'engine.schedule', span, { 'kvgate.engine': ctx.engineId });
+  let phaseOpen = true;
+  const endPhase = () => {
+    if (phaseOpen) phase.end();
+    phaseOpen = false;
+  };
+  res.once('close', endPhase);
 
   const texts: string[] = [];
   let descriptor: TransferDescriptor | null = null;
@@ -304,6 +324,8 @@ async function generateTraced(ctx: HttpContext, g: GenRequest, req: IncomingMess
       }
       if (out.finishReason) {
         finished = true;
+        phase.setAttribute('kvgate.completion_tokens', out.index + 1);
+        endPhase();
         resolve();
       }
     };
@@ -337,8 +359,11 @@ function makeDescriptor(ctx: HttpContext, coreId: string): TransferDescriptor | 
   };
 }
 
-/** Decode side: pull the prefill engine's blocks (one real HTTP call) and wait the modelled transfer time. */
-async function fetchRemoteBlocks(ctx: HttpContext, d: TransferDescriptor, prompt: number[]): Promise<void> {
+/**
+ * Decode side: pull the prefill engine's blocks (one real HTTP call) and wait the modelled transfer time of the
+ * blocks this engine lacks: latency + bytes / bandwidth on this engine's link, after the pulls already queued on it.
+ */
+async function fetchRemoteBlocks(ctx: HttpContext, d: TransferDescriptor, prompt: number[]): Promise<{ bytes: number; ms: number }> {
   const reply = await pullBlocks(d, ctx.engineId);
   if (reply.block_size !== ctx.blockSize) throw new KvgateError('KVG_BAD_DESCRIPTOR', `KV transfer failed: block size ${reply.block_size} of ${d.remote_engine_id} differs from this engine's ${ctx.blockSize}`);
   const p = reply.prompt_token_ids;
@@ -347,7 +372,12 @@ async function fetchRemoteBlocks(ctx: HttpContext, d: TransferDescriptor, prompt
   }
   const local = ctx.core.scheduler.cachedPrefixBlocks(prompt);
   const missing = Math.max(0, reply.block_ids.length - local);
-  await ctx.core.sleep(transferMs(ctx.transfer, missing * bytesPerBlock(ctx.shape, ctx.blockSize)));
+  const bytes = missing * bytesPerBlock(ctx.shape, ctx.blockSize);
+  const t = linkTransfer(ctx.transfer, bytes, ctx.core.now(), ctx.link.freeAtMs);
+  ctx.link.freeAtMs = t.freeAtMs;
+  await ctx.core.sleep(t.ms);
+  ctx.metrics.kvTransfer(t.ms, bytes);
+  return { bytes, ms: t.ms };
 }
 
 function servePull(ctx: HttpContext, body: Json, res: ServerResponse): void {
@@ -391,6 +421,11 @@ export function createHttpHandler(ctx: HttpContext): (req: IncomingMessage, res:
   const route = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?')[0]!;
     const method = req.method ?? 'GET';
+    // vLLM's --api-key guards the OpenAI routes (/v1/...) only; health, metrics and the rest stay open
+    if (ctx.apiKey !== undefined && path.startsWith('/v1') && req.headers.authorization !== `Bearer ${ctx.apiKey}`) {
+      req.resume();
+      return sendJson(res, 401, { error: 'Unauthorized' });
+    }
     const post = async () => {
       if (method !== 'POST') throw new KvgateError('KVG_NOT_FOUND', `${method} ${path} is not supported; use POST`);
       return readJson(req, ctx.maxBodyBytes);

@@ -19,7 +19,7 @@
  * `cachedTokens` counts GPU + CPU hits (vLLM's num_cached_tokens = local + external computed tokens).
  *
  * P/D: a request submitted with `remoteKv` has its prompt's KV delivered from a prefill engine (the driver has
- * already moved the bytes); it computes only its last prompt token. A request with `holdOnFinish` keeps its
+ * already moved the bytes); it computes only its last prompt token, timed as one more sequence of the decode batch. A request with `holdOnFinish` keeps its
  * blocks after finishing until `releaseHeld` (the prefill side waiting for the decode side to pull them).
  */
 import { BlockHasher, type BlockDigest, type HashAlgo } from './block-hash.js';
@@ -314,6 +314,7 @@ export class Scheduler {
     const preempted: string[] = [];
     const offload = this.cache.offload;
     let reloadBlocks = 0;
+    let remoteLastTokens = 0;
 
     // 1. running requests, oldest first
     for (let i = 0; i < this.#running.length && budget > 0; i++) {
@@ -389,7 +390,10 @@ export class Scheduler {
         req.remoteKv = false;
       }
       const n = Math.min(req.tokens.length - req.numComputed, budget);
-      sched.push({ req, n, decode: false });
+      // after a transfer only the last prompt token is computed: one more row of the decode batch (vLLM schedules
+      // it as such), not a prefill step with its fixed cost
+      sched.push({ req, n, decode: remote });
+      if (remote) remoteLastTokens += n;
       budget -= n;
     }
 
@@ -404,7 +408,7 @@ export class Scheduler {
     const reload = reloadMs(this.#link, reloadBlocks * this.#bytesPerBlock);
     const durationMs = stepMs(this.#timing, prefillTokens, decodeSeqs, this.cache.usage) + reload;
     const endMs = now + durationMs;
-    this.#stats.promptTokensComputed += prefillTokens;
+    this.#stats.promptTokensComputed += prefillTokens + remoteLastTokens;
     this.#stats.cpuReloadedBlocks += reloadBlocks;
 
     const outputs: TokenOutput[] = [];

@@ -70,7 +70,10 @@ export function bytesPerBlock(shape: ModelShape, blockSize: number): number {
   return 2 * shape.layers * shape.kvHeads * shape.headDim * shape.dtypeBytes * blockSize;
 }
 
-/** Modelled RDMA link (NIXL / UCX): a transfer costs latency + bytes / bandwidth. */
+/**
+ * Modelled KV link of a decode engine (NIXL over RDMA / UCX): a transfer costs latency + bytes / bandwidth. One
+ * link per engine: concurrent pulls queue behind each other on it (linkTransfer).
+ */
 export interface TransferModel {
   /** link bandwidth, GB/s (default 50, i.e. 400 Gb/s) */
   bandwidthGBps: number;
@@ -80,9 +83,56 @@ export interface TransferModel {
 
 export const DEFAULT_TRANSFER: TransferModel = { bandwidthGBps: 50, latencyMs: 0.5 };
 
+/**
+ * Named KV fabrics (`--kv-fabric`): the decode engine's link for pulls, line rate in gigabits per second and a
+ * fixed cost per transfer (NIXL's handshake-free post + completion notification; a TCP fallback pays the kernel
+ * stack and UCX's staging). The bandwidth is the line rate; no protocol overhead is subtracted.
+ *   rdma-400g  400 Gb/s InfiniBand NDR / 400 GbE RDMA NIC per GPU   50 GB/s     0.5 ms
+ *   roce-200g  200 Gb/s RoCEv2                                    25 GB/s     1 ms
+ *   tcp-25g    25 GbE without RDMA (UCX over TCP)                  3.125 GB/s  2 ms
+ */
+export const KV_FABRICS = {
+  'rdma-400g': { bandwidthGBps: 50, latencyMs: 0.5 },
+  'roce-200g': { bandwidthGBps: 25, latencyMs: 1 },
+  'tcp-25g': { bandwidthGBps: 3.125, latencyMs: 2 },
+} as const satisfies Record<string, TransferModel>;
+
+export type KvFabricName = keyof typeof KV_FABRICS;
+
+/**
+ * `--kv-fabric` value → transfer model: a name of KV_FABRICS, or a line rate in Gb/s (`100`, `100g`; latency then
+ * 1 ms). Throws RangeError naming the choices.
+ */
+export function parseKvFabric(v: string): TransferModel {
+  const name = v.trim().toLowerCase();
+  if (name in KV_FABRICS) return { ...KV_FABRICS[name as KvFabricName] };
+  const m = /^(\d+(?:\.\d+)?)\s*(?:g|gb\/s|gbps)?$/.exec(name);
+  const gbit = m ? Number(m[1]) : NaN;
+  if (!(gbit > 0)) throw new RangeError(`kv fabric must be ${Object.keys(KV_FABRICS).join(', ')} or a line rate in Gb/s (e.g. 100), got ${JSON.stringify(v)}`);
+  return { bandwidthGBps: gbit / 8, latencyMs: 1 };
+}
+
+/** "rdma-400g" when `t` is that named fabric, else "<Gb/s>g" */
+export function kvFabricLabel(t: TransferModel): string {
+  for (const [k, f] of Object.entries(KV_FABRICS)) if (f.bandwidthGBps === t.bandwidthGBps && f.latencyMs === t.latencyMs) return k;
+  return `${+(t.bandwidthGBps * 8).toFixed(3)}g`;
+}
+
 export function transferMs(t: TransferModel, bytes: number): number {
   if (bytes <= 0) return 0;
   return t.latencyMs + bytes / (t.bandwidthGBps * 1e9) * 1e3;
+}
+
+/**
+ * A pull of `bytes` on a link busy until `freeAtMs` (simulated ms), asked at `nowMs`: the bytes go out after the
+ * ones already queued (one NIC, FIFO), then the fixed latency. Returns when it is done and the link's new free time.
+ */
+export function linkTransfer(t: TransferModel, bytes: number, nowMs: number, freeAtMs: number): { doneMs: number; freeAtMs: number; ms: number } {
+  if (bytes <= 0) return { doneMs: nowMs, freeAtMs, ms: 0 };
+  const start = Math.max(nowMs, freeAtMs);
+  const wireEnd = start + (bytes / (t.bandwidthGBps * 1e9)) * 1e3;
+  const doneMs = wireEnd + t.latencyMs;
+  return { doneMs, freeAtMs: wireEnd, ms: doneMs - nowMs };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { startSimEngine, engineProfile, resolveProfile, formatCapacity, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
+import { startSimEngine, engineProfile, resolveProfile, formatCapacity, KV_FABRICS, parseKvFabric, kvFabricLabel, bytesPerBlock, type ModelShape, type SimEngineOptions, type EngineRole, type EventEncoding, type BlockHashFormat, type HashAlgo } from '@kvgate/sim-engine';
 import { parseFlags, intFlag } from '../flags.js';
 import { FlagError } from '../fatal.js';
 import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
@@ -40,8 +40,11 @@ const SPEC = {
   'num-kv-heads': { type: 'string', help: 'KV heads per layer (bytes per block; default: the profile\'s)' },
   'head-dim': { type: 'string', help: 'head dimension (bytes per block; default: the profile\'s)' },
   'dtype-bytes': { type: 'string', help: 'bytes per KV element (bytes per block; default: the profile\'s)' },
-  'rdma-bandwidth': { type: 'string', help: 'modelled P/D link bandwidth, GB/s', default: '50' },
-  'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms', default: '0.5' },
+  'kv-fabric': { type: 'string', help: `modelled P/D KV link of this (decode) engine: ${Object.keys(KV_FABRICS).join(' | ')} or a line rate in Gb/s (e.g. 100); default rdma-400g` },
+  'kv-fabric-gbps': { type: 'string', help: 'the same as --kv-fabric <Gb/s>' },
+  'rdma-bandwidth': { type: 'string', help: 'modelled P/D link bandwidth, GB/s (bytes; --kv-fabric takes Gb/s; default 50)' },
+  'rdma-latency-ms': { type: 'string', help: 'modelled P/D transfer latency, ms (default: the fabric\'s, 0.5 for rdma-400g)' },
+  'api-key': { type: 'string', help: 'as vLLM --api-key: the /v1 routes need Authorization: Bearer <key> (default: env VLLM_API_KEY, else none)' },
   'cpu-offload-blocks': { type: 'string', help: 'CPU offload tier in blocks, as vLLM\'s OffloadingConnector (0 = off)', default: '0' },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (PCIe 4.0 ×16)', default: '25' },
   ...LIFECYCLE_SPEC,
@@ -57,6 +60,29 @@ function coeffs(v: string | undefined, name: string, n: number): number[] {
 function oneOf<T extends string>(v: string | undefined, name: string, allowed: readonly T[]): T {
   if (!allowed.includes(v as T)) throw new Error(`--${name} must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
   return v as T;
+}
+
+/** --kv-fabric / --kv-fabric-gbps (a named fabric or Gb/s), or the older --rdma-bandwidth (GB/s); --rdma-latency-ms overrides the latency */
+function transferFromFlags(f: { 'kv-fabric'?: string | undefined; 'kv-fabric-gbps'?: string | undefined; 'rdma-bandwidth'?: string | undefined; 'rdma-latency-ms'?: string | undefined }): { bandwidthGBps: number; latencyMs: number } {
+  const given = (['kv-fabric', 'kv-fabric-gbps', 'rdma-bandwidth'] as const).filter((k) => f[k] !== undefined);
+  if (given.length > 1) throw new Error(`--${given.join(' and --')} both set the KV link; give one`);
+  let t = parseKvFabric(f['kv-fabric'] ?? 'rdma-400g');
+  if (f['kv-fabric-gbps'] !== undefined) {
+    const g = Number(f['kv-fabric-gbps']);
+    if (!(g > 0)) throw new Error(`--kv-fabric-gbps must be a positive number of Gb/s, got ${JSON.stringify(f['kv-fabric-gbps'])}`);
+    t = parseKvFabric(String(g));
+  }
+  if (f['rdma-bandwidth'] !== undefined) {
+    const b = Number(f['rdma-bandwidth']);
+    if (!(b > 0)) throw new Error(`--rdma-bandwidth must be positive, got ${JSON.stringify(f['rdma-bandwidth'])}`);
+    t = { bandwidthGBps: b, latencyMs: 0.5 };
+  }
+  if (f['rdma-latency-ms'] !== undefined) {
+    const l = Number(f['rdma-latency-ms']);
+    if (!(l >= 0)) throw new Error(`--rdma-latency-ms must be non-negative, got ${JSON.stringify(f['rdma-latency-ms'])}`);
+    t = { ...t, latencyMs: l };
+  }
+  return t;
 }
 
 export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typeof SPEC>>>['flags']): SimEngineOptions {
@@ -97,7 +123,8 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
     kvHoldTimeoutS: pos('kv-hold-timeout', 480),
     timing: { prefillA: a, prefillB: b, prefillC: c, decodeP: p, decodeQ: q, decodeR: r, decodePerSeq: s },
     shape: { layers: pos('num-layers', base.shape.layers), kvHeads: pos('num-kv-heads', base.shape.kvHeads), headDim: pos('head-dim', base.shape.headDim), dtypeBytes: pos('dtype-bytes', base.shape.dtypeBytes) },
-    transfer: { bandwidthGBps: pos('rdma-bandwidth', 50), latencyMs: pos('rdma-latency-ms', 0.5, true) },
+    transfer: transferFromFlags(f),
+    ...((f['api-key'] ?? process.env.VLLM_API_KEY) ? { apiKey: (f['api-key'] ?? process.env.VLLM_API_KEY)! } : {}),
     cpuOffloadBlocks: pos('cpu-offload-blocks', 0, true),
     offloadLink: { bandwidthGBps: pos('offload-bandwidth', 25) },
   };
@@ -120,7 +147,8 @@ export async function run(argv: string[]): Promise<number> {
   console.error(`kvgate sim-engine: ${formatCapacity(engineProfile(opts))}`);
   console.error(
     `kvgate sim-engine ${engine.engineId} (${engine.model}, role ${engine.role}) listening on ${engine.url}\n` +
-      `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks${engine.cpuOffloadBlocks > 0 ? ` + ${engine.cpuOffloadBlocks} CPU offload blocks` : ''}, speedup ${opts.speedup}`,
+      `  KV events: ${engine.kvEventsEndpoint ?? 'off'}   replay: ${engine.replayEndpoint ?? 'off'}   block size ${engine.blockSize}, ${engine.numBlocks} blocks${engine.cpuOffloadBlocks > 0 ? ` + ${engine.cpuOffloadBlocks} CPU offload blocks` : ''}, speedup ${opts.speedup}` +
+      (engine.role !== 'both' ? `\n  KV fabric (modelled): ${kvFabricLabel(opts.transfer as { bandwidthGBps: number; latencyMs: number })}, ${opts.transfer!.bandwidthGBps} GB/s + ${opts.transfer!.latencyMs} ms per pull; ${(bytesPerBlock(opts.shape as ModelShape, 1) / 1024).toFixed(0)} KiB of KV per token` : ''),
   );
   return serveUntilSignal('sim-engine', drain, async (ms) => {
     await within(ms + 2000, 'engine close', engine.close({ drainMs: ms }));
