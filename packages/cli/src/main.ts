@@ -12,6 +12,7 @@ export interface Command {
 const COMMANDS: Record<string, () => Promise<Command>> = {
   start: () => import('./commands/start.js'),
   router: () => import('./commands/router.js'),
+  epp: () => import('./commands/epp.js'),
   indexer: () => import('./commands/indexer.js'),
   shim: () => import('./commands/shim.js'),
   'sim-engine': () => import('./commands/sim-engine.js'),

@@ -48,6 +48,8 @@ export interface HttpEdgeOptions {
   clusterSecret: string | undefined;
   /** header/body timeouts, keep-alive (65 s by default here) and connection cap (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
+  /** serve /v1/completions and /v1/chat/completions (default true; `kvgate epp`: false, the gateway proxies) */
+  openaiApi?: boolean;
 }
 
 export interface EdgeStats {
@@ -140,6 +142,7 @@ export class HttpEdge {
         req.raw = Buffer.from(JSON.stringify(req.body));
       }
       if (path === '/v1/route') return this.#routeOnly(req, res);
+      if (this.#o.openaiApi === false) throw new KvgateError('KVG_NOT_FOUND', `this is an endpoint picker: send ${path} through the gateway (only /v1/route is answered here)`);
       const span = tracer().startSpan('kvgate.route', { attributes: { 'kvgate.model': req.model, 'kvgate.router': this.#o.id } }, extractTraceContext(inReq.headers));
       try {
         await this.#proxy(req, path, inReq, res, span, client);

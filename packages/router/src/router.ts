@@ -115,6 +115,8 @@ export interface RouterOptions {
   clusterSecret?: string;
   /** header/body timeouts (408 KVG_REQUEST_TIMEOUT), keep-alive (default 65 s) and connection cap of the client server (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
+  /** serve the OpenAI API (/v1/completions, /v1/chat/completions) on the HTTP port; default true (`kvgate epp`: false) */
+  openaiApi?: boolean;
   /** also serve the gateway endpoint picker (Envoy ext_proc + gRPC health, epp/epp-edge.ts) over the same core; default off */
   epp?: EppOptions;
 }
@@ -216,6 +218,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     trustClientPd: options.trustClientPd === true,
     clusterSecret,
     httpLimits: options.httpLimits,
+    openaiApi: options.openaiApi !== false,
   });
 
   // the gateway edge beside it (optional)

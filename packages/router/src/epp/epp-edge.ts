@@ -86,6 +86,8 @@ export class EppEdge {
       onShed: (p, reason) => this.#shed.inc({ priority: String(p), reason }),
       onWaited: (p, ms) => this.#queueWait.observe({ priority: String(p) }, ms / 1000),
     });
+    // grpc-js logs its own errors (a failed bind) on stderr; kvgate reports them itself (GRPC_VERBOSITY overrides)
+    if (process.env.GRPC_VERBOSITY === undefined) grpc.setLogVerbosity(grpc.logVerbosity.NONE);
     const { extProc, health } = protos();
     this.#server.addService(extProc.service, { Process: (call: grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>) => this.#process(call) });
     this.#healthServer.addService(health.service, {
@@ -184,8 +186,15 @@ export class EppEdge {
   }
 }
 
+/** A bind failure as Node's own listen errors look (code, address, port), so a CLI says "host:port is already in use". */
 function bind(server: grpc.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  return new Promise((resolve, reject) =>
+    server.bindAsync(`${host.includes(':') ? `[${host}]` : host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => {
+      if (!err) return resolve(p);
+      const code = /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL|EPERM)\b/.exec(err.message)?.[1];
+      reject(Object.assign(new Error(code === 'EADDRINUSE' ? `listen EADDRINUSE: address already in use ${host}:${port}` : `gRPC bind ${host}:${port}: ${err.message}`), { code, address: host, port }));
+    }),
+  );
 }
 
 function shutdown(server: grpc.Server): Promise<void> {
