@@ -235,6 +235,41 @@ function fromJsMsg(m: JsMsg): Stored {
   return { seq: m.seq, subject: m.subject, data: m.data, headers: m.headers, timeMs: m.info.timestampNanos / 1e6 };
 }
 
+/**
+ * Make an ordered consumer stay stopped. nats.js (2.29) re-creates an ordered consumer by itself (a reconnect, missed
+ * heartbeats, a delivery gap): it adds a new server-side consumer, then starts a pull on it and hands it to the
+ * iterator with setSource, which does not look at whether the iterator was stopped meanwhile. A reader stopped
+ * while such a reset was under way (the indexer re-opening its stream read after a reconnect does exactly that)
+ * thus left a live pull behind: a server-side consumer pulling for nobody and an idle-heartbeat interval timer that
+ * kept the process running after the connection closed (printing "aborting resetPending - connection is closed"
+ * every 5 s). Once `stopped()`: no new reset starts, a consumer add still to come never completes (it would retry
+ * on a closed connection every few seconds, forever), and a source handed over late is stopped and its consumer
+ * deleted at once. Instance-level wrappers over the library's own methods; nothing else changes.
+ */
+function keepStopped(consumer: Consumer, msgs: ConsumerMessages, stopped: () => boolean): void {
+  type Src = { stop(err?: Error): void };
+  const oc = consumer as unknown as {
+    reset?: (...a: unknown[]) => Promise<void>;
+    api?: { add?: (...a: unknown[]) => Promise<unknown> };
+    delete(): Promise<boolean>;
+  };
+  const it = msgs as unknown as { setSource?: (src: Src) => void };
+  if (typeof oc.reset !== 'function' || typeof it.setSource !== 'function' || typeof oc.api?.add !== 'function') return; // not an ordered consumer
+  const reset = oc.reset.bind(oc);
+  oc.reset = (...a: unknown[]) => (stopped() ? Promise.resolve() : reset(...a));
+  const api = oc.api;
+  const add = api.add!.bind(api);
+  oc.api = new Proxy(api, {
+    get: (target, key, recv) => (key === 'add' ? (...a: unknown[]) => (stopped() ? new Promise(() => undefined) : add(...a)) : Reflect.get(target, key, recv)),
+  });
+  const setSource = it.setSource.bind(it);
+  it.setSource = (src: Src) => {
+    if (!stopped()) return setSource(src);
+    src.stop();
+    oc.delete().catch(() => undefined);
+  };
+}
+
 /** Every message of an ordered pull consumer, for as long as it delivers (follow readers, watchers). */
 async function* followMessages(msgs: ConsumerMessages): AsyncGenerator<Stored> {
   for await (const m of msgs) yield fromJsMsg(m);
@@ -663,6 +698,7 @@ export class NatsBus implements Bus {
       // A following reader's pull requests expire every 5 s (heartbeats every 2.5 s): an ordered consumer lost
       // with a NATS node (its state lives on one server) is noticed and recreated in seconds, not the 30 s default.
       const msgs = await consumer.consume(follow ? { max_messages: 512, expires: 5000 } : { max_messages: 512 });
+      keepStopped(consumer, msgs, () => stopped);
       stopSource = () => {
         msgs.stop();
         consumer.delete().catch(() => undefined);
@@ -853,6 +889,7 @@ export class NatsBus implements Bus {
       const prefix = `$KV.${bucket}.`;
       const consumer = await this.#js.consumers.get(`KV_${bucket}`, { filterSubjects: `${prefix}>` });
       const msgs = await consumer.consume({ max_messages: 256 });
+      keepStopped(consumer, msgs, () => stopped);
       stopSource = () => {
         msgs.stop();
         consumer.delete().catch(() => undefined);
