@@ -214,7 +214,16 @@ async function generate(ctx: HttpContext, g: GenRequest, req: IncomingMessage, r
   // the engine's span, parented by the caller's traceparent (router → shim → engine in one trace)
   const span = tracer().startSpan(
     'engine.generate',
-    { attributes: { 'kvgate.engine': ctx.engineId, 'gen_ai.request.model': ctx.model, 'gen_ai.usage.input_tokens': g.promptTokens.length } },
+    {
+      attributes: {
+        'kvgate.engine': ctx.engineId,
+        'kvgate.engine.role': ctx.role,
+        'gen_ai.request.model': ctx.model,
+        'gen_ai.usage.input_tokens': g.promptTokens.length,
+        ...(typeof req.headers['x-request-id'] === 'string' ? { 'kvgate.request_id': req.headers['x-request-id'] } : {}),
+        ...(wantsDecodeElsewhere ? { 'kvgate.pd': 'prefill' } : hasDescriptor ? { 'kvgate.pd': 'decode' } : {}),
+      },
+    },
     extractTraceContext(req.headers),
   );
   try {

@@ -7,8 +7,8 @@ import { type Bus } from '@kvgate/protocol';
 import { createBus, type NatsBusOptions } from '@kvgate/protocol/bus/index';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
-import { startSimEngine, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
-import { startShim, type ShimHandle } from '@kvgate/worker-shim';
+import { startSimEngine, type EngineRole, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
+import { startShim, type ShimHandle, type ShimOptions } from '@kvgate/worker-shim';
 import { startRouter, type RouterHandle, type RouterOptions } from '@kvgate/router';
 import { startEngineThread, type ThreadEngine } from './engine-threads.js';
 
@@ -42,6 +42,20 @@ export interface StackOptions {
   clusterSecret?: string;
   /** give every shim an HTTP front and route through it (default: only P/D roles; `both` goes to the engine) */
   shimFronts?: boolean;
+  /**
+   * P/D: engine i's role (prefill / decode / both); its length is the engine count when `engines` is absent.
+   * Default: every engine `engine.role` (both).
+   */
+  roles?: readonly EngineRole[];
+  /** options for engine i on top of `engine` (e.g. another KV fabric for one engine) */
+  perEngine?: (i: number) => Partial<SimEngineOptions>;
+  /**
+   * an API key on every engine (vLLM --api-key): the engines refuse /v1 calls without it, the shims send it on their
+   * own calls and on the P/D prefill leg, the routers on every proxied request (RouterOptions.engineApiKey)
+   */
+  engineApiKey?: string;
+  /** extra options for every shim (e.g. prefillTimeoutMs, engineProbeMs) */
+  shim?: Partial<Pick<ShimOptions, 'prefillTimeoutMs' | 'engineProbeMs' | 'loadIntervalMs'>>;
 }
 
 type EngineHandle = Pick<SimEngineHandle, 'url' | 'role' | 'blockSize' | 'numBlocks' | 'kvEventsEndpoint' | 'replayEndpoint' | 'close'> | ThreadEngine;
@@ -89,6 +103,7 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
         ...(o.nats || o.indexOverBus ? {} : { index: indexer!.client }),
         ...(o.clusterSecret ? { clusterSecret: o.clusterSecret } : {}),
         ...(o.apiKeys?.length ? { apiKeys: o.apiKeys } : {}),
+        ...(o.engineApiKey ? { engineApiKey: o.engineApiKey } : {}),
         ...ro,
         port: i === 0 ? (o.routerPort ?? 0) : 0,
       });
@@ -98,9 +113,18 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
   };
   try {
     indexer = await startIndexer(bus, { namespace });
-    const n = o.engines ?? 4;
+    const n = o.engines ?? o.roles?.length ?? 4;
+    if (o.roles && o.roles.length !== n) throw new RangeError(`roles names ${o.roles.length} engines, engines is ${n}`);
     for (let i = 0; i < n; i++) {
-      const eo: SimEngineOptions = { model, engineId: `sim-${i}`, prefixCachingHashAlgo: 'xxhash', ...o.engine };
+      const eo: SimEngineOptions = {
+        model,
+        engineId: `sim-${i}`,
+        prefixCachingHashAlgo: 'xxhash',
+        ...o.engine,
+        ...(o.roles ? { role: o.roles[i]! } : {}),
+        ...(o.engineApiKey ? { apiKey: o.engineApiKey } : {}),
+        ...o.perEngine?.(i),
+      };
       const e: EngineHandle = o.engineThreads ? await startEngineThread(eo) : await startSimEngine(eo);
       engines.push(e);
       shims.push(
@@ -117,6 +141,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
           ...(o.clusterSecret ? { clusterSecret: o.clusterSecret } : {}),
           blockSize: e.blockSize,
           capacityBlocks: e.numBlocks,
+          ...(o.engineApiKey ? { engineApiKey: o.engineApiKey } : {}),
+          ...o.shim,
         }),
       );
     }
