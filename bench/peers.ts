@@ -114,13 +114,25 @@ const hostPort = (url: string) => {
   return `${u.hostname}:${u.port}`;
 };
 
+export interface NginxOptions {
+  /**
+   * a bare `proxy_pass` with nginx's defaults otherwise (what a user's first config is): HTTP/1.0 to the upstream,
+   * a new connection per request, `proxy_buffering on`. nginx then holds a proxied response in its buffers and
+   * passes it on a buffer at a time (an SSE stream in bursts) unless the response says `X-Accel-Buffering: no`.
+   */
+  plain?: boolean;
+}
+
 /**
  * nginx: one worker process (the router is one process too), keep-alive to the upstreams (as the router's pool),
  * request bodies held in memory (the 2k-token bodies are ~12 KB: past the 8 KB default buffer nginx would write
  * each one to a temp file), no access log. Round-robin is nginx's default balancing.
  */
-export function nginxConfig(dir: string, port: number, upstreams: string[]): string {
+export function nginxConfig(dir: string, port: number, upstreams: string[], o: NginxOptions = {}): string {
   const asRoot = process.getuid?.() === 0;
+  const location = o.plain
+    ? ['      proxy_pass http://engines;']
+    : ['      proxy_pass http://engines;', '      proxy_http_version 1.1;', '      proxy_set_header Connection "";'];
   return [
     'daemon off;',
     'worker_processes 1;',
@@ -141,14 +153,12 @@ export function nginxConfig(dir: string, port: number, upstreams: string[]): str
     '  keepalive_requests 1000000;',
     '  upstream engines {',
     ...upstreams.map((u) => `    server ${hostPort(u)};`),
-    '    keepalive 128;',
+    ...(o.plain ? [] : ['    keepalive 128;']),
     '  }',
     '  server {',
     `    listen 127.0.0.1:${port};`,
     '    location / {',
-    '      proxy_pass http://engines;',
-    '      proxy_http_version 1.1;',
-    '      proxy_set_header Connection "";',
+    ...location,
     '    }',
     '  }',
     '}',
@@ -181,7 +191,7 @@ export function haproxyConfig(dir: string, port: number, upstreams: string[]): s
 }
 
 /** Starts one peer in front of `upstreams`; `{ skipped }` when it cannot be installed or started. */
-export async function startPeer(name: PeerName, upstreams: string[], progress: (m: string) => void): Promise<Peer | { skipped: string }> {
+export async function startPeer(name: PeerName, upstreams: string[], progress: (m: string) => void, o: NginxOptions = {}): Promise<Peer | { skipped: string }> {
   const got = ensurePeer(name, progress);
   if ('skipped' in got) return got;
   const dir = mkdtempSync(join(tmpdir(), `kvgate-bench-${name}-`));
@@ -190,7 +200,7 @@ export async function startPeer(name: PeerName, upstreams: string[], progress: (
   const logFile = join(dir, 'error.log');
   let child: ChildProcess;
   if (name === 'nginx') {
-    writeFileSync(conf, nginxConfig(dir, port, upstreams));
+    writeFileSync(conf, nginxConfig(dir, port, upstreams, o));
     // -p: the prefix for relative paths; -e: the start-up error log before the config's is open
     child = spawn(got.bin, ['-p', dir, '-c', conf, '-e', logFile], { stdio: ['ignore', 'ignore', 'pipe'] });
   } else {

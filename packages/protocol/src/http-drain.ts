@@ -29,6 +29,20 @@ export function shuttingDown(who: string): KvgateError {
  * Is `res` an SSE stream? Headers given to writeHead as an object are not in getHeader()'s map (only in the header
  * block already written, Node's `_header`), so both are looked at.
  */
+/**
+ * Set on every SSE response kvgate sends (router, shim front): a reverse proxy in front must pass each event on as
+ * it comes. nginx buffers proxied responses by default (`proxy_buffering on`: a buffer at a time, bursts of events)
+ * and turns that off for a response carrying `X-Accel-Buffering: no`; `Cache-Control: no-cache` keeps caches from
+ * storing or holding the stream.
+ */
+export const SSE_HEADERS: Readonly<Record<string, string>> = Object.freeze({ 'x-accel-buffering': 'no', 'cache-control': 'no-cache' });
+
+/** a `content-type` header value (or undici's array of them) naming an SSE body */
+export function isEventStream(contentType: unknown): boolean {
+  const v = Array.isArray(contentType) ? contentType[0] : contentType;
+  return typeof v === 'string' && v.trimStart().toLowerCase().startsWith('text/event-stream');
+}
+
 function isSse(res: ServerResponse): boolean {
   const ct = res.getHeader('content-type');
   if (typeof ct === 'string') return ct.includes('text/event-stream');

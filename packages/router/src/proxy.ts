@@ -16,7 +16,7 @@
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { Agent, type Dispatcher } from 'undici';
-import { KvgateError, SseCutter } from '@kvgate/protocol';
+import { isEventStream, KvgateError, SSE_HEADERS, SseCutter } from '@kvgate/protocol';
 
 export interface UpstreamOptions {
   /** max connections per upstream origin; default 256 */
@@ -96,11 +96,12 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
   const headers: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
   Object.assign(headers, extraHeaders);
+  const ct = up.headers['content-type'];
+  if (isEventStream(ct)) Object.assign(headers, SSE_HEADERS);
   res.writeHead(up.statusCode, headers);
   // A stream's headers go out now: a streaming client sees the response start before the first token. A whole
   // JSON answer's go out with its body, one write instead of two (one packet less for the client to read: the
   // router's added latency, issue 14).
-  const ct = up.headers['content-type'];
   if (typeof ct !== 'string' || !ct.startsWith('application/json')) res.flushHeaders();
   const body = up.body;
   let first = true;

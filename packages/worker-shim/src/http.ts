@@ -30,6 +30,8 @@ import {
   extractTraceContext,
   HttpDrain,
   SseCutter,
+  SSE_HEADERS,
+  isEventStream,
   injectTraceHeaders,
   KvgateError,
   logger,
@@ -246,6 +248,8 @@ export class HttpFront {
       if (status === 200) d.onServed?.(this.#workerOf(req));
       const out: Record<string, string | string[]> = { 'x-kvgate-worker': this.#workerOf(req) };
       for (const [k, v] of Object.entries(up.headers)) if (v !== undefined && !DROP_RES.has(k)) out[k] = v;
+      // a proxy in front (nginx buffers by default) passes each event as it comes
+      if (isEventStream(up.headers['content-type'])) Object.assign(out, SSE_HEADERS);
       res.writeHead(up.statusCode, out);
       res.flushHeaders();
       await this.#relay(up, res, abort);
