@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'KVG_NOT_FOUND'
   | 'KVG_BAD_DESCRIPTOR'
   | 'KVG_OVERLOADED'
+  | 'KVG_QUEUE_TIMEOUT'
   | 'KVG_CONFIG'
   | 'KVG_NOT_READY'
   | 'KVG_SHUTTING_DOWN'
@@ -44,6 +45,8 @@ const STATUS: Record<ErrorCode, number> = {
   KVG_NOT_FOUND: 404,
   KVG_BAD_DESCRIPTOR: 400,
   KVG_OVERLOADED: 429,
+  /** every worker of the pool stayed over its busy thresholds past the flow-control queue's deadline (router flow-control.ts) */
+  KVG_QUEUE_TIMEOUT: 503,
   KVG_CONFIG: 400,
   KVG_NOT_READY: 503,
   /** the process is draining after SIGTERM: a request it could not finish in time */

@@ -7,7 +7,9 @@
  *
  * Request path (POST /v1/completions, /v1/chat/completions), top to bottom in this file:
  *   handle: admit (API key, request bucket) → read + validate → strip client P/D fields
- *   proxy:  core.route → prompt-token bucket → core.commit → upstream (headers, signature) → relay chunk by chunk;
+ *   proxy:  core.route → priority and flow control on a saturated pool (admission.ts, the gateway edge's too:
+ *           sheddable → 429, queued → routed again, past the deadline → 503; Retry-After + x-kvgate-shed)
+ *           → prompt-token bucket → core.commit → upstream (headers, signature) → relay chunk by chunk;
  *           a connect failure or a 5xx before the first byte marks the worker suspect and goes to
  *           core.reroute without the workers tried, until one answers or none is left.
  * POST /v1/route answers the decision without proxying (routeOnly).
@@ -16,6 +18,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { randomUUID } from 'node:crypto';
 import { applyHttpLimits, extractTraceContext, HttpDrain, httpServerOptions, injectTraceHeaders, KvgateError, resolveHttpLimits, signRequest, SpanStatusCode, tracer, type HttpLimits, type Logger, type Span } from '@kvgate/protocol';
 import type { Agent } from 'undici';
+import { SHED_HEADER, type Admission, type Admitted } from './admission.js';
 import type { ApiKeys } from './api-keys.js';
 import type { ClusterView } from './cluster-view.js';
 import { RouterDiag, UsageTap, type SentRequest } from './diag.js';
@@ -30,6 +33,8 @@ export interface HttpEdgeOptions {
   id: string;
   core: RoutingCore;
   cluster: ClusterView;
+  /** priority and flow control of a saturated pool (shared with the gateway edge) */
+  admission: Admission;
   metrics: RouterMetrics;
   diag: RouterDiag;
   log: Logger;
@@ -91,6 +96,10 @@ export class HttpEdge {
       this.#handle(path, inReq, res).catch((e) => {
         if (!(e instanceof KvgateError)) this.#log.error({ err: (e as Error).stack }, 'request failed');
         if (e instanceof RateLimited && !res.headersSent) res.setHeader('retry-after', String(e.retryAfterS));
+        if (e instanceof Shed && !res.headersSent) {
+          res.setHeader('retry-after', String(e.retryAfterS));
+          res.setHeader(SHED_HEADER, e.shed);
+        }
         sendError(res, e);
       });
     });
@@ -183,6 +192,11 @@ export class HttpEdge {
     const core = this.#core;
     const t0 = performance.now();
     let routed = await core.route(req);
+    // every candidate busy: shed (sheddable), or wait in the pool's queue and route again
+    const admitted = await o.admission.admit(req, routed, undefined, (n) => headerValue(inReq, n), 'http');
+    if (admitted.kind === 'refused') throw new Shed(admitted);
+    if (admitted.waitedMs > 0 && res.destroyed) return; // the client left while it waited
+    routed = admitted.route;
     // the prompt-token bucket: charged once the prompt's tokens are known (a raw-size estimate without them)
     if (o.limiter.enabled) {
       const wait = o.limiter.tokens(client, routed.tokens?.length ?? Math.ceil(req.raw.length / 4));
@@ -263,6 +277,7 @@ export class HttpEdge {
           ...(tap ? { onChunk: (c: Buffer) => tap.push(c) } : {}),
           onDone: (ok) => {
             core.finish(tickets);
+            o.admission.poke();
             this.#setOpen(worker, -1);
             if (!ok) abort.abort();
             else if (tap) o.diag.observe(worker, sentRequest(sent, req), tap.usage());
@@ -367,6 +382,22 @@ class RateLimited extends KvgateError {
     super('KVG_RATE_LIMITED', message);
     this.retryAfterS = retryAfterS;
   }
+}
+
+/** A request refused at a saturated pool (admission.ts): 429 KVG_OVERLOADED or 503 KVG_QUEUE_TIMEOUT, with Retry-After and x-kvgate-shed */
+class Shed extends KvgateError {
+  readonly retryAfterS: number;
+  readonly shed: string;
+  constructor(r: Extract<Admitted, { kind: 'refused' }>) {
+    super(r.code, r.message);
+    this.retryAfterS = r.retryAfterS;
+    this.shed = r.shed;
+  }
+}
+
+function headerValue(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
 }
 
 /** What diag.ts compares the engine's usage with: the router's token count and, single-worker only, the index's overlap. */

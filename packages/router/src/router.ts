@@ -15,11 +15,13 @@ import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { decisionStreamConfig, initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, type HttpLimits, type MatchReply, type Subjects } from '@kvgate/protocol';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
+import { Admission } from './admission.js';
 import { ApiKeys } from './api-keys.js';
 import { ClusterView } from './cluster-view.js';
 import { DecisionLog } from './decision-log.js';
 import { EppEdge, type EppOptions } from './epp/epp-edge.js';
 import { RouterDiag } from './diag.js';
+import type { FlowOptions } from './flow-control.js';
 import type { WorkerHealth } from './health.js';
 import { HttpEdge } from './http-edge.js';
 import { busIndexQuery, directIndexQuery } from './index-query.js';
@@ -115,6 +117,13 @@ export interface RouterOptions {
   clusterSecret?: string;
   /** header/body timeouts (408 KVG_REQUEST_TIMEOUT), keep-alive (default 65 s) and connection cap of the client server (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
+  /**
+   * objective name → priority, both edges (admission.ts: the request's `x-llm-d-inference-objective`; InferenceObjective
+   * semantics: unset or unknown 0, negative = sheddable → 429 at once on a saturated pool); default none (all 0)
+   */
+  objectives?: Record<string, number>;
+  /** the queue of requests meeting a saturated pool, both edges (flow-control.ts): default 1024 per priority and pool, 30 s deadline */
+  flow?: FlowOptions;
   /** serve the OpenAI API (/v1/completions, /v1/chat/completions) on the HTTP port; default true (`kvgate epp`: false) */
   openaiApi?: boolean;
   /** also serve the gateway endpoint picker (Envoy ext_proc + gRPC health, epp/epp-edge.ts) over the same core; default off */
@@ -200,11 +209,15 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
     random: options.random ?? Math.random,
   });
 
+  // priority and flow control in front of a saturated pool: one queue for both edges
+  const admission = new Admission({ ...(options.objectives ? { objectives: options.objectives } : {}), ...(options.flow ? { flow: options.flow } : {}) }, { core, workers: cluster.workers, weights, registry: metrics.registry });
+
   // the HTTP edge in front
   const edge = new HttpEdge({
     id,
     core,
     cluster,
+    admission,
     metrics,
     diag,
     log,
@@ -222,12 +235,13 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   });
 
   // the gateway edge beside it (optional)
-  const epp = options.epp ? new EppEdge(options.epp, { core, cluster, index, weights, metrics, log }) : undefined;
+  const epp = options.epp ? new EppEdge(options.epp, { core, cluster, index, admission, metrics, log }) : undefined;
 
   let closed = false;
   async function stop(drainMs: number): Promise<void> {
     if (closed) return;
     closed = true;
+    admission.close();
     await edge.close(drainMs);
     await epp?.close();
     diagPublisher.stop();

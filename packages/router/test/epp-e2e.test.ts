@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { createBus, initHashing, prefixHashes, type Bus } from '@kvgate/protocol';
 import { startRouter, type RouterHandle } from '../src/router.js';
 import { protos, SERVING, NOT_SERVING, SERVICE_UNKNOWN } from '../src/epp/protos.js';
-import type { EppOptions } from '../src/epp/epp-edge.js';
+import type { RouterOptions } from '../src/router.js';
 import { BODY_CHUNK_BYTES, type ProcessingResponse } from '../src/epp/messages.js';
 import { fakeIndex, publishLoad, register, registration, tokens, until } from './helpers.js';
 
@@ -26,12 +26,12 @@ interface Ctx {
 
 const ENGINES = ['10.0.0.1:8000', '10.0.0.2:8000', '10.0.0.3:8000'];
 
-async function setup(holds = new Map<string, Set<bigint>>(), epp: EppOptions = {}): Promise<Ctx> {
+async function setup(holds = new Map<string, Set<bigint>>(), extra: Pick<RouterOptions, 'objectives' | 'flow'> = {}): Promise<Ctx> {
   const bus = await createBus();
   const ns = `epp${process.pid}_${++nsCounter}`;
   for (const [i, e] of ENGINES.entries()) await register(bus, registration(`w${i}`, `http://${e}`), ns);
   fakeIndex(bus, holds, ns);
-  const router = await startRouter(bus, { port: 0, namespace: ns, id: `r${nsCounter}`, indexTimeoutMs: 200, registryTtlMs: 0, recordDecisions: false, epp: { port: 0, healthPort: 0, ...epp } });
+  const router = await startRouter(bus, { port: 0, namespace: ns, id: `r${nsCounter}`, indexTimeoutMs: 200, registryTtlMs: 0, recordDecisions: false, ...extra, epp: { port: 0, healthPort: 0 } });
   await router.waitForWorkers(ENGINES.length);
   const { extProc, health } = protos();
   const client = new extProc(`127.0.0.1:${router.epp!.port}`, grpc.credentials.createInsecure()) as unknown as Ctx['client'];
@@ -197,12 +197,16 @@ test('saturated pool: a sheddable request gets 429 at once with a reason; a high
     await until(() => ['w0', 'w1', 'w2'].every((w) => (c.router.workers.lastLoad(w)?.waiting ?? 0) === 1000));
     const shed = await pick(c, body(tokens(8)), { headers: { 'x-llm-d-inference-objective': 'batch' } });
     assert.is(shed.first.immediate_response?.status.code, 429);
-    assert.ok(shed.first.immediate_response?.headers?.set_headers?.some((h) => h.header.key === 'x-kvgate-reason'));
+    const set = shed.first.immediate_response?.headers?.set_headers ?? [];
+    const value = (k: string) => { const h = set.find((x) => x.header.key === k); return h ? Buffer.from(h.header.raw_value).toString() : undefined; };
+    assert.is(value('x-kvgate-reason'), 'KVG_OVERLOADED');
+    assert.is(value('x-kvgate-shed'), 'sheddable');
+    assert.is(value('retry-after'), '1');
     const before = arrivals;
     const low = pick(c, body(tokens(8)), { headers: { 'x-llm-d-inference-objective': 'normal' } });
     const high = pick(c, body(tokens(8)), { headers: { 'x-gateway-inference-objective': 'chat' } });
     // both queued (the gauge counts them) before any room appears
-    const depth = async () => ((await c.router.metrics.registry.getSingleMetric('kvgate_epp_queue_depth')?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
+    const depth = async () => ((await c.router.metrics.registry.getSingleMetric('kvgate_router_queue_depth')?.get())?.values ?? []).reduce((n, v) => n + v.value, 0);
     for (let i = 0; i < 1000 && (await depth()) < 2; i++) await new Promise((r) => setTimeout(r, 5));
     assert.is(await depth(), 2);
     await new Promise((r) => setTimeout(r, 50));

@@ -123,13 +123,13 @@ export async function run(argv: string[]): Promise<number> {
       healthPort,
       host,
       ...(f.pool ? { pool: f.pool } : {}),
-      objectives,
       bodyLimitBytes: numberFlag(f['body-limit'], 'body-limit', 10 * 1024 * 1024, { min: 1, integer: true }),
-      flow: {
-        maxQueue: numberFlag(f['queue-max'], 'queue-max', 1024, { min: 0, integer: true }),
-        maxWaitMs: numberFlag(f['queue-timeout-ms'], 'queue-timeout-ms', 30_000, { min: 0, integer: true }),
-      },
       scores: f.scores === true,
+    },
+    objectives,
+    flow: {
+      maxQueue: numberFlag(f['queue-max'], 'queue-max', 1024, { min: 0, integer: true }),
+      maxWaitMs: numberFlag(f['queue-timeout-ms'], 'queue-timeout-ms', 30_000, { min: 0, integer: true }),
     },
   };
   await initTracing('kvgate-epp');

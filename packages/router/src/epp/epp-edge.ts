@@ -8,13 +8,12 @@
  * (kept for `indexProbeMs`), NOT_SERVING otherwise; any other name SERVICE_UNKNOWN.
  */
 import * as grpc from '@grpc/grpc-js';
-import { Counter, Gauge, Histogram } from 'prom-client';
+import { Histogram } from 'prom-client';
 import type { Logger } from '@kvgate/protocol';
 import type { ClusterView } from '../cluster-view.js';
 import type { RouterMetrics } from '../metrics.js';
 import type { IndexQuery, RoutingCore } from '../routing-core.js';
-import type { ScoreWeights } from '../scorer.js';
-import { FlowGate, type FlowOptions, type FlowQueue } from './flow-control.js';
+import type { Admission } from '../admission.js';
 import type { ProcessingRequest, ProcessingResponse } from './messages.js';
 import { Picker } from './picker.js';
 import { EXT_PROC_SERVICE, NOT_SERVING, protos, SERVICE_UNKNOWN, SERVING } from './protos.js';
@@ -31,10 +30,6 @@ export interface EppOptions {
   pool?: string;
   /** buffered request body cap; default 10 MiB (past it: 413) */
   bodyLimitBytes?: number;
-  /** objective name → priority (InferenceObjective semantics); default none (every request priority 0) */
-  objectives?: Record<string, number>;
-  /** queue bounds and deadline of requests meeting a saturated pool (flow-control.ts) */
-  flow?: FlowOptions;
   /** per-endpoint scores in envoy.lb/x-gateway-destination-endpoint-scores; default false */
   scores?: boolean;
   /** a successful index probe counts for readiness this long; default 5000 ms */
@@ -45,7 +40,8 @@ export interface EppEdgeDeps {
   core: RoutingCore;
   cluster: ClusterView;
   index: IndexQuery;
-  weights: ScoreWeights;
+  /** priority and flow control (admission.ts), shared with the HTTP edge */
+  admission: Admission;
   metrics: RouterMetrics;
   log: Logger;
 }
@@ -53,14 +49,10 @@ export interface EppEdgeDeps {
 export class EppEdge {
   readonly #o: EppOptions;
   readonly #d: EppEdgeDeps;
-  readonly #gate: FlowGate;
   readonly #picker: Picker;
   readonly #server = new grpc.Server();
   readonly #healthServer = new grpc.Server();
   readonly #streams = new Set<EppStream>();
-  readonly #queueDepth: Gauge<'priority'>;
-  readonly #queueWait: Histogram<'priority'>;
-  readonly #shed: Counter<'priority' | 'reason'>;
   readonly #pickSeconds: Histogram;
   #indexOkAt = -Infinity;
   #probing = false;
@@ -71,21 +63,8 @@ export class EppEdge {
     this.#o = o;
     this.#d = d;
     const registers = [d.metrics.registry];
-    this.#queueDepth = new Gauge({ name: 'kvgate_epp_queue_depth', help: 'requests waiting for a saturated pool, by priority', labelNames: ['priority'], registers });
-    this.#queueWait = new Histogram({ name: 'kvgate_epp_queue_wait_seconds', help: 'time a request waited for a saturated pool, by priority', labelNames: ['priority'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers });
-    this.#shed = new Counter({ name: 'kvgate_epp_shed_total', help: 'requests refused at a saturated pool (429 sheddable / queue-full, 503 queue-timeout)', labelNames: ['priority', 'reason'], registers });
     this.#pickSeconds = new Histogram({ name: 'kvgate_epp_pick_seconds', help: 'last request message in → headers answer out', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1], registers });
-    this.#gate = new FlowGate(o.flow ?? {}, (pool) => this.#picker.hasRoom(pool), (_pool, q) => this.#depths(q));
-    this.#picker = new Picker({
-      core: d.core,
-      workers: d.cluster.workers,
-      weights: d.weights,
-      gate: this.#gate,
-      objectives: new Map(Object.entries(o.objectives ?? {})),
-      ...(o.pool ? { defaultModel: o.pool } : {}),
-      onShed: (p, reason) => this.#shed.inc({ priority: String(p), reason }),
-      onWaited: (p, ms) => this.#queueWait.observe({ priority: String(p) }, ms / 1000),
-    });
+    this.#picker = new Picker({ core: d.core, workers: d.cluster.workers, admission: d.admission, ...(o.pool ? { defaultModel: o.pool } : {}) });
     // grpc-js logs its own errors (a failed bind) on stderr; kvgate reports them itself (GRPC_VERBOSITY overrides)
     if (process.env.GRPC_VERBOSITY === undefined) grpc.setLogVerbosity(grpc.logVerbosity.NONE);
     const { extProc, health } = protos();
@@ -119,7 +98,6 @@ export class EppEdge {
   }
 
   async close(): Promise<void> {
-    this.#gate.close();
     for (const s of this.#streams) s.end();
     await Promise.all([shutdown(this.#server), shutdown(this.#healthServer)]);
   }
@@ -133,7 +111,7 @@ export class EppEdge {
         scores: this.#o.scores === true,
         log: this.#d.log,
         onPicked: (ms) => this.#pickSeconds.observe(ms / 1000),
-        onFinished: () => this.#gate.poke(),
+        onFinished: () => this.#d.admission.poke(),
       },
       (r) => {
         if (!call.writableEnded && !call.destroyed) call.write(r);
@@ -181,9 +159,6 @@ export class EppEdge {
       .finally(() => (this.#probing = false));
   }
 
-  #depths(q: FlowQueue): void {
-    for (const [p, n] of q.depths()) this.#queueDepth.set({ priority: String(p) }, n);
-  }
 }
 
 /** A bind failure as Node's own listen errors look (code, address, port), so a CLI says "host:port is already in use". */

@@ -157,12 +157,12 @@ export function bodyChunks(body: Buffer, kind: 'request_body' | 'response_body' 
 }
 
 /** A local reply instead of the upstream (503 nothing eligible, 429 shed, 413 body too large, 400 bad body). */
-export function immediate(code: number, message: string, reason: string): ProcessingResponse {
+export function immediate(code: number, message: string, reason: string, extra: Record<string, string> = {}): ProcessingResponse {
   const body = Buffer.from(JSON.stringify({ error: { message, type: errorType(code), code: reason } }));
   return {
     immediate_response: {
       status: { code },
-      headers: { set_headers: [setHeader('content-type', 'application/json'), setHeader('x-kvgate-reason', reason)] },
+      headers: { set_headers: [setHeader('content-type', 'application/json'), setHeader('x-kvgate-reason', reason), ...Object.entries(extra).map(([k, v]) => setHeader(k, v))] },
       body,
       details: reason,
     },

@@ -2,7 +2,7 @@
  * The endpoint picker's decision: a request (its headers, its buffered body, the proxy's subset hint) → the ordered
  * endpoints to try, or a local reply. Routing is the core's (routing-core.ts: the same selection, in-flight credit
  * and decision record as the HTTP edge); this file only maps workers to endpoints and back, applies the subset
- * hint, and puts priority and flow control (flow-control.ts) in front of a saturated pool.
+ * hint, and puts priority and flow control (admission.ts, shared with the HTTP edge) in front of a saturated pool.
  *
  *   endpoints   a worker's endpoint is its registered engine address, `host:port` (what an InferencePool's
  *               `podIP:targetPort` is); first the core's choice, then the other candidates by score, busy ones left
@@ -16,13 +16,10 @@ import { KvgateError, type WorkerRegistration } from '@kvgate/protocol';
 import { validateApiRequest } from '../http.js';
 import type { Route, RouteRequest, RoutingCore } from '../routing-core.js';
 import type { Ticket } from '../inflight.js';
-import type { ScoreWeights } from '../scorer.js';
 import type { Pool, WorkerView } from '../workers.js';
-import type { FlowGate } from './flow-control.js';
+import type { Admission, ShedReason } from '../admission.js';
 
-/** objective headers, the current llm-d name first (GIE's older spelling accepted) */
-export const OBJECTIVE_HEADERS = ['x-llm-d-inference-objective', 'x-gateway-inference-objective'] as const;
-export const FAIRNESS_HEADERS = ['x-llm-d-inference-fairness-id', 'x-gateway-inference-fairness-id'] as const;
+export { OBJECTIVE_HEADERS, FAIRNESS_HEADERS } from '../admission.js';
 
 export interface PickInput {
   /** lower-cased request headers */
@@ -35,19 +32,15 @@ export interface PickInput {
 
 export type PickResult =
   | { kind: 'picked'; endpoints: string[]; route: Route; tickets: Ticket[]; requestId: string; priority: number; scores: Record<string, number> }
-  | { kind: 'refused'; status: number; reason: string; message: string };
+  | { kind: 'refused'; status: number; reason: string; message: string; retryAfterS?: number; shed?: ShedReason };
 
 export interface PickerOptions {
   core: RoutingCore;
   workers: WorkerView;
-  weights: ScoreWeights;
-  gate: FlowGate;
-  /** objective name → priority (InferenceObjective: unset 0, negative = sheddable); unknown names → 0 */
-  objectives: ReadonlyMap<string, number>;
+  /** priority, shedding and the queue of a saturated pool (shared with the HTTP edge) */
+  admission: Admission;
   /** the model when a request has no body (or none naming one); default: none (400) */
   defaultModel?: string;
-  onShed?(priority: number, reason: string): void;
-  onWaited?(priority: number, waitedMs: number): void;
 }
 
 /** `http://10.0.0.7:8000/…` → `10.0.0.7:8000` (the scheme's port when none is given) */
@@ -68,26 +61,6 @@ export class Picker {
     this.#o = o;
   }
 
-  priorityOf(input: PickInput): number {
-    for (const h of OBJECTIVE_HEADERS) {
-      const name = input.header(h);
-      if (name !== undefined && name !== '') return this.#o.objectives.get(name) ?? 0;
-    }
-    return 0;
-  }
-
-  /** Is any worker of the pool below its busy thresholds (by its last load report)? */
-  hasRoom(model: string): boolean {
-    const pool = this.#o.workers.pool(model);
-    if (!pool) return true;
-    const w = this.#o.weights;
-    for (const r of poolWorkers(pool)) {
-      const l = this.#o.workers.lastLoad(r.worker);
-      if (!l || (l.kvUsage < w.busyKvUsage && l.waiting < w.busyWaiting)) return true;
-    }
-    return false;
-  }
-
   async pick(input: PickInput): Promise<PickResult> {
     let req: RouteRequest;
     try {
@@ -95,35 +68,14 @@ export class Picker {
     } catch (e) {
       return refused(e);
     }
-    const priority = this.priorityOf(input);
-    const tenant = firstHeader(input, FAIRNESS_HEADERS) ?? 'default';
     let route: Route;
-    let exclude: Set<string> | undefined;
+    let priority: number;
     try {
-      exclude = this.#subsetExclusion(req.model, input.subset);
-      route = await this.#o.core.route(req, exclude);
-      if (allBusy(route)) {
-        if (priority < 0) {
-          this.#o.onShed?.(priority, 'sheddable');
-          return { kind: 'refused', status: 429, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` is saturated and the request is sheddable (priority ${priority})` };
-        }
-        const { outcome, waitedMs } = await this.#o.gate.wait(req.model, priority, tenant);
-        this.#o.onWaited?.(priority, waitedMs);
-        if (outcome === 'full') {
-          this.#o.onShed?.(priority, 'queue-full');
-          return { kind: 'refused', status: 429, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` is saturated and the queue of priority ${priority} is full` };
-        }
-        if (outcome === 'expired') {
-          this.#o.onShed?.(priority, 'queue-timeout');
-          return { kind: 'refused', status: 503, reason: 'KVG_OVERLOADED', message: `every worker of \`${req.model}\` stayed saturated past the queue deadline` };
-        }
-        // admitted: the load has moved since; pick again (the next waiter goes once this pick is made)
-        try {
-          route = await this.#o.core.route(req, exclude);
-        } finally {
-          this.#o.gate.picked(req.model);
-        }
-      }
+      const exclude = this.#subsetExclusion(req.model, input.subset);
+      const a = await this.#o.admission.admit(req, await this.#o.core.route(req, exclude), exclude, (n) => input.header(n), 'epp');
+      if (a.kind === 'refused') return { kind: 'refused', status: a.status, reason: a.code, message: a.message, retryAfterS: a.retryAfterS, shed: a.shed };
+      route = a.route;
+      priority = a.priority;
     } catch (e) {
       return refused(e);
     }
@@ -171,19 +123,6 @@ export class Picker {
     }
     return { endpoints, scores };
   }
-}
-
-function allBusy(route: Route): boolean {
-  const s = route.decision.scored;
-  return s.length > 0 && s.every((x) => x.busy);
-}
-
-function firstHeader(input: PickInput, names: readonly string[]): string | undefined {
-  for (const h of names) {
-    const v = input.header(h);
-    if (v) return v;
-  }
-  return undefined;
 }
 
 function refused(e: unknown): PickResult {

@@ -14,6 +14,7 @@
  *   stream end / error  the request's load leaves the ledger (idempotent)
  */
 import type { Logger } from '@kvgate/protocol';
+import { SHED_HEADER } from '../admission.js';
 import type { RoutingCore } from '../routing-core.js';
 import type { Ticket } from '../inflight.js';
 import { bodyChunks, continueHeaders, headerOf, immediate, pickedResponse, servedEndpoint, subsetHint, type HttpHeaders, type ProcessingRequest, type ProcessingResponse } from './messages.js';
@@ -147,7 +148,10 @@ export class EppStream {
     const r = await this.#o.picker.pick({ header: (n) => headerOf(headers, n), body, subset: this.#subset });
     if (r.kind === 'refused') {
       this.#done = true;
-      this.#send(immediate(r.status, r.message, r.reason));
+      const extra: Record<string, string> = {};
+      if (r.retryAfterS !== undefined) extra['retry-after'] = String(r.retryAfterS);
+      if (r.shed) extra[SHED_HEADER] = r.shed;
+      this.#send(immediate(r.status, r.message, r.reason, extra));
       this.#o.onPicked?.(performance.now() - t0, r);
       return;
     }
