@@ -1,11 +1,13 @@
 /**
  * The routing flags `kvgate router` and `kvgate epp` share (one routing core, two edges): policy, score weights,
- * busy thresholds, tier weights, the index budget, P/D, and the cluster-view timings. Parsed into the
- * RouterOptions fields they set; a bad value is a FlagError (one fatal line, exit 2).
+ * busy thresholds, tier weights, the index budget, P/D, and the cluster-view timings; and priority and flow
+ * control (both edges: objectives, the queue's bound and deadline). Parsed into the RouterOptions fields they set;
+ * a bad value is a FlagError (one fatal line, exit 2).
  */
 import { DEFAULT_TIER_WEIGHTS, DEFAULT_WEIGHTS, isPolicy, parseTierWeights, type RouterOptions, type TierWeights } from '@kvgate/router';
+import { readFileSync } from 'node:fs';
 import { FlagError } from './fatal.js';
-import { intFlag, type FlagSpec } from './flags.js';
+import { intFlag, numberFlag, type FlagSpec } from './flags.js';
 
 export const ROUTING_SPEC = {
   nats: { type: 'string', help: 'NATS URL (absent: in-memory bus, useful only with in-process workers)' },
@@ -72,3 +74,59 @@ export function routingOptionsFrom(f: RoutingFlags): RoutingOptions & { policy: 
     },
   };
 }
+
+export const FLOW_SPEC = {
+  objectives: { type: 'string', help: 'x-llm-d-inference-objective → priority: name=priority,… or a file (JSON {"name": priority} or name=priority lines); negative = sheddable' },
+  'queue-max': { type: 'string', default: '1024', help: 'requests waiting per priority and pool when every worker is busy (past it: 429)' },
+  'queue-timeout-ms': { type: 'string', default: '30000', help: 'longest wait for a saturated pool (past it: 503 KVG_QUEUE_TIMEOUT)' },
+} as const satisfies Record<string, FlagSpec>;
+
+export type FlowFlags = { [K in keyof typeof FLOW_SPEC]?: string | undefined };
+
+export function flowOptionsFrom(f: FlowFlags): { objectives: Record<string, number>; flow: { maxQueue: number; maxWaitMs: number } } {
+  return {
+    objectives: f.objectives ? parseObjectives(f.objectives) : {},
+    flow: {
+      maxQueue: numberFlag(f['queue-max'], 'queue-max', 1024, { min: 0, integer: true }),
+      maxWaitMs: numberFlag(f['queue-timeout-ms'], 'queue-timeout-ms', 30_000, { min: 0, integer: true }),
+    },
+  };
+}
+
+/**
+ * `--objectives`: `name=priority,…` inline, or a file of the same pairs (one per line or comma-separated, `#`
+ * comments) or a JSON object. Priorities are integers (negative = sheddable).
+ */
+export function parseObjectives(v: string, readFile: (path: string) => string = (p) => readFileSync(p, 'utf8')): Record<string, number> {
+  const inline = v.includes('=') && !v.trimStart().startsWith('{');
+  const text = inline ? v : readFile(v);
+  const where = inline ? '--objectives' : `--objectives file ${v}`;
+  const out: Record<string, number> = {};
+  const put = (name: string, prio: unknown) => {
+    const p = typeof prio === 'string' && prio.trim() !== '' ? Number(prio) : prio;
+    if (name === '' || /\s/.test(name)) throw new FlagError(`${where}: objective name ${JSON.stringify(name)} is empty or has whitespace`);
+    if (typeof p !== 'number' || !Number.isSafeInteger(p)) throw new FlagError(`${where}: priority of ${JSON.stringify(name)} must be an integer, got ${JSON.stringify(prio)}`);
+    if (name in out) throw new FlagError(`${where}: objective ${JSON.stringify(name)} given twice`);
+    out[name] = p;
+  };
+  if (text.trimStart().startsWith('{')) {
+    let j: unknown;
+    try {
+      j = JSON.parse(text);
+    } catch (e) {
+      throw new FlagError(`${where}: not JSON: ${(e as Error).message}`);
+    }
+    if (j === null || typeof j !== 'object' || Array.isArray(j)) throw new FlagError(`${where}: want a JSON object {"name": priority}`);
+    for (const [k, p] of Object.entries(j)) put(k, p);
+  } else {
+    for (const item of text.split(/[\n,]/)) {
+      const s = item.replace(/#.*$/, '').trim();
+      if (s === '') continue;
+      const eq = s.indexOf('=');
+      if (eq < 0) throw new FlagError(`${where}: ${JSON.stringify(s)} is not name=priority`);
+      put(s.slice(0, eq).trim(), s.slice(eq + 1).trim());
+    }
+  }
+  return out;
+}
+

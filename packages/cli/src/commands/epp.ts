@@ -6,7 +6,6 @@
  * flags, selection, in-flight sharing between replicas over NATS and decision record).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { initTracing, logger } from '@kvgate/protocol';
 import { loadTokenizer } from '@kvgate/protocol/tokenizer';
@@ -16,7 +15,9 @@ import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { FlagError } from '../fatal.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
-import { ROUTING_SPEC, routingOptionsFrom } from '../routing-flags.js';
+import { FLOW_SPEC, flowOptionsFrom, ROUTING_SPEC, routingOptionsFrom } from '../routing-flags.js';
+
+export { parseObjectives } from '../routing-flags.js';
 
 export const summary = 'gateway endpoint picker (Envoy ext_proc, Gateway API Inference Extension) over the router\'s routing core';
 
@@ -37,55 +38,16 @@ const SPEC = {
   'metrics-port': { type: 'string', default: String(EPP_DEFAULTS.metricsPort), help: 'HTTP port for /metrics, /healthz, /readyz and /v1/route' },
   host: { type: 'string', default: '127.0.0.1', help: 'bind address of all three ports (in a pod: 0.0.0.0)' },
   pool: { type: 'string', help: 'the model of requests whose body names none (or that have no body)' },
-  objectives: { type: 'string', help: 'objective → priority: name=priority,… or a file (JSON {"name": priority} or name=priority lines)' },
-  'queue-max': { type: 'string', default: '1024', help: 'requests waiting per priority and pool when every worker is busy (past it: 429)' },
-  'queue-timeout-ms': { type: 'string', default: '30000', help: 'longest wait for a saturated pool (past it: 503)' },
   'body-limit': { type: 'string', default: String(10 * 1024 * 1024), help: 'buffered request body cap, bytes (past it: 413)' },
   scores: { type: 'boolean', help: 'send per-endpoint scores in envoy.lb x-gateway-destination-endpoint-scores' },
   'engine-api-key': { type: 'string', help: 'sent to the engines\' /tokenize as Authorization: Bearer (prefer KVGATE_ENGINE_API_KEY)' },
   ...ROUTING_SPEC,
+  ...FLOW_SPEC,
   ...NATS_CONNECT_SPEC,
   ...NATS_AUTH_SPEC,
   ...LIFECYCLE_SPEC,
   ...HTTP_LIMITS_SPEC,
 } as const satisfies Record<string, FlagSpec>;
-
-/**
- * `--objectives`: `name=priority,…` inline, or a file of the same pairs (one per line or comma-separated, `#`
- * comments) or a JSON object. Priorities are integers (negative = sheddable).
- */
-export function parseObjectives(v: string, readFile: (path: string) => string = (p) => readFileSync(p, 'utf8')): Record<string, number> {
-  const inline = v.includes('=') && !v.trimStart().startsWith('{');
-  const text = inline ? v : readFile(v);
-  const where = inline ? '--objectives' : `--objectives file ${v}`;
-  const out: Record<string, number> = {};
-  const put = (name: string, prio: unknown) => {
-    const p = typeof prio === 'string' && prio.trim() !== '' ? Number(prio) : prio;
-    if (name === '' || /\s/.test(name)) throw new FlagError(`${where}: objective name ${JSON.stringify(name)} is empty or has whitespace`);
-    if (typeof p !== 'number' || !Number.isSafeInteger(p)) throw new FlagError(`${where}: priority of ${JSON.stringify(name)} must be an integer, got ${JSON.stringify(prio)}`);
-    if (name in out) throw new FlagError(`${where}: objective ${JSON.stringify(name)} given twice`);
-    out[name] = p;
-  };
-  if (text.trimStart().startsWith('{')) {
-    let j: unknown;
-    try {
-      j = JSON.parse(text);
-    } catch (e) {
-      throw new FlagError(`${where}: not JSON: ${(e as Error).message}`);
-    }
-    if (j === null || typeof j !== 'object' || Array.isArray(j)) throw new FlagError(`${where}: want a JSON object {"name": priority}`);
-    for (const [k, p] of Object.entries(j)) put(k, p);
-  } else {
-    for (const item of text.split(/[\n,]/)) {
-      const s = item.replace(/#.*$/, '').trim();
-      if (s === '') continue;
-      const eq = s.indexOf('=');
-      if (eq < 0) throw new FlagError(`${where}: ${JSON.stringify(s)} is not name=priority`);
-      put(s.slice(0, eq).trim(), s.slice(eq + 1).trim());
-    }
-  }
-  return out;
-}
 
 function portFlag(v: string | undefined, name: string, def: number): number {
   const n = intFlag(v, name, def);
@@ -109,7 +71,7 @@ export async function run(argv: string[]): Promise<number> {
   const metricsPort = portFlag(f['metrics-port'], 'metrics-port', EPP_DEFAULTS.metricsPort);
   const nonZero = [port, healthPort, metricsPort].filter((p) => p !== 0);
   if (new Set(nonZero).size !== nonZero.length) throw new FlagError(`--port, --health-port and --metrics-port must differ (${port}, ${healthPort}, ${metricsPort})`);
-  const objectives = f.objectives ? parseObjectives(f.objectives) : {};
+  const flow = flowOptionsFrom(f);
   const options = {
     ...routing,
     id: routing.id ?? `epp-${randomBytes(4).toString('hex')}`,
@@ -126,11 +88,7 @@ export async function run(argv: string[]): Promise<number> {
       bodyLimitBytes: numberFlag(f['body-limit'], 'body-limit', 10 * 1024 * 1024, { min: 1, integer: true }),
       scores: f.scores === true,
     },
-    objectives,
-    flow: {
-      maxQueue: numberFlag(f['queue-max'], 'queue-max', 1024, { min: 0, integer: true }),
-      maxWaitMs: numberFlag(f['queue-timeout-ms'], 'queue-timeout-ms', 30_000, { min: 0, integer: true }),
-    },
+    ...flow,
   };
   await initTracing('kvgate-epp');
   const tokenizer = f.tokenizer ? await loadTokenizer(f.tokenizer) : undefined;
@@ -143,7 +101,7 @@ export async function run(argv: string[]): Promise<number> {
     throw e;
   }
   logger('cli').info(
-    { id: router.id, extProc: `${host}:${router.epp!.port}`, health: `${host}:${router.epp!.healthPort}`, metrics: router.url, policy: routing.policy, objectives: Object.keys(objectives).length, pool: f.pool ?? null },
+    { id: router.id, extProc: `${host}:${router.epp!.port}`, health: `${host}:${router.epp!.healthPort}`, metrics: router.url, policy: routing.policy, objectives: Object.keys(flow.objectives).length, pool: f.pool ?? null },
     'epp ready',
   );
   const r = router;

@@ -7,7 +7,7 @@ import { intFlag, parseFlags } from '../flags.js';
 import { ROUTER_AUTH_SPEC, routerAuthFrom } from '../auth-flags.js';
 import { HTTP_LIMITS_SPEC, httpLimitsFrom } from '../http-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
-import { ROUTING_SPEC, routingOptionsFrom } from '../routing-flags.js';
+import { FLOW_SPEC, flowOptionsFrom, ROUTING_SPEC, routingOptionsFrom } from '../routing-flags.js';
 import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serveUntilSignal, within } from '../lifecycle.js';
 
 export const summary = 'OpenAI-compatible router: cache- and load-aware, horizontally scaled (run N replicas)';
@@ -24,6 +24,7 @@ const SPEC = {
   port: { type: 'string', default: '8080', help: 'HTTP port' },
   host: { type: 'string', default: '127.0.0.1', help: 'bind address (in a pod or behind a load balancer: 0.0.0.0, with --api-key)' },
   ...ROUTING_SPEC,
+  ...FLOW_SPEC,
   'body-limit': { type: 'string', default: String(32 * 1024 * 1024), help: 'request body limit, bytes' },
   ...ROUTER_AUTH_SPEC,
   ...NATS_CONNECT_SPEC,
@@ -50,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
     port: intFlag(f.port, 'port', 8080),
     host: f.host ?? '127.0.0.1',
     ...routing,
+    ...flowOptionsFrom(f),
     bodyLimitBytes: intFlag(f['body-limit'], 'body-limit', 32 * 1024 * 1024),
   };
   await initTracing('kvgate-router');
