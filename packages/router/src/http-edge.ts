@@ -26,6 +26,8 @@ import type { FailureReason } from './health.js';
 import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
 import type { RouterMetrics } from './metrics.js';
 import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
+import { CacheAccounting, type Prediction } from './cache-accounting.js';
+import { clientWantsUsage, UsageStrip, withUsage } from './usage-strip.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Route, RoutingCore } from './routing-core.js';
 
@@ -72,6 +74,8 @@ export class HttpEdge {
   readonly server: Server;
   /** SIGTERM: stop accepting, let responses finish, cut the rest cleanly */
   readonly drain: HttpDrain;
+  /** predicted vs actual cached tokens of the requests proxied (cache-accounting.ts) */
+  readonly cache: CacheAccounting;
   readonly #o: HttpEdgeOptions;
   readonly #core: RoutingCore;
   readonly #cluster: ClusterView;
@@ -88,6 +92,7 @@ export class HttpEdge {
     this.#cluster = o.cluster;
     this.#metrics = o.metrics;
     this.#log = o.log;
+    this.cache = new CacheAccounting(o.metrics);
     const limits = resolveHttpLimits(o.httpLimits, { keepAliveTimeoutMs: 65_000 });
     this.server = createServer(httpServerOptions(limits, { noDelay: true }), (inReq, res) => {
       const path = (inReq.url ?? '/').split('?')[0]!;
@@ -208,6 +213,10 @@ export class HttpEdge {
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
     });
+    // a stream's cached tokens come in the engine's final usage chunk: asked for here, kept from a client that
+    // did not ask for it (usage-strip.ts)
+    const stripUsage = req.stream && !clientWantsUsage(req.body);
+    const upBody = stripUsage ? Buffer.from(JSON.stringify(withUsage(req.body))) : req.raw;
     /** workers this request already failed on (never tried twice) */
     const tried = new Set<string>();
     for (let attempt = 0; ; attempt++) {
@@ -233,12 +242,12 @@ export class HttpEdge {
       if (attempt === 0) this.#metrics.routeSeconds.observe((performance.now() - t0) / 1000);
       const u = this.#parsedUrl(decision.worker.url);
       const worker = decision.worker.worker;
-      if (o.clusterSecret) Object.assign(headers, signRequest(o.clusterSecret, 'POST', u.basePath + path, req.raw));
+      if (o.clusterSecret) Object.assign(headers, signRequest(o.clusterSecret, 'POST', u.basePath + path, upBody));
       this.#setOpen(worker, 1);
       this.#cluster.health.sent(worker);
       let up;
       try {
-        up = await openUpstream(o.agent, u.origin, u.basePath + path, req.raw, headers, abort);
+        up = await openUpstream(o.agent, u.origin, u.basePath + path, upBody, headers, abort);
       } catch (e) {
         core.finish(tickets);
         this.#setOpen(worker, -1);
@@ -275,12 +284,17 @@ export class HttpEdge {
         relay(up, res, extra, {
           onFirstByte: () => core.firstByte(tickets),
           ...(tap ? { onChunk: (c: Buffer) => tap.push(c) } : {}),
+          ...(stripUsage && up.statusCode === 200 ? { filter: new UsageStrip() } : {}),
           onDone: (ok) => {
             core.finish(tickets);
             o.admission.poke();
             this.#setOpen(worker, -1);
             if (!ok) abort.abort();
-            else if (tap) o.diag.observe(worker, sentRequest(sent, req), tap.usage());
+            else if (tap) {
+              const usage = tap.usage();
+              o.diag.observe(worker, sentRequest(sent, req), usage);
+              this.cache.record(prediction(sent, req), usage);
+            }
             span.end();
           },
         }),
@@ -409,6 +423,20 @@ function sentRequest(r: Route, req: ApiRequest): SentRequest {
     overlapBlocks: r.indexAnswered && !r.decision.prefill ? (r.overlaps?.[worker] ?? 0) : null,
     blockSize: r.pool.blockSize,
     batch: Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0])),
+  };
+}
+
+/** What the decision predicted cached for the request (cache-accounting.ts). */
+function prediction(r: Route, req: ApiRequest): Prediction {
+  const p = req.body.prompt;
+  const batch = Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0]));
+  return {
+    worker: r.decision.worker.worker,
+    model: r.model,
+    overlapBlocks: r.decision.overlap,
+    blockSize: r.pool.blockSize,
+    routerTokens: r.tokens?.length ?? null,
+    comparable: !batch && !r.decision.prefill,
   };
 }
 

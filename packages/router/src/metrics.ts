@@ -12,6 +12,11 @@ export class RouterMetrics {
   readonly tokenizeFailures: Counter;
   readonly routeSeconds: Histogram;
   readonly overlapRatio: Histogram;
+  readonly predictedCachedTokens: Counter<'worker' | 'model'>;
+  readonly actualCachedTokens: Counter<'worker' | 'model'>;
+  readonly promptTokens: Counter<'worker' | 'model'>;
+  readonly cachedTokensDelta: Histogram<'worker' | 'model'>;
+  readonly usageMissing: Counter<'worker' | 'model'>;
   readonly inflight: Gauge<'worker'>;
   readonly suspect: Gauge<'worker'>;
   readonly unhealthy: Gauge<'worker'>;
@@ -41,6 +46,20 @@ export class RouterMetrics {
       registers,
     });
     this.overlapRatio = new Histogram({ name: 'kvgate_router_overlap_ratio', help: 'cached blocks / prompt blocks of the chosen worker', buckets: [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1], registers });
+    // predicted vs actual cached prompt tokens, token-weighted (cache-accounting.ts): a 200 answer carrying
+    // usage.prompt_tokens_details.cached_tokens, not a batch, not split across P/D workers
+    const wm: Array<'worker' | 'model'> = ['worker', 'model'];
+    this.predictedCachedTokens = new Counter({ name: 'kvgate_router_predicted_cached_tokens_total', help: 'prompt tokens the routing decision predicted cached on the chosen worker (its GPU overlap blocks × block size, the last prompt token never counted)', labelNames: wm, registers });
+    this.actualCachedTokens = new Counter({ name: 'kvgate_router_actual_cached_tokens_total', help: "prompt tokens the engine reported cached (usage.prompt_tokens_details.cached_tokens) for the same requests", labelNames: wm, registers });
+    this.promptTokens = new Counter({ name: 'kvgate_router_prompt_tokens_total', help: "prompt tokens of the same requests, as the engine counted them (usage.prompt_tokens)", labelNames: wm, registers });
+    this.cachedTokensDelta = new Histogram({
+      name: 'kvgate_router_cached_tokens_delta',
+      help: 'per request: actual − predicted cached prompt tokens (negative: fewer cached than predicted — eviction after routing, hash mismatch; positive: more — index lag)',
+      labelNames: wm,
+      buckets: [-16384, -4096, -1024, -256, -64, -16, -1, 0, 16, 64, 256, 1024, 4096, 16384],
+      registers,
+    });
+    this.usageMissing = new Counter({ name: 'kvgate_router_usage_missing_total', help: 'answered requests whose engine usage carried no prompt_tokens_details.cached_tokens (not compared; SGLang reports it only with --enable-cache-report)', labelNames: wm, registers });
     this.inflight = new Gauge({ name: 'kvgate_router_inflight_requests', help: 'requests this router has open per worker', labelNames: ['worker'], registers });
     this.suspect = new Gauge({ name: 'kvgate_router_worker_suspect', help: '1 while the worker is suspect after an upstream failure (here or at a peer router), skipped while others are available', labelNames: ['worker'], registers });
     this.unhealthy = new Gauge({ name: 'kvgate_router_worker_unhealthy', help: '1 while the worker\'s last load report says healthy: false (its engine is down); never picked', labelNames: ['worker'], registers });

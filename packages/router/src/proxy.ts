@@ -88,6 +88,8 @@ export interface RelayHooks {
   onFirstByte(): void;
   /** every body chunk, as it is passed on (read only: the diag usage tap) */
   onChunk?(chunk: Buffer): void;
+  /** rewrites what the client gets, chunk by chunk (usage-strip.ts: the usage chunk the client did not ask for) */
+  filter?: { push(chunk: Buffer): Buffer; flush(): Buffer | null };
   /** `ok` false when the upstream body failed or the client went away first */
   onDone(ok: boolean): void;
 }
@@ -104,6 +106,7 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
   // router's added latency, issue 14).
   if (typeof ct !== 'string' || !ct.startsWith('application/json')) res.flushHeaders();
   const body = up.body;
+  const filter = hooks.filter;
   let first = true;
   let done = false;
   const finish = (ok: boolean) => {
@@ -119,11 +122,15 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
       hooks.onFirstByte();
     }
     hooks.onChunk?.(chunk);
-    if (!res.write(chunk)) body.pause();
-    cutter.wrote(chunk);
+    const out = filter ? filter.push(chunk) : chunk;
+    if (out.length === 0) return;
+    if (!res.write(out)) body.pause();
+    cutter.wrote(out);
   });
   res.on('drain', () => body.resume());
   body.on('end', () => {
+    const tail = filter?.flush();
+    if (tail && !cutter.done) res.write(tail);
     res.end();
     finish(true);
   });

@@ -144,3 +144,29 @@ export function engineLoad(samples: Sample[], rank?: RankSelect): EngineLoad {
   if (split) out.split = true;
   return out;
 }
+
+/**
+ * The engine's own prefix-cache counters, cumulative prompt tokens (what the router's predicted and actual cached
+ * tokens are held against, issue 17):
+ *   vLLM    vllm:prefix_cache_queries_total / vllm:prefix_cache_hits_total (v1 loggers.py; the GPU prefix cache;
+ *           older releases: vllm:gpu_prefix_cache_queries_total / …_hits_total, deprecated since);
+ *   SGLang  sglang:prompt_tokens_total (every prompt token is looked up in the radix cache) /
+ *           sglang:cached_tokens_total (newer releases label it cache_source="device|host|storage": all summed).
+ * Per data-parallel rank as `engineLoad` selects it. undefined when the engine exports neither.
+ */
+export interface EnginePrefixCache {
+  queries: number;
+  hits: number;
+}
+
+export function enginePrefixCache(samples: Sample[], rank?: RankSelect): EnginePrefixCache | undefined {
+  const isVllm = samples.some((s) => s.name.startsWith('vllm:'));
+  const isSglang = !isVllm && samples.some((s) => s.name.startsWith('sglang:'));
+  if (!isVllm && !isSglang) return undefined;
+  const sel = rank ? oneRank(samples, RANK_LABEL[isVllm ? 'vllm' : 'sglang'], rank, () => undefined) : wholeServer(samples);
+  const [q, h] = isVllm
+    ? [sumOf(sel, 'vllm:prefix_cache_queries_total') ?? sumOf(sel, 'vllm:gpu_prefix_cache_queries_total'), sumOf(sel, 'vllm:prefix_cache_hits_total') ?? sumOf(sel, 'vllm:gpu_prefix_cache_hits_total')]
+    : [sumOf(sel, 'sglang:prompt_tokens_total'), sumOf(sel, 'sglang:cached_tokens_total')];
+  if (q === undefined || h === undefined) return undefined;
+  return { queries: q, hits: h };
+}

@@ -25,7 +25,7 @@ import { LoadScraper } from './load-scraper.js';
 import { registryKey } from './registry.js';
 import { HttpFront } from './http.js';
 import { PrefillTargets, watchPrefillTargets } from './prefill-targets.js';
-import { engineLoad } from './engine-load.js';
+import { engineLoad, enginePrefixCache } from './engine-load.js';
 import { offsetEndpoint } from './dp.js';
 import { RankWorker, type SharedShape } from './rank-worker.js';
 import { EngineHealth, EngineProber, type EngineHealthEvent } from './engine-health.js';
@@ -157,7 +157,13 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   const onSamples = (samples: Sample[]) => {
     let serverShape = false;
     for (const r of ranks) {
-      const l = engineLoad(samples, dp && r.dpRank !== undefined ? { rank: r.dpRank, size: dp.dpSize } : undefined);
+      const sel = dp && r.dpRank !== undefined ? { rank: r.dpRank, size: dp.dpSize } : undefined;
+      const l = engineLoad(samples, sel);
+      const pc = enginePrefixCache(samples, sel);
+      if (pc) {
+        r.metrics.enginePrefixQueries.set(pc.queries);
+        r.metrics.enginePrefixHits.set(pc.hits);
+      }
       if (l.blockSize !== undefined && l.blockSize !== shared.blockSize) {
         shared.blockSize = l.blockSize;
         for (const x of ranks) x.blockSizeChanged();

@@ -37,6 +37,30 @@ export interface ShimMetrics {
   publishDropped: Counter;
   resyncs: Counter<'reason'>;
   engineUp: Gauge;
+  /** the engine's own prefix-cache counters, mirrored from its /metrics (engine-load.ts enginePrefixCache) */
+  enginePrefixQueries: CounterMirror;
+  enginePrefixHits: CounterMirror;
+}
+
+/**
+ * An engine's cumulative counter as a shim counter: each reading adds its rise since the last one; a reading below
+ * the last (the engine restarted and counts from 0 again) adds its whole value. The first reading adds all of it,
+ * so the shim's counter starts level with the engine's.
+ */
+export class CounterMirror {
+  readonly counter: Counter;
+  #last: number | undefined;
+
+  constructor(counter: Counter) {
+    this.counter = counter;
+  }
+
+  set(value: number): void {
+    if (!Number.isFinite(value) || value < 0) return;
+    const rise = this.#last === undefined || value < this.#last ? value : value - this.#last;
+    this.#last = value;
+    if (rise > 0) this.counter.inc(rise);
+  }
 }
 
 export function createMetrics(worker: string): ShimMetrics {
@@ -85,6 +109,8 @@ export function createMetrics(worker: string): ShimMetrics {
     publishOverflows: c('publish_buffer_overflows_total', 'times the publish buffer passed its bound and was dropped (a resync follows once the bus is back)'),
     publishDropped: c('publish_dropped_batches_total', 'event batches dropped with an overflowing buffer or made before the resync that replaces them'),
     engineUp: g('engine_up', '1 while the engine answers its GET /health probe, 0 while it does not (load reports then say healthy: false)'),
+    enginePrefixQueries: new CounterMirror(c('engine_prefix_cache_queries_total', "the engine's prefix-cache lookups in prompt tokens, mirrored from its /metrics (vLLM vllm:prefix_cache_queries_total; SGLang sglang:prompt_tokens_total)")),
+    enginePrefixHits: new CounterMirror(c('engine_prefix_cache_hits_total', "the engine's prefix-cache hits in prompt tokens, mirrored from its /metrics (vLLM vllm:prefix_cache_hits_total; SGLang sglang:cached_tokens_total)")),
     resyncs: c('resyncs_total', 'whole block sets republished as cleared + stored, by reason (request: an indexer asked on …shim.resync.<worker>; overflow: the publish buffer overflowed)', ['reason']),
   };
 }
