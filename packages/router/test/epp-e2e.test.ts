@@ -10,6 +10,7 @@ import { createBus, initHashing, prefixHashes, type Bus } from '@kvgate/protocol
 import { startRouter, type RouterHandle } from '../src/router.js';
 import { protos, SERVING, NOT_SERVING, SERVICE_UNKNOWN } from '../src/epp/protos.js';
 import type { RouterOptions } from '../src/router.js';
+import type { EppOptions } from '../src/epp/epp-edge.js';
 import { BODY_CHUNK_BYTES, type ProcessingResponse } from '../src/epp/messages.js';
 import { fakeIndex, publishLoad, register, registration, tokens, until } from './helpers.js';
 
@@ -26,12 +27,12 @@ interface Ctx {
 
 const ENGINES = ['10.0.0.1:8000', '10.0.0.2:8000', '10.0.0.3:8000'];
 
-async function setup(holds = new Map<string, Set<bigint>>(), extra: Pick<RouterOptions, 'objectives' | 'flow'> = {}): Promise<Ctx> {
+async function setup(holds = new Map<string, Set<bigint>>(), { epp, ...extra }: Pick<RouterOptions, 'objectives' | 'flow'> & { epp?: EppOptions } = {}): Promise<Ctx> {
   const bus = await createBus();
   const ns = `epp${process.pid}_${++nsCounter}`;
   for (const [i, e] of ENGINES.entries()) await register(bus, registration(`w${i}`, `http://${e}`), ns);
   fakeIndex(bus, holds, ns);
-  const router = await startRouter(bus, { port: 0, namespace: ns, id: `r${nsCounter}`, indexTimeoutMs: 200, registryTtlMs: 0, recordDecisions: false, ...extra, epp: { port: 0, healthPort: 0 } });
+  const router = await startRouter(bus, { port: 0, namespace: ns, id: `r${nsCounter}`, indexTimeoutMs: 200, registryTtlMs: 0, recordDecisions: false, ...extra, epp: { port: 0, healthPort: 0, ...epp } });
   await router.waitForWorkers(ENGINES.length);
   const { extProc, health } = protos();
   const client = new extProc(`127.0.0.1:${router.epp!.port}`, grpc.credentials.createInsecure()) as unknown as Ctx['client'];
@@ -144,6 +145,16 @@ test('the fallback list is ordered (first choice first) and leaves busy workers 
     envoy.end();
   } finally {
     await teardown(c);
+  }
+  // maxEndpoints 1 (a proxy reading one address: Envoy's ORIGINAL_DST cluster): the first choice alone, in both places
+  const one = await setup(new Map([['w0', new Set(prefixHashes('stub-model', null, 4, prompt))]]), { epp: { maxEndpoints: 1 } });
+  try {
+    const { envoy, first } = await pick(one, body(prompt));
+    assert.is(destination(first), ENGINES[0]);
+    assert.is((first.dynamic_metadata as any).fields['envoy.lb'].structValue.fields['x-gateway-destination-endpoint'].stringValue, ENGINES[0]);
+    envoy.end();
+  } finally {
+    await teardown(one);
   }
 });
 

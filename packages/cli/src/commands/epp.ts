@@ -39,6 +39,7 @@ const SPEC = {
   host: { type: 'string', default: '127.0.0.1', help: 'bind address of all three ports (in a pod: 0.0.0.0)' },
   pool: { type: 'string', help: 'the model of requests whose body names none (or that have no body)' },
   'body-limit': { type: 'string', default: String(10 * 1024 * 1024), help: 'buffered request body cap, bytes (past it: 413)' },
+  'max-endpoints': { type: 'string', default: '0', help: 'endpoints in the answer, first choice included (a plain Envoy ORIGINAL_DST cluster reads one: 1); 0 = all eligible, the rest as fallbacks' },
   scores: { type: 'boolean', help: 'send per-endpoint scores in envoy.lb x-gateway-destination-endpoint-scores' },
   'engine-api-key': { type: 'string', help: 'sent to the engines\' /tokenize as Authorization: Bearer (prefer KVGATE_ENGINE_API_KEY)' },
   ...ROUTING_SPEC,
@@ -87,6 +88,7 @@ export async function run(argv: string[]): Promise<number> {
       ...(f.pool ? { pool: f.pool } : {}),
       bodyLimitBytes: numberFlag(f['body-limit'], 'body-limit', 10 * 1024 * 1024, { min: 1, integer: true }),
       scores: f.scores === true,
+      maxEndpoints: numberFlag(f['max-endpoints'], 'max-endpoints', 0, { min: 0, integer: true }),
     },
     ...flow,
   };

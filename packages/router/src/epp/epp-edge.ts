@@ -30,6 +30,8 @@ export interface EppOptions {
   pool?: string;
   /** buffered request body cap; default 10 MiB (past it: 413) */
   bodyLimitBytes?: number;
+  /** endpoints in x-gateway-destination-endpoint, the first choice included (Envoy's ORIGINAL_DST cluster reads one: 1); default 0 = all eligible */
+  maxEndpoints?: number;
   /** per-endpoint scores in envoy.lb/x-gateway-destination-endpoint-scores; default false */
   scores?: boolean;
   /** a successful index probe counts for readiness this long; default 5000 ms */
@@ -64,7 +66,7 @@ export class EppEdge {
     this.#d = d;
     const registers = [d.metrics.registry];
     this.#pickSeconds = new Histogram({ name: 'kvgate_epp_pick_seconds', help: 'last request message in → headers answer out', buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1], registers });
-    this.#picker = new Picker({ core: d.core, workers: d.cluster.workers, admission: d.admission, ...(o.pool ? { defaultModel: o.pool } : {}) });
+    this.#picker = new Picker({ core: d.core, workers: d.cluster.workers, admission: d.admission, ...(o.pool ? { defaultModel: o.pool } : {}), ...(o.maxEndpoints ? { maxEndpoints: o.maxEndpoints } : {}) });
     // grpc-js logs its own errors (a failed bind) on stderr; kvgate reports them itself (GRPC_VERBOSITY overrides)
     if (process.env.GRPC_VERBOSITY === undefined) grpc.setLogVerbosity(grpc.logVerbosity.NONE);
     const { extProc, health } = protos();

@@ -41,6 +41,8 @@ export interface PickerOptions {
   admission: Admission;
   /** the model when a request has no body (or none naming one); default: none (400) */
   defaultModel?: string;
+  /** endpoints in the answer, the first choice included (a proxy that reads one address, e.g. Envoy's ORIGINAL_DST cluster: 1); default 0 = all eligible */
+  maxEndpoints?: number;
 }
 
 /** `http://10.0.0.7:8000/…` → `10.0.0.7:8000` (the scheme's port when none is given) */
@@ -121,7 +123,8 @@ export class Picker {
       const r = byWorker.get(s.worker);
       if (r) endpoints.push(endpointOf(r.engineUrl));
     }
-    return { endpoints, scores };
+    const max = this.#o.maxEndpoints ?? 0;
+    return { endpoints: max > 0 ? endpoints.slice(0, max) : endpoints, scores };
   }
 }
 
