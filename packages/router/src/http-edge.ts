@@ -28,6 +28,7 @@ import type { RouterMetrics } from './metrics.js';
 import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
 import { CacheAccounting, type Prediction } from './cache-accounting.js';
 import { clientWantsUsage, UsageStrip, withUsage } from './usage-strip.js';
+import { RequestTimer } from './latency.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Route, RoutingCore } from './routing-core.js';
 
@@ -95,6 +96,7 @@ export class HttpEdge {
     this.cache = new CacheAccounting(o.metrics);
     const limits = resolveHttpLimits(o.httpLimits, { keepAliveTimeoutMs: 65_000 });
     this.server = createServer(httpServerOptions(limits, { noDelay: true }), (inReq, res) => {
+      arrivedAt.set(res, performance.now());
       const path = (inReq.url ?? '/').split('?')[0]!;
       this.#stats.requests++;
       res.on('finish', () => this.#metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
@@ -279,16 +281,18 @@ export class HttpEdge {
       // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
       const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
       const sent = routed;
+      const timer = up.statusCode === 200 ? new RequestTimer(this.#metrics, worker, routed.model, arrivedAt.get(res) ?? t0, req.stream) : undefined;
       this.drain.onCut(
         res,
         relay(up, res, extra, {
           onFirstByte: () => core.firstByte(tickets),
-          ...(tap ? { onChunk: (c: Buffer) => tap.push(c) } : {}),
+          ...(tap ? { onChunk: (c: Buffer) => (tap.push(c), timer!.chunk()) } : {}),
           ...(stripUsage && up.statusCode === 200 ? { filter: new UsageStrip() } : {}),
           onDone: (ok) => {
             core.finish(tickets);
             o.admission.poke();
             this.#setOpen(worker, -1);
+            timer?.done(ok);
             if (!ok) abort.abort();
             else if (tap) {
               const usage = tap.usage();
@@ -425,6 +429,9 @@ function sentRequest(r: Route, req: ApiRequest): SentRequest {
     batch: Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0])),
   };
 }
+
+/** when each request arrived (latency.ts: request in) */
+const arrivedAt = new WeakMap<ServerResponse, number>();
 
 /** What the decision predicted cached for the request (cache-accounting.ts). */
 function prediction(r: Route, req: ApiRequest): Prediction {

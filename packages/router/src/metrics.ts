@@ -17,6 +17,10 @@ export class RouterMetrics {
   readonly promptTokens: Counter<'worker' | 'model'>;
   readonly cachedTokensDelta: Histogram<'worker' | 'model'>;
   readonly usageMissing: Counter<'worker' | 'model'>;
+  readonly ttftSeconds: Histogram<'worker' | 'model'>;
+  readonly itlSeconds: Histogram<'worker' | 'model'>;
+  readonly e2eSeconds: Histogram<'worker' | 'model'>;
+  readonly indexQuerySeconds: Histogram<'model'>;
   readonly inflight: Gauge<'worker'>;
   readonly suspect: Gauge<'worker'>;
   readonly unhealthy: Gauge<'worker'>;
@@ -60,6 +64,36 @@ export class RouterMetrics {
       registers,
     });
     this.usageMissing = new Counter({ name: 'kvgate_router_usage_missing_total', help: 'answered requests whose engine usage carried no prompt_tokens_details.cached_tokens (not compared; SGLang reports it only with --enable-cache-report)', labelNames: wm, registers });
+    // latency per worker and model from the request's arrival (latency.ts); the queue wait is admission.ts's
+    // kvgate_router_queue_wait_seconds{priority} (before a worker is chosen)
+    this.ttftSeconds = new Histogram({
+      name: 'kvgate_router_ttft_seconds',
+      help: 'streams: request in → first upstream body byte out to the client (the first token; routing, queue wait, connect and prefill included)',
+      labelNames: wm,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.itlSeconds = new Histogram({
+      name: 'kvgate_router_itl_seconds',
+      help: 'streams: time between consecutive upstream chunks passed on (one event per engine step: the inter-token latency)',
+      labelNames: wm,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.e2eSeconds = new Histogram({
+      name: 'kvgate_router_e2e_seconds',
+      help: 'request in → response end, every 200 answer relayed to its end',
+      labelNames: wm,
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 300],
+      registers,
+    });
+    this.indexQuerySeconds = new Histogram({
+      name: 'kvgate_router_index_query_seconds',
+      help: "the index match of one routing decision, sent → answered (or given up at the index budget: kvgate_router_index_fallback_total counts those)",
+      labelNames: ['model'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1],
+      registers,
+    });
     this.inflight = new Gauge({ name: 'kvgate_router_inflight_requests', help: 'requests this router has open per worker', labelNames: ['worker'], registers });
     this.suspect = new Gauge({ name: 'kvgate_router_worker_suspect', help: '1 while the worker is suspect after an upstream failure (here or at a peer router), skipped while others are available', labelNames: ['worker'], registers });
     this.unhealthy = new Gauge({ name: 'kvgate_router_worker_unhealthy', help: '1 while the worker\'s last load report says healthy: false (its engine is down); never picked', labelNames: ['worker'], registers });

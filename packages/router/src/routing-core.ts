@@ -240,11 +240,13 @@ export class RoutingCore {
 
   async #match(pool: Pool, hashes: BigUint64Array): Promise<MatchReply | null> {
     let reply: MatchReply | null;
+    const t0 = performance.now();
     try {
       reply = await this.#index(pool.model, pool.lora, hashes);
     } catch {
       reply = null;
     }
+    this.#metrics.indexQuerySeconds.observe({ model: pool.model }, (performance.now() - t0) / 1000);
     if (reply === null) {
       this.#stats.indexFallbacks++;
       this.#metrics.indexFallbacks.inc();

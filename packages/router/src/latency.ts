@@ -1,0 +1,50 @@
+/**
+ * The router's view of each proxied request's latency (issue 17), per worker and model, from the moment the
+ * request arrived at the HTTP edge:
+ *   kvgate_router_ttft_seconds  request in → the first upstream body byte passed on to the client (streams: the
+ *                               engine's first token, everything before it included — body read, routing, queue
+ *                               wait, connect, prefill). Not observed for whole JSON answers: their first byte is
+ *                               their last.
+ *   kvgate_router_itl_seconds   between consecutive upstream chunks of a stream (engines write one event per token
+ *                               step), as the router passes them on
+ *   kvgate_router_e2e_seconds   request in → the response's end, every 200 answer relayed to its end
+ * Label children are resolved once per request; a chunk costs one clock read and one bucket search.
+ */
+import type { Histogram } from 'prom-client';
+import type { RouterMetrics } from './metrics.js';
+
+type Child = ReturnType<Histogram['labels']>;
+
+export class RequestTimer {
+  readonly #tIn: number;
+  readonly #stream: boolean;
+  readonly #ttft: Child | undefined;
+  readonly #itl: Child | undefined;
+  readonly #e2e: Child;
+  #last = -1;
+
+  /** `tIn`: performance.now() when the request arrived */
+  constructor(m: RouterMetrics, worker: string, model: string, tIn: number, stream: boolean) {
+    this.#tIn = tIn;
+    this.#stream = stream;
+    if (stream) {
+      this.#ttft = m.ttftSeconds.labels(worker, model);
+      this.#itl = m.itlSeconds.labels(worker, model);
+    }
+    this.#e2e = m.e2eSeconds.labels(worker, model);
+  }
+
+  /** one upstream body chunk, as it is passed on */
+  chunk(): void {
+    if (!this.#stream) return;
+    const now = performance.now();
+    if (this.#last < 0) this.#ttft!.observe((now - this.#tIn) / 1000);
+    else this.#itl!.observe((now - this.#last) / 1000);
+    this.#last = now;
+  }
+
+  /** the response ended (`ok`: relayed to its end) */
+  done(ok: boolean): void {
+    if (ok) this.#e2e.observe((performance.now() - this.#tIn) / 1000);
+  }
+}
