@@ -10,13 +10,18 @@ test('answers: JSON 200 ok; a stream ok only with [DONE]; a stream ending in a K
   assert.equal(classify(200, 'data: {"choices":[]}\n\ndata: {"error":{"message":"shutting down","type":"server_error","code":"KVG_SHUTTING_DOWN"}}\n\ndata: [DONE]\n\n'), { kind: 'clear', status: 200, code: 'KVG_SHUTTING_DOWN' });
 });
 
-test('answers: 4xx with a code is clear, 5xx never is, no answer in time is hung, a refused router is clear', () => {
+test('answers: 4xx with a code is clear, 5xx never is, no answer in time is hung, a refused router is clear, a cut only from the killed router', () => {
   assert.equal(classify(429, '{"error":{"code":"KVG_RATE_LIMITED"}}'), { kind: 'clear', status: 429, code: 'KVG_RATE_LIMITED' });
   assert.equal(classify(503, '{"error":{"code":"KVG_NO_WORKER"}}'), { kind: '5xx', status: 503, code: 'KVG_NO_WORKER' });
   assert.equal(classify(400, 'oops'), { kind: '5xx', status: 400, code: 'no error body' });
   assert.equal(classify(0, '', 'timeout'), { kind: 'hung' });
   assert.equal(classify(0, '', 'ECONNREFUSED'), { kind: 'clear', status: 0, code: 'ECONNREFUSED' });
   assert.equal(classify(0, '', 'ECONNRESET'), { kind: '5xx', status: 0, code: 'ECONNRESET' });
+  // cut by the router the fault killed under the request: clear; the same from a router left running: 5xx
+  assert.equal(classify(0, '', 'ECONNRESET', true), { kind: 'clear', status: 0, code: 'ECONNRESET (its router killed)' });
+  assert.equal(classify(0, '', 'UND_ERR_SOCKET', true), { kind: 'clear', status: 0, code: 'UND_ERR_SOCKET (its router killed)' });
+  assert.equal(classify(0, '', 'UND_ERR_SOCKET', false), { kind: '5xx', status: 0, code: 'UND_ERR_SOCKET' });
+  assert.equal(classify(0, '', 'ENOTFOUND', true), { kind: '5xx', status: 0, code: 'ENOTFOUND' });
 });
 
 test('a row fails on a hang, on a 5xx in a bus/indexer/router fault (not in an engine fault), on slow or no reconvergence, on a bystander exiting', () => {

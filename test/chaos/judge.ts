@@ -53,14 +53,21 @@ export function problems(r: FaultRow): string[] {
   return out;
 }
 
+/** socket errors of a connection whose server process died under it */
+const CUT = new Set(['ECONNRESET', 'UND_ERR_SOCKET', 'EPIPE']);
+
 /**
- * Classify one HTTP answer. `status` 0 = no HTTP answer: `err` is the socket error (ECONNREFUSED to a killed
- * router is clear: a client or a load balancer tries another replica).
+ * Classify one HTTP answer. `status` 0 = no HTTP answer: `err` is the socket error. ECONNREFUSED to a killed
+ * router is clear: a client or a load balancer tries another replica. So is a connection cut (reset, closed
+ * mid-answer) by the router the request was sent to when that router is the process the fault kills
+ * (`targetKilled`): nothing can answer from a process that died under the request. The same cut from a router
+ * that was not killed is a 5xx.
  */
-export function classify(status: number, body: string, err?: string): Outcome {
+export function classify(status: number, body: string, err?: string, targetKilled = false): Outcome {
   if (status === 0) {
     if (err === 'timeout') return { kind: 'hung' };
     if (err === 'ECONNREFUSED') return { kind: 'clear', status: 0, code: 'ECONNREFUSED' };
+    if (targetKilled && err !== undefined && CUT.has(err)) return { kind: 'clear', status: 0, code: `${err} (its router killed)` };
     return { kind: '5xx', status: 0, code: err ?? 'socket' };
   }
   if (status === 200) {

@@ -95,13 +95,31 @@ async function diagnose(): Promise<string[]> {
 // ---- load: 8 req/s over both routers, shared prefixes (so placement matters), half of them streamed ---------
 const PREFIXES = Array.from({ length: 12 }, (_, p) => Array.from({ length: 192 }, (_, i) => 1000 + p * 500 + i));
 let sink: Outcome[] | null = null;
+/** the processes the current fault killed (a request cut by one of them is its fault's, judge.classify) */
+const killedNow = new Set<string>();
 let inflight = 0, reqNo = 0;
-async function one(): Promise<void> {
+/** requests not yet answered, by the sink they will report to: a fault's row waits for all of its own */
+const open = new Map<Outcome[], Set<Promise<void>>>();
+function one(): void {
+  const out = sink;
+  const p = request(out);
+  if (!out) return;
+  const mine = open.get(out) ?? new Set();
+  open.set(out, mine);
+  mine.add(p);
+  void p.finally(() => mine.delete(p));
+}
+/** every request reporting to `out` has its outcome (each ends within its 20 s timeout) */
+async function settled(out: Outcome[]): Promise<void> {
+  await Promise.all([...(open.get(out) ?? [])]);
+  open.delete(out);
+}
+async function request(out: Outcome[] | null): Promise<void> {
   const n = reqNo++;
   const stream = n % 2 === 1;
   const prompt = [...PREFIXES[n % PREFIXES.length]!, ...Array.from({ length: 24 }, (_, i) => 20_000 + ((n * 31 + i) % 9000))];
   const url = `${routers[n % 2]}/v1/completions`;
-  const out = sink;
+  const target = `router-${n % 2}`;
   inflight++;
   let o: Outcome;
   try {
@@ -109,13 +127,13 @@ async function one(): Promise<void> {
     o = classify(res.status, await res.text());
   } catch (e) {
     const err = e as { name?: string; cause?: { code?: string } };
-    o = classify(0, '', err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.cause?.code ?? String(e));
+    o = classify(0, '', err.name === 'TimeoutError' || err.name === 'AbortError' ? 'timeout' : err.cause?.code ?? String(e), killedNow.has(target));
   } finally {
     inflight--;
   }
   out?.push(o);
 }
-const loadTimer = setInterval(() => void one(), 125);
+const loadTimer = setInterval(one, 125);
 loadTimer.unref();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -133,7 +151,10 @@ const killRevive = (name: string, victims: string[], downMs = 3000): Fault => ({
   name,
   victims,
   async apply() {
-    for (const v of victims) await ctl('kill', v);
+    for (const v of victims) {
+      killedNow.add(v);
+      await ctl('kill', v);
+    }
     await sleep(downMs);
   },
   async recover() {
@@ -160,6 +181,17 @@ async function garbage(): Promise<void> {
   await sleep(2000);
 }
 
+/** a counter summed over both indexers' /metrics (every label) */
+async function indexerCounter(name: string): Promise<number> {
+  let sum = 0;
+  for (const ix of indexers) {
+    const text = await fetch(`${ix}/metrics`, { signal: AbortSignal.timeout(2000) }).then((r) => r.text(), () => '');
+    for (const line of text.split('\n')) if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+let resyncsBefore = 0;
+
 const FAULTS: Fault[] = [
   killRevive('engine kill -9 + restart', ['engine-1']),
   killRevive('shim kill -9 + restart', ['shim-2']),
@@ -174,12 +206,14 @@ const FAULTS: Fault[] = [
     name: 'events dropped, duplicated, reordered (shim-3)',
     victims: ['shim-3'],
     async apply() {
+      resyncsBefore = await indexerCounter('kvgate_indexer_resyncs_requested_total');
       await ctl('kill', 'shim-3');
       await ctlEnv({ KVGATE_BUS_FAULTS: 'events.>:drop=0.15,dup=0.1,reorder=0.1,seed=11' }, 'revive', 'shim-3');
       await sleep(10_000);
     },
     recover: async () => undefined,
     async cleanup() {
+      say(`  (the indexers asked shims for ${(await indexerCounter('kvgate_indexer_resyncs_requested_total')) - resyncsBefore} resyncs meanwhile)`);
       await ctl('kill', 'shim-3');
       await ctl('revive', 'shim-3');
       await waitConverged(30_000);
@@ -216,8 +250,10 @@ async function main(): Promise<number> {
       // the next fault starts only once what was revived serves again (a router still starting when the next
       // fault hits measures that fault, not this one)
       const notReady = (await Promise.all(f.victims.map(async (v) => ((await waitReady(v, 30_000)) ? null : v)))).filter((v) => v !== null);
-      await sleep(1500); // requests sent just before convergence finish
       sink = [];
+      killedNow.clear();
+      // requests sent during the fault count when they end (a hung one only after its 20 s timeout)
+      await settled(outcomes);
       const exited: string[] = [];
       for (const n of names) if (!f.victims.includes(n) && !(await alive(n))) exited.push(n);
       for (const v of f.victims) if (!(await alive(v))) exited.push(`${v} (did not come back)`);
@@ -225,7 +261,7 @@ async function main(): Promise<number> {
       const r = row(f.name, outcomes, reconvergeMs, exited);
       rows.push(r);
       await f.cleanup?.();
-      say(`  sent ${r.sent}, ok ${r.succeeded}, clear ${r.failedClear}, hung ${r.hung}, 5xx ${r.fivexxWhileEnginesUp}, reconverge ${reconvergeMs === null ? 'never' : `${(reconvergeMs / 1000).toFixed(1)} s`}`);
+      say(`  sent ${r.sent}, ok ${r.succeeded}, clear ${r.failedClear}, hung ${r.hung}, 5xx ${r.fivexxWhileEnginesUp}, reconverge ${reconvergeMs === null ? 'never' : `${(reconvergeMs / 1000).toFixed(1)} s`}${failures(outcomes)}`);
       // a fault whose cluster did not recover would colour the next rows: revive anything down before going on
       for (const n of names) if (!(await alive(n))) await ctl('revive', n).catch(() => undefined);
     }
@@ -245,6 +281,17 @@ async function main(): Promise<number> {
     if (!keep) console.log(slowToStop.length ? `SIGTERM: ${slowToStop.join(', ')} did not exit within 10 s (killed)` : 'SIGTERM: every process exited within 10 s');
   }
   return rows.some((r) => problems(r).length > 0) || slowToStop.length > 0 ? 1 : 0;
+}
+
+/** what the failed requests were, by kind and code (`; 5xx: 502 KVG_UPSTREAM ×2, …`), for the log */
+function failures(outcomes: Outcome[]): string {
+  const n = new Map<string, number>();
+  for (const o of outcomes) {
+    if (o.kind === 'ok') continue;
+    const k = o.kind === 'hung' ? 'hung' : `${o.kind}: ${o.status ? `${o.status} ` : ''}${o.code}`;
+    n.set(k, (n.get(k) ?? 0) + 1);
+  }
+  return n.size === 0 ? '' : `; ${[...n].map(([k, c]) => `${k} ×${c}`).join(', ')}`;
 }
 
 async function waitConverged(ms: number): Promise<boolean> {

@@ -2,6 +2,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { FaultyBus, KvgateError, MemoryBus, parseBusFaults } from '../src/index.js';
+import { HOLD_MS } from '../src/bus/faulty.js';
 
 const u32 = (n: number) => Uint8Array.from([n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255]);
 const n32 = (b: Uint8Array) => ((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0;
@@ -41,6 +42,32 @@ test('stream appends: a dropped append resolves -1 and stores nothing; a duplica
   for (let i = 0; i < 200; i++) seqs.push(await s.append('kvgate.default.events.w', u32(i)));
   assert.is(seqs.filter((x) => x === -1).length, bus.counts.dropped);
   assert.is((await s.info()).messages, 200 - bus.counts.dropped + bus.counts.duplicated);
+});
+
+test('stream appends, reordered: a publisher that waits for each acknowledgement goes on, and its batches are stored out of order', async () => {
+  const inner = new MemoryBus();
+  const bus = new FaultyBus(inner, parseBusFaults('events.>:reorder=0.3,seed=9'));
+  const s = await bus.stream('EV', { subjects: ['kvgate.default.events.>'] });
+  // one append at a time, each awaited (the shim's publisher at low load): a held append that only the next
+  // append released was never acknowledged, and this loop stopped at the first reorder
+  for (let i = 0; i < 200; i++) await s.append('kvgate.default.events.w', u32(i));
+  await bus.flush();
+  const got: number[] = [];
+  for await (const m of s.read({})) got.push(n32(m.data));
+  assert.ok(bus.counts.reordered > 20, JSON.stringify(bus.counts));
+  assert.is(got.length, 200, 'every append is stored');
+  assert.equal([...got].sort((a, b) => a - b), Array.from({ length: 200 }, (_, i) => i));
+  let inversions = 0;
+  for (let i = 1; i < got.length; i++) if (got[i]! < got[i - 1]!) inversions++;
+  assert.is(inversions, bus.counts.reordered, 'each reorder is one swap with the next append');
+  // the last one held back, with no append after it: stored anyway after HOLD_MS
+  const t = await inner.stream('EV2', { subjects: ['kvgate.default.events2.>'] });
+  const lone = new FaultyBus(inner, parseBusFaults('events2.>:reorder=1'));
+  const t2 = await lone.stream('EV2', { subjects: ['kvgate.default.events2.>'] });
+  await t2.append('kvgate.default.events2.w', u32(7));
+  assert.is((await t.info()).messages, 0, 'held back');
+  await new Promise((r) => setTimeout(r, HOLD_MS * 3));
+  assert.is((await t.info()).messages, 1, 'sent without a next append');
 });
 
 test('bad specs are one clear KVG_CONFIG error', () => {

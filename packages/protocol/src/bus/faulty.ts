@@ -4,7 +4,11 @@
  * either. Publishing and stream appends on a matching subject each draw one fate (seeded, so a run repeats):
  *   drop     the message never leaves (an append still resolves, with sequence -1: the caller believes it landed)
  *   dup      it is sent twice
- *   reorder  it is held back and sent right after the next matching message (or on flush)
+ *   reorder  it is held back and sent right after the next matching message, or after `HOLD_MS` when no other
+ *            comes (or on flush); a held stream append resolves at once (with -1, as a drop: the caller believes
+ *            it landed and goes on), so a publisher that appends one batch at a time, waiting for each
+ *            acknowledgement, still sees its batches stored out of order — and never waits for an
+ *            acknowledgement that only its own next append would release
  * Everything else is the inner bus, untouched. Turned on for a command by KVGATE_BUS_FAULTS (createBus), e.g.
  * `events.>:drop=0.02,dup=0.02,reorder=0.02,seed=7`; never on by default.
  */
@@ -49,6 +53,9 @@ export function parseBusFaults(spec: string): BusFaults {
 
 type Fate = 'drop' | 'dup' | 'reorder' | 'pass';
 
+/** longest a reordered message waits for the next matching one before it is sent anyway, ms */
+export const HOLD_MS = 50;
+
 export class FaultyBus implements Bus {
   readonly counts: FaultCounts = { dropped: 0, duplicated: 0, reordered: 0, passed: 0 };
   readonly #inner: Bus;
@@ -56,6 +63,7 @@ export class FaultyBus implements Bus {
   readonly #rng: () => number;
   /** held back for reordering: sent after the next matching message */
   #held: (() => void) | null = null;
+  #holdTimer: NodeJS.Timeout | undefined;
 
   constructor(inner: Bus, faults: BusFaults) {
     this.#inner = inner;
@@ -84,11 +92,7 @@ export class FaultyBus implements Bus {
 
   /** run `send` under a fate; a held message goes out right after the next one that is sent */
   #apply(fate: Fate, send: () => void): void {
-    const release = () => {
-      const h = this.#held;
-      this.#held = null;
-      h?.();
-    };
+    const release = () => this.#release();
     if (fate === 'drop') {
       this.counts.dropped++;
       return;
@@ -96,6 +100,8 @@ export class FaultyBus implements Bus {
     if (fate === 'reorder' && this.#held === null) {
       this.counts.reordered++;
       this.#held = send;
+      this.#holdTimer = setTimeout(release, HOLD_MS);
+      this.#holdTimer.unref();
       return;
     }
     if (fate === 'dup') {
@@ -107,6 +113,15 @@ export class FaultyBus implements Bus {
       send();
     }
     release();
+  }
+
+  /** send what is held back, if anything */
+  #release(): void {
+    clearTimeout(this.#holdTimer);
+    this.#holdTimer = undefined;
+    const h = this.#held;
+    this.#held = null;
+    h?.();
   }
 
   publish(subject: string, data: Uint8Array): void {
@@ -140,8 +155,12 @@ export class FaultyBus implements Bus {
             bus.#apply(fate, () => undefined);
             return resolve(-1);
           }
-          // dup: two appends, the promise settles with the first; reorder: settles when it is finally sent
-          // (right after the next append, or on flush)
+          if (fate === 'reorder' && bus.#held === null) {
+            // acknowledged now, stored later (after the next append, or HOLD_MS): see the header
+            bus.#apply(fate, () => void s.append(subject, data).catch(() => undefined));
+            return resolve(-1);
+          }
+          // dup: two appends, the promise settles with the first
           bus.#apply(fate, () => void s.append(subject, data).then(resolve, reject));
         });
       },
@@ -149,13 +168,12 @@ export class FaultyBus implements Bus {
   }
 
   async flush(): Promise<void> {
-    const h = this.#held;
-    this.#held = null;
-    h?.();
+    this.#release();
     await this.#inner.flush();
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.#holdTimer);
     this.#held = null;
     await this.#inner.close();
   }
