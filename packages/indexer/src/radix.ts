@@ -3,19 +3,22 @@
  *
  * Representation. A prefix hash p_i names a whole prefix (DESIGN.md §2), so the radix tree is stored flat:
  * one *node* per prefix in an open-addressing hash table keyed by the 64-bit hash (split into two uint32,
- * no BigInt on the hot path), with the parent hash kept on the node. Children need no pointers: the child of
+ * no BigInt on the hot path); the parent hash is known for each node (dumps). Children need no pointers: the child of
  * node p along block b is found by hashing (p, b), which the caller already did. One index serves every
  * model, LoRA and block size because the root p_{-1} is mixed into every hash.
  *
- *   node  n: one 32-byte record (two per cache line):
- *              [keyLo, keyHi, fpLo, fpHi, holderCount, holderHead, lastUsed, bitsetId]
- *            + parent hash (cold, read only by dumps) + child hint (4 B) + 1.4–2.9 four-byte slots  ≈ 52 B
+ *   node  n: one 24-byte record (8 per three cache lines): [keyLo, keyHi, fpLo, fpHi, holderCount, holderHead]
+ *            + 1 byte saying where its parent hash is + 1.25–1.9 four-byte slots  ≈ 31 B. Nothing else per
+ *            prefix: the parent hash (dumps only) is the key of record n-1 for a chain stored in order (its
+ *            blocks get consecutive records), the root, or else in a small side table (a chain's first block
+ *            when its parent's record is elsewhere); the LRU stamp exists only in a bounded index (own pages);
+ *            a popular prefix's bitset id is in a map (exactly the prefixes with ≥ 8 holders have one).
  *            A slot holds the node id and a 7-bit tag of the key, so probing past other keys reads no
  *            record: a key that is not indexed (each new block on store) costs one slot-table line.
- *            Holders of a prefix held by ≥ 8 workers are also kept in a worker bitset (bitsetId), so
+ *            Holders of a prefix held by ≥ 8 workers are also kept in a worker bitset, so
  *            "does w already hold it?" on store stays O(1) for shared system prompts.
  *   Records live in fixed pages of 16,384: growth adds a page and never copies (copying grown arrays
- *   was a third of ingest time); only the 4-byte slot table is rehashed when it doubles.
+ *   was a third of ingest time); only the 4-byte slot table is rehashed when it grows (1.5× at load 0.8).
  *   entry e: one (node, worker) pair, a 24-byte record [node, worker, nextN, prevN, nextW, prevW]: doubly
  *            linked in its node's holder list and its worker's list, so remove / clear / expiry cost O(1)
  *            per block and O(that worker's blocks) per worker.
@@ -31,16 +34,18 @@
  * Runs: path compression without edges. A chain stored in one event gets consecutive records, so match
  * scans records prevN+1, prevN+2, … while their key is the prompt's next hash and their holder set is
  * unchanged: an implicit radix edge read like an array (sequential, no probe, no dependent load). Off a run
- * it tries the previous node's child hint (the node stored after it last time), then the table. Every guess
- * is verified (key + live), so runs and hints need no upkeep on remove / free / reuse and cannot change an
- * answer. A 512-block bench prompt needs ≈ 2.6 table lookups instead of ≈ 270. Real edges (runs of hashes
- * per edge) were not built: with per-worker set semantics any store/remove can split an edge, and moving
- * the split-off tail's hash → (edge, offset) entries is O(edge length), not O(blocks touched).
+ * it tries the next record (same chain, another holder set), then the table. Every guess is verified (key +
+ * live), so runs need no upkeep on remove / free / reuse and cannot change an answer. A 512-block bench
+ * prompt needs ≈ 3 table lookups instead of ≈ 270. (A 4-byte child hint per prefix, tried before the table,
+ * was dropped for memory: it only helped chains whose blocks were stored interleaved with other chains.)
+ * Real edges (runs of hashes per edge) were not built: with per-worker set semantics any store/remove can
+ * split an edge, and moving the split-off tail's hash → (edge, offset) entries is O(edge length), not
+ * O(blocks touched).
  *
  * Memory bound. `maxEntries` caps (block, worker) entries. Beyond it, whole prefixes are evicted by sampled
  * LRU (as Redis does): every store and match stamps the prefixes it touches with a logical clock; eviction
- * samples 16 live prefixes and drops the least recently used, until under the cap. Stamping is one write to a
- * cache line the lookup already loaded; an intrusive LRU list would cost 8 B per prefix and ~8 random writes
+ * samples 16 live prefixes and drops the least recently used, until under the cap. Stamping is one write per
+ * touched prefix into the stamp pages (sequential along a run); an intrusive LRU list would cost 8 B per prefix and ~8 random writes
  * per touched prefix, i.e. double the match time. Evictions are counted.
  */
 import type { Tier, TierOverlap } from '@kvgate/protocol';
@@ -62,9 +67,13 @@ const P = 14;
 const PAGE = 1 << P;
 const PM = PAGE - 1;
 
-// node record fields
-const N = 8;
-const KLO = 0, KHI = 1, FPLO = 2, FPHI = 3, CNT = 4, HEAD = 5, USED = 6, BITS = 7;
+// node record fields (24 B). The LRU stamp, the parent hash and a popular prefix's bitset id live outside it:
+// stamps in pages allocated only when the index is bounded, parents mostly derived (see #pf), bitset ids in a map.
+const N = 6;
+const KLO = 0, KHI = 1, FPLO = 2, FPHI = 3, CNT = 4, HEAD = 5;
+// how a node's parent hash is known (one byte per node, #pf): the root, the key of record n-1 (a chain stored in
+// order gets consecutive records, so this is the usual case), or the #parents side table
+const PAR_TABLE = 0, PAR_ROOT = 1, PAR_PREV = 2;
 // entry record fields
 const E = 6;
 const ENODE = 0, EW = 1, NEXTN = 2, PREVN = 3, NEXTW = 4, PREVW = 5;
@@ -77,6 +86,13 @@ const PH_GPU = 0, PH_CPU = 1, PH_DISK = 2;
 const POPULAR = 8;
 /** reserve() sizes the slot table up to this many slots (64 MiB) */
 const RESERVE_MAX = 1 << 24;
+/**
+ * slot-table load bound and growth factor. Any size works (home = mixed key × size / 2^32), so the table
+ * grows by 1.5× at load 0.8 (tags keep a long probe on the slot lines) instead of doubling at 0.7: 0.53–0.8
+ * full, ≈ 6 B per prefix instead of 6–11.
+ */
+const MAX_LOAD = 0.8, GROWTH = 1.5;
+const TWO32 = 2 ** 32;
 
 export interface PrefixIndexOptions {
   /** cap on (block, worker) entries; 0 = unbounded. Default 0. */
@@ -114,26 +130,98 @@ function asPairs(hashes: ArrayLike<bigint>): Uint32Array {
   return scratch32;
 }
 
+/**
+ * node id → (lo, hi) int32 pair: the parent hashes that are not derivable (PAR_TABLE). Open addressing on
+ * typed arrays (linear probing, backward-shift deletion, load ≤ 0.5): 12 B per slot, no object per entry.
+ */
+class NodePairs {
+  /** node + 1 per slot, 0 = empty */
+  #keys = new Int32Array(16);
+  #vals = new Int32Array(32);
+  #size = 0;
+  #shift = 28;
+
+  get bytes(): number {
+    return this.#keys.byteLength + this.#vals.byteLength;
+  }
+
+  #home(n: number): number {
+    return Math.imul(n + 1, 0x9e3779b1) >>> this.#shift;
+  }
+
+  set(n: number, lo: number, hi: number): void {
+    if ((this.#size + 1) * 2 > this.#keys.length) this.#rehash(this.#keys.length * 2);
+    const keys = this.#keys, mask = keys.length - 1;
+    let s = this.#home(n);
+    while (keys[s] !== 0 && keys[s] !== n + 1) s = (s + 1) & mask;
+    if (keys[s] === 0) this.#size++;
+    keys[s] = n + 1;
+    this.#vals[2 * s] = lo;
+    this.#vals[2 * s + 1] = hi;
+  }
+
+  /** the pair of n into out (n must be present) */
+  get(n: number, out: Int32Array): void {
+    const keys = this.#keys, mask = keys.length - 1;
+    let s = this.#home(n);
+    while (keys[s] !== n + 1) {
+      if (keys[s] === 0) throw new Error(`radix: no parent recorded for node ${n}`);
+      s = (s + 1) & mask;
+    }
+    out[0] = this.#vals[2 * s]!;
+    out[1] = this.#vals[2 * s + 1]!;
+  }
+
+  delete(n: number): void {
+    const keys = this.#keys, vals = this.#vals, mask = keys.length - 1;
+    let i = this.#home(n);
+    while (keys[i] !== n + 1) {
+      if (keys[i] === 0) return;
+      i = (i + 1) & mask;
+    }
+    keys[i] = 0;
+    this.#size--;
+    for (let j = (i + 1) & mask; keys[j] !== 0; j = (j + 1) & mask) {
+      const k = this.#home(keys[j]! - 1);
+      const stays = i <= j ? k > i && k <= j : k > i || k <= j;
+      if (stays) continue;
+      keys[i] = keys[j]!;
+      vals[2 * i] = vals[2 * j]!;
+      vals[2 * i + 1] = vals[2 * j + 1]!;
+      keys[j] = 0;
+      i = j;
+    }
+  }
+
+  #rehash(size: number): void {
+    const ok = this.#keys, ov = this.#vals;
+    this.#keys = new Int32Array(size);
+    this.#vals = new Int32Array(2 * size);
+    this.#shift = 32 - Math.log2(size);
+    this.#size = 0;
+    for (let s = 0; s < ok.length; s++) if (ok[s] !== 0) this.set(ok[s]! - 1, ov[2 * s]!, ov[2 * s + 1]!);
+  }
+}
+
 export class PrefixIndex implements IndexCore {
   // ---- nodes: pages of PAGE records (keys stored as int32: compare with `x | 0`) ----
   readonly #np: Int32Array[] = [];
-  /** parent hash per node, cold (dumps only) */
-  readonly #pp: Int32Array[] = [];
-  /**
-   * child hint per node: the node stored right after it in the last store that extended it (NONE = none).
-   * Only a hint — every use checks the hinted record's key (and that it is live) — so it is never
-   * maintained on remove or free.
-   */
-  readonly #cp: Int32Array[] = [];
+  /** per node: how its parent hash is known (PAR_*), cold (dumps and record reuse only) */
+  readonly #pf: Uint8Array[] = [];
+  /** parent hashes of the nodes marked PAR_TABLE (a chain's first block when it does not follow its parent's record) */
+  readonly #parents = new NodePairs();
+  /** LRU stamp per node: pages exist only when the index is bounded (maxEntries > 0) */
+  readonly #up: Int32Array[] = [];
+  /** bitset id of each node with ≥ POPULAR holders (exactly those) */
+  readonly #bitsOf = new Map<number, number>();
   #nodes = 0;
   /** node ids [0, #nodeHigh) have been handed out at least once */
   #nodeHigh = 0;
   #freeNode = NONE;
-  // ---- hash table: slot → node id, load ≤ 0.7 ----
+  // ---- hash table: slot → node id, load ≤ MAX_LOAD ----
   #slots = new Int32Array(16);
-  #mask = 15;
-  /** home slot = mixed key >>> #shift (= 32 - log2 slots) */
-  #shift = 28;
+  /** home slot = floor(mixed key (uint32) × #scale), #scale = slots / 2^32 */
+  #scale = 16 / TWO32;
   /** empty slot found by the last missing #find (valid until the table changes) */
   #hole = NONE;
   /** keeps #touchSlots' loads alive */
@@ -189,7 +277,7 @@ export class PrefixIndex implements IndexCore {
   }
 
   stats(): PrefixIndexStats {
-    const pages = this.#np.length * PAGE * (N + 3) * 4 + this.#ep.length * PAGE * E * 4;
+    const pages = this.#np.length * PAGE * (N * 4 + 1) + this.#up.length * PAGE * 4 + this.#ep.length * PAGE * E * 4 + this.#parents.bytes;
     return {
       nodes: this.#nodes,
       entries: this.#entries,
@@ -228,15 +316,20 @@ export class PrefixIndex implements IndexCore {
     return ((n + 1) << TAG) | (h & TAGM);
   }
 
+  /** home slot of a mixed key */
+  #home(h: number): number {
+    return Math.floor((h >>> 0) * this.#scale);
+  }
+
   /**
    * lo, hi as int32. A miss leaves the empty slot that ended the probe in #hole (newNode fills it).
    * A probe reads a node record only when the slot's tag matches: a key that is not indexed (every new
    * block on store) costs the slot-table line and no record miss.
    */
   #find(lo: number, hi: number): number {
-    const slots = this.#slots, np = this.#np, mask = this.#mask;
+    const slots = this.#slots, np = this.#np, size = slots.length;
     const h = PrefixIndex.#mix(lo, hi), tag = h & TAGM;
-    let s = h >>> this.#shift;
+    let s = Math.floor((h >>> 0) * this.#scale);
     for (;;) {
       const v = slots[s]!;
       if (v === 0) {
@@ -248,31 +341,31 @@ export class PrefixIndex implements IndexCore {
         const pg = np[n >>> P]!, r = (n & PM) * N;
         if (pg[r + KLO] === lo && pg[r + KHI] === hi) return n;
       }
-      s = (s + 1) & mask;
+      if (++s === size) s = 0;
     }
   }
 
   #insertSlot(n: number): void {
-    const slots = this.#slots, mask = this.#mask;
+    const slots = this.#slots, size = slots.length;
     const h = PrefixIndex.#mix(this.#n(n, KLO), this.#n(n, KHI));
-    let s = h >>> this.#shift;
-    while (slots[s] !== 0) s = (s + 1) & mask;
+    let s = this.#home(h);
+    while (slots[s] !== 0) if (++s === size) s = 0;
     slots[s] = PrefixIndex.#slotOf(n, h);
   }
 
   #homeOfNode(n: number): number {
-    return PrefixIndex.#mix(this.#n(n, KLO), this.#n(n, KHI)) >>> this.#shift;
+    return this.#home(PrefixIndex.#mix(this.#n(n, KLO), this.#n(n, KHI)));
   }
 
   /** backward-shift deletion: no tombstones, probe chains stay short */
   #deleteSlot(n: number): void {
-    const slots = this.#slots, mask = this.#mask;
+    const slots = this.#slots, size = slots.length;
     let i = this.#homeOfNode(n);
-    while ((slots[i]! >>> TAG) - 1 !== n) i = (i + 1) & mask;
+    while ((slots[i]! >>> TAG) - 1 !== n) if (++i === size) i = 0;
     slots[i] = 0;
     let j = i;
     for (;;) {
-      j = (j + 1) & mask;
+      if (++j === size) j = 0;
       const m = slots[j]!;
       if (m === 0) return;
       const k = this.#homeOfNode((m >>> TAG) - 1);
@@ -291,26 +384,26 @@ export class PrefixIndex implements IndexCore {
    * rehash while the index fills. The indexer calls it with the KV capacity its workers registered: their
    * caches never hold more blocks than that, and at steady state they hold about that many. Prefixes ≤
    * entries, and shared prefixes make them fewer (1.8 holders per prefix on the bench workload), so the
-   * table gets one slot per block: it grows again only past 0.7 prefixes per block of capacity. Capped at
-   * RESERVE_MAX slots (beyond, the table still grows on demand); the cost is 4 B per block of capacity.
+   * table gets capacity / MAX_LOAD slots: it does not grow even if every cached block is its own prefix
+   * (long unique documents). Capped at RESERVE_MAX slots (beyond, the table still grows on demand); the
+   * cost is 5 B per block of capacity.
    */
   reserve(blocks: number): void {
-    const want = Math.min(Math.max(0, Math.floor(blocks)), RESERVE_MAX, this.#maxEntries > 0 ? this.#maxEntries : Infinity);
-    while (this.#slots.length < want) this.#grow();
+    const cap = Math.min(Math.max(0, Math.floor(blocks)), this.#maxEntries > 0 ? this.#maxEntries : Infinity);
+    const want = Math.min(Math.ceil(cap / MAX_LOAD), RESERVE_MAX);
+    if (this.#slots.length < want) this.#grow(want);
   }
 
-  /** double the slot table when the next node would push the load over 0.7 (returns whether it did) */
+  /** grow the slot table by GROWTH when the next node would push the load over MAX_LOAD (returns whether it did) */
   #reserveSlot(): boolean {
-    if ((this.#nodes + 1) <= this.#slots.length * 0.7) return false;
-    this.#grow();
+    if ((this.#nodes + 1) <= this.#slots.length * MAX_LOAD) return false;
+    this.#grow(Math.ceil(this.#slots.length * GROWTH));
     return true;
   }
 
-  #grow(): void {
-    const size = this.#slots.length * 2;
+  #grow(size: number): void {
     this.#slots = new Int32Array(size);
-    this.#mask = size - 1;
-    this.#shift--;
+    this.#scale = size / TWO32;
     // Re-insert in home order, not node order: node order writes one random slot of the new table per node
     // (a cache miss each; it was a third of ingest). Partition the live nodes by the top bits of their home
     // (sequential reads, ≤ 256 write streams), then insert partition by partition: each stays in a small,
@@ -324,7 +417,7 @@ export class PrefixIndex implements IndexCore {
         ns[m++] = n;
       }
     }
-    const B = Math.min(8, 32 - this.#shift), sh = 32 - B;
+    const B = 8, sh = 32 - B;
     const at = new Int32Array((1 << B) + 1);
     for (let i = 0; i < m; i++) at[(hs[i]! >>> sh) + 1]++;
     for (let b = 1; b <= 1 << B; b++) at[b] += at[b - 1]!;
@@ -334,11 +427,11 @@ export class PrefixIndex implements IndexCore {
       hs2[j] = hs[i]!;
       ns2[j] = ns[i]!;
     }
-    const slots = this.#slots, mask = this.#mask, shift = this.#shift;
+    const slots = this.#slots, scale = this.#scale;
     for (let i = 0; i < m; i++) {
       const h = hs2[i]!;
-      let x = h >>> shift;
-      while (slots[x] !== 0) x = (x + 1) & mask;
+      let x = Math.floor((h >>> 0) * scale);
+      while (slots[x] !== 0) if (++x === size) x = 0;
       slots[x] = PrefixIndex.#slotOf(ns2[i]!, h);
     }
   }
@@ -350,13 +443,20 @@ export class PrefixIndex implements IndexCore {
     if (this.#freeNode !== NONE) {
       n = this.#freeNode;
       this.#freeNode = this.#n(n, HEAD);
+      // record n's key is about to change: a live successor whose parent is "the key of record n" keeps it
+      // in the side table
+      const m = n + 1;
+      if (m < this.#nodeHigh && this.#n(m, CNT) > 0 && this.#pf[m >>> P]![m & PM] === PAR_PREV) {
+        this.#parents.set(m, this.#n(n, KLO), this.#n(n, KHI));
+        this.#pf[m >>> P]![m & PM] = PAR_TABLE;
+      }
     } else {
       if (this.#nodeHigh === MAX_NODES) throw new RangeError(`index holds at most ${MAX_NODES} prefixes`);
       n = this.#nodeHigh++;
       if ((n >>> P) === this.#np.length) {
         this.#np.push(new Int32Array(PAGE * N));
-        this.#pp.push(new Int32Array(PAGE * 2));
-        this.#cp.push(new Int32Array(PAGE).fill(NONE));
+        this.#pf.push(new Uint8Array(PAGE));
+        if (this.#maxEntries > 0) this.#up.push(new Int32Array(PAGE));
       }
     }
     const pg = this.#np[n >>> P]!, r = (n & PM) * N;
@@ -366,24 +466,38 @@ export class PrefixIndex implements IndexCore {
     pg[r + FPHI] = 0;
     pg[r + CNT] = 0;
     pg[r + HEAD] = NONE;
-    pg[r + USED] = this.#clock;
-    pg[r + BITS] = NONE;
-    const pp = this.#pp[n >>> P]!;
-    pp[(n & PM) * 2] = pLo;
-    pp[(n & PM) * 2 + 1] = pHi;
-    this.#cp[n >>> P]![n & PM] = NONE;
+    if (this.#maxEntries > 0) this.#up[n >>> P]![n & PM] = this.#clock;
+    // the parent: the root, the key of the record before (a chain stored in order), else the side table
+    let pf = PAR_TABLE;
+    if ((pLo | pHi) === 0) pf = PAR_ROOT;
+    else if (n > 0) {
+      const q = n - 1, qg = this.#np[q >>> P]!, qr = (q & PM) * N;
+      if (qg[qr + KLO] === pLo && qg[qr + KHI] === pHi) pf = PAR_PREV;
+    }
+    this.#pf[n >>> P]![n & PM] = pf;
+    if (pf === PAR_TABLE) this.#parents.set(n, pLo, pHi);
     if (hole !== NONE) this.#slots[hole] = PrefixIndex.#slotOf(n, PrefixIndex.#mix(lo, hi));
     else this.#insertSlot(n);
     this.#nodes++;
     return n;
   }
 
+  /** parent hash of node n into #pOut */
+  #parentOf(n: number): void {
+    const pf = this.#pf[n >>> P]![n & PM]!;
+    if (pf === PAR_ROOT) {
+      this.#pOut[0] = 0;
+      this.#pOut[1] = 0;
+    } else if (pf === PAR_PREV) {
+      this.#pOut[0] = this.#n(n - 1, KLO);
+      this.#pOut[1] = this.#n(n - 1, KHI);
+    } else this.#parents.get(n, this.#pOut);
+  }
+  readonly #pOut = new Int32Array(2);
+
   #freeNodeAt(n: number): void {
-    const b = this.#n(n, BITS);
-    if (b !== NONE) {
-      this.#bits.fill(0, b * 3 * this.#bitWords, (b + 1) * 3 * this.#bitWords);
-      this.#freeBits.push(b);
-    }
+    // its key stays in the record until reuse (a successor's PAR_PREV parent may still read it)
+    if (this.#pf[n >>> P]![n & PM] === PAR_TABLE) this.#parents.delete(n);
     this.#deleteSlot(n);
     this.#hole = NONE;
     this.#setN(n, HEAD, this.#freeNode);
@@ -394,7 +508,7 @@ export class PrefixIndex implements IndexCore {
   /** advance the logical clock once per operation; halve every stamp before int32 overflow */
   #tick(): number {
     if (this.#clock >= 0x7ffffffe) {
-      for (let n = 0; n < this.#nodeHigh; n++) this.#setN(n, USED, this.#n(n, USED) >>> 1);
+      for (const up of this.#up) for (let j = 0; j < PAGE; j++) up[j] = up[j]! >>> 1;
       this.#clock >>>= 1;
     }
     return ++this.#clock;
@@ -459,8 +573,8 @@ export class PrefixIndex implements IndexCore {
 
   /** does w hold n on a tier of `bits`? O(1) for popular prefixes, else a walk of < POPULAR holders */
   #holds(n: number, w: number, bits: number): boolean {
-    const b = this.#n(n, BITS);
-    if (b !== NONE) {
+    if (this.#n(n, CNT) >= POPULAR) {
+      const b = this.#bitsOf.get(n)!;
       const words = this.#bitWords, at = b * 3 * words + (w >>> 5), bit = 1 << (w & 31), x = this.#bits;
       if (bits === TIER_GPU) return (x[at]! & bit) !== 0; // the ingest hot path
       return (((bits & TIER_GPU ? x[at]! : 0) | (bits & TIER_CPU ? x[at + words]! : 0) | (bits & TIER_DISK ? x[at + 2 * words]! : 0)) & bit) !== 0;
@@ -493,7 +607,7 @@ export class PrefixIndex implements IndexCore {
       b = this.#bitHigh++;
       if ((b + 1) * 3 * this.#bitWords > this.#bits.length) this.#bits = grow(this.#bits, Math.max(64, this.#bits.length * 2, (b + 1) * 3 * this.#bitWords));
     }
-    this.#setN(n, BITS, b);
+    this.#bitsOf.set(n, b);
     for (let e = this.#n(n, HEAD); e !== NONE; e = this.#e(e, NEXTN)) {
       const v = this.#e(e, EW);
       this.#setBits(b, v & WM, v >>> MS);
@@ -563,7 +677,7 @@ export class PrefixIndex implements IndexCore {
       this.#digestXor(np, r, w, m);
       this.#tiered++;
     }
-    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, m);
+    if (c > POPULAR) this.#setBits(this.#bitsOf.get(n)!, w, m);
     else if (c === POPULAR) this.#makeBits(n);
     const wh = this.#wHead[w]!;
     ep[x + NEXTW] = wh;
@@ -586,7 +700,7 @@ export class PrefixIndex implements IndexCore {
     this.#digestXor(np, r, w, old);
     this.#digestXor(np, r, w, m);
     this.#tiered += (m !== TIER_GPU ? 1 : 0) - (old !== TIER_GPU ? 1 : 0);
-    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, m);
+    if (np[r + CNT]! >= POPULAR) this.#setBits(this.#bitsOf.get(n)!, w, m);
   }
 
   /** unlink entry e everywhere; frees its node when it was the last holder */
@@ -606,7 +720,15 @@ export class PrefixIndex implements IndexCore {
     this.#fpXor(np, r, w, m);
     this.#digestXor(np, r, w, m);
     if (m !== TIER_GPU) this.#tiered--;
-    if (np[r + BITS] !== NONE) this.#setBits(np[r + BITS]!, w, 0);
+    const c = np[r + CNT]!;
+    if (c > POPULAR) this.#setBits(this.#bitsOf.get(n)!, w, 0);
+    else if (c === POPULAR) {
+      // below POPULAR holders: the bitset goes (a node has one exactly while it has ≥ POPULAR holders)
+      const b = this.#bitsOf.get(n)!;
+      this.#bits.fill(0, b * 3 * this.#bitWords, (b + 1) * 3 * this.#bitWords);
+      this.#freeBits.push(b);
+      this.#bitsOf.delete(n);
+    }
     ep[x + NEXTN] = this.#freeEntry;
     this.#freeEntry = e;
     this.#entries--;
@@ -633,10 +755,10 @@ export class PrefixIndex implements IndexCore {
     else this.#setMask(e, (this.#e(e, EW) >>> MS) | bits);
   }
 
-  /** the live node `prev`'s child hint points at, if its key is (lo, hi); else NONE */
-  #hinted(prev: number, lo: number, hi: number): number {
-    const c = this.#cp[prev >>> P]![prev & PM]!;
-    if (c === NONE) return NONE;
+  /** record prev + 1 if it is live with key (lo, hi) (a chain indexed in order: its next block), else NONE */
+  #following(prev: number, lo: number, hi: number): number {
+    const c = prev + 1;
+    if (c >= this.#nodeHigh) return NONE;
     const pg = this.#np[c >>> P]!, r = (c & PM) * N;
     return pg[r + KLO] === lo && pg[r + KHI] === hi && pg[r + CNT]! > 0 ? c : NONE;
   }
@@ -647,17 +769,17 @@ export class PrefixIndex implements IndexCore {
    * Returns the first block not touched.
    */
   #touchSlots(pairs: Uint32Array, o: number, from: number, count: number): number {
-    const slots = this.#slots, shift = this.#shift, end = Math.min(count, from + 32);
+    const slots = this.#slots, scale = this.#scale, end = Math.min(count, from + 32);
     let x = 0;
-    for (let j = from; j < end; j++) x ^= slots[PrefixIndex.#mix(pairs[o + 2 * j]! | 0, pairs[o + 2 * j + 1]! | 0) >>> shift]!;
+    for (let j = from; j < end; j++) x ^= slots[Math.floor((PrefixIndex.#mix(pairs[o + 2 * j]! | 0, pairs[o + 2 * j + 1]! | 0) >>> 0) * scale)]!;
     this.#sink ^= x;
     return end;
   }
 
   /**
    * Hot path: `count` hashes as (lo, hi) uint32 pairs from pairs[2·from]; parent (0, 0) = root.
-   * Each block is first looked for where the previous block's child hint points (a replica storing a chain
-   * that is already indexed: sequential record reads, no hash-table probe), then in the table.
+   * Each block is first looked for in the record after the previous block's (a replica storing a chain that
+   * is already indexed in order: sequential record reads, no hash-table probe), then in the table.
    */
   storePairs(w: number, pLo: number, pHi: number, pairs: Uint32Array, from: number, count: number, bits = TIER_GPU): void {
     const o = 2 * from;
@@ -675,7 +797,7 @@ export class PrefixIndex implements IndexCore {
     let touched = 0;
     for (let i = 0; i < count; i++) {
       const lo = pairs[o + 2 * i]! | 0, hi = pairs[o + 2 * i + 1]! | 0;
-      let n = prev === NONE ? NONE : this.#hinted(prev, lo, hi);
+      let n = prev === NONE ? NONE : this.#following(prev, lo, hi);
       if (n === NONE) {
         if (i >= touched && count - i > 2) touched = this.#touchSlots(pairs, o, i, count);
         n = this.#find(lo, hi);
@@ -683,12 +805,11 @@ export class PrefixIndex implements IndexCore {
           n = this.#newNode(lo, hi, pLo, pHi, this.#hole);
           this.#addEntry(n, w, bits);
         } else {
-          if (stamp) this.#setN(n, USED, now);
+          if (stamp) this.#up[n >>> P]![n & PM] = now;
           if (!this.#holdsAll(n, w, bits)) this.#hold(n, w, bits);
         }
-        if (prev !== NONE) this.#cp[prev >>> P]![prev & PM] = n;
       } else {
-        if (stamp) this.#setN(n, USED, now);
+        if (stamp) this.#up[n >>> P]![n & PM] = now;
         if (!this.#holdsAll(n, w, bits)) this.#hold(n, w, bits);
       }
       prev = n;
@@ -749,8 +870,9 @@ export class PrefixIndex implements IndexCore {
         const n = this.#random() % this.#nodeHigh;
         if (this.#n(n, CNT) === 0) continue; // free
         found++;
-        if (this.#n(n, USED) < oldest) {
-          oldest = this.#n(n, USED);
+        const used = this.#up[n >>> P]![n & PM]!;
+        if (used < oldest) {
+          oldest = used;
           victim = n;
         }
       }
@@ -805,7 +927,7 @@ export class PrefixIndex implements IndexCore {
     if (n0 === NONE) return 0;
     const stampUsed = this.#maxEntries > 0; // only eviction reads the stamps: unbounded, skip the writes
     const now = stampUsed ? this.#tick() : 0;
-    const np = this.#np, ep = this.#ep, cp = this.#cp, stamp = this.#stamp, resW = this.#resW;
+    const np = this.#np, ep = this.#ep, up = this.#up, stamp = this.#stamp, resW = this.#resW;
     if (this.#genEnd.length < len + 2) this.#genEnd = new Int32Array(len + 2);
     const genEnd = this.#genEnd;
     // survivors of generation g carry stamp base+g; generation g ends at level genEnd[g] (= their depth)
@@ -813,8 +935,8 @@ export class PrefixIndex implements IndexCore {
     this.#epoch += len + 2;
     let g = 0, k = 0;
     let pg = np[n0 >>> P]!, r = (n0 & PM) * N;
-    const bits = pg[r + BITS]!;
-    if (bits !== NONE) {
+    if (pg[r + CNT]! >= POPULAR) {
+      const bits = this.#bitsOf.get(n0)!;
       // a popular first prefix (a system prompt): its holders from the bitset, not by chasing entry records
       // (its GPU holders: the first of its three bitsets)
       const b = this.#bits, words = this.#bitWords, at = bits * 3 * words;
@@ -839,7 +961,7 @@ export class PrefixIndex implements IndexCore {
       }
       if (k === 0) return 0; // held on other tiers only
     }
-    if (stampUsed) pg[r + USED] = now;
+    if (stampUsed) up[n0 >>> P]![n0 & PM] = now;
     let alive = k, cnt = pg[r + CNT]!, fpLo = pg[r + FPLO]!, fpHi = pg[r + FPHI]!;
     let prevN = n0, i = 1;
     const nodeHigh = this.#nodeHigh;
@@ -847,17 +969,17 @@ export class PrefixIndex implements IndexCore {
       // 1. the run: records prevN+1, prevN+2, … of the same page whose keys are the prompt's next hashes and
       //    whose holder set is unchanged. A chain stored together sits in consecutive records, so this is a
       //    sequential scan with no hash-table probe and no load to wait for before the next address.
-      const rp = np[prevN >>> P]!;
-      let x = (prevN & PM) * N + N;
-      const xEnd = Math.min(PAGE, nodeHigh - (prevN & ~PM)) * N;
-      while (i < len && x < xEnd && rp[x + KLO] === (pairs[2 * i]! | 0) && rp[x + KHI] === (pairs[2 * i + 1]! | 0) && rp[x + CNT] === cnt && rp[x + FPLO] === fpLo && rp[x + FPHI] === fpHi) {
-        if (stampUsed) rp[x + USED] = now;
-        x += N;
-        i++;
+      const pbase = prevN & ~PM, rp = np[prevN >>> P]!;
+      let j = (prevN & PM) + 1;
+      const jEnd = Math.min(PAGE, nodeHigh - pbase);
+      for (; i < len && j < jEnd; j++, i++) {
+        const x = j * N;
+        if (rp[x + KLO] !== (pairs[2 * i]! | 0) || rp[x + KHI] !== (pairs[2 * i + 1]! | 0) || rp[x + CNT] !== cnt || rp[x + FPLO] !== fpLo || rp[x + FPHI] !== fpHi) break;
+        if (stampUsed) up[prevN >>> P]![j] = now;
       }
-      prevN = (prevN & ~PM) + (x >>> 3) - 1; // N = 8
+      prevN = pbase + j - 1;
       if (i >= len) break;
-      // 2. one step off the run: p_i is prevN+1 with another holder set, the child hint, or in the table
+      // 2. one step off the run: p_i is prevN+1 with another holder set, else in the table
       const lo = pairs[2 * i]! | 0, hi = pairs[2 * i + 1]! | 0;
       let n = prevN + 1;
       if (n < nodeHigh) {
@@ -866,21 +988,13 @@ export class PrefixIndex implements IndexCore {
         if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
       } else n = NONE;
       if (n === NONE) {
-        n = cp[prevN >>> P]![prevN & PM]!;
-        if (n !== NONE) {
-          pg = np[n >>> P]!;
-          r = (n & PM) * N;
-          if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
-        }
-        if (n === NONE) {
-          this.#matchLookups++;
-          n = this.#find(lo, hi);
-          if (n === NONE) break; // nobody holds p_i
-          pg = np[n >>> P]!;
-          r = (n & PM) * N;
-        }
+        this.#matchLookups++;
+        n = this.#find(lo, hi);
+        if (n === NONE) break; // nobody holds p_i
+        pg = np[n >>> P]!;
+        r = (n & PM) * N;
       }
-      if (stampUsed) pg[r + USED] = now;
+      if (stampUsed) up[n >>> P]![n & PM] = now;
       prevN = n;
       if (pg[r + CNT] !== cnt || pg[r + FPLO] !== fpLo || pg[r + FPHI] !== fpHi) {
         // the holder set changed: survivors are the current ones that hold p_i
@@ -911,7 +1025,7 @@ export class PrefixIndex implements IndexCore {
   }
 
   /**
-   * The tiered walk: the GPU walk's skeleton (runs, child hints, table; the holder set is re-read only where
+   * The tiered walk: the GPU walk's skeleton (runs, then the table; the holder set is re-read only where
    * (count, fingerprint) changes, and the fingerprint covers masks, so an unchanged one means every worker's
    * mask is unchanged and so is its phase). A survivor is in one phase: PH_GPU (in its GPU prefix), PH_CPU (GPU
    * prefix ended; CPU and disk runs both going on), PH_DISK (only the CPU-or-disk run goes on). Where the holder
@@ -925,7 +1039,7 @@ export class PrefixIndex implements IndexCore {
     if (n0 === NONE) return 0;
     const stampUsed = this.#maxEntries > 0;
     const now = stampUsed ? this.#tick() : 0;
-    const np = this.#np, ep = this.#ep, cp = this.#cp, stamp = this.#stamp, seen = this.#seen;
+    const np = this.#np, ep = this.#ep, up = this.#up, stamp = this.#stamp, seen = this.#seen;
     const resW = this.#resW, resD = this.#resD, resC = this.#resC, resK = this.#resK, resP = this.#resP;
     const live = this.#live;
     const tag = this.#epoch++;
@@ -948,20 +1062,20 @@ export class PrefixIndex implements IndexCore {
       k++;
       e = epg[x + NEXTN]!;
     }
-    if (stampUsed) pg[r + USED] = now;
+    if (stampUsed) up[n0 >>> P]![n0 & PM] = now;
     let alive = k, cnt = pg[r + CNT]!, fpLo = pg[r + FPLO]!, fpHi = pg[r + FPHI]!;
     let prevN = n0, i = 1;
     const nodeHigh = this.#nodeHigh;
     while (i < len) {
-      const rp = np[prevN >>> P]!;
-      let x = (prevN & PM) * N + N;
-      const xEnd = Math.min(PAGE, nodeHigh - (prevN & ~PM)) * N;
-      while (i < len && x < xEnd && rp[x + KLO] === (pairs[2 * i]! | 0) && rp[x + KHI] === (pairs[2 * i + 1]! | 0) && rp[x + CNT] === cnt && rp[x + FPLO] === fpLo && rp[x + FPHI] === fpHi) {
-        if (stampUsed) rp[x + USED] = now;
-        x += N;
-        i++;
+      const pbase = prevN & ~PM, rp = np[prevN >>> P]!;
+      let j = (prevN & PM) + 1;
+      const jEnd = Math.min(PAGE, nodeHigh - pbase);
+      for (; i < len && j < jEnd; j++, i++) {
+        const x = j * N;
+        if (rp[x + KLO] !== (pairs[2 * i]! | 0) || rp[x + KHI] !== (pairs[2 * i + 1]! | 0) || rp[x + CNT] !== cnt || rp[x + FPLO] !== fpLo || rp[x + FPHI] !== fpHi) break;
+        if (stampUsed) up[prevN >>> P]![j] = now;
       }
-      prevN = (prevN & ~PM) + (x >>> 3) - 1;
+      prevN = pbase + j - 1;
       if (i >= len) break;
       const lo = pairs[2 * i]! | 0, hi = pairs[2 * i + 1]! | 0;
       let n = prevN + 1;
@@ -971,21 +1085,13 @@ export class PrefixIndex implements IndexCore {
         if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
       } else n = NONE;
       if (n === NONE) {
-        n = cp[prevN >>> P]![prevN & PM]!;
-        if (n !== NONE) {
-          pg = np[n >>> P]!;
-          r = (n & PM) * N;
-          if (pg[r + KLO] !== lo || pg[r + KHI] !== hi || pg[r + CNT] === 0) n = NONE;
-        }
-        if (n === NONE) {
-          this.#matchLookups++;
-          n = this.#find(lo, hi);
-          if (n === NONE) break; // nobody holds p_i: every run ends here
-          pg = np[n >>> P]!;
-          r = (n & PM) * N;
-        }
+        this.#matchLookups++;
+        n = this.#find(lo, hi);
+        if (n === NONE) break; // nobody holds p_i: every run ends here
+        pg = np[n >>> P]!;
+        r = (n & PM) * N;
       }
-      if (stampUsed) pg[r + USED] = now;
+      if (stampUsed) up[n >>> P]![n & PM] = now;
       prevN = n;
       if (pg[r + CNT] !== cnt || pg[r + FPLO] !== fpLo || pg[r + FPHI] !== fpHi) {
         cnt = pg[r + CNT]!;
@@ -1074,9 +1180,9 @@ export class PrefixIndex implements IndexCore {
       const n = this.#e(e, ENODE), m = this.#e(e, EW) >>> MS;
       tiers[b++] = m;
       if (m !== TIER_GPU) tiered = true;
-      const pp = this.#pp[n >>> P]!;
-      v[j++] = pp[(n & PM) * 2]!;
-      v[j++] = pp[(n & PM) * 2 + 1]!;
+      this.#parentOf(n);
+      v[j++] = this.#pOut[0]!;
+      v[j++] = this.#pOut[1]!;
       v[j++] = this.#n(n, KLO);
       v[j++] = this.#n(n, KHI);
     }
