@@ -9,6 +9,10 @@ export type { Logger };
 let root: Logger | undefined;
 
 export function logger(component: string, bindings: Record<string, unknown> = {}): Logger {
-  root ??= pino({ level: process.env.KVGATE_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination(2));
+  const level = process.env.KVGATE_LOG_LEVEL || 'info';
+  root ??= pino({ level, base: { pid: process.pid } }, pino.destination(2));
+  // a command that sets the level after some module made its logger at import (kvgate start: warn) still gets it
+  // for every logger made from then on (a child keeps the level it was made with)
+  if (root.level !== level && level in root.levels.values) root.level = level;
   return root.child({ component, ...bindings });
 }

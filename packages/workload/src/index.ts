@@ -10,3 +10,4 @@ export { summarize, percentile, type PolicyResult } from './stats.js';
 export { infiniteHitRate, pooledHitRate, type BoundBlock } from './bounds.js';
 export { engineCounter, sumCounter } from './engine-counters.js';
 export { startEngineThread, type ThreadEngine } from './engine-threads.js';
+export { longPromptRequests, pdFigures, type LongPromptWorkload, type PdRunFigures } from './pd-workload.js';

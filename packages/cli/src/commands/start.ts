@@ -18,6 +18,8 @@ import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
 import { formatCapacity, resolveProfile, type SimProfile } from '@kvgate/sim-engine/profile';
 import { API_KEY_SPEC, apiKeysFrom, CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
+import { progressBar } from '../progress.js';
+import { DISAGG_SPEC } from './start-disagg.js';
 
 /**
  * Built-in workload: per-engine KV blocks of 16 tokens (49k tokens). A quarter of the 16 shared contexts plus their
@@ -38,7 +40,7 @@ Runs the built-in workload (RAG-style multi-turn chats over a few long shared co
 JSONL: timestamp ms, input_length, output_length, hash_ids of 512-token blocks), once per policy, on cold caches.`;
 
 const SPEC = {
-  engines: { type: 'string', default: '4', help: 'simulated engines (one shim each)' },
+  engines: { type: 'string', help: 'simulated engines (one shim each; default 4, --disagg 2)' },
   routers: { type: 'string', default: '2', help: 'router replicas (requests alternate between them)' },
   policy: { type: 'string', default: 'kv,round-robin,least-loaded', help: 'policies to compare: kv, round-robin, least-loaded, random' },
   trace: { type: 'string', help: 'Mooncake trace (JSONL) to replay instead of the built-in workload' },
@@ -65,43 +67,12 @@ const SPEC = {
     help: `also run every policy on engines with a CPU offload tier of N blocks and show what it gains (0 = off; built-in workload: try ${BUILTIN_CPU_BLOCKS})`,
   },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (default 25, PCIe 4.0 ×16)' },
-  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], capacity, cpuOffload?} as JSON' },
+  json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], capacity, cpuOffload?} as JSON (--disagg: {mode, workload, capacity, rows:[{row: colocated|disaggregated, fabric, …}]})' },
+  ...DISAGG_SPEC,
   ...API_KEY_SPEC,
   ...CLUSTER_SECRET_SPEC,
   ...NATS_AUTH_SPEC,
 } as const;
-
-function progressBar(label: string, total: number): { tick(done: number): void; end(): void } {
-  const tty = process.stderr.isTTY;
-  const t0 = Date.now();
-  let last = -1;
-  let lastDraw = 0;
-  const draw = (done: number, force = false) => {
-    const now = Date.now();
-    if (!force && now - lastDraw < 200) return;
-    lastDraw = now;
-    const pct = total > 0 ? done / total : 1;
-    const secs = ((now - t0) / 1000).toFixed(0);
-    if (tty) {
-      const width = 30;
-      const fill = Math.round(pct * width);
-      process.stderr.write(`\r${label.padEnd(16)} [${'█'.repeat(fill)}${'░'.repeat(width - fill)}] ${done}/${total} ${(pct * 100).toFixed(0)}% ${secs}s `);
-    } else {
-      const decile = Math.floor(pct * 10);
-      if (decile !== last) {
-        last = decile;
-        process.stderr.write(`${label}: ${done}/${total} (${decile * 10}%) ${secs}s\n`);
-      }
-    }
-  };
-  return {
-    tick: (done) => draw(done),
-    end: () => {
-      draw(total, true);
-      if (tty) process.stderr.write('\n');
-    },
-  };
-}
 
 /** A run's figures in the engines' modelled time: wall-clock latencies × speedup, throughput ÷ speedup. */
 function modelled(r: PolicyResult, speedup: number): PolicyResult {
@@ -135,6 +106,14 @@ export async function run(argv: string[]): Promise<number> {
   const clusterSecret = clusterSecretFrom(f['cluster-secret']);
   const natsAuth = natsOptionsFrom(f);
   const clientAuth = apiKeys.length > 0 ? { apiKey: apiKeys[0]! } : {};
+  if (f.disagg) {
+    const { runDisagg } = await import('./start-disagg.js');
+    return runDisagg(f, {
+      profileSpec: profileFrom(f),
+      stackConn: { ...(f.nats ? { nats: f.nats, natsAuth } : {}), ...(apiKeys.length ? { apiKeys } : {}), ...(clusterSecret ? { clusterSecret, shimFronts: true } : {}) },
+      ...(apiKeys.length ? { apiKey: apiKeys[0]! } : {}),
+    });
+  }
   const policies = (f.policy ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   for (const p of policies) {
     if (!isPolicy(p)) {
