@@ -241,6 +241,9 @@ export class HttpEdge {
       if (decision.prefill) extra['x-kvgate-prefill'] = decision.prefill.worker;
       span.setAttribute('kvgate.worker', decision.worker.worker);
       span.setAttribute('kvgate.overlap_blocks', decision.overlap);
+      // P/D: split or not, and why (the choice /v1/route and the decision record show)
+      if (decision.pd) span.setAttributes({ 'kvgate.pd.split': decision.pd.split, 'kvgate.pd.reason': decision.pd.reason });
+      if (decision.prefill) span.setAttribute('kvgate.prefill.worker', decision.prefill.worker);
       if (attempt === 0) this.#metrics.routeSeconds.observe((performance.now() - t0) / 1000);
       const u = this.#parsedUrl(decision.worker.url);
       const worker = decision.worker.worker;
