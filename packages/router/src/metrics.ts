@@ -63,7 +63,7 @@ export class RouterMetrics {
       buckets: [-16384, -4096, -1024, -256, -64, -16, -1, 0, 16, 64, 256, 1024, 4096, 16384],
       registers,
     });
-    this.usageMissing = new Counter({ name: 'kvgate_router_usage_missing_total', help: 'answered requests whose engine usage carried no prompt_tokens_details.cached_tokens (not compared; SGLang reports it only with --enable-cache-report)', labelNames: wm, registers });
+    this.usageMissing = new Counter({ name: 'kvgate_router_usage_missing_total', help: 'answered requests whose engine usage carried no prompt_tokens_details.cached_tokens (not compared; vLLM reports it only with --enable-prompt-tokens-details, SGLang with --enable-cache-report)', labelNames: wm, registers });
     // latency per worker and model from the request's arrival (latency.ts); the queue wait is admission.ts's
     // kvgate_router_queue_wait_seconds{priority} (before a worker is chosen)
     this.ttftSeconds = new Histogram({

@@ -9,13 +9,17 @@ import { createBus } from '@kvgate/protocol/bus/index';
 import { intFlag, parseFlags } from '../flags.js';
 import { classify, fatalLine } from '../fatal.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
+import { explainGap, formatGap, scrapeCacheFacts, type GapVerdict } from './cache-gap.js';
 
 export const summary = 'check every registered worker for misconfiguration (stale KV events, block size, tokenizer, hash mismatch)';
 
-const USAGE = `kvgate doctor --nats URL [--namespace default] [--wait-ms 3000] [--json]
+const USAGE = `kvgate doctor --nats URL [--namespace default] [--wait-ms 3000] [--router URL …] [--json]
 
-One line per registered worker: "ok", or each problem with what it means and what to check. Exit 0 when every
-worker is ok, 1 on any problem, 2 when the bus cannot be reached.`;
+One line per registered worker: "ok", or each problem with what it means and what to check. With --router (each
+router's HTTP URL), one cache line per worker more: predicted vs actual cache hits (token-weighted, from the
+routers' /metrics), the engine's own hit rate (the worker's /metrics), and where a gap comes from (hash mismatch,
+eviction after routing, index lag, index fallbacks). --router without --nats: the cache lines only. Exit 0 when
+every worker is ok, 1 on any problem (a gap of 5 points or more is one), 2 when the bus cannot be reached.`;
 
 const SPEC = {
   nats: { type: 'string', help: 'NATS URL the shims and routers use' },
@@ -23,6 +27,7 @@ const SPEC = {
   'wait-ms': { type: 'string', default: '3000', help: 'listen this long for the shims\' and routers\' reports' },
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
   json: { type: 'boolean', help: 'one JSON object per worker line' },
+  router: { type: 'string', multiple: true, help: "a router's HTTP URL: read its /metrics for the predicted vs actual cache hits (repeat for each)" },
   ...NATS_AUTH_SPEC,
 } as const;
 
@@ -32,6 +37,8 @@ export interface Examination {
   reports: DiagReport[];
   namespace: string;
   waitMs: number;
+  /** each registered worker's URL (its shim front, or the engine) */
+  urls: Map<string, string>;
 }
 
 /** Asks for and collects the diag reports for `waitMs`, reads the registry, and judges each registered worker. */
@@ -69,10 +76,30 @@ export async function examine(bus: Bus, o: { namespace?: string; waitMs?: number
         /* a registration this version cannot read: routers skip it too */
       }
     }
-    return { verdicts: verdicts(registered, [...latest.values()]), reports: [...latest.values()], namespace, waitMs };
+    const urls = new Map([...registered].map(([w, r]) => [w, r.url] as const));
+    return { verdicts: verdicts(registered, [...latest.values()]), reports: [...latest.values()], namespace, waitMs, urls };
   } finally {
     sub.unsubscribe();
   }
+}
+
+/** the cache verdicts per worker (`workerUrls`: the registered URLs, whose /metrics carry the engine's counters) */
+async function cacheLines(routers: string[], workerUrls: Map<string, string>): Promise<Map<string, GapVerdict>> {
+  const { facts, errors } = await scrapeCacheFacts(routers, workerUrls);
+  for (const e of errors) console.error(`kvgate doctor: could not read ${e}`);
+  return new Map(facts.map((x) => [x.worker, explainGap(x)]));
+}
+
+/** --router without --nats: the cache lines of the workers the routers counted */
+async function cacheOnly(routers: string[], json: boolean): Promise<number> {
+  const gaps = await cacheLines(routers, new Map());
+  if (gaps.size === 0) {
+    const line = 'no router has proxied a request with engine usage yet (check: the --router URLs)';
+    console.log(json ? JSON.stringify({ worker: null, ok: false, problems: [{ code: 'no-traffic', message: line }] }) : line);
+    return 1;
+  }
+  for (const g of gaps.values()) console.log(json ? JSON.stringify({ worker: g.worker, ok: !g.problem, cache: g }) : formatGap(g));
+  return [...gaps.values()].every((g) => !g.problem) ? 0 : 1;
 }
 
 const ago = (ms: number) => `${(Math.max(0, ms) / 1000).toFixed(1)} s ago`;
@@ -112,6 +139,8 @@ export async function run(argv: string[]): Promise<number> {
   const parsed = parseFlags(argv, USAGE, SPEC);
   if (!parsed) return 0;
   const f = parsed.flags;
+  const routers = f.router;
+  if (!f.nats && routers.length > 0) return cacheOnly(routers, f.json);
   if (!f.nats) {
     console.error('kvgate doctor: --nats URL (or KVGATE_NATS) is required: shims and routers report on a NATS bus');
     return 2;
@@ -134,8 +163,16 @@ export async function run(argv: string[]): Promise<number> {
       console.log(f.json ? JSON.stringify({ worker: null, ok: false, problems: [{ code: 'no-workers', message: line }] }) : line);
       return 1;
     }
-    for (const v of ex.verdicts) console.log(f.json ? jsonLine(v) : formatLine(v, ex));
-    return ex.verdicts.every((v) => v.ok) ? 0 : 1;
+    const gaps = routers.length > 0 ? await cacheLines(routers, ex.urls) : new Map<string, GapVerdict>();
+    for (const v of ex.verdicts) {
+      const g = gaps.get(v.worker);
+      if (f.json) console.log(g ? JSON.stringify({ ...JSON.parse(jsonLine(v)), cache: g }) : jsonLine(v));
+      else {
+        console.log(formatLine(v, ex));
+        if (g) console.log(formatGap(g));
+      }
+    }
+    return ex.verdicts.every((v) => v.ok) && [...gaps.values()].every((g) => !g.problem) ? 0 : 1;
   } catch (e) {
     if (e instanceof BusError || (e instanceof KvgateError && e.code.startsWith('KVG_BUS'))) {
       console.error(`kvgate doctor: cannot reach the bus: ${e.message}`);
