@@ -22,12 +22,19 @@ CTL="$ROOT/deploy/local/ctl.sh"
 KVGATE=(node "$ROOT/bin/kvgate.js")
 MODEL=qwen3-8b
 
-command -v nats-server >/dev/null || { echo "up.sh: nats-server is not installed (Debian: apt-get install nats-server)" >&2; exit 1; }
+# nats-server: $KVGATE_NATS_SERVER, else on PATH, else where Debian's package puts it (/usr/sbin is not on every PATH)
+NATS_SERVER=${KVGATE_NATS_SERVER:-$(command -v nats-server || true)}
+for c in /usr/sbin/nats-server /usr/local/bin/nats-server; do [[ -n "$NATS_SERVER" || ! -x $c ]] || NATS_SERVER=$c; done
+[[ -n "$NATS_SERVER" && -x "$NATS_SERVER" ]] || { echo "up.sh: nats-server not found (PATH, /usr/sbin, /usr/local/bin, KVGATE_NATS_SERVER); Debian: apt-get install nats-server" >&2; exit 1; }
+command -v node >/dev/null || { echo "up.sh: node (20+) is not on PATH" >&2; exit 1; }
+[[ -d "$ROOT/node_modules/tsx" ]] || { echo "up.sh: dependencies missing: run npm install (or npm ci) in $ROOT first" >&2; exit 1; }
 if [[ -s "$RUN/names" ]]; then
   for n in $("$CTL" names); do
     if "$CTL" pid "$n" >/dev/null; then echo "up.sh: a cluster already runs in $RUN ($n); deploy/local/down.sh first" >&2; exit 1; fi
   done
 fi
+# from here on a failure (a process that never gets ready) stops whatever this run started: nothing is left behind
+trap 'echo "up.sh: the cluster did not come up (logs: $RUN/logs); stopping what started" >&2; tail -n 5 "$RUN"/logs/*.log >&2 2>/dev/null || true; "$ROOT/deploy/local/down.sh" >/dev/null 2>&1 || true' ERR
 rm -rf "$RUN"
 mkdir -p "$RUN/nats" "$RUN/snapshots"
 
@@ -44,7 +51,7 @@ http: 127.0.0.1:$m
 jetstream { store_dir: "$RUN/nats/n$i" }
 cluster { name: kvgate-local, host: 127.0.0.1, port: $c, routes: [ ${routes%, } ] }
 CONF
-  "$CTL" start "nats-$i" nats-server -c "$RUN/nats/n$i.conf"
+  "$CTL" start "nats-$i" "$NATS_SERVER" -c "$RUN/nats/n$i.conf"
   NATS_URL+="nats://127.0.0.1:$p,"
 done
 NATS_URL=${NATS_URL%,}

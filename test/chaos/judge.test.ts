@@ -35,7 +35,8 @@ test('a row fails on a hang, on a 5xx in a bus/indexer/router fault (not in an e
   assert.ok(problems(row('shim kill -9 + restart', [{ kind: 'ok' }], null, [])).some((p) => /reconverge/.test(p)));
   assert.ok(problems(row('router kill -9 + restart', [{ kind: 'ok' }], 0, ['indexer-1'])).some((p) => /indexer-1/.test(p)));
   assert.ok(problems(row('router kill -9 + restart', [], 0, [])).some((p) => /no request/.test(p)));
-  assert.match(table([ok]), /nats: all 3 down for 5 s\s+2\s+1\s+1\s+0\s+0\s+10\.0\s+ok/);
+  assert.match(table([ok]), /nats: all 3 down for 5 s\s+2\s+1\s+1\s+0\s+0\s+10\.0\s+0\s+ok/);
+  assert.match(table([row('router kill -9 + restart', [{ kind: 'ok' }], 0, ['indexer-1'])]), /0\.0\s+indexer-1\s+FAIL: exited: indexer-1/);
 });
 
 test.run();

@@ -84,7 +84,7 @@ export function classify(status: number, body: string, err?: string, targetKille
 }
 
 export function table(rows: FaultRow[]): string {
-  const head = ['fault', 'sent', 'succeeded', 'failed (clear)', 'hung', '5xx, engines up', 'reconverge s', 'verdict'];
+  const head = ['fault', 'sent', 'succeeded', 'failed (clear)', 'hung', '5xx, engines up', 'reconverge s', 'other exits', 'verdict'];
   const lines = rows.map((r) => [
     r.fault,
     String(r.sent),
@@ -93,6 +93,7 @@ export function table(rows: FaultRow[]): string {
     String(r.hung),
     String(r.fivexxWhileEnginesUp),
     r.reconvergeMs === null ? 'never' : (r.reconvergeMs / 1000).toFixed(1),
+    r.exited.length === 0 ? '0' : r.exited.join(', '),
     problems(r).length === 0 ? 'ok' : `FAIL: ${problems(r).join('; ')}`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));

@@ -1,11 +1,14 @@
 /**
- * `npm run chaos [-- --json] [--keep] [--only SUBSTR]`: the chaos suite on a real multi-process cluster (deploy/local/up.sh: a
+ * `npm run chaos [-- --json] [--keep] [--only SUBSTR] [--budget-s N]`: the chaos suite on a real multi-process cluster (deploy/local/up.sh: a
  * 3-node JetStream NATS cluster, 2 indexers, 4 simulated engines with shims, 2 routers, each its own process).
  * Under a steady load it applies one fault at a time, revives what it killed, and measures: requests sent during
  * the fault and after it until reconvergence, how they ended (judge.ts), and the time from recovery until every
  * indexer's per-worker block count equals its engine's own (`/sim/stats` cachedBlocks). It prints a table (and with
  * --json one line `{"faults": [...]}`) and exits 1 when a row misses the bar, 2 when the cluster does not start.
- * Bounded: about 4–5 minutes on a 2-core machine.
+ * About 2–3 minutes on a 2-core machine. `--budget-s N` bounds the whole run (CI: .ci/run): past it, or on
+ * SIGTERM/SIGINT, the cluster is stopped (deploy/local/down.sh), the rows measured so far are printed with the
+ * reason, and the run fails. The cluster lives in a fresh temporary directory that is removed at the end; nothing
+ * it started is left running (unless --keep).
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -22,6 +25,16 @@ const asJson = args.includes('--json');
 const keep = args.includes('--keep');
 /** --only SUBSTR: run only the faults whose name contains it (debugging one fault) */
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1] ?? '' : '';
+/** --budget-s N: the whole run, cluster start to teardown, within N seconds (0: unbounded) */
+const budgetS = args.includes('--budget-s') ? Number(args[args.indexOf('--budget-s') + 1]) : 0;
+if (!Number.isFinite(budgetS) || budgetS < 0) {
+  console.error(`chaos: --budget-s wants a number of seconds, got ${JSON.stringify(args[args.indexOf('--budget-s') + 1] ?? '')}`);
+  process.exit(2);
+}
+if (args.includes('--help') || args.includes('-h')) {
+  console.log('npm run chaos [-- --json] [--keep] [--only SUBSTR] [--budget-s N]: the chaos suite on deploy/local (see test/chaos/run.ts)');
+  process.exit(0);
+}
 const say = (m: string) => process.stderr.write(`[chaos] ${m}\n`);
 
 const dir = mkdtempSync(join(tmpdir(), 'kvgate-chaos-'));
@@ -29,9 +42,20 @@ const base = 20000 + Math.floor(Math.random() * 40) * 200; // ports base+90 … 
 const routerPort = base + 80;
 const ENGINES = 4;
 const env = { ...process.env, KVGATE_LOCAL_DIR: dir, KVGATE_PORT: String(routerPort), KVGATE_LOCAL_BASE: String(base), KVGATE_LOCAL_ENGINES: String(ENGINES), KVGATE_LOCAL_SPEEDUP: '20', KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' };
-const ctl = async (...a: string[]) => (await run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env })).stdout.trim();
-/** ctl with extra environment for the process it starts */
-const ctlEnv = async (extra: Record<string, string>, ...a: string[]) => (await run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env: { ...env, ...extra } })).stdout.trim();
+/** ctl.sh; once the run is being torn down nothing is started or revived (it would outlive down.sh) */
+const ctlEnv = async (extra: Record<string, string>, ...a: string[]) => {
+  if (tornDown && (a[0] === 'start' || a[0] === 'revive')) throw new Error(`not reviving ${a[1]}: the cluster is being stopped`);
+  const p = run('bash', [join(root, 'deploy/local/ctl.sh'), ...a], { env: { ...env, ...extra } });
+  ctlRunning.add(p);
+  try {
+    return (await p).stdout.trim();
+  } finally {
+    ctlRunning.delete(p);
+  }
+};
+/** ctl.sh calls under way (teardown lets them finish, so a process they start is one down.sh sees) */
+const ctlRunning = new Set<Promise<unknown>>();
+const ctl = (...a: string[]) => ctlEnv({}, ...a);
 const alive = async (name: string) => ctl('pid', name).then(() => true, () => false);
 const routers = [0, 1].map((i) => `http://127.0.0.1:${routerPort + i}`);
 const indexers = [0, 1].map((i) => `http://127.0.0.1:${base + 90 + i}`);
@@ -222,17 +246,65 @@ const FAULTS: Fault[] = [
   { name: 'garbage on every subject and at the routers', victims: [], apply: garbage, recover: async () => undefined },
 ];
 
+const rows: FaultRow[] = [];
+/** the up.sh run while the cluster starts (stopped first when the run is cut short) */
+let starting: { kill(sig?: NodeJS.Signals): boolean } | undefined;
+let tornDown: Promise<string[]> | undefined;
+/** stop the load and the cluster, once; resolves with the processes that needed SIGKILL after 10 s of SIGTERM */
+function teardown(): Promise<string[]> {
+  return (tornDown ??= (async () => {
+    clearInterval(loadTimer);
+    starting?.kill('SIGKILL');
+    await Promise.allSettled([...ctlRunning]);
+    if (keep) {
+      say(`cluster left running in ${dir}`);
+      return [];
+    }
+    // every process must exit within 10 s of SIGTERM (down.sh kills and reports the ones that did not)
+    const down = await run('bash', [join(root, 'deploy/local/down.sh')], { env }).then((x) => x.stdout, (e: { stdout?: string }) => e.stdout ?? '');
+    rmSync(dir, { recursive: true, force: true });
+    return down.split('\n').filter((l) => /: killed$/.test(l)).map((l) => l.split(':')[0]!);
+  })());
+}
+
+let reported = false;
+function report(slowToStop: string[], aborted?: string): number {
+  if (reported) return 1; // an abort printed already
+  reported = true;
+  if (asJson) console.log(JSON.stringify({ faults: rows, ...(keep ? {} : { sigtermOver10s: slowToStop }), ...(aborted ? { aborted } : {}) }));
+  else {
+    console.log(table(rows));
+    if (!keep) console.log(slowToStop.length ? `SIGTERM: ${slowToStop.join(', ')} did not exit within 10 s (killed)` : 'SIGTERM: every process exited within 10 s');
+    if (aborted) console.log(`FAIL: ${aborted}`);
+  }
+  return aborted || rows.some((r) => problems(r).length > 0) || slowToStop.length > 0 ? 1 : 0;
+}
+
+/** cut the run short: the cluster stopped, what was measured printed, exit non-zero */
+function abort(why: string, code: number): void {
+  say(why);
+  void teardown().then((slow) => {
+    report(slow, why);
+    process.exit(code);
+  });
+}
+if (budgetS > 0) setTimeout(() => abort(`the run took longer than its budget of ${budgetS} s (--budget-s): stopped after ${rows.length} fault(s)`, 1), budgetS * 1000).unref();
+process.once('SIGTERM', () => abort('stopped by SIGTERM', 143));
+process.once('SIGINT', () => abort('stopped by SIGINT', 130));
+
 async function main(): Promise<number> {
   say(`starting the local cluster in ${dir} (routers :${routerPort}, :${routerPort + 1})`);
   try {
-    await run('bash', [join(root, 'deploy/local/up.sh')], { env, timeout: 120_000 });
+    const up = run('bash', [join(root, 'deploy/local/up.sh')], { env, timeout: 120_000 });
+    starting = up.child;
+    await up;
+    starting = undefined;
   } catch (e) {
     console.error(`chaos: the local cluster did not start: ${String((e as { stderr?: string }).stderr ?? e).trim().split('\n').pop()}`);
+    await teardown(); // what did start stops
     return 2;
   }
   const names = (await ctl('names')).split('\n').filter(Boolean);
-  const rows: FaultRow[] = [];
-  const slowToStop: string[] = [];
   try {
     sink = [];
     await sleep(4000); // warm: prefixes spread, index filled
@@ -268,19 +340,8 @@ async function main(): Promise<number> {
   } finally {
     clearInterval(loadTimer);
     while (inflight > 0) await sleep(100);
-    if (!keep) {
-      // every process must exit within 10 s of SIGTERM (down.sh kills and reports the ones that did not)
-      const down = await run('bash', [join(root, 'deploy/local/down.sh')], { env }).then((x) => x.stdout, (e: { stdout?: string }) => e.stdout ?? '');
-      for (const l of down.split('\n')) if (/: killed$/.test(l)) slowToStop.push(l.split(':')[0]!);
-      rmSync(dir, { recursive: true, force: true });
-    } else say(`cluster left running in ${dir}`);
   }
-  if (asJson) console.log(JSON.stringify({ faults: rows, ...(keep ? {} : { sigtermOver10s: slowToStop }) }));
-  else {
-    console.log(table(rows));
-    if (!keep) console.log(slowToStop.length ? `SIGTERM: ${slowToStop.join(', ')} did not exit within 10 s (killed)` : 'SIGTERM: every process exited within 10 s');
-  }
-  return rows.some((r) => problems(r).length > 0) || slowToStop.length > 0 ? 1 : 0;
+  return report(await teardown());
 }
 
 /** what the failed requests were, by kind and code (`; 5xx: 502 KVG_UPSTREAM ×2, …`), for the log */
@@ -303,4 +364,8 @@ async function waitConverged(ms: number): Promise<boolean> {
   return false;
 }
 
-process.exitCode = await main();
+process.exitCode = await main().catch(async (e: unknown) => {
+  const why = `the run failed: ${String((e as Error)?.message ?? e).split('\n')[0]}`;
+  say(why);
+  return report(await teardown(), why);
+});
