@@ -47,7 +47,7 @@ const MODEL = 'bench-model';
 const B = 16;
 
 /** The load process (bench/router-load.ts): stub engines + HTTP client, off the router's process. */
-function startLoadProcess() {
+export function startLoadProcess() {
   const child = fork(fileURLToPath(new URL('./router-load.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   let next = 1;

@@ -34,6 +34,8 @@ export interface EppOptions {
   maxEndpoints?: number;
   /** per-endpoint scores in envoy.lb/x-gateway-destination-endpoint-scores; default false */
   scores?: boolean;
+  /** each pick's latency, ms from the last request message in to the headers answer out (benchmarks; the metric is kvgate_epp_pick_seconds) */
+  onPick?(ms: number): void;
   /** a successful index probe counts for readiness this long; default 5000 ms */
   indexProbeMs?: number;
 }
@@ -112,7 +114,10 @@ export class EppEdge {
         ...(this.#o.bodyLimitBytes !== undefined ? { bodyLimit: this.#o.bodyLimitBytes } : {}),
         scores: this.#o.scores === true,
         log: this.#d.log,
-        onPicked: (ms) => this.#pickSeconds.observe(ms / 1000),
+        onPicked: (ms) => {
+          this.#pickSeconds.observe(ms / 1000);
+          this.#o.onPick?.(ms);
+        },
         onFinished: () => this.#d.admission.poke(),
       },
       (r) => {
