@@ -7,7 +7,7 @@
  * Stored worker by worker, document by document, as 16-block `store` calls (the shim's event size). The
  * hashes are generated per worker into one reused buffer outside the timed part, so the build time and the
  * memory delta are the index's own. Match prompts are 512 blocks: 70 % the head of a cached document, 20 % a
- * system prompt with a new tail, 10 % nothing cached.
+ * system prompt with a new tail, 10 % nothing cached; p50 / p99 are the lowest of 5 rounds.
  *
  * Baselines (same run): the NaiveIndex (Map/Set reference) over the first 20 workers of the same workload
  * (the whole workload would need tens of GB in Maps): its bytes per entry, its match p50/p99 for the same
@@ -103,30 +103,52 @@ export default async function (ctx: BenchContext): Promise<void> {
     } else fillRandom(c, 0, QLEN, qr);
     queries.push(c);
   }
-  const time = (m: IndexCore, qs: BigUint64Array[]) => {
-    for (let i = 0; i < Math.min(300, qs.length); i++) m.match(qs[i]!);
-    let best: number[] = [];
-    for (let round = 0; round < 3; round++) {
+  /**
+   * ROUNDS rounds over the prompts; p50 and p99 are each the lowest over the rounds (the least disturbed: on a
+   * shared machine another process's burst lands in some round's tail), `q99` the p99 of every prompt's best
+   * time (what the walk itself costs)
+   */
+  const ROUNDS = 5;
+  const time = (match: (q: BigUint64Array) => unknown, qs: BigUint64Array[]) => {
+    for (let i = 0; i < Math.min(300, qs.length); i++) match(qs[i]!);
+    let p50 = Infinity, p99 = Infinity;
+    const best = new Array<number>(qs.length).fill(Infinity);
+    for (let round = 0; round < ROUNDS; round++) {
       const xs: number[] = [];
-      for (const q of qs) {
+      for (let i = 0; i < qs.length; i++) {
         const s = process.hrtime.bigint();
-        m.match(q);
-        xs.push(Number(process.hrtime.bigint() - s) / 1e3);
+        match(qs[i]!);
+        const us = Number(process.hrtime.bigint() - s) / 1e3;
+        xs.push(us);
+        if (us < best[i]!) best[i] = us;
       }
-      if (best.length === 0 || percentile(xs, 50) < percentile(best, 50)) best = xs;
+      p50 = Math.min(p50, percentile(xs, 50));
+      p99 = Math.min(p99, percentile(xs, 99));
     }
-    return best;
+    return { p50, p99, q99: percentile(best, 99) };
   };
   let hit = 0;
   for (const q of queries.slice(0, 300)) {
     const ds = Object.values(ix.match(q));
     hit += ds.length ? Math.max(...ds) : 0;
   }
-  const ours = time(ix, queries);
+  // as the indexer's shard answers (ShardState.match): the walk, then the answer as arrays of names and depths
+  let x: PrefixIndex | null = ix;
+  const oursMatch = (q: BigUint64Array) => {
+    const k = x!.matchPairs(new Uint32Array(q.buffer, q.byteOffset, q.length * 2), q.length, true);
+    const ws = new Array<string>(k), ds = new Array<number>(k);
+    for (let i = 0; i < k; i++) {
+      ws[i] = x!.resultWorker(i);
+      ds[i] = x!.resultDepth(i);
+    }
+    return ds;
+  };
+  const ours = time(oursMatch, queries);
   const lookups0 = ix.stats().matchLookups;
   for (const q of queries) ix.match(q);
   const lookups = (ix.stats().matchLookups - lookups0) / queries.length;
   ix = null;
+  x = null;
 
   // ---- baseline: the naive index over a subset of the workers ---------------------------------------
   const before2 = memory();
@@ -135,14 +157,15 @@ export default async function (ctx: BenchContext): Promise<void> {
   const nBytes = (memory() - before2) / naive.entries;
   const nEntries = naive.entries;
   const nq = queries.slice(0, ctx.quick ? 200 : 600);
-  const base = time(naive, nq);
+  const nx = naive;
+  const base = time((q) => nx.match(q), nq);
   naive = null;
 
   const shape = `${WORKERS} workers × ${DOCS * DOC_LEN} blocks (${DOCS} docs of ${DOC_LEN}: ${SYS_LEN}-block system prompt of ${SYS} + own tail), ${st.entries} entries, ${st.nodes} prefixes (${(st.entries / st.nodes).toFixed(3)} workers per prefix), ${PIECE}-block store() calls`;
   const nNote = `baseline: NaiveIndex over the first ${SUBSET} workers (${nEntries} entries)`;
   ctx.report({ bench: 'index.scale.bytesPerEntry', value: bytes, unit: 'B', baseline: nBytes, note: `heap+arrayBuffers delta after GC / entries (${((bytes * st.entries) / 2 ** 30).toFixed(2)} GiB); ${shape}; ${nNote}` });
   ctx.report({ bench: 'index.scale.build', value: secs, unit: 's', baseline: (nSecs * st.entries) / nEntries, note: `time in store() for all ${st.entries} entries from empty, not sized (${((st.entries / secs) / 1e6).toFixed(2)} M blocks/s; ${cpu.toFixed(2)} CPU s of the process); ${nNote}, its time scaled linearly to ${st.entries} entries` });
-  const mNote = `${QLEN}-block prompts, mean best overlap ${(hit / 300).toFixed(0)} blocks, ${lookups.toFixed(2)} table lookups per match; best of 3 rounds; ${nNote}, ${nq.length} of the prompts`;
-  ctx.report({ bench: 'index.scale.match.p50', value: percentile(ours, 50), unit: 'µs', baseline: percentile(base, 50), note: mNote });
-  ctx.report({ bench: 'index.scale.match.p99', value: percentile(ours, 99), unit: 'µs', baseline: percentile(base, 99), note: mNote });
+  const mNote = `${QLEN}-block prompts, mean best overlap ${(hit / 300).toFixed(0)} blocks, ${lookups.toFixed(2)} table lookups per match; matchPairs + the answer as arrays (as ShardState.match), lowest of ${ROUNDS} rounds (p99 of each prompt's best time: ${ours.q99.toFixed(1)} µs); ${nNote} (its match()), ${nq.length} of the prompts`;
+  ctx.report({ bench: 'index.scale.match.p50', value: ours.p50, unit: 'µs', baseline: base.p50, note: mNote });
+  ctx.report({ bench: 'index.scale.match.p99', value: ours.p99, unit: 'µs', baseline: base.p99, note: mNote });
 }
