@@ -43,6 +43,15 @@ export interface Subjects {
 export const TOKEN_RE = /^[A-Za-z0-9_\-:@]+$/;
 
 /**
+ * Key of a worker in the workers bucket: KV keys allow only [A-Za-z0-9_\-=.], worker ids also ':' and '@'; every
+ * other character (and '.') becomes '=' and two hex digits (':' → '=3a'), so a key is always one subject token.
+ * Readers use the value's `worker` field (the indexer's workerOfKey undoes it).
+ */
+export function registryKey(worker: string): string {
+  return worker.replace(/[^A-Za-z0-9_-]/g, (c) => '=' + c.charCodeAt(0).toString(16).padStart(2, '0'));
+}
+
+/**
  * The two durable streams' configs. Every process that opens a stream passes the same config (opening updates an
  * existing stream's config), so they are defined here once. Decisions are debugging data: capped.
  */

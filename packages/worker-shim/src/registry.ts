@@ -2,17 +2,12 @@
  * Worker registration in the workers KV bucket, kept alive by a heartbeat (re-put every `heartbeatMs`;
  * the bucket's TTL expires a worker whose shim stopped putting, e.g. because its pod died).
  */
-import { encode, logger, type KvStore, type WorkerRegistration } from '@kvgate/protocol';
+import { encode, logger, registryKey, type KvStore, type WorkerRegistration } from '@kvgate/protocol';
 
 const log = logger('shim.registry');
 
-/**
- * Bucket key of a worker: KV keys allow only [A-Za-z0-9_\-=.], worker ids also ':' and '@'; every other
- * character becomes '=' and two hex digits (':' → '=3a'). Readers should use the value's `worker` field.
- */
-export function registryKey(worker: string): string {
-  return worker.replace(/[^A-Za-z0-9_-]/g, (c) => '=' + c.charCodeAt(0).toString(16).padStart(2, '0'));
-}
+/** Bucket key of a worker (protocol's registryKey; the NATS permissions of a shim name it too). */
+export { registryKey };
 
 export class Registration {
   readonly #kv: KvStore;
