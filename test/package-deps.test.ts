@@ -53,8 +53,9 @@ test('@kvgate/router depends on the protocol and its edges\' libraries only', ()
     assert.not.ok(d.includes(banned), `router depends on ${banned}`);
   }
   assert.equal(d.filter((x) => x.startsWith('@kvgate/')), ['@kvgate/protocol']);
-  // the HTTP edge (undici upstream, prom-client metrics, lru-cache) and a gRPC endpoint-picker edge (issue 16)
-  const edgeLibraries = new Set(['undici', 'lru-cache', 'prom-client', '@grpc/grpc-js', '@grpc/proto-loader']);
+  // the HTTP edge (undici upstream, prom-client metrics, lru-cache, ws for the dashboard's feed, issue 17) and a
+  // gRPC endpoint-picker edge (issue 16)
+  const edgeLibraries = new Set(['undici', 'lru-cache', 'prom-client', 'ws', '@grpc/grpc-js', '@grpc/proto-loader']);
   const other = d.filter((x) => !x.startsWith('@kvgate/') && !edgeLibraries.has(x));
   assert.equal(other, [], `router depends on ${other.join(', ')}`);
 });

@@ -29,6 +29,7 @@ import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
 import { CacheAccounting, type Prediction } from './cache-accounting.js';
 import { clientWantsUsage, UsageStrip, withUsage } from './usage-strip.js';
 import { RequestTimer } from './latency.js';
+import { Dashboard, DASHBOARD_PATH, dashboardPage } from './dashboard.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Route, RoutingCore } from './routing-core.js';
 
@@ -77,6 +78,8 @@ export class HttpEdge {
   readonly drain: HttpDrain;
   /** predicted vs actual cached tokens of the requests proxied (cache-accounting.ts) */
   readonly cache: CacheAccounting;
+  /** GET /dashboard and its feed (dashboard.ts) */
+  readonly dashboard: Dashboard;
   readonly #o: HttpEdgeOptions;
   readonly #core: RoutingCore;
   readonly #cluster: ClusterView;
@@ -94,6 +97,7 @@ export class HttpEdge {
     this.#metrics = o.metrics;
     this.#log = o.log;
     this.cache = new CacheAccounting(o.metrics);
+    this.dashboard = new Dashboard({ router: o.id, cluster: o.cluster, cache: this.cache, allow: (req) => this.#dashboardAllowed(req) });
     const limits = resolveHttpLimits(o.httpLimits, { keepAliveTimeoutMs: 65_000 });
     this.server = createServer(httpServerOptions(limits, { noDelay: true }), (inReq, res) => {
       arrivedAt.set(res, performance.now());
@@ -109,6 +113,9 @@ export class HttpEdge {
         }
         sendError(res, e);
       });
+    });
+    this.server.on('upgrade', (req, socket, head) => {
+      if (!this.dashboard.upgrade(req, socket, head)) socket.destroy();
     });
     applyHttpLimits(this.server, limits, 'router');
     this.drain = new HttpDrain(this.server, 'router');
@@ -127,6 +134,7 @@ export class HttpEdge {
 
   /** Stop accepting; in-flight responses get `drainMs` to finish, then are cut cleanly. */
   async close(drainMs: number): Promise<void> {
+    await this.dashboard.close();
     await this.drain.close(this.server, drainMs);
   }
 
@@ -138,6 +146,13 @@ export class HttpEdge {
     if (method === 'GET') {
       if (path === '/healthz') return sendJson(res, 200, { status: 'ok', router: this.#o.id });
       if (path === '/readyz') return this.#readyz(res);
+      if (path === DASHBOARD_PATH) {
+        if (!this.#dashboardAllowed(inReq)) throw new KvgateError('KVG_UNAUTHORIZED', 'the dashboard needs an API key: open /dashboard?key=<key> (or send Authorization: Bearer <key>)');
+        const page = dashboardPage(this.#o.id);
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page), 'cache-control': 'no-cache' });
+        res.end(page);
+        return;
+      }
       if (path === '/metrics') {
         const text = await this.#metrics.registry.metrics();
         res.writeHead(200, { 'content-type': this.#metrics.registry.contentType });
@@ -224,6 +239,7 @@ export class HttpEdge {
     for (let attempt = 0; ; attempt++) {
       const { decision } = routed;
       const tickets = core.commit(routed, req, requestId);
+      this.dashboard.decision(routed, requestId);
       const headers: Record<string, string> = { 'content-type': 'application/json' };
       const tp = inReq.headers.traceparent;
       if (typeof tp === 'string') headers.traceparent = tp;
@@ -284,7 +300,7 @@ export class HttpEdge {
       // the engine's usage, read off the chunks as they pass: misconfiguration signals (diag.ts)
       const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
       const sent = routed;
-      const timer = up.statusCode === 200 ? new RequestTimer(this.#metrics, worker, routed.model, arrivedAt.get(res) ?? t0, req.stream) : undefined;
+      const timer = up.statusCode === 200 ? new RequestTimer(this.#metrics, worker, routed.model, arrivedAt.get(res) ?? t0, req.stream, this.dashboard.active ? (s) => this.dashboard.ttft(s) : undefined) : undefined;
       this.drain.onCut(
         res,
         relay(up, res, extra, {
@@ -352,6 +368,16 @@ export class HttpEdge {
         load: load(s.worker),
       })),
     });
+  }
+
+  /** the dashboard follows /metrics: open, unless the router has API keys and `authHealth` (then `?key=` or Authorization) */
+  #dashboardAllowed(req: IncomingMessage): boolean {
+    const { apiKeys, authHealth } = this.#o;
+    if (!authHealth || apiKeys.size === 0) return true;
+    if (apiKeys.check(req.headers.authorization) !== undefined) return true;
+    const q = (req.url ?? '').split('?')[1];
+    const key = q ? new URLSearchParams(q).get('key') : null;
+    return key !== null && apiKeys.check(`Bearer ${key}`) !== undefined;
   }
 
   #readyz(res: ServerResponse): void {

@@ -21,11 +21,14 @@ export class RequestTimer {
   readonly #ttft: Child | undefined;
   readonly #itl: Child | undefined;
   readonly #e2e: Child;
+  readonly #onTtft: ((seconds: number) => void) | undefined;
   #last = -1;
 
   /** `tIn`: performance.now() when the request arrived */
-  constructor(m: RouterMetrics, worker: string, model: string, tIn: number, stream: boolean) {
+  /** `onTtft`: also told each stream's TTFT (the dashboard's feed, while one is open) */
+  constructor(m: RouterMetrics, worker: string, model: string, tIn: number, stream: boolean, onTtft?: (seconds: number) => void) {
     this.#tIn = tIn;
+    this.#onTtft = onTtft;
     this.#stream = stream;
     if (stream) {
       this.#ttft = m.ttftSeconds.labels(worker, model);
@@ -38,7 +41,11 @@ export class RequestTimer {
   chunk(): void {
     if (!this.#stream) return;
     const now = performance.now();
-    if (this.#last < 0) this.#ttft!.observe((now - this.#tIn) / 1000);
+    if (this.#last < 0) {
+      const s = (now - this.#tIn) / 1000;
+      this.#ttft!.observe(s);
+      this.#onTtft?.(s);
+    }
     else this.#itl!.observe((now - this.#last) / 1000);
     this.#last = now;
   }
