@@ -1,6 +1,7 @@
 /**
- * The long-prompt workload of `kvgate start --disagg` and its figures. Prompts share nothing (every prompt is a
- * full prefill: the case P/D is for; shared prefixes and cache hits are where colocated wins), Poisson arrivals at a
+ * The long-prompt workload of `kvgate start --disagg` and its figures. Prompts share nothing by default (every prompt
+ * is a full prefill: the case P/D is for; a shared prefix, `sharedPrefixTokens`, gives the cache hits where colocated
+ * wins), Poisson arrivals at a
  * fixed rate in modelled time, a fixed number of output tokens (ignore_eos). Figures per run, in modelled time:
  * TTFT p50/p99; ITL per request, the mean gap between its tokens after the first ((last − first) / (n − 1), as
  * GenAI-Perf's inter-token latency and vLLM's TPOT), p50/p99 over requests; the single gaps' p50/p99 too (vLLM
@@ -17,16 +18,21 @@ export interface LongPromptWorkload {
   outputTokens: number;
   /** arrivals per modelled second (Poisson) */
   ratePerS: number;
+  /** leading tokens every prompt shares (a system prompt; default 0: nothing shared) */
+  sharedPrefixTokens?: number;
   seed?: number;
 }
 
 /** The requests, their send times in wall ms (modelled ÷ speedup). `tag` makes every run's prompts its own. */
 export function longPromptRequests(model: string, w: LongPromptWorkload, speedup: number, tag: number): RequestData[] {
   const r = mulberry32((w.seed ?? 7) * 1000 + tag);
+  const shared = Math.min(w.sharedPrefixTokens ?? 0, w.promptTokens - 1);
+  const rp = mulberry32((w.seed ?? 7) * 1000 + tag + 500);
+  const prefix = Array.from({ length: shared }, () => 1000 + Math.floor(rp() * 140_000));
   const out: RequestData[] = [];
   let t = 0;
   for (let i = 0; i < w.requests; i++) {
-    const ids = Array.from({ length: w.promptTokens }, () => 1000 + Math.floor(r() * 140_000));
+    const ids = [...prefix, ...Array.from({ length: w.promptTokens - shared }, () => 1000 + Math.floor(r() * 140_000))];
     out.push({ atMs: t / speedup, path: '/v1/completions', body: `{"model":${JSON.stringify(model)},"max_tokens":${w.outputTokens},"ignore_eos":true,"prompt":[${ids.join(',')}]}` });
     t += (-Math.log(1 - r()) / w.ratePerS) * 1000;
   }

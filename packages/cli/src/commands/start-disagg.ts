@@ -25,6 +25,7 @@ export const DISAGG_SPEC = {
   requests: { type: 'string', help: '--disagg: requests per run (default 64)' },
   'prompt-tokens': { type: 'string', help: '--disagg: prompt tokens per request, none shared (default 6000)' },
   'output-tokens': { type: 'string', help: '--disagg: output tokens per request (default 128)' },
+  'shared-prefix-tokens': { type: 'string', help: '--disagg: leading prompt tokens every request shares, a system prompt (default 0: none; cache hits are where colocated wins)' },
   rate: { type: 'string', help: '--disagg: Poisson arrivals per modelled second (default 2.5 per engine)' },
   'pd-min-prefill-tokens': { type: 'string', help: '--disagg: router P/D threshold: shorter uncached prompts are prefilled on the decode worker (default 512)' },
 } as const;
@@ -36,6 +37,7 @@ export interface DisaggFlags {
   requests?: string | undefined;
   'prompt-tokens'?: string | undefined;
   'output-tokens'?: string | undefined;
+  'shared-prefix-tokens'?: string | undefined;
   rate?: string | undefined;
   'pd-min-prefill-tokens'?: string | undefined;
   speedup?: string | undefined;
@@ -79,7 +81,9 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
     promptTokens: numberFlag(f['prompt-tokens'], 'prompt-tokens', 6000, { min: 1, integer: true }),
     outputTokens: numberFlag(f['output-tokens'], 'output-tokens', 128, { min: 2, integer: true }),
     ratePerS: numberFlag(f.rate, 'rate', 2.5 * engines, { min: 0.001 }),
+    sharedPrefixTokens: numberFlag(f['shared-prefix-tokens'], 'shared-prefix-tokens', 0, { min: 0, integer: true }),
   };
+  if (workload.sharedPrefixTokens >= workload.promptTokens) throw new FlagError(`--shared-prefix-tokens ${workload.sharedPrefixTokens} must be below --prompt-tokens ${workload.promptTokens}`);
   // 1 by default: two more HTTP hops per request and 6,000-token bodies; at 2 and above this host's lag showed in the
   // client's clock (TTFT seconds above the engines' own, in one core's worth of proxying)
   const speedup = numberFlag(f.speedup, 'speedup', 1, { min: 0.001 });
@@ -104,7 +108,7 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
   await initHashing();
   process.stderr.write(
     `kvgate start --disagg: engines: ${formatCapacity(profile)}\n` +
-      `kvgate start --disagg: ${workload.requests} requests × ${workload.promptTokens} prompt tokens (none shared; ${((workload.promptTokens * kvPerToken) / 1e6).toFixed(0)} MB of KV each) → ${workload.outputTokens} output tokens, Poisson ${workload.ratePerS} req/s; ${engines} GPUs: colocated ${engines} × both, disaggregated ${prefill} prefill + ${engines - prefill} decode on ${fabrics.map(kvFabricLabel).join(', ')}; speedup ${speedup}\n`,
+      `kvgate start --disagg: ${workload.requests} requests × ${workload.promptTokens} prompt tokens (${workload.sharedPrefixTokens > 0 ? `the first ${workload.sharedPrefixTokens} shared` : 'none shared'}; ${((workload.promptTokens * kvPerToken) / 1e6).toFixed(0)} MB of KV each) → ${workload.outputTokens} output tokens, Poisson ${workload.ratePerS} req/s; ${engines} GPUs: colocated ${engines} × both, disaggregated ${prefill} prefill + ${engines - prefill} decode on ${fabrics.map(kvFabricLabel).join(', ')}; speedup ${speedup}\n`,
   );
 
   const runs: Array<{ label: string; roles: ('both' | 'prefill' | 'decode')[]; fabric: TransferModel | null }> = [
@@ -194,7 +198,8 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
     console.log(line(head));
     for (const c of cells) console.log(line(c));
     for (const r of rows.slice(1)) {
-      console.log(`${r.fabric}: ITL p50 ${ms(r.itlP50Ms)} vs ${ms(base.itlP50Ms)} ms colocated (${r.itlP50Ms < base.itlP50Ms ? 'lower' : 'not lower'}), TTFT p50 ${ms(r.ttftP50Ms)} vs ${ms(base.ttftP50Ms)} ms`);
+      const rel = (a: number, b: number) => `${a >= b ? '+' : '−'}${Math.abs((a / b - 1) * 100).toFixed(0)}%`;
+      console.log(`${r.fabric} against colocated: ITL p50 ${rel(r.itlP50Ms, base.itlP50Ms)} (${ms(r.itlP50Ms)} vs ${ms(base.itlP50Ms)} ms), TTFT p50 ${rel(r.ttftP50Ms, base.ttftP50Ms)} (${ms(r.ttftP50Ms)} vs ${ms(base.ttftP50Ms)} ms), tok/s ${rel(r.outputTokensPerS, base.outputTokensPerS)}`);
     }
     console.log(
       `ITL: per request, the mean gap after its first token (gap: single gaps between token events); transfer share: modelled KV pull time / summed TTFT. ` +
