@@ -4,6 +4,9 @@
  * With `{ auth: 'password' | 'token' }` the server requires credentials (a generated config with a random user
  * password or token): `nats.auth` holds them (NatsBusOptions' user/pass or token), `nats.authUrl` is the URL with
  * them in it (nats://user:pass@host or nats://token@host); `nats.url` has none (a client using it is refused).
+ * With `{ configFile, env }` it runs that nats-server config (e.g. deploy/nats/nats-server.conf: users and
+ * permissions) with `env` added to its environment (the passwords the config reads); port, address and store dir
+ * still come from the command line, which overrides the file.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,6 +30,8 @@ export interface NatsServerHandle {
   /** start again after `kill()`, on the same port and store; no-op when running */
   start(): Promise<void>;
   stop(): Promise<void>;
+  /** what nats-server has written to stdout/stderr so far (e.g. its permission-violation lines) */
+  log(): string;
 }
 
 export async function freePort(): Promise<number> {
@@ -84,6 +89,10 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs = 10_000
 export interface NatsServerOptions {
   /** require credentials: a user with a random password, or a random token (default none) */
   auth?: 'password' | 'token';
+  /** run this config file (`-c`); exclusive with `auth` */
+  configFile?: string;
+  /** added to nats-server's environment (variables the config file reads) */
+  env?: Record<string, string>;
 }
 
 export async function startNatsServer(o: NatsServerOptions = {}): Promise<NatsServerHandle> {
@@ -92,7 +101,9 @@ export async function startNatsServer(o: NatsServerOptions = {}): Promise<NatsSe
   const storeDir = mkdtempSync(join(tmpdir(), 'kvgate-nats-'));
   const secret = randomBytes(12).toString('hex');
   const auth = o.auth === 'password' ? { user: 'kvgate', pass: secret } : o.auth === 'token' ? { token: secret } : undefined;
+  if (o.auth && o.configFile) throw new Error('startNatsServer: auth and configFile exclude each other');
   const args = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir];
+  if (o.configFile) args.push('-c', o.configFile);
   if (auth) {
     const conf = join(storeDir, 'auth.conf');
     writeFileSync(conf, 'token' in auth ? `authorization { token: "${auth.token}" }\n` : `authorization { user: "${auth.user}", password: "${auth.pass}" }\n`);
@@ -103,7 +114,7 @@ export async function startNatsServer(o: NatsServerOptions = {}): Promise<NatsSe
   let child: ChildProcess;
   let log = '';
   const launch = async () => {
-    child = spawn(natsBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    child = spawn(natsBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'], ...(o.env ? { env: { ...process.env, ...o.env } } : {}) });
     child.stdout?.on('data', (d) => (log += d));
     child.stderr?.on('data', (d) => (log += d));
     try {
@@ -132,6 +143,7 @@ export async function startNatsServer(o: NatsServerOptions = {}): Promise<NatsSe
       await launch();
     },
     kill,
+    log: () => log,
     async start() {
       if (child.exitCode === null && child.signalCode === null) return;
       await launch();
