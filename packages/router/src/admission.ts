@@ -9,7 +9,8 @@
  *   queue      otherwise the request waits in the pool's bounded per-priority queue (flow-control.ts: highest
  *              priority first, the fairness ids `x-llm-d-inference-fairness-id` taking turns inside a priority);
  *              the band full → 429 KVG_OVERLOADED (`queue-full`), the deadline passed → 503 KVG_QUEUE_TIMEOUT
- *              (`queue-timeout`); admitted → routed again (the load has moved while it waited)
+ *              (`queue-timeout`); the router closing → 503 KVG_SHUTTING_DOWN (`shutting-down`); admitted → routed
+ *              again (the load has moved while it waited)
  *
  * Every refusal carries `Retry-After` (seconds) and the shed reason (`x-kvgate-shed`). One Admission per router:
  * both edges share its queue (a saturated pool is saturated for both) and its metrics —
@@ -29,7 +30,7 @@ export const FAIRNESS_HEADERS = ['x-llm-d-inference-fairness-id', 'x-gateway-inf
 /** the shed reason of a refusal, on both edges' answers */
 export const SHED_HEADER = 'x-kvgate-shed';
 
-export type ShedReason = 'sheddable' | 'queue-full' | 'queue-timeout';
+export type ShedReason = 'sheddable' | 'queue-full' | 'queue-timeout' | 'shutting-down';
 export type Edge = 'http' | 'epp';
 
 export interface AdmissionOptions {
@@ -50,7 +51,7 @@ export interface AdmissionDeps {
 
 export type Admitted =
   | { kind: 'admitted'; route: Route; priority: number; waitedMs: number }
-  | { kind: 'refused'; status: 429 | 503; code: 'KVG_OVERLOADED' | 'KVG_QUEUE_TIMEOUT'; shed: ShedReason; priority: number; message: string; retryAfterS: number };
+  | { kind: 'refused'; status: 429 | 503; code: 'KVG_OVERLOADED' | 'KVG_QUEUE_TIMEOUT' | 'KVG_SHUTTING_DOWN'; shed: ShedReason; priority: number; message: string; retryAfterS: number };
 
 function poolWorkers(pool: Pool): WorkerRegistration[] {
   return pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode];
@@ -122,6 +123,7 @@ export class Admission {
     const { outcome, waitedMs } = await this.gate.wait(model, priority, tenant);
     this.#wait.observe({ priority: String(priority) }, waitedMs / 1000);
     if (outcome === 'full') return this.#refuse(edge, priority, 'queue-full', `every worker of \`${model}\` is saturated and the queue of priority ${priority} is full`);
+    if (outcome === 'closed') return this.#refuse(edge, priority, 'shutting-down', `the router is shutting down; the request waited for a saturated pool (\`${model}\`)`);
     if (outcome === 'expired') return this.#refuse(edge, priority, 'queue-timeout', `every worker of \`${model}\` stayed saturated past the queue deadline (${Math.round(waitedMs)} ms)`);
     // admitted: the load has moved since; route again (the next waiter goes once this route is made)
     try {
@@ -142,8 +144,8 @@ export class Admission {
 
   #refuse(edge: Edge, priority: number, shed: ShedReason, message: string): Admitted {
     this.#shed.inc({ edge, priority: String(priority), reason: shed });
-    const timeout = shed === 'queue-timeout';
-    return { kind: 'refused', status: timeout ? 503 : 429, code: timeout ? 'KVG_QUEUE_TIMEOUT' : 'KVG_OVERLOADED', shed, priority, message, retryAfterS: this.#retryAfterS };
+    const code = shed === 'queue-timeout' ? 'KVG_QUEUE_TIMEOUT' : shed === 'shutting-down' ? 'KVG_SHUTTING_DOWN' : 'KVG_OVERLOADED';
+    return { kind: 'refused', status: code === 'KVG_OVERLOADED' ? 429 : 503, code, shed, priority, message, retryAfterS: this.#retryAfterS };
   }
 
   #depths(q: FlowQueue): void {

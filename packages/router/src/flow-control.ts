@@ -20,7 +20,7 @@ export interface FlowOptions {
   pollMs?: number;
 }
 
-export type FlowOutcome = 'admitted' | 'expired' | 'full';
+export type FlowOutcome = 'admitted' | 'expired' | 'full' | 'closed';
 
 interface Waiter {
   since: number;
@@ -115,7 +115,7 @@ export class FlowQueue {
   /** Every waiter refused (closing). */
   drain(): void {
     for (const band of this.#bands) {
-      for (const q of band.byTenant.values()) for (const w of q) w.resolve('expired', this.#now() - w.since);
+      for (const q of band.byTenant.values()) for (const w of q) w.resolve('closed', this.#now() - w.since);
       band.byTenant.clear();
       band.size = 0;
     }
@@ -133,6 +133,7 @@ export class FlowGate {
   /** pools with an admitted request still being picked: the next waits for it (admission order = pick order) */
   readonly #picking = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
+  #closed = false;
 
   constructor(o: FlowOptions, hasRoom: (pool: string) => boolean, onDepth: (pool: string, q: FlowQueue) => void = () => {}) {
     this.#hasRoom = hasRoom;
@@ -148,8 +149,9 @@ export class FlowGate {
     return priority === undefined ? q.size : q.depth(priority);
   }
 
-  /** Waits for room in `pool`: 'admitted', 'expired' (past maxWaitMs) or 'full' (the band is at maxQueue). */
+  /** Waits for room in `pool`: 'admitted', 'expired' (past maxWaitMs), 'full' (the band is at maxQueue) or 'closed' (the gate closed). */
   wait(pool: string, priority: number, tenant: string): Promise<{ outcome: FlowOutcome; waitedMs: number }> {
+    if (this.#closed) return Promise.resolve({ outcome: 'closed', waitedMs: 0 });
     let q = this.#queues.get(pool);
     if (!q) this.#queues.set(pool, (q = new FlowQueue(this.#maxQueue)));
     return new Promise((resolve) => {
@@ -172,6 +174,7 @@ export class FlowGate {
   }
 
   close(): void {
+    this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
     for (const q of this.#queues.values()) q.drain();

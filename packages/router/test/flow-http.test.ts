@@ -3,7 +3,8 @@
  * the router, every worker reported over its busy thresholds. A sheddable objective gets 429 at once with
  * Retry-After and x-kvgate-shed; the others wait in the bounded per-priority queue and the higher priority is
  * proxied first once a worker has room; the band full → 429 queue-full; a wait past the deadline → 503
- * KVG_QUEUE_TIMEOUT; the shed counter and the queue gauge say so. The queue is the one the gateway edge uses.
+ * KVG_QUEUE_TIMEOUT; the shed counter and the queue gauge say so; the router closing → 503 KVG_SHUTTING_DOWN.
+ * The queue is the one the gateway edge uses.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -113,6 +114,28 @@ test('the band full → 429 queue-full; a wait past the deadline → 503 KVG_QUE
     assert.is((await post(c, 'chat', 600)).status, 200);
   } finally {
     await teardown(c);
+  }
+});
+
+test('closing the router refuses a queued request with 503 KVG_SHUTTING_DOWN (not a queue timeout)', async () => {
+  const c = await setup({ flow: { maxWaitMs: 20_000 } });
+  let closed = false;
+  try {
+    await saturate(c);
+    const queued = post(c, undefined, 700);
+    for (let i = 0; i < 1000 && (await depth(c)) < 1; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.is(await depth(c), 1);
+    const closing = c.router.close({ drainMs: 2000 });
+    const r = await queued;
+    assert.is(r.status, 503);
+    assert.is(r.json.error?.code, 'KVG_SHUTTING_DOWN');
+    assert.is(r.headers['x-kvgate-shed'], 'shutting-down');
+    await closing;
+    closed = true;
+  } finally {
+    if (!closed) await c.router.close();
+    for (const e of c.engines) await e.close();
+    await c.bus.close();
   }
 });
 
