@@ -242,7 +242,7 @@ function plot(id, series, colors, max) {
   const top = max ?? Math.max(1e-9, ...series.flat().filter((v) => v !== null));
   series.forEach((s, k) => {
     g.strokeStyle = colors[k]; g.beginPath(); let on = false;
-    s.forEach((v, i) => { if (v === null) { on = false; return; } const x = (i / (N - 1)) * w, y = h - 2 - (v / top) * (h - 4); on ? g.lineTo(x, y) : g.moveTo(x, y); on = true; });
+    s.forEach((v, i) => { if (v === null) { on = false; return; } const x = ((N - s.length + i) / (N - 1)) * w, y = h - 2 - (v / top) * (h - 4); on ? g.lineTo(x, y) : g.moveTo(x, y); on = true; });
     g.stroke();
   });
 }
