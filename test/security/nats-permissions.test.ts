@@ -17,6 +17,8 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { connect, Events, type NatsConnection, type Status } from 'nats';
 import { encode, initHashing, subjects, BusError } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
@@ -107,6 +109,22 @@ async function refusedPublish(server: NatsServerHandle, nc: NatsConnection, forg
 test('the shipped kvgate-auth.conf is what generate.mjs writes (regenerate it when subjects change)', () => {
   assert.fixture(readFileSync(join(shipped, 'kvgate-auth.conf'), 'utf8'), natsAuthConfig());
   assert.not.match(readFileSync(join(shipped, 'kvgate-auth.conf'), 'utf8'), /password:\s*"/, 'no literal password');
+});
+
+test('generate.mjs: another namespace and per-worker shim users; a bad worker id is one line, exit 2', async () => {
+  const gen = (...args: string[]) => promisify(execFile)(process.execPath, [join(shipped, 'generate.mjs'), ...args], { encoding: 'utf8' });
+  const { stdout } = await gen('--namespace', 'prod', '--shim', 'pod-a', '--shim', 'pod-b-dp0,pod-b-dp1');
+  assert.is(stdout, natsAuthConfig({ namespace: 'prod', shims: [['pod-a'], ['pod-b-dp0', 'pod-b-dp1']] }));
+  assert.match(stdout, /user: "shim-pod-b-dp0"\n\s+password: \$KVGATE_NATS_SHIM_POD_B_DP0_PASSWORD/);
+  assert.match(stdout, /"kvgate\.prod\.load\.pod-b-dp1"/);
+  assert.not.match(stdout, /user: "shim"\n/, 'no shared shim user beside the per-worker ones');
+  const shimBlocks = stdout.split('# shim of ').slice(1);
+  assert.is(shimBlocks.length, 2);
+  for (const b of shimBlocks) assert.not.match(b, /\.load\.\*"|\.events\.\*"/, 'a per-worker shim may publish for any worker');
+  const bad = await gen('--shim', 'a.b').then(() => null, (e: { code: number; stderr: string }) => e);
+  assert.is(bad?.code, 2);
+  assert.match(bad!.stderr, /^generate\.mjs: KVG_CONFIG: invalid worker id "a\.b"/);
+  assert.is(bad!.stderr.trim().split('\n').length, 1);
 });
 
 test('no credentials, a wrong password, a user that does not exist: refused', async () => {
