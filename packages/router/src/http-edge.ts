@@ -27,7 +27,7 @@ import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } fr
 import type { RouterMetrics } from './metrics.js';
 import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
 import { CacheAccounting, type Prediction } from './cache-accounting.js';
-import { clientWantsUsage, UsageStrip, withUsage } from './usage-strip.js';
+import { clientWantsUsage, UsageStrip, withUsageRaw } from './usage-strip.js';
 import { RequestTimer } from './latency.js';
 import { Dashboard, DASHBOARD_PATH, dashboardPage } from './dashboard.js';
 import type { RateLimiter } from './rate-limit.js';
@@ -233,7 +233,7 @@ export class HttpEdge {
     // a stream's cached tokens come in the engine's final usage chunk: asked for here, kept from a client that
     // did not ask for it (usage-strip.ts)
     const stripUsage = req.stream && !clientWantsUsage(req.body);
-    const upBody = stripUsage ? Buffer.from(JSON.stringify(withUsage(req.body))) : req.raw;
+    const upBody = stripUsage ? withUsageRaw(req.raw, req.body) : req.raw;
     /** workers this request already failed on (never tried twice) */
     const tried = new Set<string>();
     for (let attempt = 0; ; attempt++) {

@@ -1,7 +1,7 @@
 /** UsageStrip (usage-strip.ts): the usage-only chunk leaves the stream however the engine's bytes are cut. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { clientWantsUsage, UsageStrip, withUsage } from '../src/usage-strip.js';
+import { clientWantsUsage, UsageStrip, withUsage, withUsageRaw } from '../src/usage-strip.js';
 
 const tok = (t: string) => `data: {"id":"c","object":"text_completion","choices":[{"index":0,"text":"${t}","finish_reason":null}]}\n\n`;
 const usage = 'data: {"id":"c","object":"text_completion","choices":[],"usage":{"prompt_tokens":64,"total_tokens":68,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":48}}}\n\n';
@@ -48,6 +48,17 @@ test('request side: include_usage added, continuous stats off, other stream opti
   assert.is(clientWantsUsage({ stream_options: { include_usage: false } }), false);
   assert.is(clientWantsUsage({ stream_options: null }), false);
   assert.is(clientWantsUsage({}), false);
+});
+
+test('withUsageRaw: spliced before the closing brace (whitespace after it kept), re-written when stream_options is there', () => {
+  for (const raw of ['{"model":"m","stream":true,"prompt":[1,2,3]}', '{ "model": "m", "stream": true }\n  ', '{"model":"m","nested":{"a":{}},"stream":true}']) {
+    const body = JSON.parse(raw) as Record<string, unknown>;
+    const out = withUsageRaw(Buffer.from(raw), body);
+    assert.equal(JSON.parse(out.toString()), { ...body, stream_options: { include_usage: true } }, raw);
+    assert.ok(out.toString().startsWith(raw.slice(0, raw.lastIndexOf('}'))), 'the client\'s bytes kept as they were');
+  }
+  const withOpts = { model: 'm', stream: true, stream_options: { continuous_usage_stats: true } };
+  assert.equal(JSON.parse(withUsageRaw(Buffer.from(JSON.stringify(withOpts)), withOpts).toString()), withUsage(withOpts));
 });
 
 test.run();
