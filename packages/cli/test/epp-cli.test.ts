@@ -1,11 +1,11 @@
 /**
  * `kvgate epp` as processes, the way a cluster runs it (issue 16):
  *   - --objectives parsing (inline pairs, JSON and line files, bad values → FlagError);
- *   - fatal start-up errors are one line `kvgate epp: … [KVG_*]`: no --nats, a bad objective, the ext_proc port
- *     taken;
+ *   - fatal start-up errors are one line `kvgate epp: … [KVG_*]`: no --nats, a bad objective, NATS unreachable,
+ *     the ext_proc port taken;
  *   - one replica over a real nats-server: gRPC health (liveness SERVING, readiness SERVING once the registry and
  *     the index answered), /metrics on the HTTP port with the picker's series, the OpenAI API refused there (404),
- *     a pick over ext_proc to the endpoint holding the prefix;
+ *     a pick over ext_proc to the endpoint holding the prefix; SIGTERM → exit 0;
  *   - two replicas share in-flight load: requests picked on replica A (held open) show in replica B's view of the
  *     worker and move B's pick away from it (to the worker without the prefix); once A's requests end, their load
  *     leaves B's view.
@@ -138,9 +138,10 @@ async function cluster(holds: Map<string, Set<bigint>>): Promise<string> {
   return ns;
 }
 
-function stop(e: Epp): Promise<unknown> {
+/** SIGTERM; resolves with the exit code */
+function stop(e: Epp): Promise<number | null> {
   e.child.kill('SIGTERM');
-  return new Promise((r) => (e.child.exitCode !== null ? r(null) : e.child.once('exit', r)));
+  return new Promise((r) => (e.child.exitCode !== null ? r(e.child.exitCode) : e.child.once('exit', (code) => r(code))));
 }
 
 test('--objectives: inline pairs, a JSON file, a pairs file; bad ones refused', () => {
@@ -168,6 +169,10 @@ test('fatal start-up errors are one line: no --nats, a bad objective, the ext_pr
   await oneLine([], /--nats URL is required.*\[KVG_BAD_FLAG\]$/);
   nats ??= await startNatsServer();
   await oneLine(['--nats', nats.url, '--objectives', 'chat=high'], /priority of "chat" must be an integer.*\[KVG_BAD_FLAG\]$/);
+  const nowhere = createServer();
+  const dead = await new Promise<number>((r) => nowhere.listen(0, '127.0.0.1', () => r((nowhere.address() as { port: number }).port)));
+  await new Promise((r) => nowhere.close(r));
+  await oneLine(['--nats', `nats://127.0.0.1:${dead}`, '--nats-connect-timeout', '300'], /\[KVG_NATS_UNREACHABLE\]$/);
   const holder: Server = createServer();
   const port = await new Promise<number>((r) => holder.listen(0, '127.0.0.1', () => r((holder.address() as { port: number }).port)));
   try {
@@ -197,10 +202,13 @@ test('one replica: gRPC health, /metrics, no OpenAI API on its HTTP port, a pick
     const c = await request(`${e.http}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'stub-model', prompt: 'hi' }) });
     assert.is(c.statusCode, 404);
     assert.match(await c.body.text(), /endpoint picker/);
+    ext.close();
+    health.close();
+    assert.is(await stop(e), 0, 'SIGTERM: exit 0');
   } finally {
     ext.close();
     health.close();
-    await stop(e);
+    if (e.child.exitCode === null) await stop(e);
   }
 });
 
