@@ -43,6 +43,7 @@ const SPEC = {
   scores: { type: 'boolean', help: 'send per-endpoint scores in envoy.lb x-gateway-destination-endpoint-scores' },
   'engine-api-key': { type: 'string', help: 'sent to the engines\' /tokenize as Authorization: Bearer (prefer KVGATE_ENGINE_API_KEY)' },
   ...ROUTING_SPEC,
+  nats: { type: 'string', help: 'NATS URL (required: the workers, their load, the index and the other replicas are on the bus)' },
   ...FLOW_SPEC,
   ...NATS_CONNECT_SPEC,
   ...NATS_AUTH_SPEC,
