@@ -34,7 +34,7 @@ test('start --disagg --json: colocated and disaggregated rows (per fabric), ever
   for (const r of json.rows) {
     assert.is(r.errors, 0, `${r.row} ${r.fabric}: ${what}`);
     assert.is(r.requests, 6);
-    for (const k of ['ttftP50Ms', 'ttftP99Ms', 'itlP50Ms', 'itlP99Ms', 'outputTokensPerS']) assert.ok(Number.isFinite(r[k]) && r[k] > 0, `${r.row} ${k} = ${r[k]}`);
+    for (const k of ['ttftP50Ms', 'ttftP99Ms', 'itlP50Ms', 'itlP99Ms', 'outputTokensPerS', 'engineTtftMeanMs', 'engineItlMeanMs']) assert.ok(Number.isFinite(r[k]) && r[k] > 0, `${r.row} ${k} = ${r[k]}`);
     assert.ok(r.ttftP99Ms >= r.ttftP50Ms && r.itlP99Ms >= r.itlP50Ms);
   }
   assert.is(json.rows[0]!.transfers, 0);
@@ -42,6 +42,8 @@ test('start --disagg --json: colocated and disaggregated rows (per fabric), ever
   for (const r of json.rows.slice(1)) {
     assert.is(r.transfers, 6, `${r.fabric}: every prompt (1,200 tokens ≥ the 512 threshold) prefilled remotely`);
     assert.ok(r.transferShare > 0 && r.transferShare < 1, `${r.fabric} share ${r.transferShare}`);
+    // the engines' TTFT holds the modelled pull: above it, whatever the host did
+    assert.ok(r.engineTtftMeanMs > r.transferMeanMs, `${r.fabric}: engine TTFT ${r.engineTtftMeanMs} vs pull ${r.transferMeanMs}`);
   }
   // 1,200 tokens × 147,456 B = 177 MB: at 12.5 GB/s ≥ 14 ms a pull, at 50 GB/s ≥ 3.5 ms
   assert.ok(json.rows[2]!.transferMeanMs > json.rows[1]!.transferMeanMs, 'the slower fabric pulls slower');

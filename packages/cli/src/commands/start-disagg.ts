@@ -59,6 +59,13 @@ export interface DisaggRow extends PdRunFigures {
   transferMeanMs: number;
   /** requests whose KV came over the fabric (the decode engines' pulls) */
   transfers: number;
+  /**
+   * the engines' own modelled view, free of this host's lag (means over the run): TTFT = the prefill side's (arrival
+   * to first token; colocated: the engine's) + the mean pull + the decode engine's (after its pull); ITL = the decode
+   * side's vllm:inter_token_latency_seconds
+   */
+  engineTtftMeanMs: number;
+  engineItlMeanMs: number;
 }
 
 const ms = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : '—');
@@ -143,6 +150,14 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
       await stack.resetCaches();
       const xferBefore = await engineCounter(decodeUrls, 'vllm:nixl_xfer_time_seconds_sum');
       const countBefore = await engineCounter(decodeUrls, 'vllm:nixl_xfer_time_seconds_count');
+      const prefillUrls = stack.engines.filter((e) => e.role === 'prefill').map((e) => e.url);
+      /** the mean of histogram `name` over `us` across this run (sum and count deltas), ms */
+      const histo = async (us: string[], name: string) => ({ sum: await engineCounter(us, `${name}_sum`), count: await engineCounter(us, `${name}_count`) });
+      const before = { pTtft: await histo(prefillUrls, 'vllm:time_to_first_token_seconds'), dTtft: await histo(decodeUrls, 'vllm:time_to_first_token_seconds'), dItl: await histo(decodeUrls, 'vllm:inter_token_latency_seconds') };
+      const meanSince = async (us: string[], name: string, b: { sum: number; count: number }) => {
+        const a = await histo(us, name);
+        return a.count > b.count ? ((a.sum - b.sum) / (a.count - b.count)) * 1000 : 0;
+      };
       const bar = progressBar(run.label, workload.requests);
       const { results, wallMs } = await runPlanInThread(
         { kind: 'list', name: run.label, blockTokens: 16, requests: longPromptRequests(model, workload, speedup, i) },
@@ -154,6 +169,9 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
       const fig = pdFigures(results, wallMs, speedup);
       const xferMs = ((await engineCounter(decodeUrls, 'vllm:nixl_xfer_time_seconds_sum')) - xferBefore) * 1000;
       const transfers = (await engineCounter(decodeUrls, 'vllm:nixl_xfer_time_seconds_count')) - countBefore;
+      const transferMeanMs = transfers > 0 ? xferMs / transfers : 0;
+      const engineTtftMeanMs = (await meanSince(prefillUrls, 'vllm:time_to_first_token_seconds', before.pTtft)) + transferMeanMs + (await meanSince(decodeUrls, 'vllm:time_to_first_token_seconds', before.dTtft));
+      const engineItlMeanMs = await meanSince(decodeUrls, 'vllm:inter_token_latency_seconds', before.dItl);
       const ttftSum = results.filter((r) => r.ok).reduce((a, r) => a + r.ttftMs * speedup, 0);
       const row: DisaggRow = {
         row: run.fabric ? 'disaggregated' : 'colocated',
@@ -163,11 +181,13 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
         engines: { both: run.fabric ? 0 : engines, prefill: run.fabric ? prefill : 0, decode: run.fabric ? engines - prefill : 0 },
         ...fig,
         transferShare: ttftSum > 0 ? xferMs / ttftSum : 0,
-        transferMeanMs: transfers > 0 ? xferMs / transfers : 0,
+        transferMeanMs,
         transfers,
+        engineTtftMeanMs,
+        engineItlMeanMs,
       };
       if (fig.errors > 0) process.stderr.write(`  ${run.label}: ${fig.errors} failed requests, e.g. ${fig.sampleErrors.join(' | ')}\n`);
-      process.stderr.write(`  ${run.label}: TTFT p50 ${ms(fig.ttftP50Ms)} ms, ITL p50 ${ms(fig.itlP50Ms)} ms${run.fabric ? `, ${transfers} transfers of ${ms(row.transferMeanMs)} ms` : ''}\n`);
+      process.stderr.write(`  ${run.label}: TTFT p50 ${ms(fig.ttftP50Ms)} ms, ITL p50 ${ms(fig.itlP50Ms)} ms${run.fabric ? `, ${transfers} transfers of ${ms(row.transferMeanMs)} ms` : ''}; the engines' own means: TTFT ${ms(engineTtftMeanMs)} ms, ITL ${ms(engineItlMeanMs)} ms\n`);
       rows.push(row);
     } finally {
       await stack.close();
@@ -197,6 +217,7 @@ export async function runDisagg(f: DisaggFlags, ctx: { profileSpec: ProfileSpec;
     const line = (c: string[]) => c.map((x, i) => (i < 3 ? x.padEnd(widths[i]!) : x.padStart(widths[i]!))).join('  ');
     console.log(line(head));
     for (const c of cells) console.log(line(c));
+    console.log(`the engines' own means (modelled, free of this host's lag): ${rows.map((r) => `${r.fabric ?? 'colocated'} TTFT ${ms(r.engineTtftMeanMs)} / ITL ${ms(r.engineItlMeanMs)} ms`).join('; ')}`);
     for (const r of rows.slice(1)) {
       const rel = (a: number, b: number) => `${a >= b ? '+' : '−'}${Math.abs((a / b - 1) * 100).toFixed(0)}%`;
       console.log(`${r.fabric} against colocated: ITL p50 ${rel(r.itlP50Ms, base.itlP50Ms)} (${ms(r.itlP50Ms)} vs ${ms(base.itlP50Ms)} ms), TTFT p50 ${rel(r.ttftP50Ms, base.ttftP50Ms)} (${ms(r.ttftP50Ms)} vs ${ms(base.ttftP50Ms)} ms), tok/s ${rel(r.outputTokensPerS, base.outputTokensPerS)}`);
