@@ -6,7 +6,8 @@
  *   with per-worker shim users (generate.mjs --shim) a shim cannot speak for another worker;
  * - no or wrong credentials are refused;
  * - the positive path: an indexer, a shim and a router each on its role's user route requests, fill the index,
- *   survive a NATS restart (the indexer's resync request answered by the shim), and admin runs doctor and replay
+ *   trim the event stream behind a snapshot, survive a NATS restart (the indexer's resync request answered by the
+ *   shim), and admin runs doctor and replay
  *   export, all without one permissions violation in the server's log; a shim started before any indexer stops with
  *   one clear error (only indexers and admin create the event stream and the workers bucket); admin alone runs a
  *   whole `kvgate start --nats` stack.
@@ -20,7 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { connect, Events, type NatsConnection, type Status } from 'nats';
-import { encode, initHashing, subjects, BusError } from '@kvgate/protocol';
+import { encode, eventStreamConfig, initHashing, subjects, BusError } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { natsAuthConfig } from '@kvgate/protocol/nats-permissions';
 import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
@@ -55,6 +56,18 @@ const natsPw: NatsServerHandle = await startNatsServer({
   env: { ...env, KVGATE_NATS_SHIM_W_A_PASSWORD: pwA, KVGATE_NATS_SHIM_W_B_PASSWORD: pwB },
 });
 
+/**
+ * polls `cond` until it holds; a generous bound turns a hang (a permission missing from the config) into a failure
+ * that names what never happened — not a timing assertion
+ */
+async function eventually(what: string, cond: () => Promise<boolean> | boolean, everyMs = 25, boundMs = 30_000): Promise<void> {
+  const t0 = Date.now();
+  while (!(await cond())) {
+    if (Date.now() - t0 > boundMs) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
 const conns: NatsConnection[] = [];
 /** a raw nats.js connection as `user` (attackers are named so the server log tells them from the positive path) */
 async function as(server: NatsServerHandle, user: string, pass: string, name = `attacker-${user}`): Promise<NatsConnection> {
@@ -84,7 +97,11 @@ async function witness(server: NatsServerHandle): Promise<{ seen: string[]; unti
   return {
     seen,
     async until(subject) {
-      while (!seen.includes(subject)) await new Promise<void>((r) => waiters.push(r));
+      const t0 = Date.now();
+      while (!seen.includes(subject)) {
+        if (Date.now() - t0 > 30_000) throw new Error(`never happened: the witness got ${subject}`);
+        await new Promise<void>((r) => { waiters.push(r); setTimeout(r, 1000).unref(); });
+      }
     },
     close: () => nc.close(),
   };
@@ -255,7 +272,7 @@ test('the positive path on the shipped config: indexer, shim and router each as 
   const shims: ShimHandle[] = [];
   let router: RouterHandle | undefined;
   try {
-    indexer = await startIndexer(bi, { id: 'ix1', gossipIntervalMs: 200, resyncIntervalMs: 200 });
+    indexer = await startIndexer(bi, { id: 'ix1', gossipIntervalMs: 200, resyncIntervalMs: 200, snapshotDir: perWorkerDir });
     await indexer.whenReady();
     for (const [i, bus] of [bs1, bs2].entries()) {
       const e = await startSimEngine({ model: 'qwen3-8b', engineId: `w-${i}`, prefixCachingHashAlgo: 'xxhash', speedup: 50, numBlocks: 2048, blockSize: 16 });
@@ -278,23 +295,24 @@ test('the positive path on the shipped config: indexer, shim and router each as 
     const holder = first.worker!;
     // the index fills from the shim's events (stream read by the indexer), and the router sees it over index.match
     const overlapOf = async () => (await post('/v1/route', { model: 'qwen3-8b', prompt: [...prompt, 1, 2, 3] })).json.candidates.find((c: any) => c.worker === holder)?.indexOverlap ?? 0;
-    while ((await overlapOf()) < 20) await new Promise((r) => setTimeout(r, 25));
+    await eventually('the index holds the prompt', async () => (await overlapOf()) >= 20);
     assert.ok(((await indexer.indexer.workers())[holder]?.blocks ?? 0) >= 20);
     const second = await post('/v1/completions', { model: 'qwen3-8b', prompt: [...prompt, 1, 2, 3], max_tokens: 2 });
     assert.is(second.status, 200);
     assert.is(second.worker, holder);
+
+    // a snapshot lets the indexer trim the event stream behind it (STREAM.PURGE, the indexer's alone)
+    await indexer.indexer.snapshotNow();
+    const events = await ba.stream(S.eventStream, eventStreamConfig(S));
+    await eventually('the event stream trimmed', async () => (await events.info()).firstSeq > 1, 50);
 
     // an outage: every client reconnects, the indexer asks each shim for a resync (a request on shim.resync.<w>)
     // and each shim republishes its block set and answers (allow_responses; a refused reply would be in the log)
     const requested = async () => (await Promise.all(shims.map(async (sh) => (await sh.metrics.resyncs.get()).values.find((v) => v.labels.reason === 'request')?.value ?? 0)));
     const before = await requested();
     await nats.restart();
-    for (;;) {
-      const now = await requested();
-      if (now.every((n, i) => n > before[i]!)) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    while ((await overlapOf()) < 20) await new Promise((r) => setTimeout(r, 25));
+    await eventually('every shim asked for a resync', async () => (await requested()).every((n, i) => n > before[i]!), 50);
+    await eventually('the index holds the prompt after the outage', async () => (await overlapOf()) >= 20);
     const third = await post('/v1/completions', { model: 'qwen3-8b', prompt: [...prompt, 4, 5], max_tokens: 2 });
     assert.is(third.status, 200);
     assert.is(third.worker, holder);
