@@ -19,6 +19,7 @@ import { formatCapacity, resolveProfile, type SimProfile } from '@kvgate/sim-eng
 import { API_KEY_SPEC, apiKeysFrom, CLUSTER_SECRET_SPEC, clusterSecretFrom } from '../auth-flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { progressBar } from '../progress.js';
+import { untilSignal } from '../lifecycle.js';
 import { DISAGG_SPEC } from './start-disagg.js';
 
 /**
@@ -67,6 +68,7 @@ const SPEC = {
     help: `also run every policy on engines with a CPU offload tier of N blocks and show what it gains (0 = off; built-in workload: try ${BUILTIN_CPU_BLOCKS})`,
   },
   'offload-bandwidth': { type: 'string', help: 'modelled GPU ↔ host link of the offload tier, GB/s (default 25, PCIe 4.0 ×16)' },
+  ui: { type: 'boolean', help: "print the first router's live dashboard URL (/dashboard) and keep the last deployment serving after the workload, until Ctrl-C (use --port for a URL that stays the same across policies)" },
   json: { type: 'boolean', help: 'print {infiniteCacheHitRate, pooledHitRate, policies:[…], capacity, cpuOffload?} as JSON (--disagg: {mode, workload, capacity, rows:[{row: colocated|disaggregated, fabric, …}]})' },
   ...DISAGG_SPEC,
   ...API_KEY_SPEC,
@@ -192,8 +194,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   const warmupN = Math.min(intFlag(f.warmup, 'warmup', 80), plan.requests.length);
 
+  /** --ui: the last deployment, kept serving after the workload (closed on Ctrl-C) */
+  let kept: { close(): Promise<void>; routers: { url: string }[] } | undefined;
+  const showDashboard = (url: string) => process.stderr.write(`dashboard: ${url}/dashboard\n`);
   /** One deployment, every policy on it; `cpu` > 0 gives its engines a CPU tier of that many blocks. */
-  const runDeployment = async (cpu: number): Promise<Array<PolicyResult & { cpuHitRate: number }>> => {
+  const runDeployment = async (cpu: number, keep: boolean): Promise<Array<PolicyResult & { cpuHitRate: number }>> => {
     const tag = cpu > 0 ? `+cpu` : '';
     process.stderr.write(
       `starting ${engines} engines (worker threads${cpu > 0 ? `, CPU offload tier ${cpu} blocks at ${offloadBandwidth} GB/s` : ''}), ${engines} shims, the indexer and ${routers} routers…\n`,
@@ -224,6 +229,7 @@ export async function run(argv: string[]): Promise<number> {
     });
     const engineUrls = stack.engines.map((e) => e.url);
     const out: Array<PolicyResult & { cpuHitRate: number }> = [];
+    if (f.ui) showDashboard(stack.routers[0]!.url);
     try {
       // a short throwaway pass (JIT in every thread, connection pools) so no policy is charged for it
       if (warmupN > 0) {
@@ -232,8 +238,10 @@ export async function run(argv: string[]): Promise<number> {
         bar.end();
       }
       for (const policy of policies as Policy[]) {
+        const before = stack.routers[0]!.url;
         await stack.replaceRouters(routerOptions(policy));
         await stack.resetCaches();
+        if (f.ui && stack.routers[0]!.url !== before) showDashboard(stack.routers[0]!.url);
         const name = policy + tag;
         const cpuBefore = cpu > 0 ? await engineCounter(engineUrls, 'vllm:external_prefix_cache_hits_total') : 0;
         const bar = progressBar(name, plan.requests.length);
@@ -253,13 +261,14 @@ export async function run(argv: string[]): Promise<number> {
         out.push({ ...s, cpuHitRate });
       }
     } finally {
-      await stack.close();
+      if (keep && f.ui) kept = stack;
+      else await stack.close();
     }
     return out;
   };
 
-  const results = await runDeployment(0);
-  const cpuResults = cpuBlocks > 0 ? await runDeployment(cpuBlocks) : [];
+  const results = await runDeployment(0, cpuBlocks === 0);
+  const cpuResults = cpuBlocks > 0 ? await runDeployment(cpuBlocks, true) : [];
   const row = (r: PolicyResult) => ({ policy: r.policy, hitRate: r.hitRate, ttftP50Ms: r.ttftP50Ms, ttftP99Ms: r.ttftP99Ms, itlP50Ms: r.itlP50Ms, e2eP50Ms: r.e2eP50Ms, throughputRps: r.throughputRps, errors: r.errors });
   // per policy: the CPU-tier run against the GPU-only run of the same workload
   const gains = cpuResults.map((c, i) => {
@@ -309,5 +318,13 @@ export async function run(argv: string[]): Promise<number> {
       `latencies and req/s in modelled-GPU time${speedup !== 1 ? ` (engines ran ${speedup}× faster than the modelled GPU: wall-clock ms × ${speedup})` : ' (= wall clock)'}; ${((Date.now() - t0) / 1000).toFixed(0)} s in all`,
     );
   }
-  return [...results, ...cpuResults].every((r) => r.errors < r.requests) ? 0 : 1;
+  const code = [...results, ...cpuResults].every((r) => r.errors < r.requests) ? 0 : 1;
+  if (kept) {
+    // --ui: the routers, engines and shims stay up (idle) with the dashboard open until the user stops it
+    const stack = kept;
+    process.stderr.write(`serving the dashboard at ${stack.routers[0]!.url}/dashboard (Ctrl-C to stop)\n`);
+    await untilSignal();
+    await stack.close();
+  }
+  return code;
 }
