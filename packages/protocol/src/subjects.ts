@@ -1,4 +1,8 @@
-/** Every NATS subject, stream, bucket and queue-group name kvgate uses (DESIGN.md section 4). */
+/**
+ * Every NATS subject, stream, bucket and queue-group name kvgate uses (DESIGN.md section 4). Each is granted to the
+ * roles that use it in nats-permissions.ts (the shipped deploy/nats config): a new subject needs its role there,
+ * or a deployment on that config refuses it (test/security/nats-permissions.test.ts).
+ */
 export interface Subjects {
   readonly prefix: string;
   /** `kvgate.<ns>.events.<worker>` — normalised KV events, captured by the durable stream. */
