@@ -130,6 +130,13 @@ export function optionsFromFlags(f: NonNullable<ReturnType<typeof parseFlags<typ
   };
 }
 
+/** The engine options `kvgate sim-engine <argv>` would start with (tests); throws on a bad flag. */
+export function optionsFromArgv(argv: string[]): SimEngineOptions {
+  const parsed = parseFlags(argv, USAGE, SPEC);
+  if (!parsed) throw new Error('--help');
+  return optionsFromFlags(parsed.flags);
+}
+
 export async function run(argv: string[]): Promise<number> {
   await initTracing('kvgate-sim-engine');
   // a bad flag or a start-up failure throws: main.ts prints it in one line (fatal.ts)
