@@ -305,7 +305,7 @@ export class HttpEdge {
         res,
         relay(up, res, extra, {
           onFirstByte: () => core.firstByte(tickets),
-          ...(tap ? { onChunk: (c: Buffer) => (tap.push(c), timer!.chunk()) } : {}),
+          ...(tap ? { onChunk: (c: Buffer) => (tap.push(c), timer!.chunk(c)) } : {}),
           ...(stripUsage && up.statusCode === 200 ? { filter: new UsageStrip() } : {}),
           onDone: (ok) => {
             core.finish(tickets);

@@ -6,7 +6,8 @@
  *                               wait, connect, prefill). Not observed for whole JSON answers: their first byte is
  *                               their last.
  *   kvgate_router_itl_seconds   between consecutive upstream chunks of a stream (engines write one event per token
- *                               step), as the router passes them on
+ *                               step), as the router passes them on; a chunk carrying no token — the usage-only
+ *                               chunk (`choices: []`), `data: [DONE]` — is not an interval between tokens
  *   kvgate_router_e2e_seconds   request in → the response's end, every 200 answer relayed to its end
  * Label children are resolved once per request; a chunk costs one clock read and one bucket search.
  */
@@ -38,9 +39,10 @@ export class RequestTimer {
   }
 
   /** one upstream body chunk, as it is passed on */
-  chunk(): void {
+  chunk(c: Buffer): void {
     if (!this.#stream) return;
     const now = performance.now();
+    if (this.#last >= 0 && noToken(c)) return;
     if (this.#last < 0) {
       const s = (now - this.#tIn) / 1000;
       this.#ttft!.observe(s);
@@ -54,4 +56,14 @@ export class RequestTimer {
   done(ok: boolean): void {
     if (ok) this.#e2e.observe((performance.now() - this.#tIn) / 1000);
   }
+}
+
+const DONE = Buffer.from('data: [DONE]');
+const EMPTY_CHOICES = Buffer.from('"choices":[]');
+const SOME_CHOICE = Buffer.from('"choices":[{');
+
+/** a stream chunk that carries no token: `data: [DONE]` first, or usage-only events (`choices: []`) alone */
+function noToken(c: Buffer): boolean {
+  if (c.subarray(0, DONE.length).equals(DONE)) return true;
+  return c.indexOf(EMPTY_CHOICES) >= 0 && c.indexOf(SOME_CHOICE) < 0;
 }
