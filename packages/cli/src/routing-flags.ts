@@ -28,6 +28,7 @@ export const ROUTING_SPEC = {
     help: 'worth of a cached block per tier, each in [0, 1] (a CPU or disk block must be reloaded first)',
   },
   'index-timeout-ms': { type: 'string', default: '5', help: 'index answer budget before routing by load alone' },
+  'index-shards': { type: 'string', default: '1', help: 'index shards N (indexers run --shard i/N): ask all N in parallel within the budget and merge; 1 = unsharded' },
   'pd-min-prefill-tokens': { type: 'string', default: '512', help: 'P/D pools: prefill on the decode worker (no remote prefill) when it lacks fewer prompt tokens than this' },
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
   'stale-view-ms': { type: 'string', default: '60000', help: 'bus silent this long: the last-known registry and load view are marked stale (metric, log, /readyz) and still used' },
@@ -39,7 +40,7 @@ export type RoutingFlags = { [K in keyof typeof ROUTING_SPEC]?: string | undefin
 
 type RoutingOptions = Pick<
   RouterOptions,
-  'namespace' | 'id' | 'policy' | 'indexTimeoutMs' | 'pdMinPrefillTokens' | 'registryTtlMs' | 'staleViewMs' | 'suspectBackoffMs' | 'suspectMaxBackoffMs' | 'weights'
+  'namespace' | 'id' | 'policy' | 'indexTimeoutMs' | 'indexShards' | 'pdMinPrefillTokens' | 'registryTtlMs' | 'staleViewMs' | 'suspectBackoffMs' | 'suspectMaxBackoffMs' | 'weights'
 >;
 
 /** The routing core's options from the parsed flags (the tokenizer and the bus are the command's). */
@@ -57,6 +58,7 @@ export function routingOptionsFrom(f: RoutingFlags): RoutingOptions & { policy: 
     ...(f.id ? { id: f.id } : {}),
     policy,
     indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 5),
+    indexShards: indexShardsFrom(f['index-shards']),
     pdMinPrefillTokens: intFlag(f['pd-min-prefill-tokens'], 'pd-min-prefill-tokens', 512),
     registryTtlMs: intFlag(f['registry-ttl-ms'], 'registry-ttl-ms', 3000),
     staleViewMs: intFlag(f['stale-view-ms'], 'stale-view-ms', 60_000),
@@ -130,3 +132,10 @@ export function parseObjectives(v: string, readFile: (path: string) => string = 
   return out;
 }
 
+
+/** `--index-shards N`: an integer 1 … 1024 (the indexers' `--shard i/N` bound) */
+function indexShardsFrom(v: string | undefined): number {
+  const n = intFlag(v, 'index-shards', 1);
+  if (!Number.isInteger(n) || n < 1 || n > 1024) throw new FlagError(`--index-shards must be an integer 1 … 1024 (the indexers' --shard i/N), got ${JSON.stringify(v)}`);
+  return n;
+}

@@ -22,6 +22,7 @@
  *     worker to peer repair (gossip).
  */
 import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import {
   decode,
@@ -49,7 +50,7 @@ import {
   type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
 import { ResyncGate, type ResyncReason } from './resync.js';
-import { ShardSet } from './shards.js';
+import { shardOf, ShardSet, type IndexShard } from './shards.js';
 import type { WorkerState } from './shard-state.js';
 import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
 
@@ -72,6 +73,15 @@ export interface IndexerOptions {
   graceMs?: number;
   /** TTL of the worker registry bucket, ms; must match the shims'. Default 3000. */
   registryTtlMs?: number;
+  /**
+   * this replica is index shard `index` of `of` (`kvgate indexer --shard i/N`, of ≥ 2): it holds only the workers
+   * whose id hashes to it (shardOf, the in-process split's hash), skips the other workers' batches while reading the
+   * stream, answers `…index.match.<of>.<index>` in that shard's queue group and gossips on
+   * `…index.gossip.<of>.<index>` with that shard's replicas only; snapshots go to `<snapshotDir>/shard-<of>-<index>`.
+   * It never trims the event stream (the other shards' snapshots are not seen). Absent (or of = 1) = the whole index
+   * on `…index.match` / `…index.gossip`, as before.
+   */
+  shard?: IndexShard;
   /** answer `…index.match` in the indexers' queue group. Default true. */
   serveMatch?: boolean;
   /** least time between two resync requests for one worker, ms (resync.ts). Default 5000. */
@@ -113,7 +123,9 @@ export class Indexer {
   readonly metrics = new Registry();
   readonly #bus: Bus;
   readonly #subj: Subjects;
-  readonly #opts: Required<Omit<IndexerOptions, 'snapshotDir' | 'id' | 'namespace'>> & { snapshotDir?: string };
+  readonly #opts: Required<Omit<IndexerOptions, 'snapshotDir' | 'id' | 'namespace' | 'shard'>> & { snapshotDir?: string };
+  /** this replica's index shard; null = the whole index */
+  readonly shard: IndexShard | null;
   readonly #shards: ShardSet;
   readonly #gossip: GossipTracker;
   readonly #log;
@@ -162,6 +174,8 @@ export class Indexer {
       resyncTimeoutMs: opts.resyncTimeoutMs ?? 3000,
       ...(opts.snapshotDir ? { snapshotDir: opts.snapshotDir } : {}),
     };
+    this.shard = opts.shard && opts.shard.of > 1 ? { index: opts.shard.index, of: opts.shard.of } : null;
+    if (this.shard && this.#opts.snapshotDir) this.#opts.snapshotDir = join(this.#opts.snapshotDir, `shard-${this.shard.of}-${this.shard.index}`);
     this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries });
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
@@ -175,6 +189,7 @@ export class Indexer {
       // label children resolved once: the bus path counts every router query
       matchesBus: matches.labels({ via: 'bus' }),
       matchesLocal: matches.labels({ via: 'local' }),
+      foreign: new Counter({ name: 'kvgate_indexer_foreign_batches_skipped_total', help: 'event batches of workers another index shard owns, read and skipped (--shard)', registers: reg }),
       streamMsgs: new Counter({ name: 'kvgate_indexer_stream_messages_total', help: 'event batches read from the durable stream', registers: reg }),
       unregistered: new Counter({ name: 'kvgate_indexer_unregistered_batches_total', help: 'event batches of workers never seen in the registry (applied anyway)', registers: reg }),
       matchErrors: new Counter({ name: 'kvgate_indexer_match_errors_total', help: 'match requests rejected', registers: reg }),
@@ -240,14 +255,26 @@ export class Indexer {
     this.#openWatch();
     this.#unStatus = this.#bus.onStatus?.((st) => this.#onBusStatus(st));
 
-    if (this.#opts.serveMatch) this.#subs.push(this.#bus.subscribe(s.indexMatch, { queue: s.indexQueue, callback: (m) => void this.#onMatch(m) }));
-    this.#subs.push(this.#bus.subscribe(s.indexGossip, { callback: (m) => this.#onGossip(m) }));
+    const sh = this.shard;
+    const matchSubject = sh ? s.indexMatchShard(sh.index, sh.of) : s.indexMatch;
+    const queue = sh ? s.indexShardQueue(sh.index, sh.of) : s.indexQueue;
+    if (this.#opts.serveMatch) this.#subs.push(this.#bus.subscribe(matchSubject, { queue, callback: (m) => void this.#onMatch(m) }));
+    this.#subs.push(this.#bus.subscribe(this.#gossipSubject, { callback: (m) => this.#onGossip(m) }));
     this.#subs.push(this.#bus.subscribe(s.indexSync(this.id), { callback: (m) => this.#onSync(m) }));
 
     this.#startReader();
 
     this.#every(this.#opts.gossipIntervalMs, () => this.#gossipTick());
     if (this.#opts.snapshotDir) this.#every(this.#opts.snapshotIntervalMs, () => this.snapshotNow().then(() => undefined));
+  }
+
+  get #gossipSubject(): string {
+    return this.shard ? this.#subj.indexGossipShard(this.shard.index, this.shard.of) : this.#subj.indexGossip;
+  }
+
+  /** whether this replica holds `worker` (always, unsharded) */
+  owns(worker: string): boolean {
+    return this.shard === null || shardOf(worker, this.shard.of) === this.shard.index;
   }
 
   #every(ms: number, fn: () => Promise<void>): void {
@@ -345,6 +372,14 @@ export class Indexer {
   #onEvent(m: StreamMsg): void {
     if (m.seq <= this.#applied) return;
     const worker = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+    if (!this.owns(worker)) {
+      // another shard's worker: the stream position moves on, the index does not change
+      this.#applied = m.seq;
+      this.#m.foreign.inc();
+      this.#m.streamSeq.set(m.seq);
+      this.#checkReady();
+      return;
+    }
     if (!this.#registry.has(worker)) this.#m.unregistered.inc();
     this.#shards.ingest(worker, m.data);
     this.#applied = m.seq;
@@ -409,6 +444,7 @@ export class Indexer {
         if (e.op === 'put' && e.value) {
           try {
             const reg = decodeRegistration(e.value);
+            if (!this.owns(reg.worker)) continue;
             const before = this.#registry.get(reg.worker)?.capacityBlocks;
             this.#registry.set(reg.worker, reg);
             this.#keys.set(reg.worker, e.key);
@@ -420,6 +456,7 @@ export class Indexer {
           }
         } else if (e.op === 'delete') {
           const worker = workerOfKey(e.key);
+          if (!this.owns(worker)) continue;
           if (this.#judgeable(Date.now())) this.#dropWorker(worker);
           else {
             // the watch's TTL clock ran while no shim could re-put: not an expiry yet
@@ -501,7 +538,7 @@ export class Indexer {
     const digests = await this.#shards.digests();
     this.#sendResyncs(digests);
     await this.#judgeSuspects();
-    this.#bus.publish(this.#subj.indexGossip, encode({ indexer: this.id, digests, snapshotSeq: this.#snapshotSeq }));
+    this.#bus.publish(this.#gossipSubject, encode({ indexer: this.id, digests, snapshotSeq: this.#snapshotSeq }));
     const now = Date.now();
     for (const o of this.#gossip.decide(digests, now)) {
       this.#m.repairs.inc({ reason: o.reason });
@@ -509,7 +546,7 @@ export class Indexer {
       this.#bus.publish(this.#subj.indexSync(o.from), encode({ from: this.id, worker: o.worker, request: true, seq: 0, blocks: [] }));
     }
     const keepFrom = this.#gossip.purgeFrom(this.#snapshotSeq, now);
-    if (keepFrom !== null && keepFrom > this.#lastPurge && this.#stream) {
+    if (keepFrom !== null && keepFrom > this.#lastPurge && this.#stream && !this.shard) {
       await this.#stream.purgeBefore(keepFrom);
       this.#lastPurge = keepFrom;
       this.#log.info({ keepFrom }, 'event stream trimmed behind the oldest live snapshot');

@@ -81,6 +81,25 @@ export class ThreadShard implements Shard {
   }
 }
 
+/** one index shard of a sharded deployment (`kvgate indexer --shard index/of`) */
+export interface IndexShard {
+  /** 0 … of − 1 */
+  index: number;
+  /** shard count N (1 = the whole index) */
+  of: number;
+}
+
+/** `i/N` (0 ≤ i < N, 1 ≤ N ≤ 1024) → the shard; anything else → KVG_CONFIG naming the value (the CLI reports it as KVG_BAD_FLAG) */
+export function parseShard(text: string): IndexShard {
+  const m = /^(\d{1,4})\/(\d{1,4})$/.exec(text.trim());
+  const index = m ? Number(m[1]) : NaN;
+  const of = m ? Number(m[2]) : NaN;
+  if (!m || of < 1 || of > 1024 || index >= of) {
+    throw new KvgateError('KVG_CONFIG', `--shard ${JSON.stringify(text)}: expected i/N with 0 ≤ i < N ≤ 1024 (e.g. 0/2)`);
+  }
+  return { index, of };
+}
+
 /** FNV-1a of the worker id: stable across processes, so every replica shards the same way */
 export function shardOf(worker: string, n: number): number {
   let h = 0x811c9dc5;

@@ -4,9 +4,10 @@
  * (deploy/nats/kvgate-auth.conf is this module's output for namespace `default`; deploy/nats/generate.mjs writes it).
  *
  * Roles (one NATS user each; passwords are nats-server config references to environment variables, never values):
- *   router   requests `index.match`; publishes `router.active`, `router.suspect`, its decisions and diag report;
+ *   router   requests `index.match` (and `index.match.<N>.<i>` of index shards); publishes `router.active`, `router.suspect`, its decisions and diag report;
  *            reads the workers bucket; creates/updates the decisions stream.
- *   indexer  answers `index.match` (queue group) and nothing else answers it; `index.gossip`, `index.sync.*`;
+ *   indexer  answers `index.match` / `index.match.<N>.<i>` (queue group) and nothing else answers them; `index.gossip`
+ *            (`index.gossip.<N>.<i>` among one shard's replicas), `index.sync.*`;
  *            asks shims for a resync; reads the event stream and the workers bucket; creates/updates/purges the
  *            event stream and creates the workers bucket.
  *   shim     publishes its workers' `events.<w>`, `load.<w>`, `diag.shim.<w>` and puts its own registry key;
@@ -66,6 +67,7 @@ export function rolePermissions(role: NatsRole, o: { namespace?: string; workers
       return {
         publish: [
           s.indexMatch,
+          s.indexMatchShards,
           s.routerActive,
           `${p}.router.suspect`,
           s.decisionsAll,
@@ -82,6 +84,7 @@ export function rolePermissions(role: NatsRole, o: { namespace?: string; workers
       return {
         publish: [
           s.indexGossip,
+          s.indexGossipShards,
           s.indexSync('*'),
           s.shimResync('*'),
           '$JS.API.INFO',
@@ -91,7 +94,7 @@ export function rolePermissions(role: NatsRole, o: { namespace?: string; workers
           ...jsManage(kvStream),
           ...jsRead(kvStream),
         ],
-        subscribe: [s.indexMatch, s.indexGossip, s.indexSync('*'), INBOX],
+        subscribe: [s.indexMatch, s.indexMatchShards, s.indexGossip, s.indexGossipShards, s.indexSync('*'), INBOX],
         allowResponses: true,
       };
     case 'shim': {

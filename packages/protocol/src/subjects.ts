@@ -13,6 +13,20 @@ export interface Subjects {
   readonly loadAll: string;
   readonly indexMatch: string;
   readonly indexGossip: string;
+  /**
+   * `kvgate.<ns>.index.match.<of>.<shard>` — `…index.match` asked of one index shard of `of` (`kvgate indexer
+   * --shard i/N`, N ≥ 2: each answers for the workers whose id hashes to it). The count is part of the subject, so a
+   * router configured for another N gets no answer (counted as shard misses) instead of partial answers.
+   */
+  indexMatchShard(shard: number, of: number): string;
+  /** `kvgate.<ns>.index.gossip.<of>.<shard>` — gossip among the replicas of one index shard only */
+  indexGossipShard(shard: number, of: number): string;
+  /** wildcard over every shard's match subject */
+  readonly indexMatchShards: string;
+  /** wildcard over every shard's gossip subject */
+  readonly indexGossipShards: string;
+  /** queue group the replicas of one index shard answer `indexMatchShard` in: `kvgate-indexers-<of>-<shard>` */
+  indexShardQueue(shard: number, of: number): string;
   indexSync(indexer: string): string;
   readonly routerActive: string;
   /**
@@ -66,6 +80,12 @@ export function decisionStreamConfig(s: Subjects): { subjects: string[]; maxMsgs
   return { subjects: [s.decisionsAll], maxMsgs: 100_000 };
 }
 
+/** `<of>.<shard>` (two subject tokens); a shard index outside 0 … of − 1 or a count below 2 is a programming error */
+function shardToken(shard: number, of: number): string {
+  if (!Number.isInteger(of) || of < 2 || !Number.isInteger(shard) || shard < 0 || shard >= of) throw new Error(`invalid index shard ${shard}/${of}`);
+  return `${of}.${shard}`;
+}
+
 export function subjects(namespace = 'default'): Subjects {
   if (!TOKEN_RE.test(namespace)) throw new Error(`invalid namespace ${JSON.stringify(namespace)}`);
   const p = `kvgate.${namespace}`;
@@ -78,6 +98,11 @@ export function subjects(namespace = 'default'): Subjects {
     loadAll: `${p}.load.*`,
     indexMatch: `${p}.index.match`,
     indexGossip: `${p}.index.gossip`,
+    indexMatchShard: (i, n) => `${p}.index.match.${shardToken(i, n)}`,
+    indexGossipShard: (i, n) => `${p}.index.gossip.${shardToken(i, n)}`,
+    indexMatchShards: `${p}.index.match.*.*`,
+    indexGossipShards: `${p}.index.gossip.*.*`,
+    indexShardQueue: (i, n) => `kvgate-indexers-${n}-${i}`,
     indexSync: (i) => `${p}.index.sync.${i}`,
     routerActive: `${p}.router.active`,
     shimResync: (w) => `${p}.shim.resync.${w}`,

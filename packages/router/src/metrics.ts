@@ -7,6 +7,7 @@ export class RouterMetrics {
   readonly decisions: Counter<'policy' | 'mode'>;
   readonly pdDecisions: Counter<'decision' | 'reason'>;
   readonly indexFallbacks: Counter;
+  readonly indexShardMisses: Counter;
   readonly retries: Counter<'reason'>;
   readonly noWorker: Counter;
   readonly tokenizeFailures: Counter;
@@ -34,6 +35,7 @@ export class RouterMetrics {
     this.requests = new Counter({ name: 'kvgate_router_requests_total', help: 'HTTP requests by endpoint and status', labelNames: ['endpoint', 'status'], registers });
     this.decisions = new Counter({ name: 'kvgate_router_decisions_total', help: 'routing decisions', labelNames: ['policy', 'mode'], registers });
     this.pdDecisions = new Counter({ name: 'kvgate_router_pd_decisions_total', help: 'P/D pools: requests split (remote prefill) or prefilled on the decode worker, and why', labelNames: ['decision', 'reason'], registers });
+    this.indexShardMisses = new Counter({ name: 'kvgate_router_index_shard_misses_total', help: 'index shards (--index-shards N) that did not answer a match within budget: their workers scored 0 overlap for that decision', labelNames: ['shard'], registers });
     this.indexFallbacks = new Counter({ name: 'kvgate_router_index_fallback_total', help: 'decisions made by load alone because the index did not answer within budget', registers });
     this.retries = new Counter({
       name: 'kvgate_router_upstream_retries_total',

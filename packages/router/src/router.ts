@@ -54,6 +54,12 @@ export interface RouterOptions {
   /** how long to wait for the index before routing by load alone; default 5 ms */
   indexTimeoutMs?: number;
   /**
+   * index shard count N (indexers run `--shard i/N`): the match is asked of all N `…index.match.<N>.<i>` in parallel
+   * within indexTimeoutMs and merged; a silent shard's workers score 0 overlap (kvgate_router_index_shard_misses_total).
+   * Default 1: the one `…index.match` subject.
+   */
+  indexShards?: number;
+  /**
    * an indexer in the same process (its IndexClient): matched by direct call instead of a bus request, still
    * within indexTimeoutMs. Default: ask `…index.match` on the bus.
    */
@@ -194,7 +200,10 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
 
   // the routing core over it
   const decisions = recordDecisions ? new DecisionLog(bus, subj.decisions(id), log, (p) => decisionRecord(id, policy, p)) : undefined;
-  const index = options.index ? directIndexQuery(options.index, indexTimeoutMs) : busIndexQuery(bus, subj, indexTimeoutMs);
+  const index = options.index ? directIndexQuery(options.index, indexTimeoutMs) : busIndexQuery(bus, subj, indexTimeoutMs, {
+        shards: options.indexShards ?? 1,
+        onShardMiss: (shard) => metrics.indexShardMisses.inc({ shard: String(shard) }),
+      });
   const core = new RoutingCore({
     id,
     cluster,

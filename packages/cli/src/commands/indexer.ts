@@ -1,5 +1,5 @@
 import { createBus, initTracing, logger, type Bus } from '@kvgate/protocol';
-import { startIndexer } from '@kvgate/indexer';
+import { parseShard, startIndexer } from '@kvgate/indexer';
 import { parseFlags, intFlag } from '../flags.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { redactNatsUrl } from '@kvgate/protocol/bus/index';
@@ -9,7 +9,7 @@ import { drainMs, LIFECYCLE_SPEC, NATS_CONNECT_SPEC, natsConnectTimeoutMs, serve
 
 export const summary = 'run an indexer replica: the global prefix → worker index (sharded, gossip-replicated)';
 
-const USAGE = 'kvgate indexer --port P [--nats URL] [--id NAME] [--shards N] [--snapshot-dir D] [--max-entries N]';
+const USAGE = 'kvgate indexer --port P [--nats URL] [--id NAME] [--shards N] [--shard i/N] [--snapshot-dir D] [--max-entries N]';
 const SPEC = {
   port: { type: 'string', help: 'HTTP port (/healthz, /readyz, /metrics, /debug/workers, /debug/match)', default: '8090' },
   host: { type: 'string', help: 'HTTP bind address (in a pod: 0.0.0.0)', default: '127.0.0.1' },
@@ -17,6 +17,7 @@ const SPEC = {
   namespace: { type: 'string', help: 'subject namespace', default: 'default' },
   id: { type: 'string', help: 'replica id, unique among indexers (default indexer-<random>)' },
   shards: { type: 'string', help: 'index shards as worker threads (0 = one inline shard)', default: '0' },
+  shard: { type: 'string', help: 'index shard i of N processes (0 ≤ i < N): holds the workers whose id hashes to i, answers …index.match.<N>.<i>; 0/1 = the whole index', default: '0/1' },
   'snapshot-dir': { type: 'string', help: 'directory for index snapshots (may be shared by replicas)' },
   'snapshot-ms': { type: 'string', help: 'snapshot period in ms', default: '30000' },
   'max-entries': { type: 'string', help: 'cap on (block, worker) entries, evicting least recently used prefixes (0 = none)', default: '0' },
@@ -46,6 +47,7 @@ export async function run(argv: string[]): Promise<number> {
       namespace: f.namespace ?? 'default',
       ...(f.id ? { id: f.id } : {}),
       shards: int('shards', 0),
+      shard: parseShard(f.shard ?? '0/1'),
       ...(f['snapshot-dir'] ? { snapshotDir: f['snapshot-dir'] } : {}),
       snapshotIntervalMs: int('snapshot-ms', 30_000, 1),
       maxEntries: int('max-entries', 0),
@@ -71,7 +73,7 @@ export async function run(argv: string[]): Promise<number> {
     await within(2000, 'bus close', bus?.close() ?? Promise.resolve());
     throw e;
   }
-  log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ? redactNatsUrl(f.nats) : null, shards: opts.shards }, 'indexer listening');
+  log.info({ id: ix.indexer.id, port: ix.port, nats: f.nats ? redactNatsUrl(f.nats) : null, shards: opts.shards, shard: `${opts.shard.index}/${opts.shard.of}` }, 'indexer listening');
   const running = ix;
   const b = bus;
   // the indexer has no long requests to drain: it closes its HTTP edge, shards and subscriptions
