@@ -176,7 +176,7 @@ export class Indexer {
     };
     this.shard = opts.shard && opts.shard.of > 1 ? { index: opts.shard.index, of: opts.shard.of } : null;
     if (this.shard && this.#opts.snapshotDir) this.#opts.snapshotDir = join(this.#opts.snapshotDir, `shard-${this.shard.of}-${this.shard.index}`);
-    this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries });
+    this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries }, this.shard?.of ?? 1);
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
     this.#resync = new ResyncGate({ minIntervalMs: this.#opts.resyncIntervalMs });
@@ -237,7 +237,8 @@ export class Indexer {
     if (this.#opts.snapshotDir) {
       const snap = readNewestSnapshot(this.#opts.snapshotDir);
       if (snap) {
-        for (const w of snap.workers) this.#shards.installWorker(w);
+        // a shard installs only its own workers, whatever the file holds (a snapshot copied in from another layout)
+        for (const w of snap.workers) if (this.owns(w.worker)) this.#shards.installWorker(w);
         this.#applied = snap.streamSeq;
         if (snap.indexer === this.id) this.#snapshotSeq = snap.streamSeq;
         this.#log.info({ from: snap.indexer, streamSeq: snap.streamSeq, workers: snap.workers.length }, 'snapshot loaded');

@@ -100,31 +100,50 @@ export function parseShard(text: string): IndexShard {
   return { index, of };
 }
 
-/** FNV-1a of the worker id: stable across processes, so every replica shards the same way */
-export function shardOf(worker: string, n: number): number {
+/** FNV-1a (32 bits) of the worker id: stable across processes, so every replica shards the same way */
+export function workerHash(worker: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < worker.length; i++) h = Math.imul(h ^ worker.charCodeAt(i), 0x01000193);
-  return (h >>> 0) % n;
+  return h >>> 0;
+}
+
+/** the shard of `n` that holds `worker`: workerHash mod n */
+export function shardOf(worker: string, n: number): number {
+  return workerHash(worker) % n;
 }
 
 /** N shards behind one facade: routes by worker, fans out matches and merges. */
 export class ShardSet {
   readonly shards: Shard[];
+  /** process shard count above this set (`--shard i/N`: N, else 1) */
+  readonly #spread: number;
 
-  constructor(shards: Shard[]) {
+  /**
+   * `spread`: the process shard count N when this set is process shard i of N. Every worker here then has
+   * fnv(w) mod N = i, so the thread split uses ⌊fnv(w) / N⌋ mod threads (fnv(w) mod threads would put all of
+   * them in one thread when threads and N share a factor). Default 1: fnv(w) mod threads, as before.
+   */
+  constructor(shards: Shard[], spread = 1) {
     if (shards.length === 0) throw new KvgateError('KVG_CONFIG', 'at least one index shard is needed');
     this.shards = shards;
+    this.#spread = Math.max(1, Math.floor(spread));
   }
 
-  /** `threads` = 0 → one inline shard; otherwise that many worker threads */
-  static create(threads: number, opts: ShardOptions = {}): ShardSet {
-    if (threads <= 0) return new ShardSet([new LocalShard(opts)]);
+  /** `threads` = 0 → one inline shard; otherwise that many worker threads; `spread` as in the constructor */
+  static create(threads: number, opts: ShardOptions = {}, spread = 1): ShardSet {
+    if (threads <= 0) return new ShardSet([new LocalShard(opts)], spread);
     const per: ShardOptions = { ...opts, maxEntries: opts.maxEntries ? Math.ceil(opts.maxEntries / threads) : 0 };
-    return new ShardSet(Array.from({ length: threads }, () => new ThreadShard(per)));
+    return new ShardSet(Array.from({ length: threads }, () => new ThreadShard(per)), spread);
+  }
+
+  #index(worker: string): number {
+    const n = this.shards.length;
+    if (n === 1) return 0;
+    return this.#spread === 1 ? shardOf(worker, n) : Math.floor(workerHash(worker) / this.#spread) % n;
   }
 
   #of(worker: string): Shard {
-    return this.shards[this.shards.length === 1 ? 0 : shardOf(worker, this.shards.length)]!;
+    return this.shards[this.#index(worker)]!;
   }
 
   ingest(worker: string, data: Uint8Array): void {
@@ -158,7 +177,7 @@ export class ShardSet {
   /** size each shard for the KV capacity (blocks) of the workers it owns */
   reserve(capacityByWorker: Iterable<[worker: string, blocks: number]>): void {
     const sums = new Array<number>(this.shards.length).fill(0);
-    for (const [w, blocks] of capacityByWorker) sums[this.shards.length === 1 ? 0 : shardOf(w, this.shards.length)]! += blocks;
+    for (const [w, blocks] of capacityByWorker) sums[this.#index(w)]! += blocks;
     this.shards.forEach((s, i) => s.post({ op: 'reserve', blocks: sums[i]! }));
   }
 
