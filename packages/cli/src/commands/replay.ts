@@ -13,7 +13,7 @@ export const summary = 'record, re-import, inspect and re-run event streams for 
 const USAGE = `kvgate replay export --nats URL [--from T1] [--to T2] -o f.kvlog
 kvgate replay import f.kvlog --nats URL [--namespace NS]
 kvgate replay inspect (--nats URL | f.kvlog) (--at T | --seq N) [--prefix-of TEXT | --tokens IDS] [--request ID] [--json]
-kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--model-profile M --gpu G --tensor-parallel-size N] [--json]
+kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--model-profile M --gpu G --tensor-parallel-size N] [--report out.html] [--json]
 
 T: ms since epoch, ISO 8601, or relative (-5m, -30s, now).`;
 
@@ -40,6 +40,7 @@ const SPEC = {
   'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens (128 as start --trace; vLLM accepts it)', default: '128' },
   compress: { type: 'string', help: 'whatif: divide trace arrival times by this', default: '1' },
   limit: { type: 'string', help: 'whatif: replay only the first N requests' },
+  report: { type: 'string', help: 'whatif: also write a self-contained HTML report (plots per policy: hit rate over time, TTFT CDF, per-engine load)' },
   json: { type: 'boolean', help: 'machine-readable output' },
   ...NATS_AUTH_SPEC,
 } as const;
@@ -152,6 +153,7 @@ export async function run(argv: string[]): Promise<number> {
           blockSize: intFlag(f['engine-block-size'], 'engine-block-size', 128),
           compress: intFlag(f.compress, 'compress', 1),
           ...(f.limit !== undefined ? { limit: intFlag(f.limit, 'limit', Infinity) } : {}),
+          ...(f.report !== undefined ? { report: f.report } : {}),
         });
       }
       default:

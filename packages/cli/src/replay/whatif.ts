@@ -13,7 +13,7 @@ import { DEFAULT_WEIGHTS, score, pick, isPolicy, type Candidate, type Policy } f
 import { readTrace, blockTokens, TRACE_BLOCK, type TraceRecord } from '@kvgate/workload/trace';
 import { infiniteHitRate, pooledHitRate } from '@kvgate/workload/bounds';
 import { percentile, type PolicyResult } from '@kvgate/workload/stats';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 
 export interface WhatifOptions {
   trace: string | undefined;
@@ -32,12 +32,100 @@ export interface WhatifOptions {
   compress?: number;
   /** replay only the first N requests */
   limit?: number;
+  /** write a self-contained HTML report with plots per policy to this path (report.ts) */
+  report?: string;
 }
 
 /** The same figures `kvgate start` reports per policy (router workload stats), plus requests per engine. */
 export type WhatifPolicyResult = Pick<PolicyResult, 'policy' | 'hitRate' | 'ttftP50Ms' | 'ttftP99Ms' | 'itlP50Ms' | 'e2eP50Ms' | 'throughputRps'> & {
   perEngine: number[];
+  /** what the report plots (only when asked for: simulatePolicy's `series`) */
+  series?: WhatifSeries;
 };
+
+/**
+ * One policy's run over (virtual) time, in buckets of `bucketMs` from `t0Ms`: the prompt and cached tokens of the
+ * requests whose first token came out in each bucket, and each engine's time-weighted mean of requests in flight
+ * (queued or running) — at most MAX_BUCKETS buckets (the width doubles when the run outlasts them); plus the TTFT
+ * distribution as 101 quantiles (0, 1 %, …, 100 %).
+ */
+export interface WhatifSeries {
+  t0Ms: number;
+  bucketMs: number;
+  promptTokens: number[];
+  cachedTokens: number[];
+  /** [engine][bucket] mean requests in flight */
+  load: number[][];
+  ttftQuantilesMs: number[];
+}
+
+const MAX_BUCKETS = 120;
+
+/** Bucketed counters on a virtual clock: O(1) per token count, O(buckets spanned) per in-flight change. */
+class Timeline {
+  bucketMs: number;
+  readonly prompt: number[] = [];
+  readonly cached: number[] = [];
+  /** per engine: in-flight × ms per bucket */
+  readonly area: number[][];
+  readonly #inflight: number[];
+  readonly #since: number[];
+  constructor(readonly t0: number, spanMs: number, engines: number) {
+    this.bucketMs = Math.max(1, spanMs / 60);
+    this.area = Array.from({ length: engines }, () => []);
+    this.#inflight = new Array<number>(engines).fill(0);
+    this.#since = new Array<number>(engines).fill(t0);
+  }
+  #bucket(t: number): number {
+    let i = Math.max(0, Math.floor((t - this.t0) / this.bucketMs));
+    while (i >= MAX_BUCKETS) {
+      // twice as wide: sum neighbours
+      for (const a of [this.prompt, this.cached, ...this.area]) {
+        for (let j = 0; j < a.length; j += 2) a[j >> 1] = (a[j] ?? 0) + (a[j + 1] ?? 0);
+        a.length = Math.ceil(a.length / 2);
+      }
+      this.bucketMs *= 2;
+      i = Math.max(0, Math.floor((t - this.t0) / this.bucketMs));
+    }
+    return i;
+  }
+  tokens(t: number, prompt: number, cached: number): void {
+    const i = this.#bucket(t);
+    this.prompt[i] = (this.prompt[i] ?? 0) + prompt;
+    this.cached[i] = (this.cached[i] ?? 0) + cached;
+  }
+  /** engine e's requests in flight change by `delta` at t */
+  inflight(e: number, t: number, delta: number): void {
+    this.#bucket(t); // widen first, so the buckets below are final
+    const n = this.#inflight[e]!;
+    if (n > 0) {
+      const a = this.area[e]!;
+      let from = this.#since[e]!;
+      while (from < t) {
+        let i = Math.max(0, Math.floor((from - this.t0) / this.bucketMs));
+        let end = Math.min(t, this.t0 + (i + 1) * this.bucketMs);
+        if (end <= from) end = Math.min(t, this.t0 + (++i + 1) * this.bucketMs); // `from` on a boundary, rounded down
+        a[i] = (a[i] ?? 0) + n * (end - from);
+        from = end;
+      }
+    }
+    this.#inflight[e] = n + delta;
+    this.#since[e] = t;
+  }
+  finish(ttft: readonly number[]): WhatifSeries {
+    const len = Math.max(this.prompt.length, ...this.area.map((a) => a.length));
+    const fill = (a: number[]) => Array.from({ length: len }, (_, i) => a[i] ?? 0);
+    const sorted = Float64Array.from(ttft).sort();
+    return {
+      t0Ms: this.t0,
+      bucketMs: this.bucketMs,
+      promptTokens: fill(this.prompt),
+      cachedTokens: fill(this.cached),
+      load: this.area.map((a) => fill(a).map((x) => x / this.bucketMs)),
+      ttftQuantilesMs: sorted.length ? Array.from({ length: 101 }, (_, q) => sorted[Math.min(sorted.length - 1, Math.round((q / 100) * (sorted.length - 1)))]!) : [],
+    };
+  }
+}
 
 export interface WhatifResult {
   requests: number;
@@ -104,12 +192,13 @@ interface EngineSim {
   inflightPrefillTokens: number;
   inflightDecodeBlocks: number;
   served: number;
+  index: number;
 }
 
 export function simulatePolicy(
   reqs: readonly SimRequest[],
   policy: Policy,
-  opts: { engines: number; numBlocks: number; blockSize: number; timing?: TimingModel; seed?: number },
+  opts: { engines: number; numBlocks: number; blockSize: number; timing?: TimingModel; seed?: number; series?: boolean },
   onProgress?: (done: number) => void,
 ): WhatifPolicyResult {
   const B = opts.blockSize;
@@ -120,7 +209,10 @@ export function simulatePolicy(
     inflightPrefillTokens: 0,
     inflightDecodeBlocks: 0,
     served: 0,
+    index: i,
   }));
+  const t0 = reqs[0]?.arrivalMs ?? 0;
+  const tl = opts.series ? new Timeline(t0, (reqs[reqs.length - 1]?.arrivalMs ?? t0) - t0, opts.engines) : undefined;
   let rng = opts.seed ?? 42;
   const random = () => ((rng = (Math.imul(rng, 1664525) + 1013904223) >>> 0) / 2 ** 32);
   let rr = 0;
@@ -156,12 +248,14 @@ export function simulatePolicy(
       m.first = o.atMs;
       prompt += o.promptTokens;
       cached += o.cachedTokens;
+      tl?.tokens(o.atMs, o.promptTokens, o.cachedTokens);
       m.engine.inflightPrefillTokens -= m.newPrefill;
     } else itl.push(o.atMs - m.lastAt);
     m.lastAt = o.atMs;
     if (o.finishReason) {
       e2e.push(o.atMs - m.arrival);
       m.engine.inflightDecodeBlocks -= m.blocks;
+      tl?.inflight(m.engine.index, o.atMs, -1);
       meta.delete(o.id);
       lastEnd = Math.max(lastEnd, o.atMs);
       if (++done % 200 === 0) onProgress?.(done);
@@ -203,6 +297,7 @@ export function simulatePolicy(
       e.inflightPrefillTokens += newPrefill;
       e.inflightDecodeBlocks += blocks;
       e.served++;
+      tl?.inflight(e.index, r.arrivalMs, +1);
       meta.set(id, { arrival: r.arrivalMs, engine: e, newPrefill, blocks, lastAt: r.arrivalMs, first: 0 });
       e.sched.submit({ id, promptTokens: tokens, digests, maxTokens: r.maxTokens, arrivalMs: r.arrivalMs });
     }
@@ -218,6 +313,7 @@ export function simulatePolicy(
     e2eP50Ms: percentile(e2e, 50),
     throughputRps: done / (span / 1000),
     perEngine: engines.map((e) => e.served),
+    ...(tl ? { series: tl.finish(ttft) } : {}),
   };
 }
 
@@ -245,22 +341,28 @@ export async function whatif(o: WhatifOptions, progress: (msg: string) => void =
     policies: [],
   };
   for (const p of o.policies as Policy[]) {
-    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, numBlocks, blockSize, timing: profile.timing }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
+    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, numBlocks, blockSize, timing: profile.timing, series: o.report !== undefined }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
   }
   return result;
 }
 
-export function formatWhatif(r: WhatifResult): string {
+/** The table's columns and one policy's cells, as formatWhatif prints them and the HTML report shows them. */
+export const WHATIF_COLUMNS = ['policy', 'hit rate', 'TTFT p50', 'TTFT p99', 'ITL p50', 'e2e p50', 'req/s', 'per engine'] as const;
+export function whatifCells(p: WhatifPolicyResult): string[] {
   const f = (n: number) => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : 1) : '-');
+  return [p.policy, (p.hitRate * 100).toFixed(1) + '%', f(p.ttftP50Ms), f(p.ttftP99Ms), f(p.itlP50Ms), f(p.e2eP50Ms), p.throughputRps.toFixed(2), p.perEngine.join('/')];
+}
+
+export function formatWhatif(r: WhatifResult): string {
+  const pad = [14, 8, 9, 9, 8, 8, 7];
+  const row = (cells: readonly string[]) => cells.slice(0, 7).map((c, i) => (i ? c.padStart(pad[i]!) : c.padEnd(pad[i]!))).join(' ') + `  ${cells[7]}`;
   const lines = [
     `${r.requests} requests on ${r.engines} simulated engines (virtual clock)`,
     `engines: ${r.capacity.line}`,
     `bounds: infinite-cache hit rate ${(r.infiniteCacheHitRate * 100).toFixed(1)}%, pooled hit rate ${(r.pooledHitRate * 100).toFixed(1)}%`,
-    `${'policy'.padEnd(14)} ${'hit rate'.padStart(8)} ${'TTFT p50'.padStart(9)} ${'TTFT p99'.padStart(9)} ${'ITL p50'.padStart(8)} ${'e2e p50'.padStart(8)} ${'req/s'.padStart(7)}  per engine`,
+    row(WHATIF_COLUMNS),
   ];
-  for (const p of r.policies) {
-    lines.push(`${p.policy.padEnd(14)} ${((p.hitRate * 100).toFixed(1) + '%').padStart(8)} ${f(p.ttftP50Ms).padStart(9)} ${f(p.ttftP99Ms).padStart(9)} ${f(p.itlP50Ms).padStart(8)} ${f(p.e2eP50Ms).padStart(8)} ${p.throughputRps.toFixed(2).padStart(7)}  ${p.perEngine.join('/')}`);
-  }
+  for (const p of r.policies) lines.push(row(whatifCells(p)));
   lines.push('(times in ms of simulated engine time)');
   return lines.join('\n');
 }
@@ -268,6 +370,13 @@ export function formatWhatif(r: WhatifResult): string {
 export async function runWhatif(o: WhatifOptions): Promise<number> {
   const r = await whatif(o, (m) => process.stderr.write(`\r[whatif] ${m}   `));
   process.stderr.write('\n');
+  if (o.report) {
+    const { renderReport } = await import('./report.js');
+    writeFileSync(o.report, renderReport(r, { ...(o.trace ? { trace: o.trace } : {}), generatedAt: new Date() }));
+    process.stderr.write(`[whatif] wrote ${o.report}\n`);
+    // the series went into the report; --json keeps its usual shape
+    for (const p of r.policies) delete p.series;
+  }
   console.log(o.json ? JSON.stringify(r) : formatWhatif(r));
   return 0;
 }
