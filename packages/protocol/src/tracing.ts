@@ -21,8 +21,13 @@ export async function initTracing(serviceName: string): Promise<void> {
   process.once('beforeExit', () => void sdk.shutdown());
 }
 
+let cachedTracer: { provider: unknown; tracer: Tracer } | undefined;
+
+/** kvgate's tracer, resolved once per global tracer provider (getTracer builds a new ProxyTracer on every call) */
 export function tracer(): Tracer {
-  return trace.getTracer('kvgate');
+  const provider = trace.getTracerProvider();
+  if (cachedTracer?.provider !== provider) cachedTracer = { provider, tracer: provider.getTracer('kvgate') };
+  return cachedTracer.tracer;
 }
 
 /** Copy the active context into outgoing HTTP headers (traceparent). */

@@ -38,7 +38,13 @@ import { parseJsonObject } from '@kvgate/protocol';
 const bad = (msg: string) => new KvgateError('KVG_BAD_REQUEST', msg);
 
 function isTokenIds(v: unknown): v is number[] {
-  return Array.isArray(v) && v.length > 0 && v.every((t) => Number.isInteger(t) && (t as number) >= 0 && (t as number) < 2 ** 32);
+  if (!Array.isArray(v) || v.length === 0) return false;
+  // a plain loop: `.every` with a closure costs several times more on a 2k-token prompt (issue 14)
+  for (let i = 0; i < v.length; i++) {
+    const t: unknown = v[i];
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t >= 4294967296) return false;
+  }
+  return true;
 }
 
 function optPositiveInt(body: Record<string, unknown>, key: string): number | undefined {
