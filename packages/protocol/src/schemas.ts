@@ -46,6 +46,11 @@ export interface LoadReport {
   url: string;
   /** false: the engine behind this live shim fails its health probe (DESIGN.md §4); absent: not probed */
   healthy?: boolean;
+  /**
+   * Blocks the shim has published as held by this worker, per tier (a block on several tiers counts on each): what
+   * the index holds of it once the events are applied. Absent: not a shim's report (or an older shim).
+   */
+  indexedBlocks?: { gpu: number; cpu: number; disk: number };
   ts: number;
 }
 
@@ -238,6 +243,9 @@ export function decodeLoad(bytes: Uint8Array): LoadReport {
     capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
     url: str(v.url, 'url'),
     ...(typeof v.healthy === 'boolean' ? { healthy: v.healthy } : {}),
+    ...(isObj(v.indexedBlocks) && ['gpu', 'cpu', 'disk'].every((t) => typeof (v.indexedBlocks as Record<string, unknown>)[t] === 'number')
+      ? { indexedBlocks: { gpu: num(v.indexedBlocks.gpu, 'indexedBlocks.gpu'), cpu: num(v.indexedBlocks.cpu, 'indexedBlocks.cpu'), disk: num(v.indexedBlocks.disk, 'indexedBlocks.disk') } }
+      : {}),
     ts: num(v.ts, 'ts'),
   };
 }

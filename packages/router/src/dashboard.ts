@@ -4,13 +4,13 @@
  *
  * Aggregated server side: routed requests only append to this tick's tally (and, 20 at most per tick, a reservoir
  * sample of decisions); every `intervalMs` (250) one message goes to every client — the workers (role, model, queue,
- * KV usage, in-flight load, health), the decisions of the tick (count and sample), predicted vs actual cached tokens
+ * KV usage, blocks indexed per tier, in-flight load, health), the decisions of the tick (count and sample), predicted vs actual cached tokens
  * of the tick and since start (cache-accounting.ts), and the tick's TTFT (count, p50, p90). So the feed costs the
  * same at 1,000 decisions/s as at 10; with no client connected nothing is kept and no timer runs. A client that
  * reads too slowly (over 1 MiB buffered) misses ticks instead of growing the router's memory.
  *
  * Message (JSON, `type: "tick"`): {ts, router, intervalMs, workers: [{worker, model, role, live, waiting, running,
- * kvUsage, inflightPrefillTokens, inflightDecodeBlocks, suspect, unhealthy}], decisions: {count, perSecond,
+ * kvUsage, indexedBlocks: {gpu, cpu, disk} | null, inflightPrefillTokens, inflightDecodeBlocks, suspect, unhealthy}], decisions: {count, perSecond,
  * sample: [{ts, requestId, model, worker, prefill?, overlap, promptBlocks, indexAnswered}]}, cache: {tick:
  * {predicted, actual, prompt}, total: {predicted, actual, prompt, requests}}, ttft: {count, p50, p90}}.
  */
@@ -179,6 +179,9 @@ export class Dashboard {
         waiting: l?.waiting ?? null,
         running: l?.running ?? null,
         kvUsage: l?.kvUsage ?? null,
+        // per tier, what the worker's shim has published as held (its load report carries it: nothing to ask the
+        // index); null when the report has none (an engine registered without a shim)
+        indexedBlocks: l?.indexedBlocks ?? null,
         inflightPrefillTokens: f.prefillTokens,
         inflightDecodeBlocks: f.decodeBlocks,
         suspect: cluster.health.isSuspect(reg.worker),
@@ -227,7 +230,7 @@ canvas{background:#fff;border:1px solid #eee}#status{float:right}
 <div><h2>TTFT p50 / p90 (s)</h2><canvas id="ttft" width="420" height="120"></canvas><div id="ttftText" class="muted"></div></div>
 </div>
 <h2>workers</h2>
-<table id="workers"><thead><tr><th>worker</th><th>model</th><th>role</th><th>waiting</th><th>running</th><th>KV usage</th><th>in-flight prefill tok</th><th>in-flight decode blk</th><th>health</th></tr></thead><tbody></tbody></table>
+<table id="workers"><thead><tr><th>worker</th><th>model</th><th>role</th><th>waiting</th><th>running</th><th>KV usage</th><th title="blocks the index holds of this worker, per tier (from its shim's load report)">blocks indexed GPU / CPU / disk</th><th>in-flight prefill tok</th><th>in-flight decode blk</th><th>health</th></tr></thead><tbody></tbody></table>
 <h2>decisions <span id="rate" class="muted"></span></h2>
 <table id="decisions"><thead><tr><th>request</th><th>model</th><th>worker</th><th>overlap / blocks</th><th>index</th></tr></thead><tbody></tbody></table>
 <script>
@@ -259,7 +262,7 @@ function render(m) {
   $("hitText").textContent = tot.prompt > 0 ? "since start: predicted " + fmt(tot.predicted / tot.prompt) + ", actual " + fmt(tot.actual / tot.prompt) + " of " + tot.prompt + " prompt tokens (" + tot.requests + " requests)" : "no request with engine usage yet";
   $("ttftText").textContent = m.ttft.count + " streams this tick" + (m.ttft.p50 !== null ? ", p50 " + m.ttft.p50.toFixed(3) + " s" : "");
   const wb = $("workers").tBodies[0]; wb.replaceChildren();
-  for (const w of m.workers) wb.appendChild(row([w.worker, w.model, w.role, w.waiting ?? "—", w.running ?? "—", fmt(w.kvUsage, 0), w.inflightPrefillTokens, w.inflightDecodeBlocks, w.unhealthy ? { t: "down", cls: "bad" } : w.suspect ? { t: "suspect", cls: "bad" } : w.live ? "ok" : { t: "stale", cls: "muted" }]));
+  for (const w of m.workers) wb.appendChild(row([w.worker, w.model, w.role, w.waiting ?? "—", w.running ?? "—", fmt(w.kvUsage, 0), w.indexedBlocks ? w.indexedBlocks.gpu + " / " + w.indexedBlocks.cpu + " / " + w.indexedBlocks.disk : "—", w.inflightPrefillTokens, w.inflightDecodeBlocks, w.unhealthy ? { t: "down", cls: "bad" } : w.suspect ? { t: "suspect", cls: "bad" } : w.live ? "ok" : { t: "stale", cls: "muted" }]));
   $("rate").textContent = m.decisions.perSecond.toFixed(0) + "/s, " + m.decisions.sample.length + " sampled";
   const db = $("decisions").tBodies[0];
   for (const d of m.decisions.sample) db.insertBefore(row([d.requestId.slice(0, 12), d.model, d.worker + (d.prefill ? " ← " + d.prefill : ""), d.overlap + " / " + d.promptBlocks, d.indexAnswered ? "yes" : { t: "no", cls: "bad" }]), db.firstChild);

@@ -1,7 +1,7 @@
 /**
  * The dashboard in a real headless Chromium (Debian's `chromium`, driven by playwright-core with `executablePath`):
  * the page loads from the router with nothing else to fetch, opens its WebSocket, and renders live ticks — the
- * workers table lists the worker, routed requests show up in the decisions table, the update counter climbs. A
+ * workers table lists the worker with its blocks indexed per tier (from the load report, as a shim sends it), routed requests show up in the decisions table, the update counter climbs. A
  * screenshot is written as a test artifact (`.tmp/artifacts/dashboard.png`, or $KVGATE_TEST_ARTIFACTS). A machine
  * without chromium skips the suite with a note (`apt-get install chromium`).
  */
@@ -13,7 +13,7 @@ import { request } from 'undici';
 import { chromium, type Browser } from 'playwright-core';
 import { MemoryBus } from '@kvgate/protocol';
 import { startRouter } from '../src/index.js';
-import { register, registration, StubEngine, tokens } from './helpers.js';
+import { publishLoad, register, registration, StubEngine, tokens } from './helpers.js';
 
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
 const ARTIFACTS = process.env.KVGATE_TEST_ARTIFACTS ?? new URL('../../../.tmp/artifacts/', import.meta.url).pathname;
@@ -28,6 +28,10 @@ test('the dashboard in Chromium: loads offline, receives live ticks over ws, sho
   await register(bus, registration('w1', stub.url));
   const router = await startRouter(bus, { port: 0, indexTimeoutMs: 20, registryTtlMs: 0 });
   let browser: Browser | undefined;
+  // w1's load reports, as its shim would send them (every 200 ms: fresher than the view's 3 s staleness)
+  const load = () => publishLoad(bus, { worker: 'w1', url: stub.url, waiting: 1, running: 2, kvUsage: 0.25, indexedBlocks: { gpu: 120, cpu: 40, disk: 0 } });
+  load();
+  const loads = setInterval(load, 200);
   try {
     await router.waitForWorkers(1);
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
@@ -50,6 +54,11 @@ test('the dashboard in Chromium: loads offline, receives live ticks over ws, sho
     await page.waitForFunction(`Number(document.body.dataset.ticks) >= ${t0 + 3}`, undefined, { timeout: 10_000 });
     const workers = await page.evaluate("[...document.querySelectorAll('#workers tbody tr')].map((r) => r.firstElementChild.innerText)");
     assert.equal(workers, ['w1']);
+    const header = (await page.evaluate("[...document.querySelectorAll('#workers thead th')].map((h) => h.innerText)")) as string[];
+    const col = header.findIndex((h) => /blocks indexed/i.test(h));
+    assert.ok(col > 0, `a blocks-indexed-per-tier column: ${JSON.stringify(header)}`);
+    assert.match(header[col]!, /GPU \/ CPU \/ disk/);
+    assert.is(await page.evaluate(`document.querySelector('#workers tbody tr').children[${col}].innerText`), '120 / 40 / 0');
     assert.is(await page.evaluate("document.querySelector('#decisions tbody tr').children[2].innerText"), 'w1');
     assert.match(String(await page.evaluate("document.getElementById('status').innerText")), /^live · \d+ updates$/);
     assert.match(String(await page.evaluate("document.getElementById('hitText').innerText")), /no request with engine usage yet|since start/);
@@ -61,6 +70,7 @@ test('the dashboard in Chromium: loads offline, receives live ticks over ws, sho
     assert.ok(existsSync(shot));
     console.log(`[dashboard-chromium] screenshot: ${shot}`);
   } finally {
+    clearInterval(loads);
     await browser?.close();
     await router.close();
     await stub.close();

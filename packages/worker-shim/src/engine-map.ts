@@ -23,6 +23,9 @@
  * lower tier the known prefix stands (vLLM's offload events carry no extra keys: the GPU store that came
  * first had them), on GPU the new content wins (the engine reused the hash after a removal we missed).
  *
+ * Per tier it counts the blocks held there (`tierCounts`, O(1): kept up to date at each tier change, read by the
+ * load report as what this worker has indexed per tier).
+ *
  * Memory is bounded: entries leave with the engine's own removals, and an LRU cap bites when the engine's
  * removals are lost. A prefix evicted by the cap is handed back per tier by `takeEvicted()` so the caller can
  * publish its removal: the index then never holds a block whose removal we could no longer report.
@@ -98,12 +101,18 @@ export class EngineMap {
   readonly #roots = new Map<string, bigint>();
   #evicted: TierHashes = emptyTiers();
   #evictions = 0;
+  /** entries held on each tier */
+  readonly #counts: Record<Tier, number> = { gpu: 0, cpu: 0, disk: 0 };
 
   constructor(opts: EngineMapOptions) {
     this.#model = opts.model;
     this.#map = new LRUCache<EngineHash, Entry>({
       max: opts.maxEntries ?? 1_000_000,
       dispose: (e, _key, reason) => {
+        // an entry leaving (evicted, or deleted: by then it holds nothing, or a GPU store replaced it) uncounts
+        if (e.gpu) this.#counts.gpu--;
+        if (e.cpu > 0) this.#counts.cpu--;
+        if (e.disk > 0) this.#counts.disk--;
         if (reason !== 'evict') return;
         this.#evictions++;
         if (e.gpu) this.#evicted.gpu.push(e.prefix);
@@ -115,6 +124,11 @@ export class EngineMap {
 
   get size(): number {
     return this.#map.size;
+  }
+
+  /** blocks held on each tier (a block on several tiers counts on each) */
+  tierCounts(): Record<Tier, number> {
+    return { ...this.#counts };
   }
 
   /** total entries the LRU cap has evicted */
@@ -163,8 +177,10 @@ export class EngineMap {
   }
 
   #mark(e: Entry, tier: Tier): void {
-    if (tier === 'gpu') e.gpu = true;
-    else e[tier]++;
+    if (tier === 'gpu') {
+      if (!e.gpu) this.#counts.gpu++;
+      e.gpu = true;
+    } else if (e[tier]++ === 0) this.#counts[tier]++;
   }
 
   /** queues an entry's removal on every tier it held (a GPU store replaced its content) */
@@ -276,10 +292,14 @@ export class EngineMap {
         if (tier === 'gpu') {
           if (!x.gpu) return;
           x.gpu = false;
+          this.#counts.gpu--;
           hashes.push(x.prefix);
         } else {
           if (x[tier] === 0) return;
-          if (--x[tier] === 0) hashes.push(x.prefix);
+          if (--x[tier] === 0) {
+            this.#counts[tier]--;
+            hashes.push(x.prefix);
+          }
         }
         if (!held(x)) this.#map.delete(keys[j]!);
       });
@@ -310,6 +330,7 @@ export class EngineMap {
         if (!held(e)) gone.push(k);
       }
     }
+    this.#counts[tier] = 0;
     for (const k of gone) this.#map.delete(k);
     return out;
   }
@@ -332,6 +353,7 @@ export class EngineMap {
   clear(): void {
     // clear() disposes with reason 'delete', so nothing lands in the evicted list.
     this.#map.clear();
+    this.#counts.gpu = this.#counts.cpu = this.#counts.disk = 0;
     this.#evicted = emptyTiers();
   }
 }

@@ -165,6 +165,7 @@ export class RankWorker {
       capacityBlocks: this.capacityBlocks,
       url: shared.url || o.engineUrl,
       healthy: shared.engineUp,
+      indexedBlocks: this.relay.tierCounts,
       ts: Date.now(),
     };
   }

@@ -126,6 +126,10 @@ export class EventRelay {
   get mapSize(): number {
     return this.#map.size;
   }
+  /** blocks this worker has published as held, per tier (what the index holds of it, once applied) */
+  get tierCounts(): Record<Tier, number> {
+    return this.#map.tierCounts();
+  }
 
   /** enqueue one ZMQ message */
   post(frames: Uint8Array[]): void {

@@ -74,4 +74,42 @@ test('clear forgets everything without counting evictions', () => {
   assert.equal(map.takeEvicted(), { gpu: [], cpu: [], disk: [] });
 });
 
+test('tierCounts follows every change (stores, offloads, removals, clears, cap evictions): equal to a recount of the block set', () => {
+  const map = new EngineMap({ model: MODEL, maxEntries: 40 });
+  let s = 11;
+  const rnd = (n: number) => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % n);
+  const known: bigint[] = [];
+  let next = 1n;
+  const recount = () => {
+    const set = map.blockSet();
+    const n = (t: 'gpu' | 'cpu' | 'disk') => set[t].reduce((a, c) => a + c.hashes.length, 0);
+    return { gpu: n('gpu'), cpu: n('cpu'), disk: n('disk') };
+  };
+  const tiers = ['gpu', 'cpu', 'disk'] as const;
+  let nonGpu = 0;
+  for (let i = 0; i < 3000; i++) {
+    const op = rnd(100);
+    const pick = () => known[rnd(Math.max(1, known.length))] ?? 0n;
+    if (op < 35 || known.length === 0) {
+      const len = 1 + rnd(4);
+      const hashes = Array.from({ length: len }, () => next++);
+      const parent = known.length && rnd(2) ? pick() : null;
+      const r = map.stored({ blockHashes: hashes, parent, tokenIds: toks(len * 4, rnd(50)), blockSize: 4, lora: null });
+      if (r.kind === 'stored') known.push(...hashes);
+    } else if (op < 50) {
+      // re-store a known hash (on GPU: possibly new content; lower tier: a copy)
+      map.stored({ blockHashes: [pick()], parent: null, tokenIds: toks(4, rnd(3)), blockSize: 4, lora: null, tier: tiers[rnd(3)]! });
+    } else if (op < 70) {
+      map.addTier([pick()], tiers[1 + rnd(2)]!, 1 + rnd(3));
+    } else if (op < 95) map.removed([pick(), pick()], tiers[rnd(3)]!);
+    else if (op < 99) map.clearTier(tiers[rnd(3)]!);
+    else map.clear();
+    const c = map.tierCounts();
+    assert.equal(c, recount(), `after op ${i} (${op})`);
+    nonGpu = Math.max(nonGpu, c.cpu + c.disk);
+  }
+  assert.ok(map.evictions > 0, 'the cap bit');
+  assert.ok(nonGpu > 0, 'lower tiers were exercised');
+});
+
 test.run();

@@ -57,8 +57,10 @@ export interface Stored {
   blockSize: number;
   loraId?: number | null;
   loraName?: string | null;
+  /** default GPU */
+  medium?: string;
 }
-export type Ev = Stored | { type: 'removed'; hashes: Hash[] } | { type: 'cleared' };
+export type Ev = Stored | { type: 'removed'; hashes: Hash[]; medium?: string } | { type: 'cleared' };
 
 /** vLLM ≤ 0.23 (array_like): [ts, [events], dp_rank] */
 export function vllmArrayBatch(events: Ev[], ts = Date.now() / 1000): Uint8Array {
@@ -72,11 +74,11 @@ export function vllmArrayBatch(events: Ev[], ts = Date.now() / 1000): Uint8Array
           mp.array(e.tokens.map(mp.uint)),
           mp.uint(e.blockSize),
           e.loraId == null ? mp.nil() : mp.uint(e.loraId),
-          mp.str('GPU'),
+          mp.str(e.medium ?? 'GPU'),
           e.loraName == null ? mp.nil() : mp.str(e.loraName),
         ]);
       case 'removed':
-        return mp.array([mp.str('BlockRemoved'), mp.array(e.hashes.map(hashBytes)), mp.str('GPU')]);
+        return mp.array([mp.str('BlockRemoved'), mp.array(e.hashes.map(hashBytes)), mp.str(e.medium ?? 'GPU')]);
       case 'cleared':
         return mp.array([mp.str('AllBlocksCleared')]);
     }
@@ -96,12 +98,12 @@ export function vllmMapBatch(events: Ev[], ts = Date.now() / 1000): Uint8Array {
           ['token_ids', mp.array(e.tokens.map(mp.uint))],
           ['block_size', mp.uint(e.blockSize)],
           ['lora_id', e.loraId == null ? mp.nil() : mp.uint(e.loraId)],
-          ['medium', mp.str('GPU')],
+          ['medium', mp.str(e.medium ?? 'GPU')],
           ['lora_name', e.loraName == null ? mp.nil() : mp.str(e.loraName)],
           ['extra_keys', mp.nil()], // a field this version of kvgate does not know: ignored
         ]);
       case 'removed':
-        return mp.map([['type', mp.str('BlockRemoved')], ['block_hashes', mp.array(e.hashes.map(hashBytes))], ['medium', mp.str('GPU')]]);
+        return mp.map([['type', mp.str('BlockRemoved')], ['block_hashes', mp.array(e.hashes.map(hashBytes))], ['medium', mp.str(e.medium ?? 'GPU')]]);
       case 'cleared':
         return mp.map([['type', mp.str('AllBlocksCleared')]]);
     }

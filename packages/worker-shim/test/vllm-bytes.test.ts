@@ -269,6 +269,27 @@ test('block size and capacity come from vllm:cache_config_info; load is reported
   }
 });
 
+test('load reports carry the blocks published per tier (indexedBlocks): GPU stores, a CPU offload, a GPU removal', async () => {
+  const { bus, engine, view, close } = await setup({ loadIntervalMs: 50 });
+  const loads: LoadReport[] = [];
+  const sub = bus.subscribe(S.load(WORKER), { callback: (m) => loads.push(decodeLoad(m.data)) });
+  const tiers = () => loads.at(-1)?.indexedBlocks;
+  try {
+    const tokens = toks(3 * B);
+    const want = prefixHashes(MODEL, '', B, tokens);
+    await engine.send(vllmMapBatch([{ type: 'stored', hashes: [H(0), H(1), H(2)], parent: null, tokens, blockSize: B }]));
+    await waitFor(() => view.has(want), 'three blocks');
+    await waitFor(() => JSON.stringify(tiers()) === JSON.stringify({ gpu: 3, cpu: 0, disk: 0 }), `3 on gpu (last ${JSON.stringify(tiers())})`);
+    // vLLM's offloading connector: a hash-only placeholder on CPU for block 0, then block 1 leaves the GPU
+    await engine.send(vllmMapBatch([{ type: 'stored', hashes: [H(0)], parent: null, tokens: [], blockSize: 0, medium: 'CPU' }]));
+    await engine.send(vllmMapBatch([{ type: 'removed', hashes: [H(1)] }]));
+    await waitFor(() => JSON.stringify(tiers()) === JSON.stringify({ gpu: 2, cpu: 1, disk: 0 }), `2 on gpu, 1 on cpu (last ${JSON.stringify(tiers())})`);
+  } finally {
+    sub.unsubscribe();
+    await close();
+  }
+});
+
 test('hand-written batches in both encodings end up in the index (startIndexer on the same bus)', async () => {
   const { bus, engine, view, close } = await setup();
   const idx = await startIndexer(bus, { registryTtlMs: 3000 });
