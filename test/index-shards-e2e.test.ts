@@ -35,7 +35,8 @@ const OWNED = [0, 1].map((i) => WORKERS.filter((w) => shardOf(w, 2) === i));
 
 async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
   const t0 = Date.now();
-  while (!(await cond().catch(() => false))) {
+  // a condition that throws (an HTTP port not listening yet) is not met yet
+  while (!(await Promise.resolve().then(cond).catch(() => false))) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out (${timeoutMs} ms) waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -71,10 +72,12 @@ class ShardProc {
     this.child = child;
   }
   async ready(timeoutMs = 60_000): Promise<void> {
+    let exited = false;
     await waitFor(async () => {
-      if (this.child?.exitCode !== null) throw new Error(`indexer ${this.id} exited: ${this.out.slice(-2000)}`);
-      return (await fetch(`http://127.0.0.1:${this.port}/readyz`)).status === 200;
+      exited = this.child?.exitCode !== null;
+      return exited || (await fetch(`http://127.0.0.1:${this.port}/readyz`)).status === 200;
     }, timeoutMs, `${this.id} ready`);
+    if (exited) throw new Error(`indexer ${this.id} exited: ${this.out.slice(-2000)}`);
   }
   async get(path: string): Promise<any> {
     const res = await fetch(`http://127.0.0.1:${this.port}${path}`);
