@@ -28,8 +28,11 @@ function usageOf(v: unknown): EngineUsage | null {
   const p = (u as { prompt_tokens?: unknown }).prompt_tokens;
   const d = (u as { prompt_tokens_details?: unknown }).prompt_tokens_details;
   const c = typeof d === 'object' && d !== null ? (d as { cached_tokens?: unknown }).cached_tokens : undefined;
-  const int = (x: unknown) => (typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : null);
-  return { promptTokens: int(p), cachedTokens: int(c) };
+  return { promptTokens: nonNegInt(p), cachedTokens: nonNegInt(c) };
+}
+
+function nonNegInt(x: unknown): number | null {
+  return typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : null;
 }
 
 /** Collects what it needs of one response body, chunk by chunk; `usage()` at the end. */

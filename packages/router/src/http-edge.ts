@@ -25,7 +25,7 @@ import { RouterDiag, UsageTap, type SentRequest } from './diag.js';
 import type { FailureReason } from './health.js';
 import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
 import type { RouterMetrics } from './metrics.js';
-import { openUpstream, relay, UpstreamAbort, UpstreamError } from './proxy.js';
+import { openUpstream, relay, UpstreamAbort, UpstreamError, type RelayHooks } from './proxy.js';
 import { CacheAccounting, type Prediction } from './cache-accounting.js';
 import { clientWantsUsage, UsageStrip, withUsageRaw } from './usage-strip.js';
 import { RequestTimer } from './latency.js';
@@ -301,27 +301,35 @@ export class HttpEdge {
       const tap = up.statusCode === 200 ? new UsageTap(req.stream) : undefined;
       const sent = routed;
       const timer = up.statusCode === 200 ? new RequestTimer(this.#metrics, worker, routed.model, arrivedAt.get(res) ?? t0, req.stream, this.dashboard.active ? (s) => this.dashboard.ttft(s) : undefined) : undefined;
-      this.drain.onCut(
-        res,
-        relay(up, res, extra, {
-          onFirstByte: () => core.firstByte(tickets),
-          ...(tap ? { onChunk: (c: Buffer) => (tap.push(c), timer!.chunk(c)) } : {}),
-          ...(stripUsage && up.statusCode === 200 ? { filter: new UsageStrip() } : {}),
-          onDone: (ok) => {
-            core.finish(tickets);
-            o.admission.poke();
-            this.#setOpen(worker, -1);
-            timer?.done(ok);
-            if (!ok) abort.abort();
-            else if (tap) {
-              const usage = tap.usage();
-              o.diag.observe(worker, sentRequest(sent, req), usage);
-              this.cache.record(prediction(sent, req), usage);
-            }
-            span.end();
-          },
-        }),
-      );
+      // the hooks as methods, not arrow properties: a named closure per request costs a defineProperty under
+      // tsx's keepNames (issue 14)
+      const edge = this;
+      const hooks: RelayHooks = {
+        onFirstByte(): void {
+          core.firstByte(tickets);
+        },
+        onDone(ok: boolean): void {
+          core.finish(tickets);
+          o.admission.poke();
+          edge.#setOpen(worker, -1);
+          timer?.done(ok);
+          if (!ok) abort.abort();
+          else if (tap) {
+            const usage = tap.usage();
+            o.diag.observe(worker, sentRequest(sent, req), usage);
+            edge.cache.record(prediction(sent, req), usage);
+          }
+          span.end();
+        },
+      };
+      if (tap) {
+        hooks.onChunk = function (c: Buffer): void {
+          tap.push(c);
+          timer!.chunk(c);
+        };
+      }
+      if (stripUsage && up.statusCode === 200) hooks.filter = new UsageStrip();
+      this.drain.onCut(res, relay(up, res, extra, hooks));
       return;
     }
   }

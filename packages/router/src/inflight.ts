@@ -189,32 +189,35 @@ export class Inflight {
     let prev = -1;
     // An earlier prompt may have ended between two stride points (its last block was remembered too): when workers
     // drop out at a stride point, or the walk ends, look for their end in the blocks since the previous point.
-    const tails = (from: number, to: number, who: readonly string[] | undefined) => {
-      let left = who ? who.length : Infinity;
-      for (let j = to; j > from && left > 0; j--) {
-        if ((j + 1) % s === 0) continue;
-        const ws = this.#predicted.get(hashes[j]!);
-        if (!ws) continue;
-        for (const w of ws) {
-          if ((who === undefined || who.includes(w)) && (out.get(w) ?? 0) < j + 1) {
-            out.set(w, j + 1);
-            left--;
-          }
-        }
-        if (who === undefined) return;
-      }
-    };
     for (let i = s - 1; i < m; i += s) {
       const ws = this.#predicted.get(hashes[i]!);
       const here = ws ? (alive ? alive.filter((w) => ws.includes(w)) : ws) : [];
       const dropped = alive ? alive.filter((w) => !here.includes(w)) : undefined;
-      if (dropped === undefined || dropped.length > 0) tails(prev, i - 1, dropped);
+      if (dropped === undefined || dropped.length > 0) this.#tails(out, hashes, prev, i - 1, dropped);
       if (here.length === 0) return out;
       for (const w of here) out.set(w, i + 1);
       alive = here;
       prev = i;
     }
-    tails(prev, m - 1, alive);
+    this.#tails(out, hashes, prev, m - 1, alive);
     return out;
+  }
+
+  /** predictedOverlaps: the ends of `who`'s predictions (every worker's when undefined) in blocks (from, to] */
+  #tails(out: Map<string, number>, hashes: ArrayLike<bigint>, from: number, to: number, who: readonly string[] | undefined): void {
+    const s = this.#stride;
+    let left = who ? who.length : Infinity;
+    for (let j = to; j > from && left > 0; j--) {
+      if ((j + 1) % s === 0) continue;
+      const ws = this.#predicted.get(hashes[j]!);
+      if (!ws) continue;
+      for (const w of ws) {
+        if ((who === undefined || who.includes(w)) && (out.get(w) ?? 0) < j + 1) {
+          out.set(w, j + 1);
+          left--;
+        }
+      }
+      if (who === undefined) return;
+    }
   }
 }

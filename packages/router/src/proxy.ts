@@ -108,11 +108,14 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
   const body = up.body;
   const filter = hooks.filter;
   let first = true;
-  let done = false;
-  const finish = (ok: boolean) => {
-    if (done) return;
-    done = true;
-    hooks.onDone(ok);
+  // onDone exactly once (an object's method: a named closure per request costs a defineProperty under tsx's keepNames)
+  const end = {
+    done: false,
+    finish(ok: boolean): void {
+      if (end.done) return;
+      end.done = true;
+      hooks.onDone(ok);
+    },
   };
   const cutter = new SseCutter(res, () => body.destroy());
   body.on('data', (chunk: Buffer) => {
@@ -132,17 +135,17 @@ export function relay(up: Dispatcher.ResponseData, res: ServerResponse, extraHea
     const tail = filter?.flush();
     if (tail && !cutter.done) res.write(tail);
     res.end();
-    finish(true);
+    end.finish(true);
   });
   body.on('error', (e) => {
     if (cutter.done) return; // our own cut ended the read
     // the upstream broke mid-body: an SSE stream ends with the error event (at an event boundary), else a close
     cutter.cut(new UpstreamError(`upstream stream broke: ${e.message}`, { beforeFirstByte: false, cause: e }));
-    finish(false);
+    end.finish(false);
   });
   res.on('close', () => {
     if (!res.writableFinished) body.destroy();
-    finish(res.writableFinished);
+    end.finish(res.writableFinished);
   });
   return (err) => cutter.cut(err);
 }

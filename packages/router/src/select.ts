@@ -79,6 +79,21 @@ export interface Decision {
   pd?: { split: boolean; reason: PdReason; decodeScored: Scored[] };
 }
 
+/** `regs` without the excluded workers (a new array: callers may keep it) */
+function kept(regs: readonly WorkerRegistration[], exclude: ReadonlySet<string> | undefined): WorkerRegistration[] {
+  if (!exclude || exclude.size === 0) return regs.slice();
+  const out: WorkerRegistration[] = [];
+  for (const r of regs) if (!exclude.has(r.worker)) out.push(r);
+  return out;
+}
+
+/** `regs` without the avoided workers, unless that leaves none */
+function preferred(regs: WorkerRegistration[], avoid: ReadonlySet<string> | undefined): WorkerRegistration[] {
+  if (!avoid || avoid.size === 0) return regs;
+  const rest = regs.filter((r) => !avoid.has(r.worker));
+  return rest.length > 0 ? rest : regs;
+}
+
 export class Selector {
   #rr = new Map<string, number>();
   #view: WorkerView;
@@ -100,18 +115,12 @@ export class Selector {
   /** undefined when the pool has no live worker left (after exclusions). */
   select(input: SelectInput): Decision | undefined {
     const { pool } = input;
-    const keep = (r: WorkerRegistration) => !input.exclude?.has(r.worker);
-    const avoid = input.avoid;
-    const prefer = (regs: WorkerRegistration[]): WorkerRegistration[] => {
-      if (!avoid || avoid.size === 0) return regs;
-      const rest = regs.filter((r) => !avoid.has(r.worker));
-      return rest.length > 0 ? rest : regs;
-    };
+    const { exclude, avoid } = input;
     const promptBlocks = input.hashes.length;
     const predicted = this.policy === 'kv' ? this.#inflight.predictedOverlaps(input.hashes) : new Map<string, number>();
     if (pool.prefill.length > 0 && pool.decode.length > 0) {
-      const pre = prefer([...pool.prefill, ...pool.both].filter(keep));
-      const dec = prefer([...pool.decode, ...pool.both].filter(keep));
+      const pre = preferred(kept([...pool.prefill, ...pool.both], exclude), avoid);
+      const dec = preferred(kept([...pool.decode, ...pool.both], exclude), avoid);
       const p = this.#choose(pre, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|p`);
       // the decode worker by its own overlap and decode load (the same score: its prefix saves a local prefill)
       const d = this.#choose(dec, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}|d`);
@@ -132,7 +141,7 @@ export class Selector {
         pd: { split: true, reason, decodeScored: d.scored },
       };
     }
-    const all = prefer((pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode]).filter(keep));
+    const all = preferred(kept(pool.both.length > 0 ? pool.both : [...pool.prefill, ...pool.decode], exclude), avoid);
     const c = this.#choose(all, pool, promptBlocks, input.indexOverlaps, input.indexTiers ?? null, predicted, this.policy, `${pool.model}|${pool.lora}`);
     if (!c) return undefined;
     return { worker: c.reg, prefillWorker: c.reg, overlap: c.pick.overlap, cached: c.pick.cached, promptBlocks, scored: c.scored };
