@@ -7,7 +7,7 @@ import { parseFlags } from '../flags.js';
 
 export const summary = 'run the benchmarks (one human table, or --json: one JSON line per figure)';
 
-const USAGE = 'kvgate bench [--json] [--quick] [name-filter...]';
+const USAGE = 'kvgate bench [--json] [--quick] [name-filter...]\n       kvgate bench fleet [--workers W] [--blocks B] [--shards 1,2,4] [--seconds S] [--json]   (the fleet simulation: kvgate bench fleet --help)';
 const SPEC = {
   json: { type: 'boolean', help: 'one JSON object per line: {bench, value, unit, baseline, note}' },
   quick: { type: 'boolean', help: 'smaller sizes (smoke run)' },
@@ -16,6 +16,7 @@ const SPEC = {
 const BENCH_DIR = new URL('../../../../bench/', import.meta.url).pathname;
 
 export async function run(argv: string[]): Promise<number> {
+  if (argv[0] === 'fleet') return runFleet(argv.slice(1));
   const parsed = parseFlags(argv, USAGE, SPEC);
   if (!parsed) return 0;
   const { flags, positionals } = parsed;
@@ -55,4 +56,19 @@ export async function run(argv: string[]): Promise<number> {
   }
   if (failed > 0) return 1;
   return figures.length > 0 ? 0 : 1;
+}
+
+/** `kvgate bench fleet …`: the fleet simulation (bench-fleet.ts), its figures in the same table / --json lines */
+async function runFleet(argv: string[]): Promise<number> {
+  const json = argv.includes('--json');
+  const fmt = (n: number | undefined) => (n === undefined ? '' : Math.abs(n) >= 100 ? n.toFixed(0) : n.toPrecision(3));
+  if (!json && !argv.includes('--help') && !argv.includes('-h')) console.log(`${'bench'.padEnd(28)} ${'value'.padStart(12)} ${'unit'.padEnd(10)} ${'baseline'.padStart(12)} ${'ratio'.padStart(7)}  note`);
+  const { run: fleet } = await import('./bench-fleet.js');
+  return fleet(argv, (fig) => {
+    if (json) console.log(JSON.stringify(fig));
+    else {
+      const ratio = fig.baseline ? (fig.value / fig.baseline).toFixed(2) + 'x' : '';
+      console.log(`${fig.bench.padEnd(28)} ${fmt(fig.value).padStart(12)} ${fig.unit.padEnd(10)} ${fmt(fig.baseline).padStart(12)} ${ratio.padStart(7)}  ${fig.note ?? ''}`);
+    }
+  });
 }
