@@ -21,6 +21,12 @@ export interface EngineCoreOptions {
   holdTimeoutMs?: number;
   /** one call per step with KV events (and for events outside steps, e.g. a reset) */
   onEvents?: (events: KvCacheEvent[], tsSeconds: number) => void;
+  /**
+   * Each finished request that was submitted with a `tag` (the client's x-request-id): its TTFT and end-to-end
+   * latency on the engine's modelled clock (arrival → first token / last token, simulated ms), free of host lag.
+   * `kvgate start` reports these beside what its client observed (wall × speedup, which scales the host's lag too).
+   */
+  onRequestDone?: (tag: string, ttftMs: number, e2eMs: number) => void;
 }
 
 type Sink = (out: TokenOutput) => void;
@@ -29,6 +35,8 @@ interface Track {
   sink: Sink;
   arrivalMs: number;
   lastMs: number;
+  firstMs: number;
+  tag: string | undefined;
 }
 
 export class EngineCore {
@@ -37,6 +45,7 @@ export class EngineCore {
   #t0 = performance.now();
   #holdTimeoutMs: number;
   #onEvents: (events: KvCacheEvent[], tsSeconds: number) => void;
+  #onRequestDone: EngineCoreOptions['onRequestDone'];
   #metrics: EngineMetrics | undefined;
   #tracks = new Map<string, Track>();
   #holdTimers = new Map<string, NodeJS.Timeout>();
@@ -56,6 +65,7 @@ export class EngineCore {
     this.#sched = new Scheduler(opts.scheduler);
     this.#holdTimeoutMs = opts.holdTimeoutMs ?? 480_000;
     this.#onEvents = opts.onEvents ?? (() => {});
+    this.#onRequestDone = opts.onRequestDone;
     this.#metrics = metrics;
   }
 
@@ -78,13 +88,16 @@ export class EngineCore {
     return this.#sched.stats();
   }
 
-  /** Queues a request; `sink` receives each generated token (the last has a finishReason). Throws on bad input. */
-  submit(req: Omit<SubmitRequest, 'arrivalMs'>, sink: Sink): void {
+  /**
+   * Queues a request; `sink` receives each generated token (the last has a finishReason). Throws on bad input.
+   * `tag`: reported with the request's modelled latencies to `onRequestDone` when it finishes.
+   */
+  submit(req: Omit<SubmitRequest, 'arrivalMs'>, sink: Sink, tag?: string): void {
     if (this.#closed) throw new Error('engine closed');
     const now = this.now();
     const arrivalMs = this.#inStep ? Math.min(Math.max(now, this.#stepStart), this.#cursor) : Math.max(now, this.#cursor);
     this.#sched.submit({ ...req, arrivalMs });
-    this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs });
+    this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs, firstMs: NaN, tag });
     // busy but not in a step = woken, first step not started yet: it must not start before this arrival
     if (this.#busy && !this.#inStep) this.#wakeAt = Math.max(this.#wakeAt, arrivalMs);
     else this.#kick(arrivalMs);
@@ -184,8 +197,10 @@ export class EngineCore {
         if (out.finishReason) this.#metrics.finished(out.atMs - t.arrivalMs, out.finishReason);
       }
       t.lastMs = out.atMs;
+      if (out.index === 0) t.firstMs = out.atMs;
       if (out.finishReason) {
         this.#tracks.delete(out.id);
+        if (t.tag !== undefined && this.#onRequestDone) this.#onRequestDone(t.tag, t.firstMs - t.arrivalMs, out.atMs - t.arrivalMs);
         if (this.#sched.held(out.id)) {
           const timer = setTimeout(() => this.releaseHeld(out.id), this.#holdTimeoutMs / this.speedup);
           timer.unref();

@@ -104,6 +104,8 @@ export interface SimEngineOptions {
   offloadLink?: Partial<OffloadLinkModel>;
   /** header/body timeouts, keep-alive (default 65 s here) and connection cap of the HTTP server (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
+  /** each finished request that carried an x-request-id: its modelled TTFT and end-to-end ms (EngineCore onRequestDone) */
+  onRequestDone?: (requestId: string, ttftMs: number, e2eMs: number) => void;
 }
 
 export interface SimEngineHandle {
@@ -214,6 +216,7 @@ export async function startSimEngine(options: SimEngineOptions = {}): Promise<Si
       speedup: options.speedup ?? 1,
       holdTimeoutMs: (options.kvHoldTimeoutS ?? 480) * 1000,
       onEvents: (events, ts) => publisher?.publish(events, ts),
+      ...(options.onRequestDone ? { onRequestDone: options.onRequestDone } : {}),
     },
     metrics,
   );

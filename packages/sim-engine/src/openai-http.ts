@@ -339,7 +339,7 @@ async function generateTraced(ctx: HttpContext, g: GenRequest, req: IncomingMess
       }
     };
     try {
-      ctx.core.submit({ id: coreId, promptTokens: g.promptTokens, maxTokens: g.maxTokens, remoteKv, holdOnFinish: wantsDecodeElsewhere }, sink);
+      ctx.core.submit({ id: coreId, promptTokens: g.promptTokens, maxTokens: g.maxTokens, remoteKv, holdOnFinish: wantsDecodeElsewhere }, sink, typeof header === 'string' && header !== '' ? header : undefined);
     } catch (e) {
       finished = true;
       throw e instanceof RangeError ? badReq(e.message) : e;

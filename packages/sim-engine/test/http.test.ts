@@ -32,6 +32,32 @@ test('a repeated prompt reports cached tokens and a lower TTFT than the first', 
   assert.ok((await metricValue(e.url, 'vllm:prefix_cache_hits_total')) >= 7984);
 });
 
+test("onRequestDone: a tagged request's TTFT and e2e on the engine's clock, not billed for this host's lag", async () => {
+  const done: [string, number, number][] = [];
+  const fast = await startSimEngine({ speedup: 50, numBlocks: 4096, maxModelLen: 16384, kvEventsEndpoint: null, onRequestDone: (id, ttft, e2e) => void done.push([id, ttft, e2e]) });
+  try {
+    const t0 = performance.now();
+    const tagged = post(fast.url + '/v1/completions', { prompt: tokens(2000, 5), max_tokens: 4 }, { 'x-request-id': 'lag-free-1' });
+    await sleep(5);
+    // the event loop (engine included) blocked for 100 ms of wall time = 5,000 ms of modelled time
+    const until = performance.now() + 100;
+    while (performance.now() < until);
+    const r = await tagged;
+    const clientModelledMs = (performance.now() - t0) * 50;
+    assert.is(r.status, 200, r.text);
+    const untagged = await post(fast.url + '/v1/completions', { prompt: tokens(300, 6), max_tokens: 2 });
+    assert.is(untagged.status, 200);
+    assert.is(done.length, 1, JSON.stringify(done));
+    const [id, ttft, e2e] = done[0]!;
+    assert.is(id, 'lag-free-1');
+    assert.ok(ttft > 0 && e2e >= ttft, `ttft ${ttft} e2e ${e2e}`);
+    assert.ok(clientModelledMs >= 5000, `client saw ${clientModelledMs} modelled ms`);
+    assert.ok(e2e < 2000, `the engine billed ${e2e} ms for a 2000-token prefill and 4 tokens`);
+  } finally {
+    await fast.close();
+  }
+});
+
 test('completions: JSON response in vLLM shape, text prompt tokenized with the real tokenizer', async () => {
   const r = await post(e.url + '/v1/completions', { model: 'qwen3-8b', prompt: 'Hello world, this is a test.', max_tokens: 5 });
   assert.is(r.status, 200);

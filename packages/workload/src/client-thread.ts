@@ -18,7 +18,7 @@ const { results, wallMs } = await runPlan(plan, client, (done) => {
     last = now;
     port.postMessage({ progress: done });
   }
-});
+}, spec.requestIdPrefix);
 await client.close();
 port.postMessage({ results, wallMs });
 port.close();

@@ -16,6 +16,8 @@ export interface RequestResult {
   itlMs: number[];
   promptTokens: number;
   cachedTokens: number;
+  /** the x-request-id it was sent with, when the plan names one (joins the engines' own latencies) */
+  requestId?: string;
   error?: string;
 }
 
@@ -35,14 +37,18 @@ export class LoadClient {
     this.#pools = routerUrls.map((u) => new Pool(u, { connections, keepAliveTimeout: 30_000, headersTimeout: 0, bodyTimeout: 0 }));
   }
 
-  /** `body` must be a JSON object text without `stream` / `stream_options` (they are added here). */
-  async send(path: '/v1/completions' | '/v1/chat/completions', bodyJson: string): Promise<RequestResult> {
+  /**
+   * `body` must be a JSON object text without `stream` / `stream_options` (they are added here). `requestId`:
+   * sent as x-request-id (the router and engine keep it) and kept on the result.
+   */
+  async send(path: '/v1/completions' | '/v1/chat/completions', bodyJson: string, requestId?: string): Promise<RequestResult> {
     const pool = this.#pools[this.#next++ % this.#pools.length]!;
     const body = `{"stream":true,"stream_options":{"include_usage":true},${bodyJson.slice(1)}`;
     const t0 = performance.now();
-    const out: RequestResult = { ok: false, status: 0, worker: undefined, ttftMs: NaN, e2eMs: NaN, itlMs: [], promptTokens: 0, cachedTokens: 0 };
+    const out: RequestResult = { ok: false, status: 0, worker: undefined, ttftMs: NaN, e2eMs: NaN, itlMs: [], promptTokens: 0, cachedTokens: 0, ...(requestId ? { requestId } : {}) };
     try {
-      const res = await pool.request({ path, method: 'POST', body, headers: this.#headers });
+      const headers = requestId ? { ...this.#headers, 'x-request-id': requestId } : this.#headers;
+      const res = await pool.request({ path, method: 'POST', body, headers });
       out.status = res.statusCode;
       const w = res.headers['x-kvgate-worker'];
       out.worker = typeof w === 'string' ? w : undefined;

@@ -143,7 +143,8 @@ export function chatPlan(model: string, tokenizer: PromptTokenizer | undefined, 
 }
 
 /** Sends every planned request at its time; resolves with the results in plan order. */
-export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: number) => void = () => {}): Promise<{ results: RequestResult[]; wallMs: number }> {
+/** `requestIdPrefix`: request i is sent with x-request-id `<prefix>-<i>` (kept on its result) */
+export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: number) => void = () => {}, requestIdPrefix?: string): Promise<{ results: RequestResult[]; wallMs: number }> {
   const results = new Array<RequestResult>(plan.requests.length);
   const t0 = performance.now();
   let done = 0;
@@ -153,7 +154,7 @@ export async function runPlan(plan: Plan, client: LoadClient, onDone: (done: num
     const wait = p.atMs - (performance.now() - t0);
     if (wait > 1) await new Promise((res) => setTimeout(res, wait));
     inflight.push(
-      client.send(p.path, p.body()).then((res) => {
+      client.send(p.path, p.body(), requestIdPrefix === undefined ? undefined : `${requestIdPrefix}-${i}`).then((res) => {
         results[i] = res;
         onDone(++done);
       }),
@@ -180,6 +181,8 @@ export type PlanSpec = (
   warmup?: number;
   /** ms between warm-up requests (default 25) */
   warmupGapMs?: number;
+  /** request i is sent with x-request-id `<prefix>-<i>` (runPlan) */
+  requestIdPrefix?: string;
 };
 
 /** The plan's requests with their bodies built, to hand to another thread as `{kind: 'list'}`. */

@@ -56,6 +56,8 @@ export interface StackOptions {
   engineApiKey?: string;
   /** extra options for every shim (e.g. prefillTimeoutMs, engineProbeMs) */
   shim?: Partial<Pick<ShimOptions, 'prefillTimeoutMs' | 'engineProbeMs' | 'loadIntervalMs'>>;
+  /** every engine's modelled latencies per finished request that carried an x-request-id (SimEngineOptions.onRequestDone) */
+  onRequestDone?: (requestId: string, ttftMs: number, e2eMs: number) => void;
 }
 
 type EngineHandle = Pick<SimEngineHandle, 'url' | 'role' | 'blockSize' | 'numBlocks' | 'kvEventsEndpoint' | 'replayEndpoint' | 'close'> | ThreadEngine;
@@ -74,6 +76,8 @@ export interface Stack {
   resetCaches(timeoutMs?: number): Promise<void>;
   /** closes the routers and starts `routers` fresh replicas with these options (e.g. another policy) */
   replaceRouters(router: RouterOptions): Promise<void>;
+  /** resolves once every engine's modelled latencies so far have reached `onRequestDone` (threads post them in batches) */
+  flushTimings(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -125,7 +129,9 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
         ...(o.engineApiKey ? { apiKey: o.engineApiKey } : {}),
         ...o.perEngine?.(i),
       };
-      const e: EngineHandle = o.engineThreads ? await startEngineThread(eo) : await startSimEngine(eo);
+      const e: EngineHandle = o.engineThreads
+        ? await startEngineThread(eo, o.onRequestDone)
+        : await startSimEngine(o.onRequestDone ? { ...eo, onRequestDone: o.onRequestDone } : eo);
       engines.push(e);
       shims.push(
         await startShim(bus, {
@@ -174,5 +180,8 @@ export async function startStack(o: StackOptions = {}): Promise<Stack> {
     for (const r of routers.splice(0)) await r.close();
     await startRouters(router);
   };
-  return { bus, namespace, engines, shims, indexer: indexer!, routers, resetCaches, replaceRouters, close };
+  const flushTimings = async () => {
+    await Promise.all(engines.map((e) => ('flushTimings' in e ? e.flushTimings() : undefined)));
+  };
+  return { bus, namespace, engines, shims, indexer: indexer!, routers, resetCaches, replaceRouters, flushTimings, close };
 }
