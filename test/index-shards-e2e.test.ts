@@ -60,6 +60,7 @@ class ShardProc {
   port = 0;
   constructor(readonly id: string, readonly shard: number, readonly nats: string, readonly ns: string, readonly dir: string) {}
   async start(): Promise<void> {
+    await this.kill(); // never two processes for one replica (a failed earlier step may have left it running)
     this.port = await freePort();
     this.out = '';
     const child = spawn(process.execPath, [BIN, 'indexer', '--port', String(this.port), '--nats', this.nats, '--namespace', this.ns, '--id', this.id,
@@ -70,6 +71,7 @@ class ShardProc {
     child.stdout!.on('data', (d) => (this.out += d));
     child.stderr!.on('data', (d) => (this.out += d));
     this.child = child;
+    children.push(child);
   }
   async ready(timeoutMs = 60_000): Promise<void> {
     let exited = false;
@@ -95,6 +97,8 @@ class ShardProc {
   }
 }
 
+/** every indexer process started, killed after the suite whatever happened */
+const children: ChildProcess[] = [];
 let nats: NatsServerHandle;
 const ns = `shards${randomBytes(3).toString('hex')}`;
 const snapDir = mkdtempSync(join(tmpdir(), 'kvgate-shards-e2e-'));
@@ -182,6 +186,7 @@ test.before(async () => {
 
 test.after(async () => {
   for (const p of procs) await p.kill().catch(() => undefined);
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const r of [rU, rS, rT]) await r?.close().catch(() => undefined);
   for (const s of shims) await s.stop().catch(() => undefined);
   for (const e of engines) await e.close().catch(() => undefined);
@@ -286,6 +291,32 @@ test('(e) a restarted replica of shard 1 (snapshot + replay) brings its workers 
   // sharded replicas never trim the durable stream (a later reshard replays it from the start)
   const st = await (await bus()).stream(subjects(ns).eventStream, { subjects: [subjects(ns).eventsAll] });
   assert.is((await st.info()).firstSeq, 1);
+});
+
+test('(f) resharding 2 → 3: three shards with empty snapshot directories rebuild from the stream and route as the unsharded index', async () => {
+  for (const p of procs) await p.kill();
+  const dir = mkdtempSync(join(tmpdir(), 'kvgate-reshard-e2e-'));
+  const three: RunningIndexer[] = [];
+  let r3: RouterHandle | undefined;
+  try {
+    for (let i = 0; i < 3; i++) three.push(await startIndexer(await bus(), { namespace: ns, id: `ix3-${i}`, shard: { index: i, of: 3 }, snapshotDir: dir, gossipIntervalMs: 200 }));
+    await Promise.all(three.map((ix) => ix.whenReady(30_000)));
+    const want = await reference.indexer.digests();
+    for (const [i, ix] of three.entries()) {
+      const mine = Object.fromEntries(Object.entries(want).filter(([w]) => shardOf(w, 3) === i));
+      const text = (d: object) => JSON.stringify(Object.entries(d).sort(), (_, v) => (typeof v === 'bigint' ? v.toString(16) : v));
+      assert.ok(Object.keys(mine).length > 0, `shard ${i}/3 owns workers`);
+      await waitFor(async () => text(await ix.indexer.digests()) === text(mine), 30_000, `shard ${i}/3 rebuilt`);
+    }
+    r3 = await startRouter(await bus(), { namespace: ns, id: 'r-three', indexShards: 3, indexTimeoutMs: 2000, port: 0 });
+    await r3.waitForWorkers(WORKERS.length, 30_000);
+    for (const [i, q] of [...PROMPTS, [...family(6), 9, 9]].entries()) assert.equal(choice(await route(r3, q)), choice(await route(rU, q)), `prompt ${i}`);
+    assert.is(metric(await routerMetrics(r3), 'kvgate_router_index_shard_misses_total'), 0);
+  } finally {
+    await r3?.close();
+    for (const ix of three) await ix.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();

@@ -50,7 +50,7 @@ import {
   type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
 import { ResyncGate, type ResyncReason } from './resync.js';
-import { shardOf, ShardSet, type IndexShard } from './shards.js';
+import { shardOf, shardSnapshotDir, ShardSet, type IndexShard } from './shards.js';
 import type { WorkerState } from './shard-state.js';
 import { readNewestSnapshot, writeSnapshot } from './snapshot.js';
 
@@ -126,6 +126,8 @@ export class Indexer {
   readonly #opts: Required<Omit<IndexerOptions, 'snapshotDir' | 'id' | 'namespace' | 'shard'>> & { snapshotDir?: string };
   /** this replica's index shard; null = the whole index */
   readonly shard: IndexShard | null;
+  /** a shard's configured snapshot directory (where unsharded replicas write theirs); null unsharded */
+  #unshardedDir: string | null = null;
   readonly #shards: ShardSet;
   readonly #gossip: GossipTracker;
   readonly #log;
@@ -175,7 +177,10 @@ export class Indexer {
       ...(opts.snapshotDir ? { snapshotDir: opts.snapshotDir } : {}),
     };
     this.shard = opts.shard && opts.shard.of > 1 ? { index: opts.shard.index, of: opts.shard.of } : null;
-    if (this.shard && this.#opts.snapshotDir) this.#opts.snapshotDir = join(this.#opts.snapshotDir, `shard-${this.shard.of}-${this.shard.index}`);
+    if (this.shard && this.#opts.snapshotDir) {
+      this.#unshardedDir = this.#opts.snapshotDir;
+      this.#opts.snapshotDir = join(this.#opts.snapshotDir, shardSnapshotDir(this.shard));
+    }
     this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries }, this.shard?.of ?? 1);
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
@@ -235,13 +240,27 @@ export class Indexer {
     const s = this.#subj;
     await this.#shards.stats(); // thread shards are up (loading TypeScript in a thread takes a while under load)
     if (this.#opts.snapshotDir) {
-      const snap = readNewestSnapshot(this.#opts.snapshotDir);
+      let snap = readNewestSnapshot(this.#opts.snapshotDir);
+      let layout = this.shard ? `${this.shard.index}/${this.shard.of}` : 'unsharded';
+      let seeded = false;
+      if (!snap && this.#unshardedDir) {
+        // resharding 1 → N: an unsharded indexer trimmed the stream behind its snapshots, so a shard without a
+        // snapshot of its own starts from the unsharded one (its workers of it) instead of the trimmed stream
+        snap = readNewestSnapshot(this.#unshardedDir);
+        layout = 'unsharded';
+        seeded = snap !== null;
+      }
       if (snap) {
-        // a shard installs only its own workers, whatever the file holds (a snapshot copied in from another layout)
-        for (const w of snap.workers) if (this.owns(w.worker)) this.#shards.installWorker(w);
+        // a shard installs only its own workers, whatever the file holds
+        let installed = 0;
+        for (const w of snap.workers) {
+          if (!this.owns(w.worker)) continue;
+          this.#shards.installWorker(w);
+          installed++;
+        }
         this.#applied = snap.streamSeq;
-        if (snap.indexer === this.id) this.#snapshotSeq = snap.streamSeq;
-        this.#log.info({ from: snap.indexer, streamSeq: snap.streamSeq, workers: snap.workers.length }, 'snapshot loaded');
+        if (snap.indexer === this.id && !seeded) this.#snapshotSeq = snap.streamSeq;
+        this.#log.info({ from: snap.indexer, layout, streamSeq: snap.streamSeq, workers: installed }, 'snapshot loaded');
       }
     }
     this.#stream = await this.#bus.stream(s.eventStream, eventStreamConfig(s));

@@ -5,7 +5,7 @@ export { PrefixIndex, type PrefixIndexOptions, type PrefixIndexStats } from './r
 export { NaiveIndex } from './naive.js';
 export type { IndexCore, IndexDump, WorkerDump, Digest } from './core.js';
 export { ShardState, type ShardOptions, type WorkerState, type ShardStats } from './shard-state.js';
-export { ShardSet, LocalShard, ThreadShard, shardOf, workerHash, parseShard, type IndexShard } from './shards.js';
+export { ShardSet, LocalShard, ThreadShard, shardOf, workerHash, parseShard, shardSnapshotDir, type IndexShard } from './shards.js';
 export { GossipTracker, type GossipOptions, type RepairOrder } from './gossip.js';
 export { readNewestSnapshot, writeSnapshot, encodeSnapshot, decodeSnapshot, type Snapshot } from './snapshot.js';
 export { decodeBatchFast, decodeBatchInto, DecodedBatch, STORED, REMOVED, CLEARED } from './wire.js';

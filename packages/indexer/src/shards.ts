@@ -89,6 +89,11 @@ export interface IndexShard {
   of: number;
 }
 
+/** the snapshot subdirectory of a shard under the configured snapshot directory: `shard-<N>-<i>` */
+export function shardSnapshotDir(s: IndexShard): string {
+  return `shard-${s.of}-${s.index}`;
+}
+
 /** `i/N` (0 ≤ i < N, 1 ≤ N ≤ 1024) → the shard; anything else → KVG_CONFIG naming the value (the CLI reports it as KVG_BAD_FLAG) */
 export function parseShard(text: string): IndexShard {
   const m = /^(\d{1,4})\/(\d{1,4})$/.exec(text.trim());

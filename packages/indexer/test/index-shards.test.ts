@@ -151,6 +151,67 @@ for (const threads of [0, 2]) {
   });
 }
 
+test('resharding 1 → 2 → 3: shards without a snapshot of their own start from the unsharded one (the stream was trimmed behind it), then from the untrimmed stream', async () => {
+  await initHashing();
+  const hub = new MemoryHub();
+  const shim = new MemoryBus({ hub });
+  const dir = mkdtempSync(join(tmpdir(), 'kvgate-reshard-'));
+  const open: RunningIndexer[] = [];
+  const hs = prefixHashes('m1', null, 16, Array.from({ length: 96 }, (_, i) => i + 1)); // 6 blocks
+  const seqs = new Map<string, number>();
+  const want: Record<string, number> = {};
+  /** worker w now caches the first `n` blocks (a cleared batch then the chain: the depth is exactly n) */
+  const put = (w: string, n: number) => {
+    const seq = (seqs.get(w) ?? 0) + 1;
+    seqs.set(w, seq);
+    shim.publish(S.events(w), batch(w, seq, [{ t: 'cleared' }, { t: 'stored', parent: null, hashes: hs.slice(0, n) }]));
+    want[w] = n;
+  };
+  const only = (of: number, i: number) => Object.fromEntries(Object.entries(want).filter(([w]) => shardOf(w, of) === i));
+  const stream = await shim.stream(S.eventStream, { subjects: [S.eventsAll] });
+  try {
+    ALL.forEach((w, k) => put(w, 1 + (k % 6)));
+    await shim.flush();
+    const u = await startIndexer(new MemoryBus({ hub }), { id: 'whole', snapshotDir: dir, snapshotIntervalMs: 60_000, gossipIntervalMs: 100 });
+    open.push(u);
+    await u.whenReady(20_000);
+    await u.indexer.snapshotNow();
+    // the only unsharded replica trims the stream behind its snapshot: what came before is in the snapshot alone
+    await waitFor(async () => (await stream.info()).firstSeq > 6, 20_000, 'stream trimmed behind the unsharded snapshot');
+    ALL.forEach((w, k) => k % 2 === 0 && put(w, 6 - (k % 6))); // after the snapshot: only in the stream
+    await shim.flush();
+    await waitFor(() => u.indexer.streamSeq === 9, 20_000, 'unsharded caught up');
+    await u.close();
+    open.splice(0);
+
+    const layout = async (of: number) => {
+      const ixs = await Promise.all(Array.from({ length: of }, (_, i) => startIndexer(new MemoryBus({ hub }), { id: `r${of}-${i}`, shard: { index: i, of }, snapshotDir: dir, snapshotIntervalMs: 60_000 })));
+      open.push(...ixs);
+      await Promise.all(ixs.map((ix) => ix.whenReady(20_000)));
+      for (const [i, ix] of ixs.entries()) {
+        await waitFor(() => ix.indexer.streamSeq === (of === 2 ? 9 : 12), 20_000, `shard ${i}/${of} caught up`);
+        assert.equal((await ix.client.match('m1', null, hs)).overlaps, only(of, i), `shard ${i}/${of}: its workers, before and after the trim`);
+      }
+      return ixs;
+    };
+    const two = await layout(2);
+    // a sharded deployment never trims: 2 → 3 could replay everything since the unsharded snapshot
+    for (const ix of two) await ix.indexer.snapshotNow();
+    ALL.forEach((w, k) => k % 2 === 1 && put(w, 2));
+    await shim.flush();
+    for (const ix of two) await waitFor(() => ix.indexer.streamSeq === 12, 20_000, '2 shards caught up');
+    await new Promise((r) => setTimeout(r, 300)); // gossip ticks: none of them trims
+    assert.is((await stream.info()).firstSeq, 7, 'no shard trimmed the stream');
+    for (const ix of two) await ix.close();
+    open.splice(0);
+    await layout(3);
+    assert.equal(readdirSync(dir).sort(), ['shard-2-0', 'shard-2-1', 'whole.snap']);
+  } finally {
+    for (const ix of open) await ix.close().catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('shard 0/1 is the whole index: no shard, the unsharded subject, snapshots in the directory itself', async () => {
   await initHashing();
   const hub = new MemoryHub();
