@@ -257,9 +257,9 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     engineUrl: o.engineUrl,
     intervalMs: o.engineProbeMs,
     timeoutMs: o.engineProbeTimeoutMs,
-    onResult: (ok, detail) => {
+    onResult: (ok, detail, timedOut) => {
       if (shared.stopped) return;
-      for (const ev of health.observe(ok, Date.now())) onHealth(ev, detail);
+      for (const ev of health.observe(ok, Date.now(), timedOut)) onHealth(ev, detail);
     },
   });
 

@@ -37,6 +37,26 @@ test('state machine: down at the first failed probe, withdrawn past the bound, r
   assert.equal(new EngineHealth(0).observe(false, 5), ['down', 'withdraw']);
 });
 
+test('state machine: one slow probe (timeout) is not a death; two in a row are; a refusal is at once', () => {
+  const h = new EngineHealth(30_000);
+  assert.equal(h.observe(false, 1_000, true), []);
+  assert.is(h.up, true);
+  // an answer in between resets the count
+  assert.equal(h.observe(true, 2_000), []);
+  assert.equal(h.observe(false, 3_000, true), []);
+  assert.equal(h.observe(false, 4_000, true), ['down']);
+  assert.is(h.up, false);
+  // once down, the bound counts from the second timeout
+  assert.equal(h.observe(false, 33_999, true), []);
+  assert.equal(h.observe(false, 34_000, true), ['withdraw']);
+  assert.equal(h.observe(true, 35_000), ['rejoin', 'up']);
+  // a slow probe then a refusal: down at the refusal
+  assert.equal(h.observe(false, 36_000, true), []);
+  assert.equal(h.observe(false, 37_000), ['down']);
+  // slowProbesToDown 1: a timeout is down at once
+  assert.equal(new EngineHealth(30_000, 1).observe(false, 1, true), ['down']);
+});
+
 /** an engine's HTTP side: /health 200, /metrics, /v1/models — closed and reopened on one port */
 class EngineHttp {
   server: Server | undefined;
