@@ -199,6 +199,58 @@ function replicasOf(o: NatsBusOptions): number {
 const DEFAULT_TIMEOUT_MS = 1000;
 /** how much longer than a request's deadline nats.js keeps its reply slot (a late reply is then dropped quietly) */
 const REQUEST_SLOT_GRACE_MS = 1000;
+
+/**
+ * One NatsBus.request waiting for its reply. The deadline is kept here, not by nats.js: when it passes, a reply
+ * that is already in the socket is read first. Node runs due timers before it polls for I/O, so after one busy turn
+ * of the event loop (a GC pause, a large body parsed) a bare timer would fire ahead of a reply that came back in
+ * time, and a 5 ms index budget would be missed with nothing slow on the bus (issue 14). setImmediate runs after
+ * that poll. close() rejects what is still waiting with KVG_BUS_CLOSED (nats.js would report a timeout).
+ */
+class PendingNatsRequest {
+  #settled = false;
+  readonly #timer: NodeJS.Timeout;
+  readonly #enders: Set<() => void>;
+  readonly #onClose: () => void;
+  readonly subject: string;
+  readonly timeoutMs: number;
+  readonly reject: (e: Error) => void;
+
+  constructor(enders: Set<() => void>, subject: string, timeoutMs: number, reject: (e: Error) => void) {
+    this.#enders = enders;
+    this.subject = subject;
+    this.timeoutMs = timeoutMs;
+    this.reject = reject;
+    this.#onClose = () => void (this.settle() && reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`)));
+    enders.add(this.#onClose);
+    this.#timer = setTimeout(pendingDeadline, timeoutMs, this);
+  }
+
+  /** true the first time (the caller then resolves or rejects), false after */
+  settle(): boolean {
+    if (this.#settled) return false;
+    this.#settled = true;
+    clearTimeout(this.#timer);
+    this.#enders.delete(this.#onClose);
+    return true;
+  }
+
+  /** nats.js rejected the request */
+  failed(err: unknown): void {
+    if (!this.settle()) return;
+    const e = toBusError(err, this.subject);
+    if (e.code === 'KVG_TIMEOUT') this.reject(new BusError('KVG_TIMEOUT', `request on ${this.subject} timed out after ${this.timeoutMs} ms`, { cause: err }));
+    else this.reject(e);
+  }
+}
+
+function pendingDeadline(p: PendingNatsRequest): void {
+  setImmediate(pendingTimedOut, p);
+}
+
+function pendingTimedOut(p: PendingNatsRequest): void {
+  if (p.settle()) p.reject(new BusError('KVG_TIMEOUT', `request on ${p.subject} timed out after ${p.timeoutMs} ms`));
+}
 /** close(): the final flush, and the close itself, each wait at most this long */
 const CLOSE_BUDGET_MS = 1000;
 
@@ -523,31 +575,13 @@ export class NatsBus implements Bus {
     }
     const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     return new Promise<Msg>((resolve, reject) => {
-      let settled = false;
-      const settle = (): boolean => {
-        if (settled) return false;
-        settled = true;
-        clearTimeout(timer);
-        this.#enders.delete(onClose);
-        return true;
-      };
-      // close() rejects what is still waiting with KVG_BUS_CLOSED (nats.js would report a timeout)
-      const onClose = (): void => void (settle() && reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`)));
-      this.#enders.add(onClose);
-      // The deadline is kept here, not by nats.js: when it passes, a reply that is already in the socket is read
-      // first. Node runs due timers before it polls for I/O, so after one busy turn of the event loop (a GC pause,
-      // a large body parsed) a bare timer would fire ahead of a reply that came back in time, and a 5 ms index
-      // budget would be missed with nothing slow on the bus (issue 14). setImmediate runs after that poll.
-      const timer = setTimeout(() => setImmediate(() => void (settle() && reject(new BusError('KVG_TIMEOUT', `request on ${subject} timed out after ${timeout} ms`)))), timeout);
+      // the request's state as an object, not named closures: under tsx's keepNames every named closure made per
+      // request is an Object.defineProperty (the index query is one request per routing decision, issue 14)
+      const p = new PendingNatsRequest(this.#enders, subject, timeout, reject);
       // nats.js's own timeout only frees its reply slot, later (our deadline settles first)
       this.#nc.request(subject, copyBytes(data), { timeout: timeout + REQUEST_SLOT_GRACE_MS }).then(
-        (m) => void (settle() && resolve(this.#wrap(m))),
-        (err) => {
-          if (!settle()) return;
-          const e = toBusError(err, subject);
-          if (e.code === 'KVG_TIMEOUT') reject(new BusError('KVG_TIMEOUT', `request on ${subject} timed out after ${timeout} ms`, { cause: err }));
-          else reject(e);
-        },
+        (m) => void (p.settle() && resolve(this.#wrap(m))),
+        (err) => p.failed(err),
       );
     });
   }
