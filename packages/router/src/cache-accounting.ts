@@ -7,16 +7,36 @@
  *              by the router, usage-strip.ts).
  * Counted in `kvgate_router_{predicted,actual}_cached_tokens_total{worker,model}` and
  * `kvgate_router_prompt_tokens_total`, with the per-request difference in `kvgate_router_cached_tokens_delta`.
- * Not compared (nothing counted but `kvgate_router_usage_missing_total` when usage lacks the cached tokens):
- * batches (usage sums several prompts, the decision saw the first), P/D splits (the decode engine's cached tokens
- * include the KV transferred from the prefill worker), answers without usage.
+ *
+ * P/D splits: the prediction is the prefill worker's overlap, so the actual is the prefill engine's own hit — the
+ * prefill leg's usage, which the decode worker's shim relays on its answer (`x-kvgate-prefill-cached-tokens`,
+ * `x-kvgate-prefill-prompt-tokens`; worker-shim pd.ts) — counted under the prefill worker. The decode leg's own
+ * usage is not the actual: its cached tokens include the KV transferred from the prefill worker (vLLM's
+ * PromptTokenStats: cached = local_cache_hit + external_kv_transfer − recomputed), near the whole prompt.
+ *
+ * Not compared, counted in `kvgate_router_cache_uncompared_total{reason}` instead: `batch` (usage sums several
+ * prompts, the decision saw the first), `pd_local_prefill` (the decode worker's shim fell back to a local prefill,
+ * x-kvgate-prefill: local), `pd_no_prefill_usage` (a split answered without the prefill leg's usage: no kvgate shim
+ * in front of the decode engine, or the prefill engine reported no cached tokens). Answers whose usage lacks the
+ * cached tokens count in `kvgate_router_usage_missing_total{worker,model}`. Requests the EPP picker routes
+ * (epp/, behind Envoy) are not seen here at all: the picker never sees the response body.
  */
 import { predictedCachedTokens } from '@kvgate/protocol';
 import type { EngineUsage } from './diag.js';
 import type { RouterMetrics } from './metrics.js';
+import type { Route } from './routing-core.js';
+
+export type UncomparedReason = 'batch' | 'pd_local_prefill' | 'pd_no_prefill_usage';
+
+/** the prefill leg's usage as the decode worker's shim relayed it */
+export interface PrefillLegUsage {
+  promptTokens: number | null;
+  cachedTokens: number;
+}
 
 /** what the decision knew when the request went out */
 export interface Prediction {
+  /** the worker the prediction is about: the chosen worker, the prefill worker of a P/D split */
   worker: string;
   model: string;
   /** GPU overlap blocks of the chosen worker (Decision.overlap) */
@@ -24,8 +44,42 @@ export interface Prediction {
   blockSize: number;
   /** the router's prompt token count, or null (routed without token ids) */
   routerTokens: number | null;
-  /** a batch or a P/D split: not comparable */
-  comparable: boolean;
+  /** set: not comparable, and why */
+  uncompared?: UncomparedReason;
+  /** a P/D split's actual: the prefill leg's usage (then the decode leg's usage is not used) */
+  prefillLeg?: PrefillLegUsage;
+}
+
+/** a completions `prompt` that is a batch (several strings or token-id lists) */
+export function isBatchPrompt(p: unknown): boolean {
+  return Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0]));
+}
+
+/**
+ * What the decision predicted cached for one answered request, from its route and the upstream answer's headers.
+ * `served`: the worker that really answered when it is not the chosen one (the EPP: the proxy retried elsewhere);
+ * its own overlap is the prediction then. A P/D split is about its prefill worker: the actual is the prefill leg's
+ * usage, which the decode worker's shim puts on its answer (x-kvgate-prefill-cached-tokens / -prompt-tokens).
+ */
+export function predictionFor(r: Route, batch: boolean, header: (name: string) => string | undefined, served?: string): Prediction {
+  const d = r.decision;
+  const worker = d.prefill?.worker ?? served ?? d.worker.worker;
+  const out: Prediction = {
+    worker,
+    model: r.model,
+    overlapBlocks: d.prefill || worker === d.worker.worker ? d.overlap : (d.scored.find((s) => s.worker === worker)?.overlap ?? 0),
+    blockSize: r.pool.blockSize,
+    routerTokens: r.tokens?.length ?? null,
+  };
+  if (batch) out.uncompared = 'batch';
+  else if (d.prefill) {
+    const count = (v: string | undefined) => (v !== undefined && /^\d{1,9}$/.test(v) ? Number(v) : null);
+    const cached = count(header('x-kvgate-prefill-cached-tokens'));
+    if (header('x-kvgate-prefill') === 'local') out.uncompared = 'pd_local_prefill';
+    else if (cached === null) out.uncompared = 'pd_no_prefill_usage';
+    else out.prefillLeg = { cachedTokens: cached, promptTokens: count(header('x-kvgate-prefill-prompt-tokens')) };
+  }
+  return out;
 }
 
 export interface CacheTotals {
@@ -45,15 +99,24 @@ export class CacheAccounting {
 
   /** one finished 200 answer */
   record(p: Prediction, usage: EngineUsage | null): void {
-    if (!p.comparable) return;
-    const labels = { worker: p.worker, model: p.model };
-    if (!usage || usage.cachedTokens === null) {
-      this.#m.usageMissing.inc(labels);
+    if (p.uncompared) {
+      this.#m.cacheUncompared.inc({ reason: p.uncompared });
       return;
     }
-    const promptTokens = usage.promptTokens ?? p.routerTokens ?? 0;
+    const labels = { worker: p.worker, model: p.model };
+    let promptTokens: number, actual: number;
+    if (p.prefillLeg) {
+      promptTokens = p.prefillLeg.promptTokens ?? usage?.promptTokens ?? p.routerTokens ?? 0;
+      actual = p.prefillLeg.cachedTokens;
+    } else {
+      if (!usage || usage.cachedTokens === null) {
+        this.#m.usageMissing.inc(labels);
+        return;
+      }
+      promptTokens = usage.promptTokens ?? p.routerTokens ?? 0;
+      actual = usage.cachedTokens;
+    }
     const predicted = predictedCachedTokens(p.overlapBlocks, p.blockSize, promptTokens);
-    const actual = usage.cachedTokens;
     this.#m.predictedCachedTokens.inc(labels, predicted);
     this.#m.actualCachedTokens.inc(labels, actual);
     this.#m.promptTokens.inc(labels, promptTokens);

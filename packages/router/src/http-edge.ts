@@ -26,7 +26,7 @@ import type { FailureReason } from './health.js';
 import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
 import type { RouterMetrics } from './metrics.js';
 import { openUpstream, relay, UpstreamAbort, UpstreamError, type RelayHooks } from './proxy.js';
-import { CacheAccounting, type Prediction } from './cache-accounting.js';
+import { CacheAccounting, isBatchPrompt, predictionFor, type Prediction } from './cache-accounting.js';
 import { clientWantsUsage, UsageStrip, withUsageRaw } from './usage-strip.js';
 import { RequestTimer } from './latency.js';
 import { Dashboard, DASHBOARD_PATH, dashboardPage } from './dashboard.js';
@@ -317,7 +317,7 @@ export class HttpEdge {
           else if (tap) {
             const usage = tap.usage();
             o.diag.observe(worker, sentRequest(sent, req), usage);
-            edge.cache.record(prediction(sent, req), usage);
+            edge.cache.record(prediction(sent, req, up.headers), usage);
           }
           span.end();
         },
@@ -470,18 +470,12 @@ function sentRequest(r: Route, req: ApiRequest): SentRequest {
 /** when each request arrived (latency.ts: request in) */
 const arrivedAt = new WeakMap<ServerResponse, number>();
 
-/** What the decision predicted cached for the request (cache-accounting.ts). */
-function prediction(r: Route, req: ApiRequest): Prediction {
-  const p = req.body.prompt;
-  const batch = Array.isArray(p) && p.length > 1 && (typeof p[0] === 'string' || Array.isArray(p[0]));
-  return {
-    worker: r.decision.worker.worker,
-    model: r.model,
-    overlapBlocks: r.decision.overlap,
-    blockSize: r.pool.blockSize,
-    routerTokens: r.tokens?.length ?? null,
-    comparable: !batch && !r.decision.prefill,
-  };
+/** What the decision predicted cached for the request (cache-accounting.ts; a P/D split: by the upstream's headers). */
+function prediction(r: Route, req: ApiRequest, upHeaders: Record<string, string | string[] | undefined>): Prediction {
+  return predictionFor(r, isBatchPrompt(req.body.prompt), (n) => {
+    const v = upHeaders[n];
+    return typeof v === 'string' ? v : undefined;
+  });
 }
 
 function endpointLabel(path: string): string {

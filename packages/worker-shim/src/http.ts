@@ -13,7 +13,8 @@
  *        fails (the prefill worker died, timed out after `prefillTimeoutMs`, answered an error or no valid
  *        descriptor) or its descriptor has expired (`remote_blocks_expiry_time` past), the request goes to the
  *        own engine without a descriptor: a local prefill, still served, counted in
- *        `kvgate_shim_pd_local_prefills_total{reason}` and answered with `x-kvgate-prefill: local`.
+ *        `kvgate_shim_pd_local_prefills_total{reason}` and answered with `x-kvgate-prefill: local`. A remote prefill's
+ *        answer carries the prefill engine's usage in `x-kvgate-prefill-cached-tokens` / `-prompt-tokens` (pd.ts).
  *   GET /healthz (503, OpenAI-shaped, while the engine fails its health probe), GET /metrics.
  * close(drainMs) stops accepting, lets proxied requests finish that long, then cuts them cleanly (http-drain.ts:
  * an SSE stream ends with an error event and `data: [DONE]`).
@@ -47,7 +48,7 @@ import {
   type HttpLimits,
 } from '@kvgate/protocol';
 import type { ShimMetrics } from './metrics.js';
-import { describeDescriptor, descriptorExpired, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, validateDescriptor } from './pd.js';
+import { describeDescriptor, descriptorExpired, PREFILL_CACHED_HEADER, PREFILL_PROMPT_HEADER, PREFILLER_HEADER, prefillerBaseUrl, prefillRequest, prefillUsage, validateDescriptor, type PrefillUsage } from './pd.js';
 import { descriptorPeer, type PrefillTargets } from './prefill-targets.js';
 
 const log = logger('shim.http');
@@ -208,9 +209,10 @@ export class HttpFront {
         const requestId = typeof rid === 'string' && rid !== '' ? rid : randomUUID();
         req.headers['x-request-id'] = requestId; // the decode leg carries the same id (FORWARD_REQ)
         let desc: Record<string, unknown> | undefined;
+        let legUsage: PrefillUsage | null = null;
         try {
           const authorization = d.engineApiKey ? `Bearer ${d.engineApiKey}` : req.headers.authorization;
-          desc = await this.#prefill(base, path, json, span, abort.signal, authorization, workers, requestId);
+          ({ desc, usage: legUsage } = await this.#prefill(base, path, json, span, abort.signal, authorization, workers, requestId));
         } catch (e) {
           if (abort.signal.aborted) throw e; // the client left: nothing to serve
           // the prefill worker failed (died, timed out, broke the protocol): the decode worker prefills itself
@@ -228,6 +230,12 @@ export class HttpFront {
         // a refused descriptor is never handed to the engine (it would connect there): it prefills locally
         body = Buffer.from(JSON.stringify(desc ? { ...rest, kv_transfer_params: desc } : rest));
         res.setHeader('x-kvgate-prefill', desc ? prefiller : 'local');
+        // the prefill engine's own prefix-cache hit, for the router's predicted-vs-actual accounting (the decode
+        // engine's usage counts the transferred KV as cached too: vLLM's cached = local hit + external transfer)
+        if (desc && legUsage?.cachedTokens != null) {
+          res.setHeader(PREFILL_CACHED_HEADER, String(legUsage.cachedTokens));
+          if (legUsage.promptTokens != null) res.setHeader(PREFILL_PROMPT_HEADER, String(legUsage.promptTokens));
+        }
       } else if (d.role !== 'prefill') {
         this.#checkClientDescriptor(body);
       }
@@ -315,10 +323,10 @@ export class HttpFront {
 
   /**
    * `authorization`: the router's engine key, passed on to the prefill engine as to the own engine. Returns the
-   * descriptor, or undefined when its peer is not one of `workers` (the prefill worker named): then the request
-   * is prefilled locally.
+   * descriptor (undefined when its peer is not one of `workers`, the prefill worker named: then the request is
+   * prefilled locally) and the leg's usage (prompt and cached tokens, null where the engine reported none).
    */
-  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined, workers: WorkerRegistration[], requestId: string): Promise<Record<string, unknown> | undefined> {
+  async #prefill(base: string, path: string, json: Record<string, unknown>, parent: Span, signal: AbortSignal, authorization: string | undefined, workers: WorkerRegistration[], requestId: string): Promise<{ desc: Record<string, unknown> | undefined; usage: PrefillUsage | null }> {
     const d = this.#d;
     const span = tracer().startSpan('shim.prefill', { attributes: { 'kvgate.prefill.target': base, 'kvgate.request_id': requestId } }, extractTraceContext(injectTraceHeaders({}, parent)));
     const timeoutMs = d.prefillTimeoutMs ?? 60_000;
@@ -362,11 +370,11 @@ export class HttpFront {
         d.metrics.pdPrefills.inc({ result: 'foreign_descriptor' });
         d.metrics.pdLocalPrefills.inc({ reason: 'foreign_descriptor' });
         log.warn({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'transfer descriptor refused: its remote_host/remote_port are not the prefill worker; prefilling locally');
-        return undefined;
+        return { desc: undefined, usage: null };
       }
       log.info({ worker: d.worker, prefill: base, descriptor: describeDescriptor(desc) }, 'remote prefill done');
       d.metrics.pdPrefills.inc({ result: 'ok' });
-      return desc;
+      return { desc, usage: prefillUsage(parsed) };
     } catch (e) {
       d.metrics.pdPrefills.inc({ result: 'error' });
       span.recordException(e as Error);

@@ -10,11 +10,33 @@
  *     id list per KV-cache group);
  *   - expiry: a descriptor whose `remote_blocks_expiry_time` (unix seconds) has passed names blocks the prefill
  *     engine has freed: the decode worker prefills locally instead;
- *   - the decode request: the client's request carrying that descriptor.
+ *   - the decode request: the client's request carrying that descriptor;
+ *   - the prefill leg's usage (its engine's prefix-cache hit), handed to the router in response headers
+ *     (`x-kvgate-prefill-cached-tokens`, `x-kvgate-prefill-prompt-tokens`) for its predicted-vs-actual accounting.
  */
 import { KvgateError } from '@kvgate/protocol';
 
 export const PREFILLER_HEADER = 'x-prefiller-host-port';
+/** the prefill leg's usage.prompt_tokens_details.cached_tokens and usage.prompt_tokens, on the decode answer */
+export const PREFILL_CACHED_HEADER = 'x-kvgate-prefill-cached-tokens';
+export const PREFILL_PROMPT_HEADER = 'x-kvgate-prefill-prompt-tokens';
+
+export interface PrefillUsage {
+  promptTokens: number | null;
+  cachedTokens: number | null;
+}
+
+/** the prefill response's usage (OpenAI shape; vLLM reports cached_tokens with --enable-prompt-tokens-details) */
+export function prefillUsage(body: unknown): PrefillUsage | null {
+  const u = (body as { usage?: unknown } | null)?.usage;
+  if (typeof u !== 'object' || u === null) return null;
+  const count = (v: unknown) => (Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : null);
+  const details = (u as { prompt_tokens_details?: unknown }).prompt_tokens_details;
+  return {
+    promptTokens: count((u as { prompt_tokens?: unknown }).prompt_tokens),
+    cachedTokens: typeof details === 'object' && details !== null ? count((details as { cached_tokens?: unknown }).cached_tokens) : null,
+  };
+}
 
 /** `host:port` or `[v6]:port` → the base URL of the prefill endpoint. Throws KVG_BAD_REQUEST otherwise. */
 export function prefillerBaseUrl(header: string): string {
