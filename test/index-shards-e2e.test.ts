@@ -25,6 +25,7 @@ import { shardOf, startIndexer, type RunningIndexer } from '../packages/indexer/
 import { startSimEngine, type SimEngineHandle } from '../packages/sim-engine/src/index.js';
 import { startShim, type ShimHandle } from '../packages/worker-shim/src/index.js';
 import { startRouter, type RouterHandle } from '../packages/router/src/index.js';
+import { judgeIndexers, readIndexers } from '../packages/cli/src/commands/doctor-indexers.js';
 import { freePort, startNatsServer, type NatsServerHandle } from './harness/nats-server.js';
 
 const BIN = new URL('../bin/kvgate.js', import.meta.url).pathname;
@@ -202,7 +203,17 @@ test('(a) each shard replica holds exactly its workers, as the unsharded index h
   for (const p of procs) {
     const m = (await p.get('/metrics')) as string;
     assert.ok(metric(m, 'kvgate_indexer_foreign_batches_skipped_total') > 0, `${p.id} skipped the other shard's batches`);
+    assert.equal(((await p.get('/healthz')) as { shard: string }).shard, `${p.shard}/2`);
   }
+  // kvgate doctor --indexer …: one ok line per replica, naming its shard
+  const doctor = spawn(process.execPath, [BIN, 'doctor', '--json', ...procs.flatMap((p) => ['--indexer', `http://127.0.0.1:${p.port}`])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  doctor.stdout!.on('data', (d) => (out += d));
+  doctor.stderr!.on('data', (d) => (out += d));
+  const code = await new Promise<number | null>((r) => doctor.once('exit', (c) => r(c)));
+  assert.is(code, 0, out);
+  const lines = out.trim().split('\n').map((l) => JSON.parse(l) as { indexer: string; shard: string; ok: boolean; workers: string[] });
+  assert.equal(lines.map((l) => [l.indexer, l.shard, l.ok, l.workers]), procs.map((p) => [p.id, `${p.shard}/2`, true, OWNED[p.shard]]));
 });
 
 test('(b) --index-shards 2 routes every prompt as the unsharded index does', async () => {
@@ -270,6 +281,11 @@ test('(d) both replicas of shard 1 hung, then gone: only its workers lose their 
   const beforeS = metric(await routerMetrics(rS), 'kvgate_router_index_shard_misses_total', 'shard="1"');
   for (const p of s1) await p.kill();
   await shard1Degraded(rS, 'killed');
+  // doctor: shard 0's replica ok, shard 1 has none (its workers named)
+  const live = procs.filter((p) => p.child?.exitCode === null && p.child.signalCode === null);
+  const verdicts = judgeIndexers(await readIndexers(live.map((p) => `http://127.0.0.1:${p.port}`)), WORKERS);
+  assert.equal(verdicts.map((v) => [v.shard, v.ok]), [['0/2', true], ['1/2', false]]);
+  assert.is(verdicts[1]!.problems[0]!.code, 'shard-missing');
   assert.is(metric(await routerMetrics(rS), 'kvgate_router_index_shard_misses_total', 'shard="1"') - beforeS, PROMPTS.length);
   assert.is(metric(await routerMetrics(rS), 'kvgate_router_index_fallback_total'), 0);
 });

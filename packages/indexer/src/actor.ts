@@ -132,6 +132,8 @@ export class Indexer {
   readonly #gossip: GossipTracker;
   readonly #log;
   readonly #registry = new Map<string, WorkerRegistration>();
+  /** model → block size from every registration seen, another shard's included */
+  readonly #blockSizes = new Map<string, number>();
   readonly #lastEvent = new Map<string, { seq: number; time: number }>();
   #stream: DurableStream | null = null;
   #reader: StreamReader | null = null;
@@ -464,6 +466,7 @@ export class Indexer {
         if (e.op === 'put' && e.value) {
           try {
             const reg = decodeRegistration(e.value);
+            this.#blockSizes.set(reg.model, reg.blockSize);
             if (!this.owns(reg.worker)) continue;
             const before = this.#registry.get(reg.worker)?.capacityBlocks;
             this.#registry.set(reg.worker, reg);
@@ -611,10 +614,10 @@ export class Indexer {
     return this.#registry.get(worker);
   }
 
-  /** block size of a model as its registered workers report it */
+  /** block size of a model as its registered workers report it (a shard: any shard's workers, for /debug/match) */
   blockSizeOf(model: string): number | null {
     for (const r of this.#registry.values()) if (r.model === model) return r.blockSize;
-    return null;
+    return this.#blockSizes.get(model) ?? null;
   }
 
   /** `model` and `lora` are part of every prefix hash already: one index serves all of them. */

@@ -1,9 +1,9 @@
 /**
  * The indexer's HTTP edge (node:http): validate here, then call the actor.
- *   GET  /healthz          200 {ok: true}
+ *   GET  /healthz          200 {ok: true, indexer, shard} (shard: "i/N" of `--shard i/N`, null unsharded)
  *   GET  /readyz           200 once the event stream is caught up, else 503
  *   GET  /metrics          Prometheus text (prom-client, this instance's registry)
- *   GET  /debug/workers    {indexer, streamSeq, lag, workers: {<worker>: {blocks, seq, lastStreamSeq, lastEventAgeMs, registered, model}}}
+ *   GET  /debug/workers    {indexer, shard, streamSeq, lag, workers: {<worker>: {blocks, seq, lastStreamSeq, lastEventAgeMs, registered, model}}}
  *   POST /debug/match      {model, lora?, tokens?: number[], hashes?: string[], blockSize?} → {overlaps, blockSize}
  * Errors are OpenAI-shaped JSON ({error: {message, type, code}}), never a stack trace.
  */
@@ -80,7 +80,8 @@ export function createIndexerHttp(indexer: Indexer, limits: HttpLimits = {}): Se
 async function handle(indexer: Indexer, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
   const method = req.method ?? 'GET';
-  if (path === '/healthz' && method === 'GET') return send(res, 200, { ok: true, indexer: indexer.id });
+  const shard = indexer.shard ? `${indexer.shard.index}/${indexer.shard.of}` : null;
+  if (path === '/healthz' && method === 'GET') return send(res, 200, { ok: true, indexer: indexer.id, shard });
   if (path === '/readyz' && method === 'GET') {
     if (indexer.ready) return send(res, 200, { ready: true, streamSeq: indexer.streamSeq });
     const { status, body } = errorBody(new KvgateError('KVG_NOT_READY', 'catching up with the event stream'));
@@ -88,7 +89,7 @@ async function handle(indexer: Indexer, req: IncomingMessage, res: ServerRespons
   }
   if (path === '/metrics' && method === 'GET') return send(res, 200, await indexer.metrics.metrics(), indexer.metrics.contentType);
   if (path === '/debug/workers' && method === 'GET') {
-    return send(res, 200, { indexer: indexer.id, streamSeq: indexer.streamSeq, lag: await indexer.lag(), ready: indexer.ready, workers: await indexer.workers() });
+    return send(res, 200, { indexer: indexer.id, shard, streamSeq: indexer.streamSeq, lag: await indexer.lag(), ready: indexer.ready, workers: await indexer.workers() });
   }
   if (path === '/debug/match') {
     if (method !== 'POST') throw new KvgateError('KVG_BAD_REQUEST', 'use POST /debug/match');

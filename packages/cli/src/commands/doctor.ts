@@ -10,15 +10,19 @@ import { intFlag, parseFlags } from '../flags.js';
 import { classify, fatalLine } from '../fatal.js';
 import { NATS_AUTH_SPEC, natsOptionsFrom } from '../nats-flags.js';
 import { explainGap, formatGap, scrapeCacheFacts, type GapVerdict } from './cache-gap.js';
+import { formatIndexer, judgeIndexers, jsonIndexer, readIndexers } from './doctor-indexers.js';
 
 export const summary = 'check every registered worker for misconfiguration (stale KV events, block size, tokenizer, hash mismatch)';
 
-const USAGE = `kvgate doctor --nats URL [--namespace default] [--wait-ms 3000] [--router URL …] [--json]
+const USAGE = `kvgate doctor --nats URL [--namespace default] [--wait-ms 3000] [--router URL …] [--indexer URL …] [--json]
 
 One line per registered worker: "ok", or each problem with what it means and what to check. With --router (each
 router's HTTP URL), one cache line per worker more: predicted vs actual cache hits (token-weighted, from the
 routers' /metrics), the engine's own hit rate (the worker's /metrics), and where a gap comes from (hash mismatch,
-eviction after routing, index lag, index fallbacks). --router without --nats: the cache lines only. Exit 0 when
+eviction after routing, index lag, index fallbacks). --router without --nats: the cache lines only. With --indexer
+(each indexer replica's HTTP URL), one line per replica: its shard (--shard i/N) or unsharded, readiness, stream
+position, workers held; problems: unreachable, shard counts that disagree, a worker in the wrong shard, a shard with
+no replica given, registered workers a replica does not know (--nats). Exit 0 when
 every worker is ok, 1 on any problem (a gap of 5 points or more is one), 2 when the bus cannot be reached.`;
 
 const SPEC = {
@@ -28,6 +32,7 @@ const SPEC = {
   'registry-ttl-ms': { type: 'string', default: '3000', help: 'workers bucket TTL (must match the shims)' },
   json: { type: 'boolean', help: 'one JSON object per worker line' },
   router: { type: 'string', multiple: true, help: "a router's HTTP URL: read its /metrics for the predicted vs actual cache hits (repeat for each)" },
+  indexer: { type: 'string', multiple: true, help: "an indexer replica's HTTP URL: its shard, readiness and workers held (repeat for each; all shards' replicas)" },
   ...NATS_AUTH_SPEC,
 } as const;
 
@@ -102,6 +107,13 @@ async function cacheOnly(routers: string[], json: boolean): Promise<number> {
   return [...gaps.values()].every((g) => !g.problem) ? 0 : 1;
 }
 
+/** the indexer lines (doctor-indexers.ts); 0 all ok, else 1 */
+async function indexerLines(urls: string[], registered: string[] | null, json: boolean): Promise<number> {
+  const verdicts = judgeIndexers(await readIndexers(urls), registered);
+  for (const v of verdicts) console.log(json ? jsonIndexer(v) : formatIndexer(v));
+  return verdicts.every((v) => v.ok) ? 0 : 1;
+}
+
 const ago = (ms: number) => `${(Math.max(0, ms) / 1000).toFixed(1)} s ago`;
 
 /** The text line of one worker. */
@@ -140,7 +152,12 @@ export async function run(argv: string[]): Promise<number> {
   if (!parsed) return 0;
   const f = parsed.flags;
   const routers = f.router;
-  if (!f.nats && routers.length > 0) return cacheOnly(routers, f.json);
+  const indexers = f.indexer;
+  if (!f.nats && (routers.length > 0 || indexers.length > 0)) {
+    const a = routers.length > 0 ? await cacheOnly(routers, f.json) : 0;
+    const b = indexers.length > 0 ? await indexerLines(indexers, null, f.json) : 0;
+    return Math.max(a, b);
+  }
   if (!f.nats) {
     console.error('kvgate doctor: --nats URL (or KVGATE_NATS) is required: shims and routers report on a NATS bus');
     return 2;
@@ -172,7 +189,8 @@ export async function run(argv: string[]): Promise<number> {
         if (g) console.log(formatGap(g));
       }
     }
-    return ex.verdicts.every((v) => v.ok) && [...gaps.values()].every((g) => !g.problem) ? 0 : 1;
+    const ix = indexers.length > 0 ? await indexerLines(indexers, [...ex.urls.keys()], f.json) : 0;
+    return ex.verdicts.every((v) => v.ok) && [...gaps.values()].every((g) => !g.problem) && ix === 0 ? 0 : 1;
   } catch (e) {
     if (e instanceof BusError || (e instanceof KvgateError && e.code.startsWith('KVG_BUS'))) {
       console.error(`kvgate doctor: cannot reach the bus: ${e.message}`);

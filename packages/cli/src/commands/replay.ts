@@ -2,7 +2,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { createBus, parseKvlog, initHashing, prefixHashes, hexToHash, hashToHex, type Bus, type KvlogRecord } from '@kvgate/protocol';
 import { parseFlags, intFlag, numberFlag } from '../flags.js';
 import { PROFILE_SPEC, profileFrom } from '../profile-flags.js';
-import { classify, fatalLine } from '../fatal.js';
+import { classify, fatalLine, FlagError } from '../fatal.js';
+import { parseShard, type IndexShard } from '@kvgate/indexer';
 import { NATS_AUTH_SPEC, natsOptionsFrom, type NatsAuthFlags } from '../nats-flags.js';
 import { parseTimeArg } from '../replay/time-arg.js';
 import { readStreams, writeKvlog, importRecords } from '../replay/stream-io.js';
@@ -12,7 +13,7 @@ export const summary = 'record, re-import, inspect and re-run event streams for 
 
 const USAGE = `kvgate replay export --nats URL [--from T1] [--to T2] -o f.kvlog
 kvgate replay import f.kvlog --nats URL [--namespace NS]
-kvgate replay inspect (--nats URL | f.kvlog) (--at T | --seq N) [--prefix-of TEXT | --tokens IDS] [--request ID] [--json]
+kvgate replay inspect (--nats URL | f.kvlog) (--at T | --seq N) [--prefix-of TEXT | --tokens IDS] [--request ID] [--shard i/N] [--json]
 kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--model-profile M --gpu G --tensor-parallel-size N] [--report out.html] [--json]
 
 T: ms since epoch, ISO 8601, or relative (-5m, -30s, now).`;
@@ -32,6 +33,7 @@ const SPEC = {
   lora: { type: 'string', help: 'inspect: LoRA name for hashing' },
   'block-size': { type: 'string', help: 'inspect: block size for hashing', default: '16' },
   request: { type: 'string', help: 'inspect: show what the router saw and chose for this request id' },
+  shard: { type: 'string', help: 'inspect: rebuild only index shard i/N (what kvgate indexer --shard i/N holds)' },
   trace: { type: 'string', help: 'whatif: Mooncake trace (.jsonl) or .kvlog' },
   policy: { type: 'string', help: 'whatif: policies to compare', default: 'kv,least-loaded,round-robin' },
   engines: { type: 'string', help: 'whatif: simulated engines', default: '4' },
@@ -110,12 +112,14 @@ export async function run(argv: string[]): Promise<number> {
       }
       case 'inspect': {
         if (f.at === undefined && f.seq === undefined && f.request === undefined) throw new Error('inspect needs --at T, --seq N or --request ID');
+        const shard = f.shard !== undefined ? shardFlag(f.shard) : undefined;
         const records = await loadRecords(p);
         const at = parseTimeArg(f.at);
         const report = inspect(records, {
           ...(at !== undefined ? { at } : {}),
           ...(f.seq !== undefined ? { seq: intFlag(f.seq, 'seq', 0) } : {}),
           ...(f.request !== undefined ? { requestId: f.request } : {}),
+          ...(shard ? { shard } : {}),
           ...((await queryHashes(p)) ? { hashes: (await queryHashes(p))! } : {}),
         });
         if (f.json) {
@@ -123,7 +127,7 @@ export async function run(argv: string[]): Promise<number> {
           return 0;
         }
         const u = report.upTo;
-        console.log(`index as of stream seq ${u.seq ?? '-'} (${u.time ? new Date(u.time).toISOString() : '-'}), ${u.eventsApplied} batches applied`);
+        console.log(`${report.shard ? `index shard ${report.shard}` : 'index'} as of stream seq ${u.seq ?? '-'} (${u.time ? new Date(u.time).toISOString() : '-'}), ${u.eventsApplied} batches applied`);
         console.log(`${'worker'.padEnd(24)} ${'blocks'.padStart(8)} ${'last seq'.padStart(9)}`);
         for (const [w, s] of Object.entries(report.workers)) console.log(`${w.padEnd(24)} ${String(s.blocks).padStart(8)} ${String(s.lastSeq).padStart(9)}`);
         if (report.match) console.log(`match (gpu blocks): ${JSON.stringify(report.match)}`);
@@ -165,5 +169,14 @@ export async function run(argv: string[]): Promise<number> {
     const fatal = classify(`replay ${verb}`, e);
     console.error(fatal.code === 'KVG_NATS_AUTH' ? fatalLine(`replay ${verb}`, fatal) : `kvgate replay ${verb}: ${(e as Error).message}`);
     return 1;
+  }
+}
+
+/** `--shard i/N` (the indexers' form); a bad value is a flag error */
+function shardFlag(v: string): IndexShard {
+  try {
+    return parseShard(v);
+  } catch (e) {
+    throw new FlagError((e as Error).message);
   }
 }
