@@ -106,6 +106,8 @@ export interface RoutingCoreOptions {
 export interface CoreStats {
   indexFallbacks: number;
   noWorker: number;
+  /** decisions that went to a worker reported down because every other one was too (#select) */
+  lastResort: number;
 }
 
 const NO_HASHES = new BigUint64Array(0);
@@ -120,7 +122,7 @@ export class RoutingCore {
   readonly #metrics: RouterMetrics;
   readonly #defaultMaxTokens: number;
   readonly #now: () => number;
-  readonly #stats: CoreStats = { indexFallbacks: 0, noWorker: 0 };
+  readonly #stats: CoreStats = { indexFallbacks: 0, noWorker: 0, lastResort: 0 };
   // label children resolved once (prom-client hashes the label set on every labelled inc)
   readonly #decisionsPd;
   readonly #decisionsSingle;
@@ -255,7 +257,17 @@ export class RoutingCore {
   }
 
   #select(r: Omit<Route, 'decision'>, tried: ReadonlySet<string> | undefined): Decision {
-    const decision = this.selector.select({ pool: r.pool, hashes: r.hashes, indexOverlaps: r.overlaps, indexTiers: r.tiers, ...(r.tokens ? { promptTokens: r.tokens.length } : {}), ...this.#healthFilter(r.pool, tried) });
+    const input = { pool: r.pool, hashes: r.hashes, indexOverlaps: r.overlaps, indexTiers: r.tiers, ...(r.tokens ? { promptTokens: r.tokens.length } : {}) };
+    const filter = this.#healthFilter(r.pool, tried);
+    let decision = this.selector.select({ ...input, ...filter });
+    // every worker left is reported down: a report can be wrong (a shim that cannot reach its engine while the
+    // router can, a probe that timed out on a loaded host), so try them, least recently failed first by the
+    // selector's own order, rather than answer 503 — a failed attempt is retried or answered as the upstream error
+    if (!decision && filter.exclude && filter.exclude.size > (tried?.size ?? 0)) {
+      const reportedDown = new Set([...filter.exclude].filter((w) => !tried?.has(w)));
+      decision = this.selector.select({ ...input, ...(tried ? { exclude: tried } : {}), avoid: new Set([...(filter.avoid ?? []), ...reportedDown]) });
+      if (decision) this.#stats.lastResort++;
+    }
     if (!decision) throw this.#noWorker(`no live worker left for model \`${r.model}\`${this.#cluster.health.quiet ? '' : ' (engines reported down are not picked)'}`);
     return decision;
   }

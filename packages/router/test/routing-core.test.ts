@@ -92,7 +92,7 @@ test('kv: the index is asked with the prompt\'s prefix hashes and the worker hol
   assert.is(r.decision.promptBlocks, 8);
   assert.ok(r.indexAnswered);
   assert.equal(r.overlaps, { w2: 8, w1: 2 });
-  assert.equal(core.stats(), { indexFallbacks: 0, noWorker: 0 });
+  assert.equal(core.stats(), { indexFallbacks: 0, noWorker: 0, lastResort: 0 });
 });
 
 test('an index that does not answer (null or a throw): routed by load alone, counted as a fallback, the record says degraded', async () => {
@@ -224,6 +224,25 @@ test('passive health: an engine reported down is never picked, a suspect one onl
   health.report('w0', false);
   // w0 down, w1 suspect: the suspect is still tried
   assert.is((await core.route(completion(ids))).decision.worker.worker, 'w1');
+});
+
+test('every worker reported down: the router still tries them (a last resort, counted) rather than answer 503; tried ones are not retried', async () => {
+  const { core, health, index } = setup({ workers: [reg('w0'), reg('w1')] });
+  const ids = tokens(16);
+  index.store('w0', hashesOf(ids));
+  health.report('w0', false);
+  health.report('w1', false);
+  const r = await core.route(completion(ids));
+  // by overlap, as ever: the reports do not make it pick at random
+  assert.is(r.decision.worker.worker, 'w0');
+  assert.is(core.stats().lastResort, 1);
+  assert.is(core.reroute(r, new Set(['w0'])).decision.worker.worker, 'w1');
+  try {
+    core.reroute(r, new Set(['w0', 'w1']));
+    assert.unreachable('both tried');
+  } catch (e) {
+    assert.is((e as { code?: string }).code, 'KVG_NO_WORKER');
+  }
 });
 
 test('P/D: the prefill worker by overlap, the decode worker by load; two tickets', async () => {
