@@ -14,7 +14,7 @@
  * as the router process saw them, and each shard process's resident memory (/proc/<pid>/status VmRSS).
  */
 import { spawn, fork, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { shardOf } from '@kvgate/indexer/shards';
 import { startNatsServer, freePort, type NatsServerHandle } from '../test/harness/nats-server.js';
@@ -45,7 +45,7 @@ export interface FleetOptions {
   churn?: EngineChurn;
   /** append every batch with a stream acknowledgement (as one shim does) instead of publishing it (see fleet-publisher.ts) */
   acks?: boolean;
-  /** how long the shards may take to apply everything after the publisher stops, ms (default 120 s) */
+  /** how long the shards may take to apply everything after the publisher stops, ms (default 60 s) */
   drainTimeoutMs?: number;
   progress(msg: string): void;
 }
@@ -61,6 +61,8 @@ export interface ShardResult {
   appliedSeq: number;
   gaps: number;
   workers: number;
+  /** CPU seconds this shard process spent during the steady window */
+  steadyCpuSecs: number;
 }
 
 export interface FleetRun {
@@ -80,6 +82,8 @@ export interface FleetRun {
   lastSeq: number;
   /** batches sent that the stream did not take (core publishing; 0 expected) or whose append failed (acks) */
   lost: number;
+  /** CPU seconds of the publisher, the router process and nats-server during the steady window */
+  otherCpuSecs: { publisher: number; router: number; nats: number };
   match: { p50: number; p99: number; overBudget: number; queries: number; hitsExpected: number; hitsExact: number; shardMisses: number; failures: number };
   perShard: ShardResult[];
 }
@@ -102,6 +106,30 @@ async function metricsOf(url: string): Promise<Metrics> {
     if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
   }
   return out;
+}
+
+/** user + system CPU seconds of a process so far (/proc/<pid>/stat, clock ticks of 1/100 s) */
+function cpuSecs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+/** the pid of the nats-server listening on `port` (the harness does not expose it): its command line names the port */
+function natsServerPid(port: number): number | undefined {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const args = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (args[0]?.endsWith('nats-server') && args.includes(String(port))) return Number(d);
+    } catch {
+      /* gone */
+    }
+  }
+  return undefined;
 }
 
 function procMb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
@@ -148,6 +176,17 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
   let nats: NatsServerHandle | undefined;
   const indexers: ChildProcess[] = [];
   let publisher: ChildProcess | undefined, querier: ChildProcess | undefined;
+  // a coordinator that dies (a fatal error, ^C) leaves no shard process behind
+  const onExit = () => {
+    for (const c of [...indexers, publisher, querier]) {
+      try {
+        c?.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  };
+  process.once('exit', onExit);
   try {
     nats = await startNatsServer();
     const urls: string[] = [];
@@ -166,7 +205,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     publisher.on('message', (m: { ev: string } & Progress) => {
       if (m.ev === 'progress') {
         pub = m;
-        querier?.send({ cmd: 'window', stored: m.stored, evicted: m.evicted });
+        if (querier?.connected) querier.send({ cmd: 'window', stored: m.stored, evicted: m.evicted });
       }
     });
     await onceMessage(publisher, 'ready', 'fleet publisher');
@@ -203,6 +242,8 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     querier.send({ cmd: 'window', stored: pub.stored, evicted: pub.evicted });
     const before = await shardMetrics();
     const pubBefore = { ...pub };
+    const natsPid = natsServerPid(nats.port);
+    const cpuBefore = [...indexers.map((c) => cpuSecs(c.pid!)), cpuSecs(publisher.pid!), cpuSecs(querier.pid!), natsPid ? cpuSecs(natsPid) : NaN];
     const stepsPerS = W * churn.batchesPerS;
     const t0 = performance.now();
     publisher.send({ cmd: 'churn', seconds: o.seconds, stepsPerS, k });
@@ -220,16 +261,18 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     const steadySecs = (performance.now() - t0) / 1000;
     const after = await shardMetrics();
     const pubAfter = { ...pub };
+    const cpuAfter = [...indexers.map((c) => cpuSecs(c.pid!)), cpuSecs(publisher.pid!), cpuSecs(querier.pid!), natsPid ? cpuSecs(natsPid) : NaN];
+    const cpu = cpuAfter.map((x, i) => x - cpuBefore[i]!);
     const result = onceMessage<{ latencies: number[]; hitsExpected: number; hitsExact: number; shardMisses: number; failures: number; sent: number }>(querier, 'result', 'fleet querier');
     querier.send({ cmd: 'stop' });
     const q = await result;
     const tDrain = performance.now();
     let drainSecs = NaN;
     try {
-      await until(async () => Math.min(...(await shardMetrics()).map((m) => m.kvgate_indexer_stream_seq ?? 0)) >= pub.lastSeq, o.drainTimeoutMs ?? 120_000, 'the shards to drain');
+      await until(async () => Math.min(...(await shardMetrics()).map((m) => m.kvgate_indexer_stream_seq ?? 0)) >= pub.lastSeq, o.drainTimeoutMs ?? 60_000, 'the shards to drain');
       drainSecs = (performance.now() - tDrain) / 1000;
     } catch {
-      o.progress(`N=${n}: the shards did not apply everything within ${(o.drainTimeoutMs ?? 120_000) / 1000} s`);
+      o.progress(`N=${n}: the shards did not apply everything within ${(o.drainTimeoutMs ?? 60_000) / 1000} s`);
     }
     const final = await shardMetrics();
     const applied = (m: Metrics) => (m.kvgate_indexer_stored_blocks ?? 0) + (m.kvgate_indexer_removed_blocks ?? 0);
@@ -246,6 +289,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
       drainSecs,
       lastSeq: pub.lastSeq,
       lost: pub.lost + pub.failed,
+      otherCpuSecs: { publisher: cpu[n]!, router: cpu[n + 1]!, nats: cpu[n + 2]! },
       match: {
         p50: percentile(q.latencies, 50),
         p99: percentile(q.latencies, 99),
@@ -266,11 +310,13 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
         appliedSeq: final[i]!.kvgate_indexer_stream_seq ?? 0,
         gaps: final[i]!.kvgate_indexer_seq_gaps ?? 0,
         workers: final[i]!.kvgate_indexer_workers ?? 0,
+        steadyCpuSecs: cpu[i]!,
       })),
     };
     o.progress(`N=${n}: ${(run.absorbedEventsPerS / 1e3).toFixed(0)} k events/s absorbed (offered ${(run.offeredEventsPerS / 1e3).toFixed(0)} k, published ${(run.publishedEventsPerS / 1e3).toFixed(0)} k), match p50 ${run.match.p50.toFixed(2)} ms p99 ${run.match.p99.toFixed(2)} ms, RSS per shard ${run.perShard.map((s) => s.rssMb.toFixed(0)).join('/')} MB`);
     return run;
   } finally {
+    process.off('exit', onExit);
     if (querier?.connected) querier.send({ cmd: 'stop' });
     await stopChild(querier);
     if (publisher?.connected) publisher.send({ cmd: 'exit' });
@@ -300,7 +346,7 @@ export function fleetFigures(res: FleetResult, o: Pick<FleetOptions, 'workers' |
     const N = r.shards;
     const rss = r.perShard.map((s) => s.rssMb);
     const base = N > 1 && one ? one : undefined;
-    out.push({ bench: `fleet.${N}.events_per_s`, value: r.absorbedEventsPerS, unit: 'events/s', baseline: r.offeredEventsPerS, note: `block events (stored + evicted) applied over the ${N} shard(s) in ${r.steadySecs.toFixed(0)} s of steady churn, ${size}; baseline: the fleet's offered rate (${res.churn.batchesPerS.toFixed(1)} batches/s × ${res.k}+${res.k} blocks per engine); the stream took ${(r.publishedEventsPerS / 1e3).toFixed(0)} k/s${r.lost ? ` (${r.lost} batches lost)` : ''}; slowest shard ${r.lagAtEnd} batches behind at the end, drained in ${Number.isNaN(r.drainSecs) ? 'not within the timeout' : `${r.drainSecs.toFixed(1)} s`}; fill ${r.fillSecs.toFixed(0)} s` });
+    out.push({ bench: `fleet.${N}.events_per_s`, value: r.absorbedEventsPerS, unit: 'events/s', baseline: r.offeredEventsPerS, note: `block events (stored + evicted) applied over the ${N} shard(s) in ${r.steadySecs.toFixed(0)} s of steady churn, ${size}; baseline: the fleet's offered rate (${res.churn.batchesPerS.toFixed(1)} batches/s × ${res.k}+${res.k} blocks per engine); the stream took ${(r.publishedEventsPerS / 1e3).toFixed(0)} k/s${r.lost ? ` (${r.lost} batches lost)` : ''}; slowest shard ${r.lagAtEnd} batches behind at the end, drained in ${Number.isNaN(r.drainSecs) ? 'not within the timeout' : `${r.drainSecs.toFixed(1)} s`}; fill ${r.fillSecs.toFixed(0)} s; CPU s in the window: shards ${r.perShard.map((x) => x.steadyCpuSecs.toFixed(1)).join(' / ')}, publisher ${r.otherCpuSecs.publisher.toFixed(1)}, router ${r.otherCpuSecs.router.toFixed(1)}, nats-server ${r.otherCpuSecs.nats.toFixed(1)}` });
     out.push({ bench: `fleet.${N}.match.p50`, value: r.match.p50, unit: 'ms', ...(base ? { baseline: base.match.p50 } : {}), note: `router-observed scatter/merge over NATS to ${N} shard(s), ${r.match.queries} queries of ${o.qlen ?? 256}-block prompts during the churn${base ? '; baseline: N=1 in this run' : ''}` });
     out.push({ bench: `fleet.${N}.match.p99`, value: r.match.p99, unit: 'ms', ...(base ? { baseline: base.match.p99 } : {}), note: `${r.match.overBudget} of ${r.match.queries} over the ${o.budgetMs ?? 5} ms index budget; ${r.match.shardMisses} shard misses, ${r.match.failures} failed; ${r.match.hitsExact}/${r.match.hitsExpected} cached prompts matched exactly${base ? '; baseline: N=1 in this run' : ''}` });
     out.push({ bench: `fleet.${N}.rss_mb_per_shard`, value: mean(rss), unit: 'MB', ...(base ? { baseline: mean(base.perShard.map((s) => s.rssMb)) } : {}), note: `VmRSS of each shard process after the churn: ${rss.map((x) => x.toFixed(0)).join(' / ')} MB (peak ${r.perShard.map((s) => s.hwmMb.toFixed(0)).join(' / ')}), entries ${r.perShard.map((s) => s.entries).join(' / ')}${base ? '; baseline: N=1 in this run' : ''}` });

@@ -13,7 +13,7 @@ const SPEC = {
   workers: { type: 'string', help: 'engines in the fleet', default: '2000' },
   blocks: { type: 'string', help: 'KV blocks cached per engine (the fill; churn keeps it there)', default: '16384' },
   shards: { type: 'string', help: 'shard counts to run, comma-separated (one fresh nats-server and N shard processes each)', default: '1,2,4' },
-  seconds: { type: 'string', help: 'seconds of steady churn (and queries) per shard count', default: '30' },
+  seconds: { type: 'string', help: 'seconds of steady churn (and queries) per shard count', default: '20' },
   qps: { type: 'string', help: 'router index queries per second during the churn', default: '200' },
   'qlen': { type: 'string', help: 'prompt blocks per query', default: '256' },
   'churn-scale': { type: 'string', help: 'share of the sim engine\'s measured (busy) churn each engine produces', default: '1' },
@@ -27,7 +27,7 @@ export async function run(argv: string[], print: (f: Figure) => void): Promise<n
   if (parsed.positionals.length > 0) throw new FlagError(`kvgate bench fleet: unexpected ${JSON.stringify(parsed.positionals[0])}`);
   const workers = numberFlag(f.workers, 'workers', 2000, { min: 1, integer: true });
   const blocks = numberFlag(f.blocks, 'blocks', 16384, { min: 64, integer: true });
-  const seconds = numberFlag(f.seconds, 'seconds', 30, { min: 1 });
+  const seconds = numberFlag(f.seconds, 'seconds', 20, { min: 1 });
   const qps = numberFlag(f.qps, 'qps', 200, { min: 1 });
   const qlen = numberFlag(f.qlen, 'qlen', 256, { min: 1, integer: true });
   const scale = numberFlag(f['churn-scale'], 'churn-scale', 1, { min: 0.001 });
