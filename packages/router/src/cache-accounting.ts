@@ -17,16 +17,22 @@
  * Not compared, counted in `kvgate_router_cache_uncompared_total{reason}` instead: `batch` (usage sums several
  * prompts, the decision saw the first), `pd_local_prefill` (the decode worker's shim fell back to a local prefill,
  * x-kvgate-prefill: local), `pd_no_prefill_usage` (a split answered without the prefill leg's usage: no kvgate shim
- * in front of the decode engine, or the prefill engine reported no cached tokens). Answers whose usage lacks the
- * cached tokens count in `kvgate_router_usage_missing_total{worker,model}`. Requests the EPP picker routes
- * (epp/, behind Envoy) are not seen here at all: the picker never sees the response body.
+ * in front of the decode engine, or the prefill engine reported no cached tokens), `epp_no_response_body` (the EPP
+ * picker got a 200's headers but never its body). Answers whose usage lacks the cached tokens count in
+ * `kvgate_router_usage_missing_total{worker,model}`.
+ *
+ * Both edges: the HTTP edge reads the answer it relays; the EPP picker (epp/stream.ts) reads the response body the
+ * proxy streams through it (ext_proc `response_body_mode: FULL_DUPLEX_STREAMED`, as deploy/gateway/envoy.yaml
+ * sets it), by the worker that served (the proxy may have retried elsewhere). The picker passes the request body
+ * unchanged, so a stream carries usage only when its client asked for it (`stream_options.include_usage`); the
+ * HTTP edge asks the engine itself and strips the chunk.
  */
 import { predictedCachedTokens } from '@kvgate/protocol';
 import type { EngineUsage } from './diag.js';
 import type { RouterMetrics } from './metrics.js';
 import type { Route } from './routing-core.js';
 
-export type UncomparedReason = 'batch' | 'pd_local_prefill' | 'pd_no_prefill_usage';
+export type UncomparedReason = 'batch' | 'pd_local_prefill' | 'pd_no_prefill_usage' | 'epp_no_response_body';
 
 /** the prefill leg's usage as the decode worker's shim relayed it */
 export interface PrefillLegUsage {
@@ -97,10 +103,15 @@ export class CacheAccounting {
     this.#m = metrics;
   }
 
+  /** an answer left out of the comparison */
+  uncompared(reason: UncomparedReason): void {
+    this.#m.cacheUncompared.inc({ reason });
+  }
+
   /** one finished 200 answer */
   record(p: Prediction, usage: EngineUsage | null): void {
     if (p.uncompared) {
-      this.#m.cacheUncompared.inc({ reason: p.uncompared });
+      this.uncompared(p.uncompared);
       return;
     }
     const labels = { worker: p.worker, model: p.model };

@@ -55,10 +55,10 @@ export class RouterMetrics {
     this.overlapRatio = new Histogram({ name: 'kvgate_router_overlap_ratio', help: 'cached blocks / prompt blocks of the chosen worker', buckets: [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1], registers });
     // predicted vs actual cached prompt tokens, token-weighted (cache-accounting.ts): a 200 answer carrying
     // usage.prompt_tokens_details.cached_tokens, not a batch; a P/D split by its prefill leg, under the prefill
-    // worker. Only requests proxied by this router's HTTP edge: the EPP picker (epp/) never sees the answer
+    // worker. Both edges: the EPP picker reads the response body the proxy streams through it
     const wm: Array<'worker' | 'model'> = ['worker', 'model'];
-    this.predictedCachedTokens = new Counter({ name: 'kvgate_router_predicted_cached_tokens_total', help: 'prompt tokens the routing decision predicted cached on the chosen worker (its GPU overlap blocks × block size, the last prompt token never counted; a P/D split: on its prefill worker). Requests proxied by the router only: the EPP picker never sees the answer', labelNames: wm, registers });
-    this.actualCachedTokens = new Counter({ name: 'kvgate_router_actual_cached_tokens_total', help: "prompt tokens the engine reported cached (usage.prompt_tokens_details.cached_tokens) for the same requests (a P/D split: the prefill leg's, relayed by the decode worker's shim; the decode leg's counts the transferred KV). Not available for requests the EPP picker routes: it never sees the response body", labelNames: wm, registers });
+    this.predictedCachedTokens = new Counter({ name: 'kvgate_router_predicted_cached_tokens_total', help: 'prompt tokens the routing decision predicted cached on the worker that served (its GPU overlap blocks × block size, the last prompt token never counted; a P/D split: on its prefill worker)', labelNames: wm, registers });
+    this.actualCachedTokens = new Counter({ name: 'kvgate_router_actual_cached_tokens_total', help: "prompt tokens the engine reported cached (usage.prompt_tokens_details.cached_tokens) for the same requests (a P/D split: the prefill leg's, relayed by the decode worker's shim; the decode leg's counts the transferred KV). Through the EPP picker: read off the response body the proxy streams through it (response_body_mode FULL_DUPLEX_STREAMED); a stream there carries usage only when its client asked (stream_options.include_usage)", labelNames: wm, registers });
     this.promptTokens = new Counter({ name: 'kvgate_router_prompt_tokens_total', help: "prompt tokens of the same requests, as the engine counted them (usage.prompt_tokens)", labelNames: wm, registers });
     this.cachedTokensDelta = new Histogram({
       name: 'kvgate_router_cached_tokens_delta',
@@ -69,7 +69,7 @@ export class RouterMetrics {
     });
     this.cacheUncompared = new Counter({
       name: 'kvgate_router_cache_uncompared_total',
-      help: 'answered requests left out of the predicted/actual cached-token counters, by reason: batch (usage sums several prompts), pd_local_prefill (the decode worker prefilled locally), pd_no_prefill_usage (a P/D split answered without the prefill leg\'s usage). Requests routed by the EPP picker (behind Envoy) are never counted: the picker does not see response bodies',
+      help: 'answered requests left out of the predicted/actual cached-token counters, by reason: batch (usage sums several prompts), pd_local_prefill (the decode worker prefilled locally), pd_no_prefill_usage (a P/D split answered without the prefill leg\'s usage), epp_no_response_body (the EPP picker saw a 200 answer\'s headers but never its body: the proxy\'s response_body_mode is not FULL_DUPLEX_STREAMED)',
       labelNames: ['reason'],
       registers,
     });

@@ -244,7 +244,7 @@ export async function startRouter(bus: Bus, options: RouterOptions = {}): Promis
   });
 
   // the gateway edge beside it (optional)
-  const epp = options.epp ? new EppEdge(options.epp, { core, cluster, index, admission, metrics, log }) : undefined;
+  const epp = options.epp ? new EppEdge(options.epp, { core, cluster, index, admission, metrics, log, cache: edge.cache }) : undefined;
 
   let closed = false;
   async function stop(drainMs: number): Promise<void> {

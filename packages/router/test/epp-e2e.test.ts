@@ -201,6 +201,56 @@ test('the served-endpoint metadata moves the in-flight load; the response body i
   }
 });
 
+test("predicted vs actual cached tokens through the picker: the 200 answer's usage, read off the echoed body, under the worker that served", async () => {
+  const prompt = tokens(64, 17000);
+  const c = await setup(new Map([['w0', new Set(prefixHashes('stub-model', null, 4, prompt))]]));
+  const metric = async (name: string, label: string) => {
+    let n = 0;
+    for (const line of (await c.router.metrics.registry.metrics()).split('\n')) if (line.startsWith(name + '{') && line.includes(label)) n += Number(line.slice(line.lastIndexOf(' ') + 1));
+    return n;
+  };
+  try {
+    // a whole JSON answer from w0 (which holds the 64-token prompt: 15 full blocks predicted, the last token never)
+    const a = await pick(c, body(prompt));
+    await a.envoy.next(2);
+    a.envoy.send({ response_headers: { ...hdr({ ':status': '200', 'content-type': 'application/json' }), end_of_stream: false }, metadata_context: servedMeta(ENGINES[0]!) });
+    const usage = { prompt_tokens: 64, completion_tokens: 8, total_tokens: 72, prompt_tokens_details: { cached_tokens: 48 } };
+    const json = Buffer.from(JSON.stringify({ id: 'c1', object: 'text_completion', choices: [{ index: 0, text: 'hi' }], usage }));
+    a.envoy.send({ response_body: { body: json.subarray(0, 40), end_of_stream: false } });
+    a.envoy.send({ response_body: { body: json.subarray(40), end_of_stream: true } });
+    await a.envoy.next(5);
+    // (answers are sent after the chunk is accounted: nothing to wait for)
+    assert.is(await metric('kvgate_router_prompt_tokens_total', 'worker="w0"'), 64);
+    assert.is(await metric('kvgate_router_predicted_cached_tokens_total', 'worker="w0"'), 60);
+    assert.is(await metric('kvgate_router_actual_cached_tokens_total', 'worker="w0"'), 48);
+    a.envoy.end();
+
+    // a stream whose client asked for usage, served by w2 after a retry: counted under w2, against w2's own overlap (0)
+    const b = await pick(c, body(prompt, { stream: true, stream_options: { include_usage: true } }));
+    await b.envoy.next(2);
+    b.envoy.send({ response_headers: { ...hdr({ ':status': '200', 'content-type': 'text/event-stream' }), end_of_stream: false }, metadata_context: servedMeta(ENGINES[2]!) });
+    const sse = ['data: {"choices":[{"index":0,"text":"a"}]}', `data: ${JSON.stringify({ choices: [], usage: { ...usage, prompt_tokens_details: { cached_tokens: 0 } } })}`, 'data: [DONE]'].map((l) => l + '\n\n');
+    for (const [i, e] of sse.entries()) b.envoy.send({ response_body: { body: Buffer.from(e), end_of_stream: i === sse.length - 1 } });
+    await b.envoy.next(3 + sse.length);
+    assert.is(await metric('kvgate_router_prompt_tokens_total', 'worker="w2"'), 64);
+    assert.is(await metric('kvgate_router_predicted_cached_tokens_total', 'worker="w2"'), 0);
+    assert.is(await metric('kvgate_router_actual_cached_tokens_total', 'worker="w2"'), 0);
+    b.envoy.end();
+
+    // a 200 whose body never comes through the picker (a proxy with response_body_mode NONE): uncompared
+    const d = await pick(c, body(tokens(8, 99)));
+    await d.envoy.next(2);
+    d.envoy.send({ response_headers: { ...hdr({ ':status': '200' }), end_of_stream: false }, metadata_context: servedMeta(ENGINES[1]!) });
+    await d.envoy.next(3);
+    d.envoy.end();
+    for (let i = 0; i < 500 && (await metric('kvgate_router_cache_uncompared_total', 'reason="epp_no_response_body"')) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.is(await metric('kvgate_router_cache_uncompared_total', 'reason="epp_no_response_body"'), 1);
+    assert.is(await metric('kvgate_router_prompt_tokens_total', 'worker="w1"'), 0);
+  } finally {
+    await teardown(c);
+  }
+});
+
 test('saturated pool: a sheddable request gets 429 at once with a reason; a high-priority one waits and is served first', async () => {
   const c = await setup(new Map(), { objectives: { batch: -1, chat: 10, normal: 0 }, flow: { maxWaitMs: 20_000 } });
   try {

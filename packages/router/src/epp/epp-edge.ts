@@ -12,6 +12,7 @@ import { Histogram } from 'prom-client';
 import type { Logger } from '@kvgate/protocol';
 import type { ClusterView } from '../cluster-view.js';
 import type { RouterMetrics } from '../metrics.js';
+import type { CacheAccounting } from '../cache-accounting.js';
 import type { IndexQuery, RoutingCore } from '../routing-core.js';
 import type { Admission } from '../admission.js';
 import type { ProcessingRequest, ProcessingResponse } from './messages.js';
@@ -48,6 +49,8 @@ export interface EppEdgeDeps {
   admission: Admission;
   metrics: RouterMetrics;
   log: Logger;
+  /** predicted vs actual cached tokens (the HTTP edge's, shared: one set of totals per router) */
+  cache?: CacheAccounting;
 }
 
 export class EppEdge {
@@ -114,6 +117,7 @@ export class EppEdge {
         ...(this.#o.bodyLimitBytes !== undefined ? { bodyLimit: this.#o.bodyLimitBytes } : {}),
         scores: this.#o.scores === true,
         log: this.#d.log,
+        ...(this.#d.cache ? { cache: this.#d.cache } : {}),
         onPicked: (ms) => {
           this.#pickSeconds.observe(ms / 1000);
           this.#o.onPick?.(ms);

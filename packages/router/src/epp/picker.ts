@@ -13,7 +13,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { KvgateError, type WorkerRegistration } from '@kvgate/protocol';
-import { validateApiRequest } from '../http.js';
+import { validateApiRequest, type ApiRequest } from '../http.js';
+import { isBatchPrompt } from '../cache-accounting.js';
 import type { Route, RouteRequest, RoutingCore } from '../routing-core.js';
 import type { Ticket } from '../inflight.js';
 import type { Pool, WorkerView } from '../workers.js';
@@ -31,7 +32,18 @@ export interface PickInput {
 }
 
 export type PickResult =
-  | { kind: 'picked'; endpoints: string[]; route: Route; tickets: Ticket[]; requestId: string; priority: number; scores: Record<string, number> }
+  | {
+      kind: 'picked';
+      endpoints: string[];
+      route: Route;
+      tickets: Ticket[];
+      requestId: string;
+      priority: number;
+      scores: Record<string, number>;
+      /** the request asked for a stream; its prompt is a batch (cache accounting reads the answer by these) */
+      stream: boolean;
+      batch: boolean;
+    }
   | { kind: 'refused'; status: number; reason: string; message: string; retryAfterS?: number; shed?: ShedReason };
 
 export interface PickerOptions {
@@ -84,7 +96,8 @@ export class Picker {
     const requestId = input.header('x-request-id') || randomUUID();
     const tickets = this.#o.core.commit(route, req, requestId);
     const { endpoints, scores } = this.#ordered(route);
-    return { kind: 'picked', endpoints, route, tickets, requestId, priority, scores };
+    const api = req as Partial<ApiRequest>;
+    return { kind: 'picked', endpoints, route, tickets, requestId, priority, scores, stream: api.stream === true, batch: isBatchPrompt(api.body?.prompt) };
   }
 
   /** The worker serving `endpoint` in the route's pool, or undefined. */

@@ -10,10 +10,18 @@
  *   request_trailers    (a body ended by trailers) the pick, the body back, then the trailers answer
  *   response_headers    `envoy.lb/x-gateway-destination-endpoint-served`: the in-flight load moves to the worker
  *                       that really served; the prefill is over
- *   response_body       echoed back chunk by chunk (FULL_DUPLEX_STREAMED); its end_of_stream ends the request
+ *   response_body       echoed back chunk by chunk (FULL_DUPLEX_STREAMED); its end_of_stream ends the request.
+ *                       A 200 answer's chunks also pass through a UsageTap (diag.ts): at its end the engine's usage
+ *                       goes to the predicted-vs-actual accounting (cache-accounting.ts), by the worker that served.
+ *                       A stream carries usage only when its client asked (stream_options.include_usage: the
+ *                       picker passes the body unchanged); without it the answer counts as usage missing. A proxy
+ *                       that sends no response body (response_body_mode NONE) leaves the answer uncompared
+ *                       (reason epp_no_response_body).
  *   stream end / error  the request's load leaves the ledger (idempotent)
  */
 import type { Logger } from '@kvgate/protocol';
+import { predictionFor, type CacheAccounting } from '../cache-accounting.js';
+import { UsageTap } from '../diag.js';
 import { SHED_HEADER } from '../admission.js';
 import type { RoutingCore } from '../routing-core.js';
 import type { Ticket } from '../inflight.js';
@@ -28,6 +36,8 @@ export interface StreamOptions {
   /** send per-endpoint scores in envoy.lb (default false) */
   scores?: boolean;
   log?: Logger;
+  /** predicted vs actual cached tokens: each 200 answer's usage, read off the response body */
+  cache?: CacheAccounting;
   /** the pick's latency (last request message in → headers answer out), ms */
   onPicked?(ms: number, r: PickResult): void;
   /** the request ended (its load released) */
@@ -46,6 +56,11 @@ export class EppStream {
   #done = false; // an immediate response went out: ignore the rest
   #finished = false;
   #chain: Promise<void> = Promise.resolve();
+  /** a 200 answer being read for its usage (cache accounting) */
+  #tap: UsageTap | undefined;
+  #respHeaders: HttpHeaders | undefined;
+  #served: string | undefined;
+  #bodySeen = false;
 
   constructor(o: StreamOptions, send: (r: ProcessingResponse) => void) {
     this.#o = o;
@@ -112,6 +127,11 @@ export class EppStream {
         if (served && this.#picked) {
           const w = this.#o.picker.workerAt(this.#picked.route, served);
           if (w) this.#tickets = this.#o.core.move(this.#tickets, w);
+          this.#served = w;
+        }
+        if (this.#o.cache && this.#picked && headerOf(m.response_headers, ':status') === '200') {
+          this.#tap = new UsageTap(this.#picked.stream);
+          this.#respHeaders = m.response_headers;
         }
         this.#o.core.firstByte(this.#tickets);
         this.#send(continueHeaders('response_headers'));
@@ -122,11 +142,17 @@ export class EppStream {
         const b = m.response_body?.body ?? Buffer.alloc(0);
         const eos = m.response_body?.end_of_stream === true;
         this.#send({ response_body: { response: { body_mutation: { streamed_response: { body: b, end_of_stream: eos } } } } });
+        if (this.#tap) {
+          this.#bodySeen = true;
+          if (b.length > 0) this.#tap.push(b);
+          if (eos) this.#account();
+        }
         if (eos) this.#finish();
         return;
       }
       case 'response_trailers': {
         this.#send({ response_trailers: {} });
+        this.#account();
         this.#finish();
         return;
       }
@@ -167,9 +193,21 @@ export class EppStream {
     if (bodyEnd !== null) for (const c of bodyChunks(body, 'request_body', bodyEnd === 'eos')) this.#send(c);
   }
 
+  /** the answer is complete: its usage against the prediction (once) */
+  #account(): void {
+    const tap = this.#tap, picked = this.#picked;
+    this.#tap = undefined;
+    if (!tap || !picked || !this.#o.cache) return;
+    const h = this.#respHeaders;
+    this.#o.cache.record(predictionFor(picked.route, picked.batch, (n) => headerOf(h, n), this.#served), tap.usage());
+  }
+
   #finish(): void {
     if (this.#finished) return;
     this.#finished = true;
+    // a 200 answer whose body never came through here (the proxy sends none): not compared
+    if (this.#tap && !this.#bodySeen) this.#o.cache?.uncompared('epp_no_response_body');
+    this.#tap = undefined;
     if (this.#tickets.length > 0) this.#o.core.finish(this.#tickets);
     this.#o.onFinished?.();
   }
