@@ -466,8 +466,10 @@ export class Indexer {
         if (e.op === 'put' && e.value) {
           try {
             const reg = decodeRegistration(e.value);
-            this.#blockSizes.set(reg.model, reg.blockSize);
-            if (!this.owns(reg.worker)) continue;
+            if (!this.owns(reg.worker)) {
+              this.#blockSizes.set(reg.model, reg.blockSize);
+              continue;
+            }
             const before = this.#registry.get(reg.worker)?.capacityBlocks;
             this.#registry.set(reg.worker, reg);
             this.#keys.set(reg.worker, e.key);
@@ -617,7 +619,7 @@ export class Indexer {
   /** block size of a model as its registered workers report it (a shard: any shard's workers, for /debug/match) */
   blockSizeOf(model: string): number | null {
     for (const r of this.#registry.values()) if (r.model === model) return r.blockSize;
-    return this.#blockSizes.get(model) ?? null;
+    return this.shard ? (this.#blockSizes.get(model) ?? null) : null;
   }
 
   /** `model` and `lora` are part of every prefix hash already: one index serves all of them. */

@@ -109,6 +109,11 @@ for (const threads of [0, 2]) {
       assert.equal(Object.keys(await s1.indexer.workers()).sort(), SHARD1);
       assert.ok(s0.indexer.registration('w0'));
       assert.is(s0.indexer.registration('w1'), undefined);
+      // a model only shard 1's workers serve: shard 0 still knows its block size (for /debug/match with tokens)
+      assert.is(shardOf('w7', 2), 1);
+      await (await shim.kv(S.workersBucket, { ttlMs: 3000 })).put('w7', encode({ worker: 'w7', model: 'm2', role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize: 32, capacityBlocks: 100, loras: [], ts: Date.now() }));
+      await waitFor(() => s0.indexer.blockSizeOf('m2') === 32, 20_000, 'shard 0 learns m2\'s block size');
+      assert.is(s0.indexer.registration('w7'), undefined);
       assert.is(s0.indexer.streamSeq, 7, 'shard 0 read past the foreign tail');
       assert.is(s1.indexer.streamSeq, 7);
       assert.is(await counter(s0, 'kvgate_indexer_foreign_batches_skipped_total'), 4, 'shard 0 skipped w1, w3, w5, w5');
