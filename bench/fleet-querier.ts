@@ -10,15 +10,16 @@
  * the budget; how many took longer than the budget is counted separately.
  *
  * IPC from bench/fleet.ts: {cmd: 'window', stored, evicted} (the slowest engine's), {cmd: 'start'},
- * {cmd: 'stop'} → {ev: 'result', latencies: number[] (ms), hitsExpected, hitsExact, shardMisses, failures}.
- * Usage (forked): fleet-querier.ts <json: {nats, namespace, shards, workers, blocks, qps, qlen, timeoutMs, k, batchesPerS}>
+ * {cmd: 'stop'} → {ev: 'result', latencies: number[] (ms), echoLatencies, echoFailures, hitsExpected, hitsExact,
+ * shardMisses, failures}.
+ * Usage (forked): fleet-querier.ts <json: {nats, namespace, shards, workers, blocks, qps, qlen, timeoutMs, k, batchesPerS, echo?: subjects}>
  */
 import { subjects, initHashing, mulberry32 } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { busIndexQuery } from '@kvgate/router/index-query';
 import { docLength, FLEET_MODEL, hashArray, heldDocs, workerName } from './fleet-model.js';
 
-interface Args { nats: string; namespace: string; shards: number; workers: number; blocks: number; qps: number; qlen: number; timeoutMs: number; k: number; batchesPerS: number }
+interface Args { nats: string; namespace: string; shards: number; workers: number; blocks: number; qps: number; qlen: number; timeoutMs: number; k: number; batchesPerS: number; echo?: string[] }
 const a = JSON.parse(process.argv[2] ?? '{}') as Args;
 await initHashing();
 const DOC = docLength(a.blocks), QLEN = Math.min(a.qlen, DOC);
@@ -29,6 +30,8 @@ const r = mulberry32(4242);
 let stored = a.blocks, evicted = 0;
 let running = false, timer: NodeJS.Timeout | undefined;
 const latencies: number[] = [];
+const echoLatencies: number[] = [];
+let echoFailures = 0;
 let hitsExpected = 0, hitsExact = 0, failures = 0, inflight = 0, sent = 0;
 
 function one(): void {
@@ -63,6 +66,21 @@ function one(): void {
   ).finally(() => void inflight--);
 }
 
+/**
+ * The floor: the same scatter (one request per shard, in parallel, all awaited) of a body the size of the index
+ * query to N echo processes (bench/nats-echo.ts) — what this machine's scheduling costs any N-way round trip to
+ * other processes, with no index, decode or match in it — sent half a period after each index query.
+ */
+function echoOne(): void {
+  if (!a.echo?.length) return;
+  const body = new Uint8Array(8 * QLEN + 40);
+  const t = performance.now();
+  Promise.all(a.echo.map((subject) => bus.request(subject, body, { timeoutMs: a.timeoutMs }))).then(
+    () => void echoLatencies.push(performance.now() - t),
+    () => void echoFailures++,
+  );
+}
+
 function start(): void {
   running = true;
   const t0 = performance.now();
@@ -70,7 +88,10 @@ function start(): void {
   const tick = () => {
     if (!running) return;
     const due = Math.floor(((performance.now() - t0) / 1000) * a.qps);
-    for (; done < due; done++) one();
+    for (; done < due; done++) {
+      one();
+      setTimeout(echoOne, 500 / a.qps);
+    }
     timer = setTimeout(tick, Math.max(1, Math.min(20, 1000 / a.qps / 2)));
   };
   tick();
@@ -87,7 +108,7 @@ process.on('message', (m: { cmd: string; stored?: number; evicted?: number }) =>
     void (async () => {
       const t = Date.now();
       while (inflight > 0 && Date.now() - t < a.timeoutMs + 2000) await new Promise((res) => setTimeout(res, 10));
-      process.send?.({ ev: 'result', latencies, hitsExpected, hitsExact, shardMisses, failures, sent });
+      process.send?.({ ev: 'result', latencies, echoLatencies, echoFailures, hitsExpected, hitsExact, shardMisses, failures, sent });
       await bus.close().catch(() => undefined);
       process.exit(0);
     })();

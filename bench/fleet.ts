@@ -25,6 +25,7 @@ import { percentile, type Figure } from './figure.js';
 const KVGATE = fileURLToPath(new URL('../bin/kvgate.js', import.meta.url));
 const PUBLISHER = fileURLToPath(new URL('./fleet-publisher.ts', import.meta.url));
 const QUERIER = fileURLToPath(new URL('./fleet-querier.ts', import.meta.url));
+const ECHO = fileURLToPath(new URL('./nats-echo.ts', import.meta.url));
 const NAMESPACE = 'fleet';
 /** the registry TTL the publisher's registrations get (registered once, not heartbeated: see the README) */
 const TTL_MS = 3_600_000;
@@ -84,6 +85,8 @@ export interface FleetRun {
   lost: number;
   /** CPU seconds of the publisher, the router process and nats-server during the steady window */
   otherCpuSecs: { publisher: number; router: number; nats: number };
+  /** the same N-way scatter to N echo processes in the same window (fleet-querier.ts echoOne): the machine's floor */
+  floor: { p50: number; p99: number; overBudget: number; failures: number };
   match: { p50: number; p99: number; overBudget: number; queries: number; hitsExpected: number; hitsExact: number; shardMisses: number; failures: number };
   perShard: ShardResult[];
 }
@@ -160,6 +163,11 @@ function onceMessage<T>(child: ChildProcess, ev: string, what: string): Promise<
   });
 }
 
+/** an IPC message to a child that may be exiting: a closed channel is not an error here */
+function tell(c: ChildProcess | undefined, msg: unknown): void {
+  if (c?.connected) c.send(msg as object, () => undefined);
+}
+
 async function stopChild(c: ChildProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
   if (!c || c.exitCode !== null || c.signalCode !== null) return;
   const gone = new Promise((r) => c.once('exit', r));
@@ -176,9 +184,10 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
   let nats: NatsServerHandle | undefined;
   const indexers: ChildProcess[] = [];
   let publisher: ChildProcess | undefined, querier: ChildProcess | undefined;
+  const echoes: ChildProcess[] = [];
   // a coordinator that dies (a fatal error, ^C) leaves no shard process behind
   const onExit = () => {
-    for (const c of [...indexers, publisher, querier]) {
+    for (const c of [...indexers, ...echoes, publisher, querier]) {
       try {
         c?.kill('SIGKILL');
       } catch {
@@ -205,9 +214,10 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     publisher.on('message', (m: { ev: string } & Progress) => {
       if (m.ev === 'progress') {
         pub = m;
-        if (querier?.connected) querier.send({ cmd: 'window', stored: m.stored, evicted: m.evicted });
+        tell(querier, { cmd: 'window', stored: m.stored, evicted: m.evicted });
       }
     });
+    publisher.on('error', () => undefined); // a send racing its exit (tell() swallows those too)
     await onceMessage(publisher, 'ready', 'fleet publisher');
     // every shard sees its workers' registrations (their capacity sizes its index) before the fill
     const owned = Array.from({ length: n }, () => 0);
@@ -216,7 +226,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
 
     // ---- fill ----------------------------------------------------------------------------------------
     const tFill = performance.now();
-    publisher.send({ cmd: 'fill' });
+    tell(publisher, { cmd: 'fill' });
     const filled = onceMessage(publisher, 'filled', 'fleet publisher');
     let fillDone = false;
     void filled.then(() => (fillDone = true), () => undefined);
@@ -237,17 +247,27 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
 
     // ---- steady churn + queries -------------------------------------------------------------------------
     const qlen = o.qlen ?? 256;
-    querier = fork(QUERIER, [JSON.stringify({ nats: nats.url, namespace: NAMESPACE, shards: n, workers: W, blocks: B, qps: o.qps, qlen, timeoutMs: 1000, k, batchesPerS: churn.batchesPerS })], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const echoSubjects = Array.from({ length: n }, (_, i) => `bench.fleet.echo.${i}`);
+    for (const subject of echoSubjects) {
+      const e = fork(ECHO, [nats.url, subject], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      echoes.push(e);
+      await new Promise<void>((resolve, reject) => {
+        e.once('message', () => resolve());
+        e.once('exit', (c) => reject(new Error(`echo process exited (${c})`)));
+      });
+    }
+    querier = fork(QUERIER, [JSON.stringify({ nats: nats.url, namespace: NAMESPACE, shards: n, workers: W, blocks: B, qps: o.qps, qlen, timeoutMs: 1000, k, batchesPerS: churn.batchesPerS, echo: echoSubjects })], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    querier.on('error', () => undefined);
     await onceMessage(querier, 'ready', 'fleet querier');
-    querier.send({ cmd: 'window', stored: pub.stored, evicted: pub.evicted });
+    tell(querier, { cmd: 'window', stored: pub.stored, evicted: pub.evicted });
     const before = await shardMetrics();
     const pubBefore = { ...pub };
     const natsPid = natsServerPid(nats.port);
     const cpuBefore = [...indexers.map((c) => cpuSecs(c.pid!)), cpuSecs(publisher.pid!), cpuSecs(querier.pid!), natsPid ? cpuSecs(natsPid) : NaN];
     const stepsPerS = W * churn.batchesPerS;
     const t0 = performance.now();
-    publisher.send({ cmd: 'churn', seconds: o.seconds, stepsPerS, k });
-    querier.send({ cmd: 'start' });
+    tell(publisher, { cmd: 'churn', seconds: o.seconds, stepsPerS, k });
+    tell(querier, { cmd: 'start' });
     const churned = onceMessage<{ secs: number }>(publisher, 'churned', 'fleet publisher');
     let done = false;
     void churned.then(() => (done = true), () => undefined);
@@ -263,8 +283,8 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     const pubAfter = { ...pub };
     const cpuAfter = [...indexers.map((c) => cpuSecs(c.pid!)), cpuSecs(publisher.pid!), cpuSecs(querier.pid!), natsPid ? cpuSecs(natsPid) : NaN];
     const cpu = cpuAfter.map((x, i) => x - cpuBefore[i]!);
-    const result = onceMessage<{ latencies: number[]; hitsExpected: number; hitsExact: number; shardMisses: number; failures: number; sent: number }>(querier, 'result', 'fleet querier');
-    querier.send({ cmd: 'stop' });
+    const result = onceMessage<{ latencies: number[]; echoLatencies: number[]; echoFailures: number; hitsExpected: number; hitsExact: number; shardMisses: number; failures: number; sent: number }>(querier, 'result', 'fleet querier');
+    tell(querier, { cmd: 'stop' });
     const q = await result;
     const tDrain = performance.now();
     let drainSecs = NaN;
@@ -290,6 +310,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
       lastSeq: pub.lastSeq,
       lost: pub.lost + pub.failed,
       otherCpuSecs: { publisher: cpu[n]!, router: cpu[n + 1]!, nats: cpu[n + 2]! },
+      floor: { p50: percentile(q.echoLatencies, 50), p99: percentile(q.echoLatencies, 99), overBudget: q.echoLatencies.filter((x) => x > budget).length, failures: q.echoFailures },
       match: {
         p50: percentile(q.latencies, 50),
         p99: percentile(q.latencies, 99),
@@ -316,13 +337,14 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     o.progress(`N=${n}: ${(run.absorbedEventsPerS / 1e3).toFixed(0)} k events/s absorbed (offered ${(run.offeredEventsPerS / 1e3).toFixed(0)} k, published ${(run.publishedEventsPerS / 1e3).toFixed(0)} k), match p50 ${run.match.p50.toFixed(2)} ms p99 ${run.match.p99.toFixed(2)} ms, RSS per shard ${run.perShard.map((s) => s.rssMb.toFixed(0)).join('/')} MB`);
     return run;
   } finally {
-    process.off('exit', onExit);
-    if (querier?.connected) querier.send({ cmd: 'stop' });
+    tell(querier, { cmd: 'stop' });
     await stopChild(querier);
-    if (publisher?.connected) publisher.send({ cmd: 'exit' });
+    tell(publisher, { cmd: 'exit' });
     await stopChild(publisher);
-    await Promise.all(indexers.map((c) => stopChild(c)));
+    for (const e of echoes) if (e.connected) e.disconnect();
+    await Promise.all([...indexers, ...echoes].map((c) => stopChild(c)));
     await nats?.stop();
+    process.off('exit', onExit);
   }
 }
 
@@ -330,7 +352,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const churn = o.churn ?? (await measureEngineChurn({ numBlocks: Math.max(1024, o.blocks), seconds: 90 }));
   if (!(churn.batchesPerS > 0)) throw new Error('fleet: the churn model has no batches')
   const k = Math.max(1, Math.round(churn.storedPerS / churn.batchesPerS));
-  o.progress(`engine churn (sim engine, busy, ${churn.numBlocks} blocks): ${churn.storedPerS.toFixed(0)} blocks/s stored, ${churn.removedPerS.toFixed(0)} evicted, ${churn.batchesPerS.toFixed(1)} batches/s → ${k} + ${k} blocks per batch; fleet of ${o.workers}: ${((o.workers * churn.batchesPerS * 2 * k) / 1e3).toFixed(0)} k block events/s offered`);
+  o.progress(`engine churn used (${churn.numBlocks}-block engines): ${churn.storedPerS.toFixed(0)} blocks/s stored, ${churn.removedPerS.toFixed(0)} evicted, ${churn.batchesPerS.toFixed(1)} batches/s → ${k} + ${k} blocks per batch; fleet of ${o.workers}: ${((o.workers * churn.batchesPerS * 2 * k) / 1e3).toFixed(0)} k block events/s offered`);
   const runs: FleetRun[] = [];
   for (const n of o.shards) runs.push(await runOne(o, n, churn, k));
   return { churn, k, runs };
@@ -347,8 +369,9 @@ export function fleetFigures(res: FleetResult, o: Pick<FleetOptions, 'workers' |
     const rss = r.perShard.map((s) => s.rssMb);
     const base = N > 1 && one ? one : undefined;
     out.push({ bench: `fleet.${N}.events_per_s`, value: r.absorbedEventsPerS, unit: 'events/s', baseline: r.offeredEventsPerS, note: `block events (stored + evicted) applied over the ${N} shard(s) in ${r.steadySecs.toFixed(0)} s of steady churn, ${size}; baseline: the fleet's offered rate (${res.churn.batchesPerS.toFixed(1)} batches/s × ${res.k}+${res.k} blocks per engine); the stream took ${(r.publishedEventsPerS / 1e3).toFixed(0)} k/s${r.lost ? ` (${r.lost} batches lost)` : ''}; slowest shard ${r.lagAtEnd} batches behind at the end, drained in ${Number.isNaN(r.drainSecs) ? 'not within the timeout' : `${r.drainSecs.toFixed(1)} s`}; fill ${r.fillSecs.toFixed(0)} s; CPU s in the window: shards ${r.perShard.map((x) => x.steadyCpuSecs.toFixed(1)).join(' / ')}, publisher ${r.otherCpuSecs.publisher.toFixed(1)}, router ${r.otherCpuSecs.router.toFixed(1)}, nats-server ${r.otherCpuSecs.nats.toFixed(1)}` });
-    out.push({ bench: `fleet.${N}.match.p50`, value: r.match.p50, unit: 'ms', ...(base ? { baseline: base.match.p50 } : {}), note: `router-observed scatter/merge over NATS to ${N} shard(s), ${r.match.queries} queries of ${o.qlen ?? 256}-block prompts during the churn${base ? '; baseline: N=1 in this run' : ''}` });
-    out.push({ bench: `fleet.${N}.match.p99`, value: r.match.p99, unit: 'ms', ...(base ? { baseline: base.match.p99 } : {}), note: `${r.match.overBudget} of ${r.match.queries} over the ${o.budgetMs ?? 5} ms index budget; ${r.match.shardMisses} shard misses, ${r.match.failures} failed; ${r.match.hitsExact}/${r.match.hitsExpected} cached prompts matched exactly${base ? '; baseline: N=1 in this run' : ''}` });
+    const floor = `baseline: the same ${N}-way scatter to ${N} echo process(es) in the same window (the machine's floor)`;
+    out.push({ bench: `fleet.${N}.match.p50`, value: r.match.p50, unit: 'ms', baseline: r.floor.p50, note: `router-observed scatter/merge over NATS to ${N} shard(s), ${r.match.queries} queries of ${o.qlen ?? 256}-block prompts during the churn${base ? ` (N=1: ${base.match.p50.toFixed(2)} ms)` : ''}; ${floor}` });
+    out.push({ bench: `fleet.${N}.match.p99`, value: r.match.p99, unit: 'ms', baseline: r.floor.p99, note: `${r.match.overBudget} of ${r.match.queries} over the ${o.budgetMs ?? 5} ms index budget (echo floor: ${r.floor.overBudget}); ${r.match.shardMisses} shard misses, ${r.match.failures} failed; ${r.match.hitsExact}/${r.match.hitsExpected} cached prompts matched exactly${base ? ` (N=1: ${base.match.p99.toFixed(2)} ms)` : ''}; ${floor}` });
     out.push({ bench: `fleet.${N}.rss_mb_per_shard`, value: mean(rss), unit: 'MB', ...(base ? { baseline: mean(base.perShard.map((s) => s.rssMb)) } : {}), note: `VmRSS of each shard process after the churn: ${rss.map((x) => x.toFixed(0)).join(' / ')} MB (peak ${r.perShard.map((s) => s.hwmMb.toFixed(0)).join(' / ')}), entries ${r.perShard.map((s) => s.entries).join(' / ')}${base ? '; baseline: N=1 in this run' : ''}` });
   }
   return out;

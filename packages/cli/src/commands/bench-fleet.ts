@@ -37,6 +37,7 @@ export async function run(argv: string[], print: (f: Figure) => void): Promise<n
   const { measureEngineChurn } = await import('../../../../bench/fleet-churn.js');
   const progress = (m: string) => process.stderr.write(`[bench] fleet: ${m}\n`);
   const measured = await measureEngineChurn({ numBlocks: Math.max(1024, blocks), seconds: 90 });
+  progress(`sim engine measured (busy, ${measured.numBlocks} blocks): ${measured.storedPerS.toFixed(0)} blocks/s stored, ${measured.batchesPerS.toFixed(1)} batches/s; --churn-scale ${scale}`);
   const churn = { ...measured, storedPerS: measured.storedPerS * scale, removedPerS: measured.removedPerS * scale, batchesPerS: measured.batchesPerS * scale };
   const opts = { workers, blocks, shards, seconds, qps, qlen, churn, progress };
   const res = await runFleet(opts);
