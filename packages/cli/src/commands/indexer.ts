@@ -17,7 +17,7 @@ const SPEC = {
   namespace: { type: 'string', help: 'subject namespace', default: 'default' },
   id: { type: 'string', help: 'replica id, unique among indexers (default indexer-<random>)' },
   shards: { type: 'string', help: 'index shards as worker threads (0 = one inline shard)', default: '0' },
-  shard: { type: 'string', help: 'index shard i of N processes (0 ≤ i < N): holds the workers whose id hashes to i, answers …index.match.<N>.<i>; 0/1 = the whole index', default: '0/1' },
+  shard: { type: 'string', help: 'index shard i of N processes (0 ≤ i < N): holds the workers whose id hashes to i, answers …index.match.<N>.<i> (routers: --index-shards N), snapshots in <snapshot-dir>/shard-<N>-<i>; 0/1 = the whole index', default: '0/1' },
   'snapshot-dir': { type: 'string', help: 'directory for index snapshots (may be shared by replicas)' },
   'snapshot-ms': { type: 'string', help: 'snapshot period in ms', default: '30000' },
   'max-entries': { type: 'string', help: 'cap on (block, worker) entries, evicting least recently used prefixes (0 = none)', default: '0' },
