@@ -5,11 +5,12 @@
  * query as the router sees it (request sent → merged reply, over NATS).
  *
  * Prompts: `qlen` blocks; 90 % are the head of a document a random engine holds for sure (fleet-model.ts heldDocs,
- * from the window the publisher reports), so the merged reply must give that engine exactly `qlen`; 10 % are
+ * from the window the publisher reports and the churn's schedule), so the merged reply must give that engine exactly `qlen`; 10 % are
  * blocks nobody holds. The timeout is generous (default 1 s) so the latency distribution is measured, not cut at
  * the budget; how many took longer than the budget is counted separately.
  *
- * IPC from bench/fleet.ts: {cmd: 'window', stored, evicted} (the slowest engine's), {cmd: 'start'},
+ * IPC from bench/fleet.ts: {cmd: 'window', stored} (the slowest engine's), {cmd: 'start', evicted} (the churn starts now,
+ * every engine having evicted `evicted`; `batchesPerS` steps per engine per second at most),
  * {cmd: 'stop'} → {ev: 'result', latencies: number[] (ms), echoLatencies, echoFailures, hitsExpected, hitsExact,
  * shardMisses, failures}.
  * Usage (forked): fleet-querier.ts <json: {nats, namespace, shards, workers, blocks, qps, qlen, timeoutMs, k, batchesPerS, echo?: subjects}>
@@ -27,7 +28,9 @@ const bus = await createBus({ nats: a.nats, name: 'kvgate-bench-fleet-router' })
 let shardMisses = 0;
 const query = busIndexQuery(bus, subjects(a.namespace), a.timeoutMs, { shards: a.shards, onShardMiss: () => void shardMisses++ });
 const r = mulberry32(4242);
-let stored = a.blocks, evicted = 0;
+let stored = a.blocks;
+/** the window when the churn started, and when it did (performance.now(); 0 = not yet) */
+let evicted0 = 0, churnStart = 0;
 let running = false, timer: NodeJS.Timeout | undefined;
 const latencies: number[] = [];
 const echoLatencies: number[] = [];
@@ -36,9 +39,11 @@ let hitsExpected = 0, hitsExact = 0, failures = 0, inflight = 0, sent = 0;
 
 function one(): void {
   const w = Math.floor(r() * a.workers);
-  // the publisher reports the slowest engine's window every 500 ms and engines are at most one step apart:
-  // keep a margin of a second's steps and two more
-  const [first, last] = heldDocs(stored, evicted, DOC, QLEN, a.k * (Math.ceil(a.batchesPerS) + 2));
+  // stored: the slowest engine's, as last reported (it only grows: safe). evicted: at most what the churn's
+  // schedule allows by now (the publisher runs behind its schedule, never ahead; engines are served round-robin)
+  // (+ 0.25 s and 2 steps: the publisher's clock may have started a little before ours)
+  const dueSteps = churnStart === 0 ? 0 : Math.floor(((performance.now() - churnStart) / 1000 + 0.25) * a.batchesPerS) + 2;
+  const [first, last] = heldDocs(stored, evicted0, DOC, QLEN, a.k * dueSteps);
   const hit = r() < 0.9 && first <= last;
   let hashes: BigUint64Array;
   let d = -1;
@@ -59,7 +64,7 @@ function one(): void {
       if (hit) {
         hitsExpected++;
         if (reply.overlaps[workerName(w)] === QLEN) hitsExact++;
-        else if (process.env.FLEET_DEBUG) process.stderr.write(`miss w=${w} d=${d} got=${reply.overlaps[workerName(w)]} first=${first} last=${last} stored=${stored} evicted=${evicted} keys=${Object.keys(reply.overlaps).length}\n`);
+        else if (process.env.FLEET_DEBUG) process.stderr.write(`miss w=${w} d=${d} got=${reply.overlaps[workerName(w)]} first=${first} last=${last} stored=${stored} evicted0=${evicted0} keys=${Object.keys(reply.overlaps).length}\n`);
       }
     },
     () => void failures++,
@@ -98,10 +103,12 @@ function start(): void {
 }
 
 process.on('message', (m: { cmd: string; stored?: number; evicted?: number }) => {
-  if (m.cmd === 'window') {
-    stored = m.stored!;
-    evicted = m.evicted!;
-  } else if (m.cmd === 'start') start();
+  if (m.cmd === 'window') stored = m.stored!;
+  else if (m.cmd === 'start') {
+    evicted0 = m.evicted ?? 0;
+    churnStart = performance.now();
+    start();
+  }
   else if (m.cmd === 'stop') {
     running = false;
     clearTimeout(timer);

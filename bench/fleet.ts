@@ -267,7 +267,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     const stepsPerS = W * churn.batchesPerS;
     const t0 = performance.now();
     tell(publisher, { cmd: 'churn', seconds: o.seconds, stepsPerS, k });
-    tell(querier, { cmd: 'start' });
+    tell(querier, { cmd: 'start', evicted: pubBefore.evicted });
     const churned = onceMessage<{ secs: number }>(publisher, 'churned', 'fleet publisher');
     let done = false;
     void churned.then(() => (done = true), () => undefined);
