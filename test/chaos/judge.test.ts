@@ -7,12 +7,12 @@ test('answers: JSON 200 ok; a stream ok only with [DONE]; a stream ending in a K
   assert.equal(classify(200, '{"choices":[]}'), { kind: 'ok' });
   assert.equal(classify(200, 'data: {"choices":[]}\n\ndata: [DONE]\n\n'), { kind: 'ok' });
   assert.equal(classify(200, 'data: {"choices":[]}\n\n'), { kind: '5xx', status: 200, code: 'stream cut without [DONE]' });
-  assert.equal(classify(200, 'data: {"choices":[]}\n\ndata: {"error":{"message":"shutting down","type":"server_error","code":"KVG_SHUTTING_DOWN"}}\n\ndata: [DONE]\n\n'), { kind: 'clear', status: 200, code: 'KVG_SHUTTING_DOWN' });
+  assert.equal(classify(200, 'data: {"choices":[]}\n\ndata: {"error":{"message":"shutting down","type":"server_error","param":null,"code":503,"kvg_code":"KVG_SHUTTING_DOWN"}}\n\ndata: [DONE]\n\n'), { kind: 'clear', status: 200, code: 'KVG_SHUTTING_DOWN' });
 });
 
 test('answers: 4xx with a code is clear, 5xx never is, no answer in time is hung, a refused router is clear, a cut only from the killed router', () => {
-  assert.equal(classify(429, '{"error":{"code":"KVG_RATE_LIMITED"}}'), { kind: 'clear', status: 429, code: 'KVG_RATE_LIMITED' });
-  assert.equal(classify(503, '{"error":{"code":"KVG_NO_WORKER"}}'), { kind: '5xx', status: 503, code: 'KVG_NO_WORKER' });
+  assert.equal(classify(429, '{"error":{"code":429,"kvg_code":"KVG_RATE_LIMITED"}}'), { kind: 'clear', status: 429, code: 'KVG_RATE_LIMITED' });
+  assert.equal(classify(503, '{"error":{"code":503,"kvg_code":"KVG_NO_WORKER"}}'), { kind: '5xx', status: 503, code: 'KVG_NO_WORKER' });
   assert.equal(classify(400, 'oops'), { kind: '5xx', status: 400, code: 'no error body' });
   assert.equal(classify(0, '', 'timeout'), { kind: 'hung' });
   assert.equal(classify(0, '', 'ECONNREFUSED'), { kind: 'clear', status: 0, code: 'ECONNREFUSED' });

@@ -7,7 +7,7 @@
 /** one request's outcome, as the load generator saw it */
 export type Outcome =
   | { kind: 'ok' }
-  /** an error the client can act on: an OpenAI-shaped body with a KVG_* code, or a refused connection */
+  /** an error the client can act on: an OpenAI-shaped body with a KVG_* kvg_code, or a refused connection */
   | { kind: 'clear'; status: number; code: string }
   /** a 5xx (or a non-clear failure: reset, garbage) while every engine process was up */
   | { kind: '5xx'; status: number; code: string }
@@ -73,12 +73,13 @@ export function classify(status: number, body: string, err?: string, targetKille
   if (status === 200) {
     if (!body.startsWith('data:')) return { kind: 'ok' }; // a whole JSON answer
     // a stream: one that ends in an error event is a failure, clear when the event names a KVG_* code
-    const err = /data:\s*\{"error":.*?"code"\s*:\s*"(KVG_[A-Z_]+)"/.exec(body);
+    const err = /data:\s*\{"error":.*?"kvg_code"\s*:\s*"(KVG_[A-Z_]+)"/.exec(body);
     if (err) return { kind: 'clear', status, code: err[1]! };
     if (!body.includes('data: [DONE]')) return { kind: '5xx', status, code: 'stream cut without [DONE]' };
     return { kind: 'ok' };
   }
-  const code = /"code"\s*:\s*"([A-Za-z_]+)"/.exec(body)?.[1] ?? '';
+  // kvgate's bodies: {"error":{…,"code":<status>,"kvg_code":"KVG_…"}}; an engine's (vLLM) only the numeric code
+  const code = /"kvg_code"\s*:\s*"([A-Za-z_]+)"/.exec(body)?.[1] ?? '';
   if (status >= 500) return { kind: '5xx', status, code };
   return code ? { kind: 'clear', status, code } : { kind: '5xx', status, code: 'no error body' };
 }

@@ -241,8 +241,8 @@ function assertCut(body: string): void {
   const ev = events(body);
   assert.ok(ev.length >= 3, body.slice(0, 500));
   assert.is(ev.at(-1), '[DONE]', body.slice(-500));
-  const err = JSON.parse(ev.at(-2)!) as { error?: { code?: string; type?: string; message?: string } };
-  assert.is(err.error?.code, 'KVG_SHUTTING_DOWN', ev.at(-2));
+  const err = JSON.parse(ev.at(-2)!) as { error?: { kvg_code?: string; type?: string; message?: string } };
+  assert.is(err.error?.kvg_code, 'KVG_SHUTTING_DOWN', ev.at(-2));
   assert.is(err.error?.type, 'server_error');
   // every event before it is a whole chunk of the stream (the cut came at an event boundary)
   for (const e of ev.slice(0, -2)) assert.ok((JSON.parse(e) as { choices?: unknown[] }).choices, e);
@@ -296,9 +296,9 @@ test('SIGTERM: a shim whose engine was killed -9 exits 0 and deregisters', async
   // its /healthz says so first
   for (let i = 0; ; i++) {
     const r = await request(`${s2.url}/healthz`);
-    const body = (await r.body.json()) as { error?: { code: string } };
+    const body = (await r.body.json()) as { error?: { kvg_code: string } };
     if (r.statusCode === 503) {
-      assert.is(body.error?.code, 'KVG_ENGINE_DOWN');
+      assert.is(body.error?.kvg_code, 'KVG_ENGINE_DOWN');
       break;
     }
     assert.ok(i < 100, 'shim /healthz never said 503');

@@ -5,7 +5,7 @@
  *   GET  /metrics          Prometheus text (prom-client, this instance's registry)
  *   GET  /debug/workers    {indexer, shard, streamSeq, lag, workers: {<worker>: {blocks, seq, lastStreamSeq, lastEventAgeMs, registered, model}}}
  *   POST /debug/match      {model, lora?, tokens?: number[], hashes?: string[], blockSize?} → {overlaps, blockSize}
- * Errors are OpenAI-shaped JSON ({error: {message, type, code}}), never a stack trace.
+ * Errors are OpenAI-shaped JSON ({error: {message, type, param, code: <status>, kvg_code}}), never a stack trace.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { applyHttpLimits, errorBody, hexToHash, httpServerOptions, KvgateError, logger, prefixHashes, readBody, parseJsonObject, resolveHttpLimits, type HttpLimits } from '@kvgate/protocol';

@@ -71,7 +71,7 @@ for (const shards of [0, 2]) {
 
       r = await http(port, 'POST', '/debug/match', '{nope');
       assert.is(r.status, 400);
-      assert.is(r.json.error.code, 'KVG_BAD_JSON');
+      assert.is(r.json.error.kvg_code, 'KVG_BAD_JSON');
       r = await http(port, 'POST', '/debug/match', JSON.stringify({ model: 'other', tokens }));
       assert.is(r.status, 404);
       assert.is(r.json.error.type, 'not_found_error');

@@ -1,6 +1,9 @@
 /**
  * Every error kvgate raises on purpose is a KvgateError with a stable `code` (KVG_*).
- * The HTTP edges map codes to OpenAI-shaped errors with `httpStatus`.
+ * The HTTP edges map codes to OpenAI-shaped errors with `httpStatus`, in vLLM's shape (vllm
+ * entrypoints/openai/engine/protocol.py ErrorInfo: message, type, param, numeric `code` = the HTTP status) with
+ * kvgate's own code beside it under `kvg_code`:
+ *   {"error":{"message":"…","type":"invalid_request_error","param":"max_tokens","code":400,"kvg_code":"KVG_BAD_REQUEST"}}
  */
 export type ErrorCode =
   | 'KVG_BAD_REQUEST'
@@ -66,10 +69,13 @@ const STATUS: Record<ErrorCode, number> = {
 
 export class KvgateError extends Error {
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** the request field at fault (the error body's `param`, as vLLM's VLLMValidationError.parameter) */
+  readonly param: string | undefined;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; param?: string }) {
     super(message, options);
     this.name = 'KvgateError';
     this.code = code;
+    this.param = options?.param;
   }
   get httpStatus(): number {
     return STATUS[this.code];
@@ -92,12 +98,38 @@ export class BusError extends KvgateError {
   }
 }
 
-/** OpenAI-shaped error body: {error:{message,type,code}}. Never includes a stack. */
-export function errorBody(err: unknown): { status: number; body: { error: { message: string; type: string; code: string } } } {
+/** The error body: vLLM's ErrorInfo fields plus kvgate's KVG_* code under `kvg_code`. */
+export interface ErrorInfo {
+  message: string;
+  type: string;
+  /** the request field at fault, or null */
+  param: string | null;
+  /** the HTTP status, a number (vLLM's `code`) */
+  code: number;
+  /** kvgate's stable code */
+  kvg_code: string;
+}
+
+export interface ErrorBodyOptions {
+  /**
+   * `type` as vLLM's create_error_response names it (BadRequestError, NotFoundError, NotImplementedError,
+   * InternalServerError) instead of OpenAI's (invalid_request_error, not_found_error, server_error): the
+   * simulated engine's, which stands in for vLLM.
+   */
+  vllmTypes?: boolean;
+}
+
+function errorType(status: number, vllm: boolean): string {
+  if (vllm) return status === 404 ? 'NotFoundError' : status === 501 ? 'NotImplementedError' : status >= 500 ? 'InternalServerError' : 'BadRequestError';
+  return status >= 500 ? 'server_error' : status === 404 ? 'not_found_error' : 'invalid_request_error';
+}
+
+/** OpenAI-shaped error body in vLLM's shape: {error:{message,type,param,code:<status>,kvg_code}}. Never includes a stack. */
+export function errorBody(err: unknown, options: ErrorBodyOptions = {}): { status: number; body: { error: ErrorInfo } } {
+  const vllm = options.vllmTypes === true;
   if (err instanceof KvgateError) {
     const status = err.httpStatus;
-    const type = status >= 500 ? 'server_error' : status === 404 ? 'not_found_error' : 'invalid_request_error';
-    return { status, body: { error: { message: err.message, type, code: err.code } } };
+    return { status, body: { error: { message: err.message, type: errorType(status, vllm), param: err.param ?? null, code: status, kvg_code: err.code } } };
   }
-  return { status: 500, body: { error: { message: 'internal error', type: 'server_error', code: 'KVG_INTERNAL' } } };
+  return { status: 500, body: { error: { message: 'internal error', type: errorType(500, vllm), param: null, code: 500, kvg_code: 'KVG_INTERNAL' } } };
 }

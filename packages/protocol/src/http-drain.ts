@@ -4,7 +4,7 @@
  *      `connection: close`);
  *   2. lets the responses in flight finish for up to `drainMs`;
  *   3. cuts what is left, cleanly: a response not started answers 503 KVG_SHUTTING_DOWN (OpenAI-shaped); an SSE
- *      stream ends, at an event boundary, with the error event `data: {"error":{…,"code":"KVG_SHUTTING_DOWN"}}`
+ *      stream ends, at an event boundary, with the error event `data: {"error":{…,"code":503,"kvg_code":"KVG_SHUTTING_DOWN"}}`
  *      and `data: [DONE]` — never a bare socket reset; any other body is closed;
  *   4. closes every connection.
  * A relay that copies an upstream SSE body registers its own cut (`SseCutter`), since only it knows where the

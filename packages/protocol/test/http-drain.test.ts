@@ -44,7 +44,7 @@ test('past drainMs: 503 KVG_SHUTTING_DOWN before the headers, the SSE error even
   });
   const drain = new HttpDrain(server, 'test');
   const url = await listen(server);
-  const waiting = request(`${url}/wait`).then(async (r) => ({ status: r.statusCode, body: (await r.body.json()) as { error: { code: string; type: string } } }));
+  const waiting = request(`${url}/wait`).then(async (r) => ({ status: r.statusCode, body: (await r.body.json()) as { error: { code: number; kvg_code: string; type: string } } }));
   const stream = await request(`${url}/s`);
   const body = stream.body.text();
   await new Promise((r) => setTimeout(r, 50));
@@ -53,11 +53,12 @@ test('past drainMs: 503 KVG_SHUTTING_DOWN before the headers, the SSE error even
   assert.is(cut, 2);
   const w = await waiting;
   assert.is(w.status, 503);
-  assert.is(w.body.error.code, 'KVG_SHUTTING_DOWN');
+  assert.is(w.body.error.kvg_code, 'KVG_SHUTTING_DOWN');
+  assert.is(w.body.error.code, 503);
   assert.is(w.body.error.type, 'server_error');
   const ev = events(await body);
   assert.is(ev[0], '{"n":1}');
-  assert.is(JSON.parse(ev[1]!).error.code, 'KVG_SHUTTING_DOWN');
+  assert.is(JSON.parse(ev[1]!).error.kvg_code, 'KVG_SHUTTING_DOWN');
   assert.is(ev[2], '[DONE]');
   assert.is(ev.length, 3);
 });

@@ -89,7 +89,7 @@ test('a body at 1 byte/s: 408 KVG_REQUEST_TIMEOUT, socket closed, the handler ne
     const t = await trickle(port, 'POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n', 'x'.repeat(20));
     assert.match(t.reply, /^HTTP\/1\.1 408 /);
     const json = JSON.parse(t.reply.slice(t.reply.indexOf('\r\n\r\n') + 4));
-    assert.is(json.error.code, 'KVG_REQUEST_TIMEOUT');
+    assert.is(json.error.kvg_code, 'KVG_REQUEST_TIMEOUT');
     assert.ok(t.sent < 5, `closed after ${t.sent} of 20 body bytes (bound 1 s at 1 byte/s)`);
     assert.is(bodies, 0);
   } finally {

@@ -16,7 +16,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { applyHttpLimits, extractTraceContext, HttpDrain, httpServerOptions, injectTraceHeaders, KvgateError, resolveHttpLimits, signRequest, SpanStatusCode, tracer, type HttpLimits, type Logger, type Span } from '@kvgate/protocol';
+import { applyHttpLimits, errorBody, extractTraceContext, HttpDrain, httpServerOptions, injectTraceHeaders, KvgateError, resolveHttpLimits, signRequest, SpanStatusCode, tracer, type HttpLimits, type Logger, type Span } from '@kvgate/protocol';
 import type { Agent } from 'undici';
 import { SHED_HEADER, type Admission, type Admitted } from './admission.js';
 import type { ApiKeys } from './api-keys.js';
@@ -106,6 +106,8 @@ export class HttpEdge {
       res.on('finish', () => this.#metrics.requests.inc({ endpoint: endpointLabel(path), status: String(res.statusCode) }));
       this.#handle(path, inReq, res).catch((e) => {
         if (!(e instanceof KvgateError)) this.#log.error({ err: (e as Error).stack }, 'request failed');
+        // the router's own errors carry the request's id too (the one sent upstream, the client's, or a new one)
+        if (!res.headersSent && !res.hasHeader('x-request-id')) res.setHeader('x-request-id', requestIdOf(inReq));
         if (e instanceof RateLimited && !res.headersSent) res.setHeader('retry-after', String(e.retryAfterS));
         if (e instanceof Shed && !res.headersSent) {
           res.setHeader('retry-after', String(e.retryAfterS));
@@ -197,7 +199,8 @@ export class HttpEdge {
     if (apiKeys.size > 0) {
       const label = apiKeys.check(inReq.headers.authorization);
       if (label === undefined) {
-        sendJson(res, 401, { error: { message: 'Invalid or missing API key: send Authorization: Bearer <key>', type: 'invalid_request_error', code: 'invalid_api_key' } }, { 'www-authenticate': 'Bearer' });
+        const { status, body } = errorBody(new KvgateError('KVG_UNAUTHORIZED', 'Invalid or missing API key: send Authorization: Bearer <key>'));
+        sendJson(res, status, body, { 'www-authenticate': 'Bearer', 'x-request-id': requestIdOf(inReq) });
         return undefined;
       }
       client = label;
@@ -224,8 +227,7 @@ export class HttpEdge {
       const wait = o.limiter.tokens(client, routed.tokens?.length ?? Math.ceil(req.raw.length / 4));
       if (wait > 0) throw this.#rateLimited(client, wait, 'prompt tokens per second');
     }
-    const rid = inReq.headers['x-request-id'];
-    const requestId = typeof rid === 'string' && rid.length > 0 && rid.length <= 200 ? rid : randomUUID();
+    const requestId = requestIdOf(inReq);
     const abort = new UpstreamAbort();
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
@@ -469,6 +471,17 @@ function sentRequest(r: Route, req: ApiRequest): SentRequest {
 
 /** when each request arrived (latency.ts: request in) */
 const arrivedAt = new WeakMap<ServerResponse, number>();
+/** the ids made here for requests that came without one (the same id upstream and on the router's own error) */
+const madeIds = new WeakMap<IncomingMessage, string>();
+
+/** The request's id: the client's x-request-id (1–200 chars), else one made once per request. */
+function requestIdOf(inReq: IncomingMessage): string {
+  const rid = inReq.headers['x-request-id'];
+  if (typeof rid === 'string' && rid.length > 0 && rid.length <= 200) return rid;
+  let id = madeIds.get(inReq);
+  if (id === undefined) madeIds.set(inReq, (id = randomUUID()));
+  return id;
+}
 
 /** What the decision predicted cached for the request (cache-accounting.ts; a P/D split: by the upstream's headers). */
 function prediction(r: Route, req: ApiRequest, upHeaders: Record<string, string | string[] | undefined>): Prediction {

@@ -35,7 +35,33 @@ export interface ApiRequest {
 export { readBody, parseJsonObject } from '@kvgate/protocol';
 import { parseJsonObject } from '@kvgate/protocol';
 
-const bad = (msg: string) => new KvgateError('KVG_BAD_REQUEST', msg);
+const bad = (msg: string, param?: string) => new KvgateError('KVG_BAD_REQUEST', msg, param !== undefined ? { param } : undefined);
+
+/**
+ * Sampling fields the engine reads as numbers (vLLM's ChatCompletionRequest / CompletionRequest: float or int,
+ * optional): a value of another type is refused here with `param` naming the field, not after a routing decision
+ * (and a prefix-cache slot) were spent on it. `true` = an integer.
+ */
+const NUMERIC_FIELDS: ReadonlyArray<readonly [string, boolean]> = [
+  ['temperature', false],
+  ['top_p', false],
+  ['top_k', true],
+  ['min_p', false],
+  ['presence_penalty', false],
+  ['frequency_penalty', false],
+  ['repetition_penalty', false],
+  ['seed', true],
+  ['n', true],
+];
+
+function checkNumericFields(body: Record<string, unknown>): void {
+  for (const [key, integer] of NUMERIC_FIELDS) {
+    const v = body[key];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw bad(`${key} must be a number`, key);
+    if (integer && !Number.isInteger(v)) throw bad(`${key} must be an integer`, key);
+  }
+}
 
 function isTokenIds(v: unknown): v is number[] {
   if (!Array.isArray(v) || v.length === 0) return false;
@@ -47,10 +73,12 @@ function isTokenIds(v: unknown): v is number[] {
   return true;
 }
 
+/** max_tokens / max_completion_tokens: absent, null, or an integer ≥ 1 (vLLM's SamplingParams refuses 0 with this message). */
 function optPositiveInt(body: Record<string, unknown>, key: string): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
-  if (!Number.isInteger(v) || (v as number) < 0) throw bad(`${key} must be a non-negative integer`);
+  if (!Number.isInteger(v)) throw bad(`${key} must be a positive integer`, key);
+  if ((v as number) < 1) throw bad(`${key} must be at least 1, got ${v as number}`, key);
   return v as number;
 }
 
@@ -64,15 +92,16 @@ function cacheSaltOf(body: Record<string, unknown>, kind: ApiKind): string | und
   if (v === undefined || v === null) return undefined;
   if (typeof v === 'string' && v.length > 0) return v;
   if (kind === 'completion' && Array.isArray(v) && v.length > 0 && v.every((s) => typeof s === 'string' && s.length > 0)) return v[0] as string;
-  throw bad(kind === 'completion' ? 'cache_salt must be a non-empty string (or an array of them, one per prompt of a batch)' : 'cache_salt must be a non-empty string');
+  throw bad(kind === 'completion' ? 'cache_salt must be a non-empty string (or an array of them, one per prompt of a batch)' : 'cache_salt must be a non-empty string', 'cache_salt');
 }
 
 /** Validates a /v1/completions or /v1/chat/completions body (also /v1/route, which takes either). */
 export function validateApiRequest(kind: ApiKind | 'either', raw: Buffer): ApiRequest {
   const body = parseJsonObject(raw);
   const model = body.model;
-  if (typeof model !== 'string' || model.length === 0) throw bad('model must be a non-empty string');
-  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw bad('stream must be a boolean');
+  if (typeof model !== 'string' || model.length === 0) throw bad('model must be a non-empty string', 'model');
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw bad('stream must be a boolean', 'stream');
+  checkNumericFields(body);
   const stream = body.stream === true;
   const maxTokens = optPositiveInt(body, 'max_completion_tokens') ?? optPositiveInt(body, 'max_tokens');
   const k: ApiKind = kind === 'either' ? (body.messages !== undefined ? 'chat' : 'completion') : kind;
@@ -85,14 +114,14 @@ export function validateApiRequest(kind: ApiKind | 'either', raw: Buffer): ApiRe
     if (typeof p === 'string') out.prompt = p;
     else if (isTokenIds(p)) out.promptIds = p;
     else if (kind === 'either' && Array.isArray(body.tokens) && isTokenIds(body.tokens)) out.promptIds = body.tokens;
-    else throw bad('prompt must be a string, an array of token ids, or a batch of either');
+    else throw bad('prompt must be a string, an array of token ids, or a batch of either', 'prompt');
   } else {
     const msgs = body.messages;
-    if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages must be a non-empty array');
+    if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages must be a non-empty array', 'messages');
     for (const [i, m] of msgs.entries()) {
-      if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') throw bad(`messages[${i}] must be an object with a string role`);
+      if (typeof m !== 'object' || m === null || typeof (m as { role?: unknown }).role !== 'string') throw bad(`messages[${i}] must be an object with a string role`, 'messages');
       const c = (m as { content?: unknown }).content;
-      if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) throw bad(`messages[${i}].content must be a string or an array of parts`);
+      if (c !== undefined && c !== null && typeof c !== 'string' && !Array.isArray(c)) throw bad(`messages[${i}].content must be a string or an array of parts`, 'messages');
     }
     out.messages = msgs as ChatMessage[];
     if (Array.isArray(body.tools)) out.tools = body.tools;

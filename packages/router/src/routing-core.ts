@@ -223,7 +223,7 @@ export class RoutingCore {
     const view = this.#cluster.workers;
     const pool = view.pool(model);
     if (!pool && view.empty) throw this.#noWorker('no live worker is registered');
-    if (!pool) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${model}\` does not exist (served: ${view.models().map((m) => m.id).join(', ') || 'none'})`);
+    if (!pool) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${model}\` does not exist (served: ${view.models().map((m) => m.id).join(', ') || 'none'})`, { param: 'model' });
     if (pool.both.length + pool.prefill.length + pool.decode.length === 0) throw this.#noWorker(`no live worker serves model \`${model}\``);
     return pool;
   }

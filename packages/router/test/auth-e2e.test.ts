@@ -56,7 +56,9 @@ test('no key, a wrong key, a non-Bearer header: 401 invalid_api_key (OpenAI-shap
   for (const opts of [{}, { key: 'key-three' }, { key: 'key-on' }, { auth: 'Basic a2V5LW9uZQ==' }, { auth: 'key-one' }]) {
     const r = await call('/v1/completions', { ...opts, body: completion });
     assert.is(r.status, 401, JSON.stringify(opts));
-    assert.equal(r.json.error.code, 'invalid_api_key');
+    assert.equal(r.json.error.kvg_code, 'KVG_UNAUTHORIZED');
+    assert.equal(r.json.error.code, 401);
+    assert.ok(typeof r.headers['x-request-id'] === 'string' && r.headers['x-request-id'].length > 0);
     assert.equal(r.json.error.type, 'invalid_request_error');
     assert.is(r.headers['www-authenticate'], 'Bearer');
   }
@@ -106,7 +108,7 @@ test('per-key request rate: past the burst 429 KVG_RATE_LIMITED with Retry-After
   for (let i = 0; i < 3; i++) assert.is((await call('/v1/completions', { key: 'key-one', body: completion })).status, 200);
   const over = await call('/v1/completions', { key: 'key-one', body: completion });
   assert.is(over.status, 429);
-  assert.is(over.json.error.code, 'KVG_RATE_LIMITED');
+  assert.is(over.json.error.kvg_code, 'KVG_RATE_LIMITED');
   assert.is(over.headers['retry-after'], '1');
   assert.is((await call('/v1/completions', { key: 'key-two', body: completion })).status, 200);
   now += 1000;
@@ -136,9 +138,9 @@ test('authHealth closes /healthz, /readyz, /metrics; prompt-token rate per clien
     assert.equal(seen.body.kv_transfer_params, { keep: true }, 'kept with trustClientPd');
     assert.is(seen.headers['x-prefiller-host-port'], 'gw:1');
     const second = await send();
-    const j = (await second.body.json()) as { error: { code: string } };
+    const j = (await second.body.json()) as { error: { kvg_code: string } };
     assert.is(second.statusCode, 429);
-    assert.is(j.error.code, 'KVG_RATE_LIMITED');
+    assert.is(j.error.kvg_code, 'KVG_RATE_LIMITED');
     assert.ok(Number(second.headers['retry-after']) >= 1);
   } finally {
     await closed.close();

@@ -102,7 +102,7 @@ outage('keeps answering 200 through the outage (by load while the index is away)
   const load = (async () => {
     for (let i = 0; !stop; i++) {
       const res = await post(`${r.url}/v1/completions`, { model: 'stub-model', prompt: i % 2 === 0 ? prompt : tokens(40, 100 * i), max_tokens: 2 });
-      statuses.push({ status: res.status, phase, ...(res.json?.error?.code ? { code: res.json.error.code } : {}) });
+      statuses.push({ status: res.status, phase, ...(res.json?.error?.kvg_code ? { code: res.json.error.kvg_code } : {}) });
       await new Promise((res) => setTimeout(res, 20));
     }
   })();
@@ -405,7 +405,7 @@ function health(kind: BusKind) {
       c.good.status = 500;
       const all = await c.ask(r0);
       assert.is(all.status, 502);
-      assert.is(all.json.error.code, 'KVG_UPSTREAM');
+      assert.is(all.json.error.kvg_code, 'KVG_UPSTREAM');
     } finally {
       await c.close();
     }

@@ -52,7 +52,7 @@ async function post(c: Ctx, objective: string | undefined, marker: number, extra
     body: JSON.stringify({ model: 'stub-model', prompt: tokens(8, marker), max_tokens: 4 }),
   });
   const text = await res.body.text();
-  return { status: res.statusCode, headers: res.headers, json: JSON.parse(text) as { error?: { code?: string } } };
+  return { status: res.statusCode, headers: res.headers, json: JSON.parse(text) as { error?: { code?: number; kvg_code?: string; param?: string | null } } };
 }
 
 async function metric(c: Ctx, name: string): Promise<{ labels: Record<string, string | number>; value: number }[]> {
@@ -70,7 +70,7 @@ test('sheddable → 429 with Retry-After and x-kvgate-shed; queued requests serv
     assert.is(shed.status, 429);
     assert.is(shed.headers['retry-after'], '1');
     assert.is(shed.headers['x-kvgate-shed'], 'sheddable');
-    assert.is(shed.json.error?.code, 'KVG_OVERLOADED');
+    assert.is(shed.json.error?.kvg_code, 'KVG_OVERLOADED');
     // two wait: the normal one first, then the chat one
     const low = post(c, 'normal', 200);
     for (let i = 0; i < 1000 && (await depth(c)) < 1; i++) await new Promise((r) => setTimeout(r, 5));
@@ -103,7 +103,7 @@ test('the band full → 429 queue-full; a wait past the deadline → 503 KVG_QUE
     assert.is(full.headers['x-kvgate-shed'], 'queue-full');
     const expired = await first;
     assert.is(expired.status, 503);
-    assert.is(expired.json.error?.code, 'KVG_QUEUE_TIMEOUT');
+    assert.is(expired.json.error?.kvg_code, 'KVG_QUEUE_TIMEOUT');
     assert.is(expired.headers['x-kvgate-shed'], 'queue-timeout');
     assert.ok(expired.headers['retry-after']);
     assert.equal(seenMarkers(c), []);
@@ -128,7 +128,7 @@ test('closing the router refuses a queued request with 503 KVG_SHUTTING_DOWN (no
     const closing = c.router.close({ drainMs: 2000 });
     const r = await queued;
     assert.is(r.status, 503);
-    assert.is(r.json.error?.code, 'KVG_SHUTTING_DOWN');
+    assert.is(r.json.error?.kvg_code, 'KVG_SHUTTING_DOWN');
     assert.is(r.headers['x-kvgate-shed'], 'shutting-down');
     await closing;
     closed = true;

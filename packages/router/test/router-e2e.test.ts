@@ -192,12 +192,12 @@ function build(kind: BusKind) {
       for (const [path, bad] of [['/v1/completions', 42], ['/v1/route', { s: 1 }], ['/v1/completions', '']] as const) {
         const b = await post(`${url}${path}`, { model: 'stub-model', prompt, cache_salt: bad });
         assert.is(b.status, 400, `${path} ${JSON.stringify(bad)}`);
-        assert.is(b.json.error.code, 'KVG_BAD_REQUEST');
+        assert.is(b.json.error.kvg_code, 'KVG_BAD_REQUEST');
         assert.match(b.json.error.message, /cache_salt/);
       }
       const chat = await post(`${url}/v1/chat/completions`, { model: 'stub-model', messages: [{ role: 'user', content: 'hi' }], cache_salt: 7 });
       assert.is(chat.status, 400);
-      assert.is(chat.json.error.code, 'KVG_BAD_REQUEST');
+      assert.is(chat.json.error.kvg_code, 'KVG_BAD_REQUEST');
       assert.is(c.engines.reduce((n, e) => n + e.seen.length, 0), seen);
     } finally {
       await ix.close();
@@ -378,7 +378,7 @@ function build(kind: BusKind) {
       const shape = (r: { json: any }, code: string) => {
         assert.type(r.json?.error?.message, 'string');
         assert.type(r.json.error.type, 'string');
-        assert.is(r.json.error.code, code);
+        assert.is(r.json.error.kvg_code, code);
         assert.not.match(JSON.stringify(r.json), /at .*\.ts:\d+/, 'no stack');
       };
       const badJson = await post(`${url}/v1/completions`, '{"model": ');
@@ -432,7 +432,7 @@ function build(kind: BusKind) {
       c.engines[1]!.status = 503;
       const r = await post(`${c.routers[0]!.url}/v1/completions`, { model: 'stub-model', prompt: tokens(8) });
       assert.is(r.status, 502);
-      assert.is(r.json.error.code, 'KVG_UPSTREAM');
+      assert.is(r.json.error.kvg_code, 'KVG_UPSTREAM');
       assert.ok(c.routers[0]!.stats().retries >= 1);
     } finally {
       await teardown(c);

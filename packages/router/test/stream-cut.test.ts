@@ -60,7 +60,7 @@ test('an upstream that dies mid-stream: the client gets the KVG_UPSTREAM error e
     const ev = events(await res.body.text());
     assert.is(ev.length, 4, ev.join(' | '));
     assert.equal(ev.slice(0, 2).map((e) => JSON.parse(e).choices[0].text), ['a', 'b']);
-    assert.is(JSON.parse(ev[2]!).error.code, 'KVG_UPSTREAM');
+    assert.is(JSON.parse(ev[2]!).error.kvg_code, 'KVG_UPSTREAM');
     assert.is(ev[3], '[DONE]');
   } finally {
     await r.close();
@@ -78,12 +78,12 @@ test('close({drainMs}) while streaming: KVG_SHUTTING_DOWN error event and [DONE]
     const ev = events(await body);
     assert.is(ev.length, 4, ev.join(' | '));
     const err = JSON.parse(ev[2]!).error;
-    assert.is(err.code, 'KVG_SHUTTING_DOWN');
+    assert.is(err.kvg_code, 'KVG_SHUTTING_DOWN');
     assert.is(err.type, 'server_error');
     assert.is(ev[3], '[DONE]');
     const w = await waiting;
     assert.is(w.statusCode, 503);
-    assert.is(((await w.body.json()) as { error: { code: string } }).error.code, 'KVG_SHUTTING_DOWN');
+    assert.is(((await w.body.json()) as { error: { kvg_code: string } }).error.kvg_code, 'KVG_SHUTTING_DOWN');
   } finally {
     await r.close();
   }

@@ -64,7 +64,8 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 
 function sendError(res: ServerResponse, err: unknown): void {
   if (!(err instanceof KvgateError)) log.error({ err: (err as Error)?.message }, 'unexpected error');
-  const { status, body } = errorBody(err);
+  // vLLM's shape and type names (create_error_response); kvgate's code rides along under kvg_code
+  const { status, body } = errorBody(err, { vllmTypes: true });
   if (res.headersSent) {
     // mid-stream: vLLM sends the error as one more SSE event
     if (!res.writableEnded) res.end(`data: ${JSON.stringify(body)}\n\ndata: [DONE]\n\n`);

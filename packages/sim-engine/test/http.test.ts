@@ -140,7 +140,7 @@ test('bad input answers OpenAI-shaped errors and the engine keeps serving', asyn
   const shape = (r: { json: any }, code: string) => {
     assert.type(r.json.error.message, 'string');
     assert.type(r.json.error.type, 'string');
-    assert.is(r.json.error.code, code);
+    assert.is(r.json.error.kvg_code, code);
     assert.not.ok(JSON.stringify(r.json).includes('    at '), 'no stack trace');
   };
   let r = await post(e.url + '/v1/completions', '{"prompt": ');

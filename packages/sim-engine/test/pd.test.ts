@@ -66,17 +66,17 @@ test('a used, unknown or malformed descriptor fails cleanly', async () => {
   // reused: the prefill engine no longer holds it
   let r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: d });
   assert.is(r.status, 400);
-  assert.is(r.json.error.code, 'KVG_BAD_DESCRIPTOR');
+  assert.is(r.json.error.kvg_code, 'KVG_BAD_DESCRIPTOR');
   assert.match(r.json.error.message, /unknown or expired/);
   // malformed
   r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: { do_remote_prefill: true, remote_engine_id: 'x' } });
   assert.is(r.status, 400);
-  assert.is(r.json.error.code, 'KVG_BAD_DESCRIPTOR');
+  assert.is(r.json.error.kvg_code, 'KVG_BAD_DESCRIPTOR');
   assert.match(r.json.error.message, /remote_block_ids/);
   // unreachable engine
   r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: { ...d, remote_port: 1 } });
   assert.is(r.status, 502);
-  assert.is(r.json.error.code, 'KVG_UPSTREAM');
+  assert.is(r.json.error.kvg_code, 'KVG_UPSTREAM');
   // a descriptor for another prompt
   const other = await prefillFor(tokens(100, 33));
   r = await post(decode.url + '/v1/completions', { prompt, max_tokens: 2, kv_transfer_params: other });

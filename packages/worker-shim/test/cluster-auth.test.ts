@@ -47,7 +47,7 @@ test('without a signature, with a bad one, an expired one, or for another body: 
   for (const h of cases) {
     const r = await post(h);
     assert.is(r.status, 401, JSON.stringify(h));
-    assert.is(r.json.error.code, 'KVG_UNAUTHORIZED');
+    assert.is(r.json.error.kvg_code, 'KVG_UNAUTHORIZED');
     assert.match(r.json.error.message, /cluster signature refused/);
   }
   assert.is(engineCalls, 0);

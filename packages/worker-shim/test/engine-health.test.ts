@@ -119,8 +119,9 @@ test('shim: healthy:false and /healthz 503 while the engine is gone, deregistere
     await waitFor(() => reports.slice(downAt).some((r) => r.healthy === false), 'a healthy:false load report', 5_000);
     const h = await healthz();
     assert.is(h.status, 503);
-    const err = h.body.error as { code: string; type: string; message: string };
-    assert.is(err.code, 'KVG_ENGINE_DOWN');
+    const err = h.body.error as { code: number; kvg_code: string; type: string; message: string };
+    assert.is(err.kvg_code, 'KVG_ENGINE_DOWN');
+    assert.is(err.code, 503);
     assert.is(err.type, 'server_error');
     assert.match(err.message, /does not answer GET \/health/);
     assert.is(await gauge(), '0');

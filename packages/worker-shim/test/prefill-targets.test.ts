@@ -177,7 +177,7 @@ test('x-prefiller-host-port naming a listener that is no worker (or a decode wor
   for (const target of [rogue.hostPort, '169.254.169.254:80', `localhost:${new URL(prefill.url).port}`]) {
     const r = await post({ 'x-prefiller-host-port': target });
     assert.is(r.status, 403, `${target}: ${r.text}`);
-    assert.is(r.json().error.code, 'KVG_BAD_PREFILL_TARGET');
+    assert.is(r.json().error.kvg_code, 'KVG_BAD_PREFILL_TARGET');
   }
   assert.equal(rogue.calls, []);
 });
@@ -202,7 +202,7 @@ test("a request body's own kv_transfer_params naming a foreign peer: 403, nothin
   const kvp = { do_remote_prefill: true, do_remote_decode: false, remote_engine_id: 'evil', remote_block_ids: [0], remote_host: '127.0.0.1', remote_port: Number(new URL(rogue.url).port), tp_size: 1, remote_request_id: 'x' };
   const r = await post({}, { model: MODEL, prompt, max_tokens: 2, kv_transfer_params: kvp });
   assert.is(r.status, 403, r.text);
-  assert.is(r.json().error.code, 'KVG_BAD_PREFILL_TARGET');
+  assert.is(r.json().error.kvg_code, 'KVG_BAD_PREFILL_TARGET');
   const meta = await post({}, { model: MODEL, prompt, max_tokens: 2, kv_transfer_params: { ...kvp, remote_host: '169.254.169.254', remote_port: 80 } });
   assert.is(meta.status, 403);
   assert.equal(rogue.calls, []);

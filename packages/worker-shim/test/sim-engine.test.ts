@@ -294,7 +294,7 @@ function busSuite(kind: 'memory' | 'nats') {
         assert.ok(text.includes(name), name);
       const nf = await request(`${r.shim.url}/nope`);
       assert.is(nf.statusCode, 404);
-      assert.is(((await nf.body.json()) as { error: { code: string } }).error.code, 'KVG_NOT_FOUND');
+      assert.is(((await nf.body.json()) as { error: { kvg_code: string } }).error.kvg_code, 'KVG_NOT_FOUND');
       const badJson = await request(`${r.shim.url}/v1/completions`, { method: 'POST', body: '{', headers: { 'x-prefiller-host-port': '127.0.0.1:1' } });
       assert.is(badJson.statusCode, 400);
       await badJson.body.text();

@@ -67,7 +67,7 @@ function build(name: string, conn: () => Promise<Partial<StackOptions>>) {
     assert.is(workers.size, 3);
     const bad = await post(`${stack.routers[0]!.url}/v1/completions`, { model: 'nope', prompt: 'x' });
     assert.is(bad.status, 404);
-    assert.is(bad.json.error.code, 'KVG_UNKNOWN_MODEL');
+    assert.is(bad.json.error.kvg_code, 'KVG_UNKNOWN_MODEL');
   });
 
   t('chat requests are tokenized through the engine when no local tokenizer is set', async () => {

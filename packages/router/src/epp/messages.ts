@@ -156,9 +156,12 @@ export function bodyChunks(body: Buffer, kind: 'request_body' | 'response_body' 
   return out;
 }
 
-/** A local reply instead of the upstream (503 nothing eligible, 429 shed, 413 body too large, 400 bad body). */
-export function immediate(code: number, message: string, reason: string, extra: Record<string, string> = {}): ProcessingResponse {
-  const body = Buffer.from(JSON.stringify({ error: { message, type: errorType(code), code: reason } }));
+/**
+ * A local reply instead of the upstream (503 nothing eligible, 429 shed, 413 body too large, 400 bad body), in the
+ * router's error shape (protocol errors.ts): vLLM's numeric `code` (the status), `param`, the KVG_* code as `kvg_code`.
+ */
+export function immediate(code: number, message: string, reason: string, extra: Record<string, string> = {}, param: string | null = null): ProcessingResponse {
+  const body = Buffer.from(JSON.stringify({ error: { message, type: errorType(code), param, code, kvg_code: reason } }));
   return {
     immediate_response: {
       status: { code },

@@ -44,7 +44,7 @@ export type PickResult =
       stream: boolean;
       batch: boolean;
     }
-  | { kind: 'refused'; status: number; reason: string; message: string; retryAfterS?: number; shed?: ShedReason };
+  | { kind: 'refused'; status: number; reason: string; message: string; retryAfterS?: number; shed?: ShedReason; param?: string };
 
 export interface PickerOptions {
   core: RoutingCore;
@@ -142,6 +142,6 @@ export class Picker {
 }
 
 function refused(e: unknown): PickResult {
-  if (e instanceof KvgateError) return { kind: 'refused', status: e.httpStatus, reason: e.code, message: e.message };
+  if (e instanceof KvgateError) return { kind: 'refused', status: e.httpStatus, reason: e.code, message: e.message, ...(e.param !== undefined ? { param: e.param } : {}) };
   return { kind: 'refused', status: 500, reason: 'KVG_INTERNAL', message: 'internal error' };
 }

@@ -177,7 +177,7 @@ export class EppStream {
       const extra: Record<string, string> = {};
       if (r.retryAfterS !== undefined) extra['retry-after'] = String(r.retryAfterS);
       if (r.shed) extra[SHED_HEADER] = r.shed;
-      this.#send(immediate(r.status, r.message, r.reason, extra));
+      this.#send(immediate(r.status, r.message, r.reason, extra, r.param ?? null));
       this.#o.onPicked?.(performance.now() - t0, r);
       return;
     }
