@@ -202,7 +202,9 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     for (let i = 0; i < n; i++) {
       const port = await freePort();
       const args = [KVGATE, 'indexer', '--nats', nats.url, '--namespace', NAMESPACE, '--port', String(port), '--id', `fleet-${n}-${i}`, '--shard', `${i}/${n}`, '--ttl-ms', String(TTL_MS)];
-      indexers.push(spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' } }));
+      // KVGATE_BENCH_INDEXER_NODE_ARGS: node flags for the shard processes (e.g. --cpu-prof), as bench/router-nats.ts
+      const nodeArgs = process.env.KVGATE_BENCH_INDEXER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+      indexers.push(spawn(process.execPath, [...nodeArgs, ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, KVGATE_LOG_LEVEL: process.env.KVGATE_LOG_LEVEL ?? 'warn' } }));
       urls.push(`http://127.0.0.1:${port}`);
     }
     await Promise.all(urls.map((u, i) => until(async () => (await fetch(`${u}/readyz`)).status === 200, 60_000, `shard ${i}/${n} /readyz`)));
