@@ -71,6 +71,11 @@ export interface WorkerRegistration {
    * own worker `<id>-dp<r>`): routers send it as the `X-data-parallel-rank` request header. Absent = no DP.
    */
   dpRank?: number;
+  /**
+   * The engine's context length as its GET /v1/models entry says (vLLM's ModelCard `max_model_len`); routers list
+   * it in their /v1/models. Absent = not known (an older shim, or the engine had not answered).
+   */
+  maxModelLen?: number;
   ts: number;
 }
 
@@ -265,6 +270,7 @@ export function decodeRegistration(bytes: Uint8Array): WorkerRegistration {
     capacityBlocks: num(v.capacityBlocks, 'capacityBlocks'),
     loras: Array.isArray(v.loras) ? v.loras.filter((x): x is string => typeof x === 'string') : [],
     ...(v.dpRank != null ? { dpRank: num(v.dpRank, 'dpRank') } : {}),
+    ...(typeof v.maxModelLen === 'number' && Number.isInteger(v.maxModelLen) && v.maxModelLen > 0 ? { maxModelLen: v.maxModelLen } : {}),
     ts: num(v.ts, 'ts'),
   };
 }

@@ -13,6 +13,9 @@
  *           a connect failure or a 5xx before the first byte marks the worker suspect and goes to
  *           core.reroute without the workers tried, until one answers or none is left.
  * POST /v1/route answers the decision without proxying (routeOnly).
+ * vLLM's side doors: GET /v1/models/{id} (from the registry), GET /health (200 empty while an engine is live),
+ * POST /tokenize and /detokenize (to an engine of the model's pool: toEngine).
+ * Every error the router makes itself carries x-request-id (the client's, or the one made for the request).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -23,7 +26,7 @@ import type { ApiKeys } from './api-keys.js';
 import type { ClusterView } from './cluster-view.js';
 import { RouterDiag, UsageTap, type SentRequest } from './diag.js';
 import type { FailureReason } from './health.js';
-import { readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
+import { parseJsonObject, readBody, sendError, sendJson, validateApiRequest, type ApiRequest } from './http.js';
 import type { RouterMetrics } from './metrics.js';
 import { openUpstream, relay, UpstreamAbort, UpstreamError, type RelayHooks } from './proxy.js';
 import { CacheAccounting, isBatchPrompt, predictionFor, type Prediction } from './cache-accounting.js';
@@ -89,6 +92,8 @@ export class HttpEdge {
   readonly #openPerWorker = new Map<string, number>();
   /** parsed worker URLs (a handful of distinct ones; parsing each request's costs a few µs and garbage) */
   readonly #urls = new Map<string, ParsedUrl>();
+  /** round robin over a pool's engines for /tokenize and /detokenize */
+  #engineTurn = 0;
 
   constructor(o: HttpEdgeOptions) {
     this.#o = o;
@@ -142,7 +147,7 @@ export class HttpEdge {
 
   async #handle(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
     const method = inReq.method ?? 'GET';
-    const guarded = path.startsWith('/v1/') || (this.#o.authHealth && (path === '/healthz' || path === '/readyz' || path === '/metrics'));
+    const guarded = path.startsWith('/v1/') || path === '/tokenize' || path === '/detokenize' || (this.#o.authHealth && (path === '/healthz' || path === '/health' || path === '/readyz' || path === '/metrics'));
     const client = guarded ? this.#admit(path, inReq, res) : '';
     if (client === undefined) return;
     if (method === 'GET') {
@@ -161,10 +166,11 @@ export class HttpEdge {
         res.end(text);
         return;
       }
-      if (path === '/v1/models') {
-        return sendJson(res, 200, { object: 'list', data: this.#cluster.workers.models().map((m) => ({ id: m.id, object: 'model', created: 0, owned_by: 'kvgate', root: m.root, parent: m.lora ? m.root : null })) });
-      }
+      if (path === '/v1/models') return sendJson(res, 200, { object: 'list', data: this.#modelCards() });
+      if (path.startsWith('/v1/models/')) return this.#modelCard(path, res);
+      if (path === '/health') return this.#health(res);
     }
+    if (method === 'POST' && (path === '/tokenize' || path === '/detokenize')) return this.#toEngine(path, inReq, res);
     if (method === 'POST' && (path === '/v1/completions' || path === '/v1/chat/completions' || path === '/v1/route')) {
       const raw = await readBody(inReq, this.#o.bodyLimit);
       const kind = path === '/v1/completions' ? 'completion' : path === '/v1/chat/completions' ? 'chat' : 'either';
@@ -406,6 +412,78 @@ export class HttpEdge {
       suspectWorkers: c.health.suspects(),
       unhealthyWorkers: c.health.unhealthy(),
     });
+  }
+
+  /** GET /v1/models entries: vLLM's ModelCard fields, `max_model_len` from the workers' registrations (null: unknown) */
+  #modelCards(): Record<string, unknown>[] {
+    return this.#cluster.workers.models().map((m) => ({ id: m.id, object: 'model', created: 0, owned_by: 'kvgate', root: m.root, parent: m.lora ? m.root : null, max_model_len: m.maxModelLen, permission: [] }));
+  }
+
+  /**
+   * GET /v1/models/{id} (the OpenAI SDK's models.retrieve): the same card as in /v1/models, from the registry —
+   * vLLM itself serves only the list, so there is no engine answer to pass on. An id with a slash (`org/name`)
+   * may come as is or %2F-encoded.
+   */
+  #modelCard(path: string, res: ServerResponse): void {
+    let id: string;
+    try {
+      id = decodeURIComponent(path.slice('/v1/models/'.length));
+    } catch {
+      throw new KvgateError('KVG_BAD_REQUEST', 'the model id in the path is not valid percent-encoding', { param: 'model' });
+    }
+    const card = this.#modelCards().find((c) => c.id === id);
+    if (!card) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${id}\` does not exist.`, { param: 'model' });
+    sendJson(res, 200, card);
+  }
+
+  /** GET /health, vLLM's name: 200 with an empty body while some engine is live and not flagged unhealthy, else 503 (as vLLM when its engine is dead). */
+  #health(res: ServerResponse): void {
+    const c = this.#cluster;
+    const up = c.workers.all().some((r) => c.workers.isLive(r.worker) && !c.health.isUnhealthy(r.worker));
+    res.writeHead(up ? 200 : 503, { 'content-length': 0 });
+    res.end();
+  }
+
+  /**
+   * POST /tokenize, /detokenize (vLLM's, not under /v1): sent as they are to one engine of the model's pool (the
+   * body's `model`, or the only model served when it names none), round robin, and its answer passed back.
+   */
+  async #toEngine(path: string, inReq: IncomingMessage, res: ServerResponse): Promise<void> {
+    const o = this.#o;
+    const raw = await readBody(inReq, o.bodyLimit);
+    const body = parseJsonObject(raw);
+    let model = body.model;
+    if (model === undefined || model === null) {
+      const served = new Set(this.#cluster.workers.models().map((m) => m.root));
+      if (served.size !== 1) throw new KvgateError('KVG_BAD_REQUEST', served.size === 0 ? 'no model is served' : `model is required: this router serves ${[...served].join(', ')}`, { param: 'model' });
+      model = [...served][0]!;
+    }
+    if (typeof model !== 'string' || model === '') throw new KvgateError('KVG_BAD_REQUEST', 'model must be a non-empty string', { param: 'model' });
+    const pool = this.#cluster.workers.pool(model);
+    if (!pool) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${model}\` does not exist.`, { param: 'model' });
+    const h = this.#cluster.health;
+    const all = [...pool.both, ...pool.decode, ...pool.prefill];
+    const ok = all.filter((r) => !h.isUnhealthy(r.worker) && !h.isSuspect(r.worker));
+    const candidates = ok.length > 0 ? ok : all;
+    if (candidates.length === 0) throw new KvgateError('KVG_NO_WORKER', `no live worker serves ${model}`);
+    const w = candidates[this.#engineTurn++ % candidates.length]!;
+    const u = this.#parsedUrl(w.url);
+    const requestId = requestIdOf(inReq);
+    const headers: Record<string, string> = { 'content-type': 'application/json', 'x-request-id': requestId };
+    const auth = o.forwardClientAuth ? inReq.headers.authorization : undefined;
+    if (typeof auth === 'string') headers.authorization = auth;
+    else if (o.engineAuth) headers.authorization = o.engineAuth;
+    if (o.clusterSecret) Object.assign(headers, signRequest(o.clusterSecret, 'POST', u.basePath + path, raw));
+    let up;
+    try {
+      up = await o.agent.request({ origin: u.origin, path: u.basePath + path, method: 'POST', headers, body: raw, headersTimeout: 30_000, bodyTimeout: 30_000 });
+    } catch (e) {
+      throw new KvgateError('KVG_UPSTREAM', `${w.worker} did not answer ${path}: ${(e as Error).message}`, { cause: e });
+    }
+    const answer = Buffer.from(await up.body.arrayBuffer());
+    const ct = up.headers['content-type'];
+    res.writeHead(up.statusCode, { 'content-type': typeof ct === 'string' ? ct : 'application/json', 'content-length': answer.length, 'x-kvgate-worker': w.worker, 'x-request-id': requestId });
+    res.end(answer);
   }
 
   #rateLimited(client: string, waitS: number, what: string): RateLimited {

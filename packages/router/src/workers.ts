@@ -79,13 +79,17 @@ export class WorkerView {
   }
 
   /** Ids a client may send as `model`: base models and LoRA adapters of live workers. */
-  models(): { id: string; root: string; lora: string | null }[] {
-    const out = new Map<string, { id: string; root: string; lora: string | null }>();
+  /** Served models and adapters; `maxModelLen`: the smallest a live worker of the base model registered (null: none did). */
+  models(): { id: string; root: string; lora: string | null; maxModelLen: number | null }[] {
+    const out = new Map<string, { id: string; root: string; lora: string | null; maxModelLen: number | null }>();
+    const len = new Map<string, number>();
     for (const r of this.#regs.values()) {
       if (!this.isLive(r.worker)) continue;
-      if (!out.has(r.model)) out.set(r.model, { id: r.model, root: r.model, lora: null });
-      for (const l of r.loras) if (!out.has(l)) out.set(l, { id: l, root: r.model, lora: l });
+      if (r.maxModelLen !== undefined) len.set(r.model, Math.min(len.get(r.model) ?? Infinity, r.maxModelLen));
+      if (!out.has(r.model)) out.set(r.model, { id: r.model, root: r.model, lora: null, maxModelLen: null });
+      for (const l of r.loras) if (!out.has(l)) out.set(l, { id: l, root: r.model, lora: l, maxModelLen: null });
     }
+    for (const m of out.values()) m.maxModelLen = len.get(m.root) ?? null;
     return [...out.values()];
   }
 

@@ -85,7 +85,7 @@ export interface HttpFrontDeps {
   httpLimits?: HttpLimits;
 }
 
-const ROUTES = new Set(['/v1/completions', '/v1/chat/completions']);
+const ROUTES = new Set(['/v1/completions', '/v1/chat/completions', '/tokenize', '/detokenize']);
 const DP_RANK_HEADER = 'x-data-parallel-rank';
 const FORWARD_REQ = ['content-type', 'authorization', 'accept', 'x-request-id', DP_RANK_HEADER];
 const DROP_RES = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'content-encoding', 'date', 'server']);

@@ -20,7 +20,7 @@ import { AggregatorRegistry } from 'prom-client';
 import { ClusterVerifier, initHashing, KvgateError, logger, startDiagPublisher, subjects, type Bus, eventStreamConfig } from '@kvgate/protocol';
 import { createMetrics, type ShimMetrics } from './metrics.js';
 import { resolveOptions, type ResolvedShimOptions, type ShimOptions } from './options.js';
-import { LoraNames, lorasFromModels } from './lora.js';
+import { LoraNames, lorasFromModels, maxModelLenFromModels } from './lora.js';
 import { LoadScraper } from './load-scraper.js';
 import { registryKey } from './registry.js';
 import { HttpFront } from './http.js';
@@ -111,7 +111,15 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
     try {
       const res = await request(`${o.engineUrl}/v1/models`, { headersTimeout: 2000, bodyTimeout: 2000, ...(o.engineApiKey ? { headers: { authorization: `Bearer ${o.engineApiKey}` } } : {}) });
       const body = await res.body.json();
-      if (res.statusCode === 200) loras.learnFromModels(lorasFromModels(body));
+      if (res.statusCode === 200) {
+        loras.learnFromModels(lorasFromModels(body));
+        // the engine's context length, for the routers' /v1/models (re-registered when it changes)
+        const len = maxModelLenFromModels(body, o.model);
+        if (len !== undefined && len !== shared.maxModelLen) {
+          shared.maxModelLen = len;
+          for (const r of ranks) r.putRegistration();
+        }
+      }
     } catch (e) {
       log.debug({ err: String(e) }, 'could not read /v1/models');
     }
@@ -121,6 +129,7 @@ export async function startShim(bus: Bus, options: ShimOptions): Promise<ShimHan
   const shared = {
     blockSize: o.blockSize,
     loras: [] as string[],
+    maxModelLen: undefined as number | undefined,
     advertised: o.engineUrl,
     stopped: false as boolean,
     engineUp: true as boolean,

@@ -41,6 +41,20 @@ export function lorasFromModels(body: unknown): string[] {
   return out;
 }
 
+/**
+ * The context length of `model` from an OpenAI /v1/models body: vLLM's ModelCard `max_model_len` of the entry
+ * whose id is `model`, else of the first base entry (null `parent`: the name the engine serves under may differ).
+ */
+export function maxModelLenFromModels(body: unknown, model: string): number | undefined {
+  if (typeof body !== 'object' || body === null) return undefined;
+  const data = (body as { data?: unknown }).data;
+  if (!Array.isArray(data)) return undefined;
+  const entries = data.filter((m): m is { id?: unknown; parent?: unknown; max_model_len?: unknown } => typeof m === 'object' && m !== null);
+  const e = entries.find((m) => m.id === model) ?? entries.find((m) => m.parent === null || m.parent === undefined);
+  const v = e?.max_model_len;
+  return typeof v === 'number' && Number.isInteger(v) && v > 0 ? v : undefined;
+}
+
 export class LoraNames {
   readonly #flags: Map<number, string>;
   #fromEngine = new Map<number, string>();

@@ -23,6 +23,8 @@ const log = logger('shim');
 export interface SharedShape {
   readonly blockSize: number;
   readonly loras: string[];
+  /** the engine's max_model_len from its /v1/models (undefined: not read yet) */
+  readonly maxModelLen: number | undefined;
   /** URL routers send this worker's requests to */
   readonly advertised: string;
   readonly stopped: boolean;
@@ -203,6 +205,7 @@ export class RankWorker {
       capacityBlocks: this.capacityBlocks,
       loras: shared.loras,
       ...(this.dpRank !== undefined ? { dpRank: this.dpRank } : {}),
+      ...(shared.maxModelLen !== undefined ? { maxModelLen: shared.maxModelLen } : {}),
       ts: Date.now(),
     };
   }
