@@ -17,7 +17,8 @@
  *     arrived live; a suffix [k, to) with k > from, or nothing, means some removals may be lost:
  *     publish `cleared`, forget the map, then apply whatever suffix arrived (relearning from there).
  *   - a frame that does not decode at all (not a batch) is counted and skipped (it consumes no sequence
- *     number, so the next good frame shows a gap and replay fetches the batch again).
+ *     number, so the next good frame shows a gap and replay fetches the batch again); the log gets the first of
+ *     a flood and then one summary line per 10 s with counts by reason (log-summary.ts), not a line per frame.
  * One event the decoder could not understand never costs its batch: it is counted by reason
  * (`kvgate_shim_skipped_events_total{reason}`), the rest applies and the sequence advances, so no replay and
  * no clear follows (replay would return the same bytes).
@@ -38,6 +39,7 @@ import { LoraNames } from './lora.js';
 import { interpretExtraKeys } from './extra-keys.js';
 import { tierOfMedium } from './tiers.js';
 import type { ShimMetrics } from './metrics.js';
+import { LogSummary, type LogSummaryOptions } from './log-summary.js';
 
 export interface RelayDeps {
   worker: string;
@@ -61,6 +63,11 @@ export interface RelayDeps {
    * older ones the offloaded block size, which wins). Default 1.
    */
   offloadBlockFactor?: number;
+  /**
+   * where the summary of malformed frames goes and its window (log-summary.ts: the first of a window logged at
+   * once, the rest summed up in one line per window, 10 s by default); default the relay's logger
+   */
+  malformedLog?: Pick<LogSummaryOptions, 'log' | 'intervalMs' | 'timers'>;
 }
 
 type Mail =
@@ -84,6 +91,15 @@ export const RESYNC_MAX_HASHES = 65_536;
  * chunked_local_attention, encoder_only_attention, cross_attention, unknown — never make an overlap.
  */
 const FULL_ATTENTION_KINDS = new Set(['full_attention', 'mla_attention', 'sink_full_attention']);
+
+/** the summary's reason for a frame that did not decode (decodeEngineFrames' checks, in its order) */
+function malformedReason(e: unknown, msg: string): string {
+  if (!(e instanceof DecodeError)) return 'other';
+  if (msg.startsWith('engine message must have 3 frames')) return 'frame-count';
+  if (msg.startsWith('topic frame')) return 'topic';
+  if (msg.startsWith('seq frame')) return 'seq';
+  return 'payload';
+}
 
 /** a kvgate event with its tier; gpu stays implicit (absent on the wire) */
 function withTier<E extends KvEvent & { t: 'stored' | 'removed' }>(e: E, tier: Tier): E {
@@ -110,10 +126,20 @@ export class EventRelay {
   /** invalid-event reasons already logged */
   readonly #warned = new Set<string>();
   #resyncing: Promise<number> | undefined;
+  /** frames that did not decode: counted each (malformed_frames_total), logged at most once per window */
+  readonly #malformed: LogSummary;
 
   constructor(deps: RelayDeps) {
     this.#d = deps;
     this.#map = new EngineMap({ model: deps.model, maxEntries: deps.maxMapEntries });
+    this.#malformed = new LogSummary({
+      log: deps.malformedLog?.log ?? log,
+      one: 'malformed engine frame skipped',
+      what: 'malformed engine frames skipped',
+      bindings: { worker: deps.worker },
+      ...(deps.malformedLog?.intervalMs !== undefined ? { intervalMs: deps.malformedLog.intervalMs } : {}),
+      ...(deps.malformedLog?.timers ? { timers: deps.malformedLog.timers } : {}),
+    });
   }
 
   /** last outgoing sequence used (-1 before the first) */
@@ -205,6 +231,7 @@ export class EventRelay {
 
   stop(): void {
     this.#stopped = true;
+    this.#malformed.stop();
   }
 
   #kick(): void {
@@ -252,7 +279,8 @@ export class EventRelay {
       msg = decodeEngineFrames(frames);
     } catch (e) {
       metrics.malformedFrames.inc();
-      log.warn({ err: e instanceof DecodeError ? e.message : String(e) }, 'malformed engine frame skipped');
+      const err = e instanceof DecodeError ? e.message : String(e);
+      this.#malformed.note(malformedReason(e, err), err);
       return;
     }
     metrics.engineBatches.inc();
