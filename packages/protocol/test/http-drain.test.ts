@@ -19,11 +19,14 @@ async function listen(server: Server): Promise<string> {
 const events = (body: string) => body.split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
 
 test('a response that ends within drainMs is not cut; the listener stops accepting', async () => {
-  const server = createServer((_req, res) => setTimeout(() => res.end('done'), 100));
+  let arrived!: () => void;
+  const inHandler = new Promise<void>((r) => (arrived = r));
+  const server = createServer((_req, res) => (arrived(), setTimeout(() => res.end('done'), 100)));
   const drain = new HttpDrain(server, 'test');
   const url = await listen(server);
   const pending = request(url).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
-  await new Promise((r) => setTimeout(r, 30));
+  // the drain starts once the request is in the handler (a connection still in the backlog would be refused)
+  await inHandler;
   const closing = drain.close(server, 5_000);
   const got = await pending;
   assert.equal(got, { status: 200, body: 'done' });
