@@ -158,6 +158,7 @@ export class Indexer {
   #snapshotSeq = 0;
   #lastPurge = 0;
   #closed = false;
+  #reserveTimer: NodeJS.Timeout | null = null;
   #busy: Promise<void> = Promise.resolve();
   readonly #m;
 
@@ -475,7 +476,7 @@ export class Indexer {
             this.#keys.set(reg.worker, e.key);
             this.#suspects.delete(reg.worker);
             // the index never holds more prefixes than the engines' caches: size it now, not by rehashing during ingest
-            if (before !== reg.capacityBlocks) this.#shards.reserve([...this.#registry.values()].map((r) => [r.worker, r.capacityBlocks]));
+            if (before !== reg.capacityBlocks) this.#reserveSoon();
           } catch (err) {
             this.#log.warn({ err, key: e.key }, 'bad worker registration ignored');
           }
@@ -501,6 +502,19 @@ export class Indexer {
     setTimeout(() => {
       if (!this.#closed && w === this.#watcher) this.#openWatch();
     }, 500).unref();
+  }
+
+  /**
+   * Size the shards for the registered capacity once per burst of registrations (50 ms): a fleet's shims register
+   * together, and sizing on each one summed every registration again and rehashed the tables each time.
+   */
+  #reserveSoon(): void {
+    if (this.#reserveTimer) return;
+    this.#reserveTimer = setTimeout(() => {
+      this.#reserveTimer = null;
+      if (!this.#closed) this.#shards.reserve([...this.#registry.values()].map((r) => [r.worker, r.capacityBlocks]));
+    }, 50);
+    this.#reserveTimer.unref();
   }
 
   async #onMatch(m: Msg): Promise<void> {
@@ -693,6 +707,7 @@ export class Indexer {
     if (this.#closed) return;
     this.#closed = true;
     for (const t of this.#timers) clearInterval(t);
+    if (this.#reserveTimer) clearTimeout(this.#reserveTimer);
     for (const s of this.#subs) s.unsubscribe();
     this.#unStatus?.();
     this.#readerGen++;

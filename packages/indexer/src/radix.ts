@@ -391,7 +391,9 @@ export class PrefixIndex implements IndexCore {
   reserve(blocks: number): void {
     const cap = Math.min(Math.max(0, Math.floor(blocks)), this.#maxEntries > 0 ? this.#maxEntries : Infinity);
     const want = Math.min(Math.ceil(cap / MAX_LOAD), RESERVE_MAX);
-    if (this.#slots.length < want) this.#grow(want);
+    // at least GROWTH× when it grows: workers registering one by one raise `want` a little each, and growing to
+    // exactly `want` rehashed the table once per registration (~800 times for 2,000 workers up to RESERVE_MAX)
+    if (this.#slots.length < want) this.#grow(Math.min(Math.max(want, Math.ceil(this.#slots.length * GROWTH)), RESERVE_MAX));
   }
 
   /** grow the slot table by GROWTH when the next node would push the load over MAX_LOAD (returns whether it did) */
