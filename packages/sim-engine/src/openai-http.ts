@@ -48,8 +48,9 @@ type Json = Record<string, unknown>;
 function isObj(v: unknown): v is Json {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
-function badReq(message: string): KvgateError {
-  return new KvgateError('KVG_BAD_REQUEST', message);
+/** a 400; `param` names the request field at fault, as vLLM's VLLMValidationError(parameter=…) does */
+function badReq(message: string, param?: string): KvgateError {
+  return new KvgateError('KVG_BAD_REQUEST', message, param !== undefined ? { param } : undefined);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
@@ -93,15 +94,16 @@ interface GenRequest {
 function optInt(body: Json, key: string, min: number): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw badReq(`${key} must be an integer ≥ ${min}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) throw badReq(`${key} must be an integer ≥ ${min}`, key);
   return v;
 }
 
 function checkModel(ctx: HttpContext, body: Json): void {
   const m = body.model;
   if (m === undefined || m === null) return;
-  if (typeof m !== 'string') throw badReq('model must be a string');
-  if (m !== ctx.model) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${m}\` does not exist.`);
+  if (typeof m !== 'string') throw badReq('model must be a string', 'model');
+  // vLLM's _check_model: 404 NotFoundError, param "model"
+  if (m !== ctx.model) throw new KvgateError('KVG_UNKNOWN_MODEL', `The model \`${m}\` does not exist.`, { param: 'model' });
 }
 
 function tokenIds(ctx: HttpContext, v: unknown[], what: string): number[] {
@@ -180,6 +182,7 @@ function parseGen(ctx: HttpContext, kind: 'completion' | 'chat', body: Json): Ge
     throw badReq(
       `This model's maximum context length is ${ctx.maxModelLen} tokens. However, you requested ${promptTokens.length + maxTokens} tokens ` +
         `(${promptTokens.length} in the ${kind === 'chat' ? 'messages' : 'prompt'}, ${maxTokens} in the completion). Please reduce the length of the ${kind === 'chat' ? 'messages' : 'prompt'} or completion.`,
+      'max_tokens', // vLLM's _validate_input names max_tokens for this
     );
   }
   return {

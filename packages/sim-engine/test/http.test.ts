@@ -141,6 +141,9 @@ test('bad input answers OpenAI-shaped errors and the engine keeps serving', asyn
     assert.type(r.json.error.message, 'string');
     assert.type(r.json.error.type, 'string');
     assert.is(r.json.error.kvg_code, code);
+    // vLLM's ErrorInfo: the numeric status as code, param present (null when no field is at fault)
+    assert.is(typeof r.json.error.code, 'number');
+    assert.ok('param' in r.json.error);
     assert.not.ok(JSON.stringify(r.json).includes('    at '), 'no stack trace');
   };
   let r = await post(e.url + '/v1/completions', '{"prompt": ');
@@ -159,14 +162,17 @@ test('bad input answers OpenAI-shaped errors and the engine keeps serving', asyn
   r = await post(e.url + '/v1/completions', { model: 'gpt-4', prompt: 'x' });
   assert.is(r.status, 404);
   shape(r, 'KVG_UNKNOWN_MODEL');
+  assert.equal([r.json.error.type, r.json.error.code, r.json.error.param], ['NotFoundError', 404, 'model']); // vLLM's _check_model
   r = await post(e.url + '/v1/completions', { prompt: 'x', max_tokens: -1 });
   assert.is(r.status, 400);
+  assert.equal([r.json.error.type, r.json.error.code, r.json.error.param], ['BadRequestError', 400, 'max_tokens']);
   r = await post(e.url + '/v1/completions', { prompt: [1, 2, 9_999_999] });
   assert.is(r.status, 400);
   assert.match(r.json.error.message, /out of vocabulary/);
   r = await post(e.url + '/v1/completions', { prompt: tokens(16380, 5), max_tokens: 10 });
   assert.is(r.status, 400);
   assert.match(r.json.error.message, /maximum context length is 16384 tokens/);
+  assert.is(r.json.error.param, 'max_tokens');
   r = await post(e.url + '/v1/completions', { prompt: 'word '.repeat(200_000) });
   assert.is(r.status, 400, 'text far beyond the context is refused before tokenizing');
   assert.match(r.json.error.message, /maximum context length/);
