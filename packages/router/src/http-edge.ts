@@ -575,6 +575,9 @@ function endpointLabel(path: string): string {
     case '/v1/chat/completions':
     case '/v1/route':
     case '/v1/models':
+    case '/tokenize':
+    case '/detokenize':
+    case '/health':
     case '/healthz':
     case '/readyz':
     case '/metrics':
