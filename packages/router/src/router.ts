@@ -101,7 +101,7 @@ export interface RouterOptions {
   suspectMaxBackoffMs?: number;
   /**
    * API keys clients present as `Authorization: Bearer <key>` on every /v1/* request (as vLLM's --api-key); a
-   * request without one of them gets 401 invalid_api_key. Absent or empty: open (default).
+   * request without one of them gets 401 (kvg_code KVG_UNAUTHORIZED, code 401, OpenAI-shaped). Absent or empty: open (default).
    */
   apiKeys?: readonly string[];
   /** with apiKeys: /healthz, /readyz and /metrics need a key too (default false: they stay open) */

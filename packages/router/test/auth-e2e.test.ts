@@ -1,5 +1,5 @@
 /**
- * Router auth over real sockets (stub engines, MemoryBus): API keys (401 invalid_api_key; health open unless
+ * Router auth over real sockets (stub engines, MemoryBus): API keys (401 KVG_UNAUTHORIZED, OpenAI-shaped; health open unless
  * authHealth), the engine's key upstream instead of the client's, per-key rate limits (429 + Retry-After), client
  * P/D fields stripped (a listener they name receives nothing), and every upstream call signed with the cluster secret.
  */
@@ -51,7 +51,7 @@ async function call(path: string, opts: { key?: string; auth?: string; body?: un
 }
 const completion = { model: 'stub-model', prompt: 'hello there', max_tokens: 2 };
 
-test('no key, a wrong key, a non-Bearer header: 401 invalid_api_key (OpenAI-shaped); the engine sees nothing', async () => {
+test('no key, a wrong key, a non-Bearer header: 401 KVG_UNAUTHORIZED (OpenAI-shaped, vLLM's numeric code); the engine sees nothing', async () => {
   const before = engine.seen.length;
   for (const opts of [{}, { key: 'key-three' }, { key: 'key-on' }, { auth: 'Basic a2V5LW9uZQ==' }, { auth: 'key-one' }]) {
     const r = await call('/v1/completions', { ...opts, body: completion });
