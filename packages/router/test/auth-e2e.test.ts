@@ -51,7 +51,7 @@ async function call(path: string, opts: { key?: string; auth?: string; body?: un
 }
 const completion = { model: 'stub-model', prompt: 'hello there', max_tokens: 2 };
 
-test('no key, a wrong key, a non-Bearer header: 401 KVG_UNAUTHORIZED (OpenAI-shaped, vLLM's numeric code); the engine sees nothing', async () => {
+test('no key, a wrong key, a non-Bearer header: 401 KVG_UNAUTHORIZED (OpenAI-shaped, vLLM numeric code); the engine sees nothing', async () => {
   const before = engine.seen.length;
   for (const opts of [{}, { key: 'key-three' }, { key: 'key-on' }, { auth: 'Basic a2V5LW9uZQ==' }, { auth: 'key-one' }]) {
     const r = await call('/v1/completions', { ...opts, body: completion });
