@@ -16,6 +16,7 @@ import { initHashing } from '../packages/protocol/src/index.js';
 import { startStack, type Stack } from '../packages/workload/src/stack.js';
 import { CacheAccounting } from '../packages/router/src/cache-accounting.js';
 import { RouterMetrics } from '../packages/router/src/metrics.js';
+import { metricSum } from './harness/metrics.js';
 
 await initHashing();
 
@@ -26,16 +27,7 @@ const fresh = (n: number) => {
   return Array.from({ length: n }, (_, i) => 1000 + ((base + i) % 140_000));
 };
 
-function metric(text: string, name: string, label = ''): number {
-  let n = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name) || !line.includes(label)) continue;
-    const rest = line.slice(name.length);
-    if (rest[0] !== '{' && rest[0] !== ' ') continue;
-    n += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return n;
-}
+const metric = metricSum;
 
 let stack: Stack;
 const routerMetrics = async () => (await request(`${stack.routers[0]!.url}/metrics`)).body.text();

@@ -20,6 +20,7 @@ import { initHashing } from '../packages/protocol/src/index.js';
 import { startStack, type Stack, type StackOptions } from '../packages/workload/src/stack.js';
 import { startNatsServer, type NatsServerHandle } from './harness/nats-server.js';
 import { authedStackOptions, E2E_AUTH_HEADERS } from '../packages/router/test/helpers.js';
+import { metricSum } from './harness/metrics.js';
 
 await initHashing();
 const exporter = new tracing.InMemorySpanExporter();
@@ -35,16 +36,7 @@ const fresh = (n: number) => {
   return Array.from({ length: n }, (_, i) => 1000 + ((base + i) % 140_000));
 };
 
-function metric(text: string, name: string, label = ''): number {
-  let n = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name) || !line.includes(label)) continue;
-    const rest = line.slice(name.length);
-    if (rest[0] !== '{' && rest[0] !== ' ') continue;
-    n += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return n;
-}
+const metric = metricSum;
 
 function build(name: string, conn: () => Promise<Partial<StackOptions>>) {
   const t = suite(`P/D over ${name}`);
