@@ -16,6 +16,7 @@ import {
 import { inspect } from '../packages/cli/src/replay/inspect.js';
 import { whatif } from '../packages/cli/src/replay/whatif.js';
 import { startNatsServer } from './harness/nats-server.js';
+import { sharedPrefixTrace } from './harness/traces.js';
 
 const run = promisify(execFile);
 const dir = mkdtempSync(join(tmpdir(), 'kvgate-replay-'));
@@ -126,17 +127,9 @@ test('replay with bad arguments fails with a clear message, not a stack', async 
 });
 
 test('whatif: kv routing beats round-robin on a trace with shared prefixes', async () => {
-  // 7 "conversations" (not a multiple of the engine count, so round-robin scatters them), each 6 requests that extend a shared 4-block prefix; arrivals spread out
-  const lines: string[] = [];
-  let t = 0;
-  for (let turn = 0; turn < 6; turn++) {
-    for (let c = 0; c < 7; c++) {
-      const ids = [c * 100, c * 100 + 1, c * 100 + 2, c * 100 + 3, ...Array.from({ length: turn }, (_, k) => c * 100 + 10 + k)];
-      lines.push(JSON.stringify({ timestamp: (t += 150), input_length: ids.length * 512, output_length: 8, hash_ids: ids }));
-    }
-  }
+  // sharedPrefixTrace: 7 conversations extending shared 4-block prefixes (test/harness/traces.ts)
   const trace = join(dir, 'trace.jsonl');
-  writeFileSync(trace, lines.join('\n'));
+  writeFileSync(trace, sharedPrefixTrace());
   const r = await whatif({ trace, policies: ['kv', 'round-robin'], engines: 4, json: true, numBlocks: 1024, blockSize: 16 });
   assert.is(r.requests, 42);
   const [kv, rr] = r.policies;

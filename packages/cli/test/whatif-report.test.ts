@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { chromium, type Browser } from 'playwright-core';
+import { sharedPrefixTrace } from '../../../test/harness/traces.js';
 
 const run = promisify(execFile);
 const BIN = new URL('../../../bin/kvgate.js', import.meta.url).pathname;
@@ -28,16 +29,8 @@ let html = '';
 
 test.before(async () => {
   // 7 conversations of 6 turns over a shared 4-block prefix (as test/replay.test.ts): kv hits, round-robin misses
-  const lines: string[] = [];
-  let t = 0;
-  for (let turn = 0; turn < 6; turn++) {
-    for (let c = 0; c < 7; c++) {
-      const ids = [c * 100, c * 100 + 1, c * 100 + 2, c * 100 + 3, ...Array.from({ length: turn }, (_, k) => c * 100 + 10 + k)];
-      lines.push(JSON.stringify({ timestamp: (t += 150), input_length: ids.length * 512, output_length: 8, hash_ids: ids }));
-    }
-  }
   const trace = join(dir, 'trace.jsonl');
-  writeFileSync(trace, lines.join('\n'));
+  writeFileSync(trace, sharedPrefixTrace());
   ({ stdout } = await run(process.execPath, [BIN, 'replay', 'whatif', '--trace', trace, '--policy', POLICIES.join(','), '--engines', '4', '--num-blocks', '1024', '--engine-block-size', '16', '--report', out], { encoding: 'utf8' }));
   html = readFileSync(out, 'utf8');
 });
