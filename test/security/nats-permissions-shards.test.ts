@@ -9,12 +9,13 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { connect, Events, type NatsConnection, type Status } from 'nats';
+import { connect, type NatsConnection } from 'nats';
 import { encode, initHashing, prefixHashes, subjects, type Bus, type EventBatch } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { shardOf, startIndexer, type RunningIndexer } from '@kvgate/indexer';
 import { busIndexQuery } from '../../packages/router/src/index-query.js';
 import { startNatsServer, type NatsServerHandle } from '../harness/nats-server.js';
+import { violation } from '../harness/nats-violation.js';
 
 await initHashing();
 const root = new URL('../..', import.meta.url).pathname;
@@ -44,15 +45,6 @@ async function eventually(what: string, cond: () => Promise<boolean> | boolean, 
     if (Date.now() - t0 > boundMs) throw new Error(`never happened: ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-function violation(nc: NatsConnection, op: 'publish' | 'subscription', subject: string): Promise<Status> {
-  return (async () => {
-    for await (const s of nc.status()) {
-      const ctx = (s as Status & { permissionContext?: { operation: string; subject: string } }).permissionContext;
-      if (s.type === Events.Error && s.data === 'PERMISSIONS_VIOLATION' && ctx?.operation === op && ctx.subject === subject) return s;
-    }
-    throw new Error(`connection closed before a ${op} violation on ${subject}`);
-  })();
 }
 
 test('2 shards on the indexer user, the router user scattering, the shim user publishing: both answers, no violation', async () => {

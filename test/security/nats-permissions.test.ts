@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { connect, Events, type NatsConnection, type Status } from 'nats';
+import { connect, type NatsConnection } from 'nats';
 import { encode, eventStreamConfig, initHashing, subjects, BusError } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
 import { natsAuthConfig } from '@kvgate/protocol/nats-permissions';
@@ -32,6 +32,7 @@ import { startStack } from '@kvgate/workload';
 import { examine } from '../../packages/cli/src/commands/doctor.js';
 import { readStreams } from '../../packages/cli/src/replay/stream-io.js';
 import { startNatsServer, type NatsServerHandle } from '../harness/nats-server.js';
+import { violation } from '../harness/nats-violation.js';
 
 await initHashing();
 
@@ -76,16 +77,6 @@ async function as(server: NatsServerHandle, user: string, pass: string, name = `
   return nc;
 }
 
-/** resolves with the permissions violation the server reports for (op, subject) on this connection */
-function violation(nc: NatsConnection, op: 'publish' | 'subscription', subject: string): Promise<Status> {
-  return (async () => {
-    for await (const s of nc.status()) {
-      const ctx = (s as Status & { permissionContext?: { operation: string; subject: string } }).permissionContext;
-      if (s.type === Events.Error && s.data === 'PERMISSIONS_VIOLATION' && ctx?.operation === op && ctx.subject === subject) return s;
-    }
-    throw new Error(`connection closed before a ${op} violation on ${subject}`);
-  })();
-}
 
 /** everything the admin sees on kvgate.default.> (the "would anyone have received it" witness) */
 async function witness(server: NatsServerHandle): Promise<{ seen: string[]; until(subject: string): Promise<void>; close(): Promise<void> }> {
