@@ -23,11 +23,15 @@ export interface EngineCoreOptions {
   onEvents?: (events: KvCacheEvent[], tsSeconds: number) => void;
   /**
    * Each finished request that was submitted with a `tag` (the client's x-request-id): its TTFT and end-to-end
-   * latency on the engine's modelled clock (arrival → first token / last token, simulated ms), free of host lag.
+   * latency on the engine's modelled clock (arrival → first token / last token, simulated ms), free of host lag,
+   * and the gaps between its tokens (simulated ms).
    * `kvgate start` reports these beside what its client observed (wall × speedup, which scales the host's lag too).
    */
-  onRequestDone?: (tag: string, ttftMs: number, e2eMs: number) => void;
+  onRequestDone?: RequestTimingSink;
 }
+
+/** a finished request's modelled latencies: TTFT, end to end, and the gaps between its tokens (simulated ms) */
+export type RequestTimingSink = (requestId: string, ttftMs: number, e2eMs: number, gapsMs: number[]) => void;
 
 type Sink = (out: TokenOutput) => void;
 
@@ -37,6 +41,8 @@ interface Track {
   lastMs: number;
   firstMs: number;
   tag: string | undefined;
+  /** gaps between tokens, kept only for a tagged request */
+  gaps: number[] | undefined;
 }
 
 export class EngineCore {
@@ -97,7 +103,7 @@ export class EngineCore {
     const now = this.now();
     const arrivalMs = this.#inStep ? Math.min(Math.max(now, this.#stepStart), this.#cursor) : Math.max(now, this.#cursor);
     this.#sched.submit({ ...req, arrivalMs });
-    this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs, firstMs: NaN, tag });
+    this.#tracks.set(req.id, { sink, arrivalMs, lastMs: arrivalMs, firstMs: NaN, tag, gaps: tag !== undefined && this.#onRequestDone ? [] : undefined });
     // busy but not in a step = woken, first step not started yet: it must not start before this arrival
     if (this.#busy && !this.#inStep) this.#wakeAt = Math.max(this.#wakeAt, arrivalMs);
     else this.#kick(arrivalMs);
@@ -196,11 +202,12 @@ export class EngineCore {
         else this.#metrics.interToken(out.atMs - t.lastMs);
         if (out.finishReason) this.#metrics.finished(out.atMs - t.arrivalMs, out.finishReason);
       }
-      t.lastMs = out.atMs;
       if (out.index === 0) t.firstMs = out.atMs;
+      else t.gaps?.push(out.atMs - t.lastMs);
+      t.lastMs = out.atMs;
       if (out.finishReason) {
         this.#tracks.delete(out.id);
-        if (t.tag !== undefined && this.#onRequestDone) this.#onRequestDone(t.tag, t.firstMs - t.arrivalMs, out.atMs - t.arrivalMs);
+        if (t.tag !== undefined && this.#onRequestDone) this.#onRequestDone(t.tag, t.firstMs - t.arrivalMs, out.atMs - t.arrivalMs, t.gaps ?? []);
         if (this.#sched.held(out.id)) {
           const timer = setTimeout(() => this.releaseHeld(out.id), this.#holdTimeoutMs / this.speedup);
           timer.unref();

@@ -8,7 +8,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { loadTokenizer, logger, type Tokenizer } from '@kvgate/protocol';
-import { EngineCore } from './engine.js';
+import { EngineCore, type RequestTimingSink } from './engine.js';
+export type { RequestTimingSink } from './engine.js';
 import { EngineMetrics } from './metrics.js';
 import { KvEventPublisher, type EventEncoding, type BlockHashFormat } from './kv-events.js';
 import { createHttpHandler, type EngineRole } from './openai-http.js';
@@ -105,7 +106,7 @@ export interface SimEngineOptions {
   /** header/body timeouts, keep-alive (default 65 s here) and connection cap of the HTTP server (protocol http-limits.ts) */
   httpLimits?: HttpLimits;
   /** each finished request that carried an x-request-id: its modelled TTFT and end-to-end ms (EngineCore onRequestDone) */
-  onRequestDone?: (requestId: string, ttftMs: number, e2eMs: number) => void;
+  onRequestDone?: RequestTimingSink;
 }
 
 export interface SimEngineHandle {

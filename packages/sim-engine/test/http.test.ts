@@ -32,9 +32,9 @@ test('a repeated prompt reports cached tokens and a lower TTFT than the first', 
   assert.ok((await metricValue(e.url, 'vllm:prefix_cache_hits_total')) >= 7984);
 });
 
-test("onRequestDone: a tagged request's TTFT and e2e on the engine's clock, not billed for this host's lag", async () => {
-  const done: [string, number, number][] = [];
-  const fast = await startSimEngine({ speedup: 50, numBlocks: 4096, maxModelLen: 16384, kvEventsEndpoint: null, onRequestDone: (id, ttft, e2e) => void done.push([id, ttft, e2e]) });
+test("onRequestDone: a tagged request's TTFT, gaps and e2e on the engine's clock, not billed for this host's lag", async () => {
+  const done: [string, number, number, number[]][] = [];
+  const fast = await startSimEngine({ speedup: 50, numBlocks: 4096, maxModelLen: 16384, kvEventsEndpoint: null, onRequestDone: (id, ttft, e2e, gaps) => void done.push([id, ttft, e2e, gaps]) });
   try {
     const t0 = performance.now();
     const tagged = post(fast.url + '/v1/completions', { prompt: tokens(2000, 5), max_tokens: 4 }, { 'x-request-id': 'lag-free-1' });
@@ -48,9 +48,13 @@ test("onRequestDone: a tagged request's TTFT and e2e on the engine's clock, not 
     const untagged = await post(fast.url + '/v1/completions', { prompt: tokens(300, 6), max_tokens: 2 });
     assert.is(untagged.status, 200);
     assert.is(done.length, 1, JSON.stringify(done));
-    const [id, ttft, e2e] = done[0]!;
+    const [id, ttft, e2e, gaps] = done[0]!;
     assert.is(id, 'lag-free-1');
     assert.ok(ttft > 0 && e2e >= ttft, `ttft ${ttft} e2e ${e2e}`);
+    // 4 tokens: 3 gaps, which add up to the time after the first token
+    assert.is(gaps.length, 3);
+    assert.ok(gaps.every((g) => g > 0), JSON.stringify(gaps));
+    assert.ok(Math.abs(gaps.reduce((a, g) => a + g, 0) - (e2e - ttft)) < 1e-6, `${gaps} vs ${e2e - ttft}`);
     assert.ok(clientModelledMs >= 5000, `client saw ${clientModelledMs} modelled ms`);
     assert.ok(e2e < 2000, `the engine billed ${e2e} ms for a 2000-token prefill and 4 tokens`);
   } finally {

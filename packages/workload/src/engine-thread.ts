@@ -3,20 +3,20 @@
  * shims and indexer keep the main event loop). Protocol: workerData = { options: SimEngineOptions, timings }; the
  * thread posts {ok: true, info} once listening (or {ok: false, error}); a 'close' message closes the engine and
  * ends the thread. With `timings`, finished requests' modelled latencies (onRequestDone) are posted in batches as
- * {timings: [[requestId, ttftMs, e2eMs], …]} every 100 ms; a 'flush' message posts what is pending, then 'flushed'.
+ * {timings: [[requestId, ttftMs, e2eMs, gapsMs], …]} every 100 ms; a 'flush' message posts what is pending, then 'flushed'.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { startSimEngine, type SimEngineOptions } from '@kvgate/sim-engine';
 
 const port = parentPort!;
 const { options, timings } = workerData as { options: SimEngineOptions; timings: boolean };
-let pending: [string, number, number][] = [];
+let pending: [string, number, number, number[]][] = [];
 const flush = () => {
   if (pending.length) port.postMessage({ timings: pending });
   pending = [];
 };
 try {
-  const e = await startSimEngine(timings ? { ...options, onRequestDone: (id, ttft, e2e) => void pending.push([id, ttft, e2e]) } : options);
+  const e = await startSimEngine(timings ? { ...options, onRequestDone: (id, ttft, e2e, gaps) => void pending.push([id, ttft, e2e, gaps]) } : options);
   const tick = timings ? setInterval(flush, 100) : undefined;
   tick?.unref();
   port.postMessage({

@@ -1,6 +1,6 @@
 /** Simulated engines in worker threads (see engine-thread.ts): the same handle fields as startSimEngine's. */
 import { Worker } from 'node:worker_threads';
-import type { SimEngineOptions } from '@kvgate/sim-engine';
+import type { RequestTimingSink, SimEngineOptions } from '@kvgate/sim-engine';
 
 export interface ThreadEngine {
   url: string;
@@ -18,7 +18,7 @@ export interface ThreadEngine {
 }
 
 /** `onRequestDone`: the engine's modelled latencies per finished request that carried an x-request-id */
-export function startEngineThread(opts: SimEngineOptions, onRequestDone?: (requestId: string, ttftMs: number, e2eMs: number) => void): Promise<ThreadEngine> {
+export function startEngineThread(opts: SimEngineOptions, onRequestDone?: RequestTimingSink): Promise<ThreadEngine> {
   const { onRequestDone: _fn, ...options } = opts;
   const w = new Worker(new URL('./engine-thread-boot.mjs', import.meta.url), { workerData: { options, timings: onRequestDone !== undefined }, env: process.env });
   const flushed: (() => void)[] = [];
@@ -32,7 +32,7 @@ export function startEngineThread(opts: SimEngineOptions, onRequestDone?: (reque
       w.on('message', (msg: unknown) => {
         if (msg === 'flushed') flushed.shift()?.();
         else if (onRequestDone && typeof msg === 'object' && msg !== null && 'timings' in msg) {
-          for (const [id, ttft, e2e] of (msg as { timings: [string, number, number][] }).timings) onRequestDone(id, ttft, e2e);
+          for (const [id, ttft, e2e, gaps] of (msg as { timings: [string, number, number, number[]][] }).timings) onRequestDone(id, ttft, e2e, gaps);
         }
       });
       let closing: Promise<void> | undefined;

@@ -7,7 +7,7 @@ import { type Bus } from '@kvgate/protocol';
 import { createBus, type NatsBusOptions } from '@kvgate/protocol/bus/index';
 import type { Tokenizer } from '@kvgate/protocol/tokenizer';
 import { startIndexer, type RunningIndexer } from '@kvgate/indexer';
-import { startSimEngine, type EngineRole, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
+import { startSimEngine, type EngineRole, type RequestTimingSink, type SimEngineHandle, type SimEngineOptions } from '@kvgate/sim-engine';
 import { startShim, type ShimHandle, type ShimOptions } from '@kvgate/worker-shim';
 import { startRouter, type RouterHandle, type RouterOptions } from '@kvgate/router';
 import { startEngineThread, type ThreadEngine } from './engine-threads.js';
@@ -57,7 +57,7 @@ export interface StackOptions {
   /** extra options for every shim (e.g. prefillTimeoutMs, engineProbeMs) */
   shim?: Partial<Pick<ShimOptions, 'prefillTimeoutMs' | 'engineProbeMs' | 'loadIntervalMs'>>;
   /** every engine's modelled latencies per finished request that carried an x-request-id (SimEngineOptions.onRequestDone) */
-  onRequestDone?: (requestId: string, ttftMs: number, e2eMs: number) => void;
+  onRequestDone?: RequestTimingSink;
 }
 
 type EngineHandle = Pick<SimEngineHandle, 'url' | 'role' | 'blockSize' | 'numBlocks' | 'kvEventsEndpoint' | 'replayEndpoint' | 'close'> | ThreadEngine;

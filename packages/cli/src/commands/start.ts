@@ -83,14 +83,15 @@ function modelled(r: PolicyResult, speedup: number): PolicyResult {
 }
 
 /**
- * TTFT and end-to-end latency on the engines' own clocks (arrival at the engine → first / last token, simulated
- * ms, free of this host's lag), in place of the client's wall ms × speedup, which also scales every wall ms the
+ * TTFT, ITL (the gaps between tokens) and end-to-end latency on the engines' own clocks (arrival at the engine →
+ * first / last token, simulated ms, free of this host's lag), in place of the client's wall ms × speedup, which also scales every wall ms the
  * client, routers, shims and event loops spend (8× at --speedup 8). Needs the engines' figure for at least 99% of
  * the requests that succeeded (else the client's figures stay); the client's TTFT p50 is kept as clientTtftP50Ms.
  */
-function onEngineClocks(r: PolicyResult, rs: readonly RequestResult[], timings: ReadonlyMap<string, readonly [number, number]>, percentileOf: (xs: number[], p: number) => number): PolicyResult & { clientTtftP50Ms: number; clock: 'engine' | 'client' } {
+function onEngineClocks(r: PolicyResult, rs: readonly RequestResult[], timings: ReadonlyMap<string, EngineTiming>, percentileOf: (xs: number[], p: number) => number): PolicyResult & { clientTtftP50Ms: number; clock: 'engine' | 'client' } {
   const ttft: number[] = [];
   const e2e: number[] = [];
+  const gaps: number[] = [];
   let ok = 0;
   for (const q of rs) {
     if (!q.ok) continue;
@@ -99,10 +100,14 @@ function onEngineClocks(r: PolicyResult, rs: readonly RequestResult[], timings: 
     if (!t) continue;
     ttft.push(t[0]);
     e2e.push(t[1]);
+    for (const g of t[2]) gaps.push(g);
   }
   if (ok === 0 || ttft.length < 0.99 * ok) return { ...r, clientTtftP50Ms: r.ttftP50Ms, clock: 'client' };
-  return { ...r, ttftP50Ms: percentileOf(ttft, 50), ttftP99Ms: percentileOf(ttft, 99), e2eP50Ms: percentileOf(e2e, 50), clientTtftP50Ms: r.ttftP50Ms, clock: 'engine' };
+  return { ...r, ttftP50Ms: percentileOf(ttft, 50), ttftP99Ms: percentileOf(ttft, 99), itlP50Ms: gaps.length ? percentileOf(gaps, 50) : r.itlP50Ms, e2eP50Ms: percentileOf(e2e, 50), clientTtftP50Ms: r.ttftP50Ms, clock: 'engine' };
 }
+
+/** one request's modelled TTFT, e2e and gaps between tokens (simulated ms), from its engine */
+type EngineTiming = readonly [number, number, readonly number[]];
 
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
 const ms = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : '—');
@@ -224,7 +229,7 @@ export async function run(argv: string[]): Promise<number> {
   type Row = PolicyResult & { cpuHitRate: number; clientTtftP50Ms: number; clock: 'engine' | 'client' };
   const runDeployment = async (cpu: number, keep: boolean): Promise<Row[]> => {
     // the engines' own latencies per request (x-request-id → [TTFT, e2e] simulated ms)
-    const timings = new Map<string, readonly [number, number]>();
+    const timings = new Map<string, EngineTiming>();
     const tag = cpu > 0 ? `+cpu` : '';
     process.stderr.write(
       `starting ${engines} engines (worker threads${cpu > 0 ? `, CPU offload tier ${cpu} blocks at ${offloadBandwidth} GB/s` : ''}), ${engines} shims, the indexer and ${routers} routers…\n`,
@@ -252,7 +257,7 @@ export async function run(argv: string[]): Promise<number> {
         ...(cpu > 0 ? { cpuOffloadBlocks: cpu, offloadLink: { bandwidthGBps: offloadBandwidth } } : {}),
       },
       router: routerOptions('round-robin'),
-      onRequestDone: (id, ttft, e2e) => void timings.set(id, [ttft, e2e]),
+      onRequestDone: (id, ttft, e2e, gaps) => void timings.set(id, [ttft, e2e, gaps]),
     });
     const engineUrls = stack.engines.map((e) => e.url);
     const out: Row[] = [];
@@ -275,8 +280,8 @@ export async function run(argv: string[]): Promise<number> {
         const { results: rs, wallMs } = await runPlanInThread({ ...spec, requestIdPrefix: `${name}-${process.pid}-${out.length}` }, stack.routers.map((r) => r.url), (d) => bar.tick(d), clientAuth);
         bar.end();
         await stack.flushTimings();
-        // the engines' modelled time, as whatif reports it: TTFT and e2e on the engines' clocks, ITL and req/s from
-        // the client (wall × speedup, ÷ speedup)
+        // the engines' modelled time, as whatif reports it: TTFT, ITL and e2e on the engines' clocks, req/s from
+        // the client (÷ speedup)
         const s = onEngineClocks(modelled(summarize(name, rs, wallMs), speedup), rs, timings, percentile);
         timings.clear();
         // prompt tokens the CPU tier served in this run / prompt tokens (the engines' own count of CPU hits)
@@ -349,7 +354,7 @@ export async function run(argv: string[]): Promise<number> {
     console.log(
       `latencies and req/s in modelled-GPU time${speedup !== 1 ? ` (engines ran ${speedup}× faster than the modelled GPU)` : ''}: ` +
         (clocks
-          ? `TTFT and e2e on the engines' own clocks (arrival → first / last token, free of this host's lag); ITL, req/s and client TTFT as the client saw them${speedup !== 1 ? ` (wall-clock ms × ${speedup}: the host's own ms count ${speedup}×)` : ''}`
+          ? `TTFT, ITL and e2e on the engines' own clocks (arrival → first / last token, free of this host's lag); req/s and client TTFT as the client saw them${speedup !== 1 ? ` (wall-clock ms × ${speedup}: the host's own ms count ${speedup}×)` : ''}`
           : `as the client saw them${speedup !== 1 ? ` (wall-clock ms × ${speedup})` : ' (= wall clock)'}`) +
         `; ${((Date.now() - t0) / 1000).toFixed(0)} s in all`,
     );
