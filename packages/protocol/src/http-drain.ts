@@ -57,11 +57,11 @@ function endsEvent(chunk: Uint8Array): boolean {
 }
 
 /** The default cut: 503 before the headers, the SSE error event on a stream, a close otherwise. */
-export function cutResponse(res: ServerResponse, err: unknown): void {
+export function cutResponse(res: ServerResponse, err: unknown, headers: Record<string, string> = {}): void {
   if (res.writableEnded || res.destroyed) return;
   if (!res.headersSent) {
     const { status, body } = errorBody(err);
-    res.writeHead(status, { 'content-type': 'application/json', connection: 'close' });
+    res.writeHead(status, { ...headers, 'content-type': 'application/json', connection: 'close' });
     res.end(JSON.stringify(body));
   } else if (isSse(res)) {
     res.end(sseErrorEvent(err));
@@ -125,10 +125,15 @@ export class HttpDrain {
   readonly #cuts = new WeakMap<ServerResponse, (err: unknown) => void>();
   #waiters: (() => void)[] = [];
   #draining = false;
+  readonly #cutHeaders: ((res: ServerResponse) => Record<string, string>) | undefined;
 
-  /** `who` names the process in the cut's error message ("router", "shim", "engine") */
-  constructor(server: Server, who: string) {
+  /**
+   * `who` names the process in the cut's error message ("router", "shim", "engine"); `cutHeaders`: extra headers
+   * of the default cut's 503 for a response (the router's x-request-id), asked only when a response is cut
+   */
+  constructor(server: Server, who: string, cutHeaders?: (res: ServerResponse) => Record<string, string>) {
     this.#who = who;
+    this.#cutHeaders = cutHeaders;
     server.on('request', (_req, res: ServerResponse) => {
       if (this.#draining) res.shouldKeepAlive = false;
       this.#open.add(res);
@@ -179,7 +184,7 @@ export class HttpDrain {
       const err = shuttingDown(this.#who);
       for (const res of [...this.#open]) {
         cut++;
-        (this.#cuts.get(res) ?? ((e: unknown) => cutResponse(res, e)))(err);
+        (this.#cuts.get(res) ?? ((e: unknown) => cutResponse(res, e, this.#cutHeaders?.(res))))(err);
       }
       await this.#idle(CUT_GRACE_MS);
     }

@@ -125,7 +125,8 @@ export class HttpEdge {
       if (!this.dashboard.upgrade(req, socket, head)) socket.destroy();
     });
     applyHttpLimits(this.server, limits, 'router');
-    this.drain = new HttpDrain(this.server, 'router');
+    // a request cut by the shutdown before its answer started: the 503 carries its id, as every router error does
+    this.drain = new HttpDrain(this.server, 'router', (res) => ({ 'x-request-id': requestIdOf(res.req) }));
   }
 
   stats(): EdgeStats {

@@ -83,6 +83,8 @@ test('close({drainMs}) while streaming: KVG_SHUTTING_DOWN error event and [DONE]
     assert.is(ev[3], '[DONE]');
     const w = await waiting;
     assert.is(w.statusCode, 503);
+    // the router's own error carries the request's id (made here: the client sent none)
+    assert.match(String(w.headers['x-request-id']), /^[0-9a-f-]{36}$/);
     assert.is(((await w.body.json()) as { error: { kvg_code: string } }).error.kvg_code, 'KVG_SHUTTING_DOWN');
   } finally {
     await r.close();
