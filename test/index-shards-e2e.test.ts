@@ -27,6 +27,7 @@ import { startShim, type ShimHandle } from '../packages/worker-shim/src/index.js
 import { startRouter, type RouterHandle } from '../packages/router/src/index.js';
 import { judgeIndexers, readIndexers } from '../packages/cli/src/commands/doctor-indexers.js';
 import { freePort, startNatsServer, type NatsServerHandle } from './harness/nats-server.js';
+import { metricSum } from './harness/metrics.js';
 
 const BIN = new URL('../bin/kvgate.js', import.meta.url).pathname;
 const MODEL = 'qwen3-8b';
@@ -43,16 +44,7 @@ async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number
   }
 }
 
-function metric(text: string, name: string, label = ''): number {
-  let n = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name) || !line.includes(label)) continue;
-    const rest = line.slice(name.length);
-    if (rest[0] !== '{' && rest[0] !== ' ') continue;
-    n += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return n;
-}
+const metric = metricSum;
 
 /** one `kvgate indexer --shard i/2` process */
 class ShardProc {
