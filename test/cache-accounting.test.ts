@@ -12,6 +12,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { request } from 'undici';
+import WebSocket from 'ws';
 import { Counter, Registry } from 'prom-client';
 import { initHashing, prefixHashesU64 } from '@kvgate/protocol';
 import { createBus } from '@kvgate/protocol/bus/index';
@@ -72,6 +73,18 @@ async function counters() {
 
 const diff = (a: Awaited<ReturnType<typeof counters>>, b: typeof a) => Object.fromEntries(Object.entries(b).map(([k, v]) => [k, v - a[k as keyof typeof a]]));
 
+/** the dashboard's first picture: this router's predicted vs actual for w1 and where a gap comes from */
+function dashboardCache(): Promise<{ cause: string; problem: boolean; predicted: number; actual: number; message: string } | null> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${router.url.replace('http', 'ws')}/dashboard/ws`);
+    ws.once('message', (d) => {
+      ws.close();
+      resolve((JSON.parse(String(d)) as { workers: { worker: string; cache: never }[] }).workers.find((w) => w.worker === 'w1')!.cache);
+    });
+    ws.once('error', reject);
+  });
+}
+
 /** SSE data payloads */
 const events = (text: string) => text.split('\n\n').map((e) => e.trim()).filter((e) => e.startsWith('data:')).map((e) => e.slice(5).trim());
 
@@ -84,6 +97,9 @@ test('a cache hit: predicted = actual (64-token prompt, 4 blocks of 16: 48 token
   assert.is(r.status, 200);
   assert.is(JSON.parse(r.text).usage.prompt_tokens_details.cached_tokens, 48);
   assert.equal(diff(before, await counters()), { predicted: 48, actual: 48, prompt: 64, deltaCount: 1, deltaSum: 0, short: 0 });
+  // the dashboard's cache column: the prediction holds
+  const c = await dashboardCache();
+  assert.equal([c?.cause, c?.problem, c?.predicted, c?.actual], ['holds', false, 0.75, 0.75]);
 });
 
 test('a miss: the index says held, the engine has nothing: predicted 48, actual 0, delta -48', async () => {
@@ -94,6 +110,11 @@ test('a miss: the index says held, the engine has nothing: predicted 48, actual 
   assert.is(r.status, 200);
   assert.is(JSON.parse(r.text).usage.prompt_tokens_details.cached_tokens, 0);
   assert.equal(diff(before, await counters()), { predicted: 48, actual: 0, prompt: 64, deltaCount: 1, deltaSum: -48, short: 1 });
+  // the dashboard's cache column: 96 predicted, 48 actual of 128 prompt tokens — fewer cached than predicted, and
+  // the engine found some of it (not a hash mismatch): blocks gone between the index's view and the prefill
+  const c = await dashboardCache();
+  assert.equal([c?.cause, c?.problem, c?.predicted, c?.actual], ['evicted-after-routing', true, 0.75, 0.375]);
+  assert.match(c!.message, /1 of 2 requests found less cached than predicted/);
 });
 
 test('a stream without include_usage: no usage chunk reaches the client; the counters read it off the engine', async () => {

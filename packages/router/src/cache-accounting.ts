@@ -95,9 +95,15 @@ export interface CacheTotals {
   requests: number;
 }
 
+/** one worker's totals since start, and how many of its answers had fewer cached tokens than predicted */
+export interface WorkerCacheTotals extends CacheTotals {
+  short: number;
+}
+
 export class CacheAccounting {
   readonly #m: RouterMetrics;
   readonly #totals: CacheTotals = { predicted: 0, actual: 0, prompt: 0, requests: 0 };
+  readonly #byWorker = new Map<string, WorkerCacheTotals>();
 
   constructor(metrics: RouterMetrics) {
     this.#m = metrics;
@@ -137,6 +143,18 @@ export class CacheAccounting {
     t.actual += actual;
     t.prompt += promptTokens;
     t.requests++;
+    let w = this.#byWorker.get(p.worker);
+    if (!w) this.#byWorker.set(p.worker, (w = { predicted: 0, actual: 0, prompt: 0, requests: 0, short: 0 }));
+    w.predicted += predicted;
+    w.actual += actual;
+    w.prompt += promptTokens;
+    w.requests++;
+    if (actual < predicted) w.short++;
+  }
+
+  /** one worker's totals since start (the dashboard's cache column); undefined before its first compared answer */
+  ofWorker(worker: string): Readonly<WorkerCacheTotals> | undefined {
+    return this.#byWorker.get(worker);
   }
 
   /** this router's totals since start (the dashboard's feed) */

@@ -4,13 +4,14 @@
  *
  * Aggregated server side: routed requests only append to this tick's tally (and, 20 at most per tick, a reservoir
  * sample of decisions); every `intervalMs` (250) one message goes to every client — the workers (role, model, queue,
- * KV usage, blocks indexed per tier, in-flight load, health), the decisions of the tick (count and sample), predicted vs actual cached tokens
+ * KV usage, blocks indexed per tier, in-flight load, health, this router's predicted vs actual for it and where a
+ * gap comes from — cache-gap.ts, the judge `kvgate doctor --router` uses), the decisions of the tick (count and sample), predicted vs actual cached tokens
  * of the tick and since start (cache-accounting.ts), and the tick's TTFT (count, p50, p90). So the feed costs the
  * same at 1,000 decisions/s as at 10; with no client connected nothing is kept and no timer runs. A client that
  * reads too slowly (over 1 MiB buffered) misses ticks instead of growing the router's memory.
  *
  * Message (JSON, `type: "tick"`): {ts, router, intervalMs, workers: [{worker, model, role, live, waiting, running,
- * kvUsage, indexedBlocks: {gpu, cpu, disk} | null, inflightPrefillTokens, inflightDecodeBlocks, suspect, unhealthy}], decisions: {count, perSecond,
+ * kvUsage, indexedBlocks: {gpu, cpu, disk} | null, inflightPrefillTokens, inflightDecodeBlocks, suspect, unhealthy, cache: {cause, problem, predicted, actual, message} | null}], decisions: {count, perSecond,
  * sample: [{ts, requestId, model, worker, prefill?, overlap, promptBlocks, indexAnswered}]}, cache: {tick:
  * {predicted, actual, prompt}, total: {predicted, actual, prompt, requests}}, ttft: {count, p50, p90}}.
  */
@@ -18,6 +19,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { CacheAccounting, CacheTotals } from './cache-accounting.js';
+import { explainGap, type GapCause } from './cache-gap.js';
 import type { ClusterView } from './cluster-view.js';
 import type { Route } from './routing-core.js';
 
@@ -46,6 +48,8 @@ export interface DashboardOptions {
   intervalMs?: number;
   /** may this upgrade request open the feed (the edge's key check) */
   allow?(req: IncomingMessage): boolean;
+  /** decisions this router made without the index (the cache column's index-fallback cause) */
+  indexFallbacks?(): number;
   random?: () => number;
 }
 
@@ -186,6 +190,7 @@ export class Dashboard {
         inflightDecodeBlocks: f.decodeBlocks,
         suspect: cluster.health.isSuspect(reg.worker),
         unhealthy: cluster.health.isUnhealthy(reg.worker),
+        cache: this.#gap(reg.worker, l?.kvUsage),
       };
     });
     const t = this.#ttft.slice().sort((a, b) => a - b);
@@ -200,6 +205,24 @@ export class Dashboard {
       cache: { tick: { predicted: total.predicted - last.predicted, actual: total.actual - last.actual, prompt: total.prompt - last.prompt }, total },
       ttft: { count: this.#ttftSeen, p50: q(0.5), p90: q(0.9) },
     };
+  }
+
+  /** this router's predicted vs actual for the worker and where a gap comes from (cache-gap.ts); null before traffic */
+  #gap(worker: string, kvUsage: number | undefined): { cause: GapCause; problem: boolean; predicted: number | null; actual: number | null; message: string } | null {
+    const c = this.#o.cache.ofWorker(worker);
+    if (!c) return null;
+    const v = explainGap({
+      worker,
+      promptTokens: c.prompt,
+      predictedTokens: c.predicted,
+      actualTokens: c.actual,
+      requests: c.requests,
+      shortRequests: c.short,
+      predictionMismatch: false,
+      indexFallbacks: this.#o.indexFallbacks?.() ?? 0,
+      ...(kvUsage !== undefined ? { kvUsage } : {}),
+    });
+    return { cause: v.cause, problem: v.problem, predicted: v.predicted, actual: v.actual, message: v.message };
   }
 
   async close(): Promise<void> {
@@ -230,7 +253,7 @@ canvas{background:#fff;border:1px solid #eee}#status{float:right}
 <div><h2>TTFT p50 / p90 (s)</h2><canvas id="ttft" width="420" height="120"></canvas><div id="ttftText" class="muted"></div></div>
 </div>
 <h2>workers</h2>
-<table id="workers"><thead><tr><th>worker</th><th>model</th><th>role</th><th>waiting</th><th>running</th><th>KV usage</th><th title="blocks the index holds of this worker, per tier (from its shim's load report)">blocks indexed GPU / CPU / disk</th><th>in-flight prefill tok</th><th>in-flight decode blk</th><th>health</th></tr></thead><tbody></tbody></table>
+<table id="workers"><thead><tr><th>worker</th><th>model</th><th>role</th><th>waiting</th><th>running</th><th>KV usage</th><th title="blocks the index holds of this worker, per tier (from its shim's load report)">blocks indexed GPU / CPU / disk</th><th>in-flight prefill tok</th><th>in-flight decode blk</th><th>health</th><th title="this router's predicted vs actual cached prompt tokens for the worker since start, and where a gap comes from (hash mismatch, eviction after routing, index lag, index fallback); hover for the reason">cache predicted / actual</th></tr></thead><tbody></tbody></table>
 <h2>decisions <span id="rate" class="muted"></span></h2>
 <table id="decisions"><thead><tr><th>request</th><th>model</th><th>worker</th><th>overlap / blocks</th><th>index</th></tr></thead><tbody></tbody></table>
 <script>
@@ -249,7 +272,8 @@ function plot(id, series, colors, max) {
     g.stroke();
   });
 }
-function row(cells) { const tr = document.createElement("tr"); for (const c of cells) { const td = document.createElement("td"); if (typeof c === "object" && c) { td.textContent = c.t; td.className = c.cls; } else td.textContent = c; tr.appendChild(td); } return tr; }
+function row(cells) { const tr = document.createElement("tr"); for (const c of cells) { const td = document.createElement("td"); if (typeof c === "object" && c) { td.textContent = c.t; td.className = c.cls; if (c.title) td.title = c.title; } else td.textContent = c; tr.appendChild(td); } return tr; }
+function gapCell(g) { if (!g) return { t: "—", cls: "muted" }; const t = fmt(g.predicted) + " / " + fmt(g.actual) + " " + (g.cause === "holds" ? "ok" : g.cause); return { t, cls: g.problem ? "bad" : "", title: g.message }; }
 let ticks = 0;
 function render(m) {
   ticks++;
@@ -262,7 +286,7 @@ function render(m) {
   $("hitText").textContent = tot.prompt > 0 ? "since start: predicted " + fmt(tot.predicted / tot.prompt) + ", actual " + fmt(tot.actual / tot.prompt) + " of " + tot.prompt + " prompt tokens (" + tot.requests + " requests)" : "no request with engine usage yet";
   $("ttftText").textContent = m.ttft.count + " streams this tick" + (m.ttft.p50 !== null ? ", p50 " + m.ttft.p50.toFixed(3) + " s" : "");
   const wb = $("workers").tBodies[0]; wb.replaceChildren();
-  for (const w of m.workers) wb.appendChild(row([w.worker, w.model, w.role, w.waiting ?? "—", w.running ?? "—", fmt(w.kvUsage, 0), w.indexedBlocks ? w.indexedBlocks.gpu + " / " + w.indexedBlocks.cpu + " / " + w.indexedBlocks.disk : "—", w.inflightPrefillTokens, w.inflightDecodeBlocks, w.unhealthy ? { t: "down", cls: "bad" } : w.suspect ? { t: "suspect", cls: "bad" } : w.live ? "ok" : { t: "stale", cls: "muted" }]));
+  for (const w of m.workers) wb.appendChild(row([w.worker, w.model, w.role, w.waiting ?? "—", w.running ?? "—", fmt(w.kvUsage, 0), w.indexedBlocks ? w.indexedBlocks.gpu + " / " + w.indexedBlocks.cpu + " / " + w.indexedBlocks.disk : "—", w.inflightPrefillTokens, w.inflightDecodeBlocks, w.unhealthy ? { t: "down", cls: "bad" } : w.suspect ? { t: "suspect", cls: "bad" } : w.live ? "ok" : { t: "stale", cls: "muted" }, gapCell(w.cache)]));
   $("rate").textContent = m.decisions.perSecond.toFixed(0) + "/s, " + m.decisions.sample.length + " sampled";
   const db = $("decisions").tBodies[0];
   for (const d of m.decisions.sample) db.insertBefore(row([d.requestId.slice(0, 12), d.model, d.worker + (d.prefill ? " ← " + d.prefill : ""), d.overlap + " / " + d.promptBlocks, d.indexAnswered ? "yes" : { t: "no", cls: "bad" }]), db.firstChild);

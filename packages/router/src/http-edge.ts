@@ -102,7 +102,7 @@ export class HttpEdge {
     this.#metrics = o.metrics;
     this.#log = o.log;
     this.cache = new CacheAccounting(o.metrics);
-    this.dashboard = new Dashboard({ router: o.id, cluster: o.cluster, cache: this.cache, allow: (req) => this.#dashboardAllowed(req) });
+    this.dashboard = new Dashboard({ router: o.id, cluster: o.cluster, cache: this.cache, allow: (req) => this.#dashboardAllowed(req), indexFallbacks: () => this.#core.stats().indexFallbacks });
     const limits = resolveHttpLimits(o.httpLimits, { keepAliveTimeoutMs: 65_000 });
     this.server = createServer(httpServerOptions(limits, { noDelay: true }), (inReq, res) => {
       arrivedAt.set(res, performance.now());

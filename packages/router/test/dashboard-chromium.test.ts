@@ -57,6 +57,7 @@ test('the dashboard in Chromium: loads offline, receives live ticks over ws, sho
     const header = (await page.evaluate("[...document.querySelectorAll('#workers thead th')].map((h) => h.innerText)")) as string[];
     const col = header.findIndex((h) => /blocks indexed/i.test(h));
     assert.ok(col > 0, `a blocks-indexed-per-tier column: ${JSON.stringify(header)}`);
+    assert.ok(header.some((h) => /cache predicted \/ actual/i.test(h)), `a predicted / actual (gap cause) column: ${JSON.stringify(header)}`);
     assert.match(header[col]!, /GPU \/ CPU \/ disk/);
     assert.is(await page.evaluate(`document.querySelector('#workers tbody tr').children[${col}].innerText`), '120 / 40 / 0');
     assert.is(await page.evaluate("document.querySelector('#decisions tbody tr').children[2].innerText"), 'w1');
