@@ -102,7 +102,6 @@ export interface WorkerCacheTotals extends CacheTotals {
 
 export class CacheAccounting {
   readonly #m: RouterMetrics;
-  readonly #totals: CacheTotals = { predicted: 0, actual: 0, prompt: 0, requests: 0 };
   readonly #byWorker = new Map<string, WorkerCacheTotals>();
 
   constructor(metrics: RouterMetrics) {
@@ -138,11 +137,6 @@ export class CacheAccounting {
     this.#m.actualCachedTokens.inc(labels, actual);
     this.#m.promptTokens.inc(labels, promptTokens);
     this.#m.cachedTokensDelta.observe(labels, actual - predicted);
-    const t = this.#totals;
-    t.predicted += predicted;
-    t.actual += actual;
-    t.prompt += promptTokens;
-    t.requests++;
     let w = this.#byWorker.get(p.worker);
     if (!w) this.#byWorker.set(p.worker, (w = { predicted: 0, actual: 0, prompt: 0, requests: 0, short: 0 }));
     w.predicted += predicted;
@@ -157,8 +151,15 @@ export class CacheAccounting {
     return this.#byWorker.get(worker);
   }
 
-  /** this router's totals since start (the dashboard's feed) */
+  /** this router's totals since start (the dashboard's feed): the sum over its workers */
   totals(): CacheTotals {
-    return { ...this.#totals };
+    const t: CacheTotals = { predicted: 0, actual: 0, prompt: 0, requests: 0 };
+    for (const w of this.#byWorker.values()) {
+      t.predicted += w.predicted;
+      t.actual += w.actual;
+      t.prompt += w.prompt;
+      t.requests += w.requests;
+    }
+    return t;
   }
 }

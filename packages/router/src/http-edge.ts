@@ -252,10 +252,7 @@ export class HttpEdge {
       const headers: Record<string, string> = { 'content-type': 'application/json' };
       const tp = inReq.headers.traceparent;
       if (typeof tp === 'string') headers.traceparent = tp;
-      // the client's credentials stay here: upstream gets the engine's own key (unless told to forward the client's)
-      const auth = o.forwardClientAuth ? inReq.headers.authorization : undefined;
-      if (typeof auth === 'string') headers.authorization = auth;
-      else if (o.engineAuth) headers.authorization = o.engineAuth;
+      this.#upstreamAuth(inReq, headers);
       headers['x-request-id'] = requestId;
       // a data-parallel rank of one engine server: vLLM's API server reads this hint (X-data-parallel-rank)
       if (decision.worker.dpRank !== undefined) headers['x-data-parallel-rank'] = String(decision.worker.dpRank);
@@ -471,9 +468,7 @@ export class HttpEdge {
     const u = this.#parsedUrl(w.url);
     const requestId = requestIdOf(inReq);
     const headers: Record<string, string> = { 'content-type': 'application/json', 'x-request-id': requestId };
-    const auth = o.forwardClientAuth ? inReq.headers.authorization : undefined;
-    if (typeof auth === 'string') headers.authorization = auth;
-    else if (o.engineAuth) headers.authorization = o.engineAuth;
+    this.#upstreamAuth(inReq, headers);
     if (o.clusterSecret) Object.assign(headers, signRequest(o.clusterSecret, 'POST', u.basePath + path, raw));
     let up;
     try {
@@ -485,6 +480,13 @@ export class HttpEdge {
     const ct = up.headers['content-type'];
     res.writeHead(up.statusCode, { 'content-type': typeof ct === 'string' ? ct : 'application/json', 'content-length': answer.length, 'x-kvgate-worker': w.worker, 'x-request-id': requestId });
     res.end(answer);
+  }
+
+  /** the client's credentials stay here: upstream gets the engine's own key (unless told to forward the client's) */
+  #upstreamAuth(inReq: IncomingMessage, headers: Record<string, string>): void {
+    const auth = this.#o.forwardClientAuth ? inReq.headers.authorization : undefined;
+    if (typeof auth === 'string') headers.authorization = auth;
+    else if (this.#o.engineAuth) headers.authorization = this.#o.engineAuth;
   }
 
   #rateLimited(client: string, waitS: number, what: string): RateLimited {
