@@ -260,12 +260,11 @@ export class RoutingCore {
     const input = { pool: r.pool, hashes: r.hashes, indexOverlaps: r.overlaps, indexTiers: r.tiers, ...(r.tokens ? { promptTokens: r.tokens.length } : {}) };
     const filter = this.#healthFilter(r.pool, tried);
     let decision = this.selector.select({ ...input, ...filter });
-    // every worker left is reported down: a report can be wrong (a shim that cannot reach its engine while the
-    // router can, a probe that timed out on a loaded host), so try them, least recently failed first by the
-    // selector's own order, rather than answer 503 — a failed attempt is retried or answered as the upstream error
+    // every worker left is reported down (the filter excluded more than the tried ones): a report can be wrong (a
+    // shim that cannot reach its engine while the router can, a probe that timed out on a loaded host), so try
+    // them by the usual score rather than answer 503 — a failed attempt is retried or answered as the upstream error
     if (!decision && filter.exclude && filter.exclude.size > (tried?.size ?? 0)) {
-      const reportedDown = new Set([...filter.exclude].filter((w) => !tried?.has(w)));
-      decision = this.selector.select({ ...input, ...(tried ? { exclude: tried } : {}), avoid: new Set([...(filter.avoid ?? []), ...reportedDown]) });
+      decision = this.selector.select({ ...input, ...(tried ? { exclude: tried } : {}) });
       if (decision) this.#stats.lastResort++;
     }
     if (!decision) throw this.#noWorker(`no live worker left for model \`${r.model}\`${this.#cluster.health.quiet ? '' : ' (engines reported down are not picked)'}`);
