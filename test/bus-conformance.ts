@@ -488,6 +488,24 @@ export function defineConformance(name: string, makeTarget: () => Promise<BusTar
     assert.ok(end.done);
   });
 
+  test('stream: lastSeqOf(filter) is the newest stored message matching a wildcard filter, 0 when none', async () => {
+    const bus = await connect();
+    const p = uniq('lso');
+    const st = await bus.stream(uniq('S'), { subjects: [`${p}.>`] });
+    assert.is(await st.lastSeqOf(`${p}.>`), 0, 'empty stream');
+    for (const [i, sub] of [`${p}.0.0.a`, `${p}.1.0.b`, `${p}.0.1.c`, `${p}.1.1.d`, `${p}.old`].entries()) assert.is(await st.append(sub, enc(String(i))), i + 1);
+    assert.is(await st.lastSeqOf(`${p}.0.>`), 3);
+    assert.is(await st.lastSeqOf(`${p}.1.>`), 4);
+    assert.is(await st.lastSeqOf(`${p}.1.0.>`), 2);
+    assert.is(await st.lastSeqOf(`${p}.*.1.*`), 4);
+    assert.is(await st.lastSeqOf(`${p}.2.>`), 0, 'nothing matches');
+    assert.is(await st.lastSeqOf(`${p}.>`), 5);
+    assert.is(await st.lastSeqOf(`${p}.0.0.a`), 1, 'a literal subject');
+    await st.purgeBefore(4);
+    assert.is(await st.lastSeqOf(`${p}.0.>`), 0, 'purged messages are gone');
+    assert.is(await st.lastSeqOf(`${p}.1.>`), 4);
+  });
+
   test('stream: purgeBefore trims behind a sequence; info follows', async () => {
     const bus = await connect();
     const p = uniq('pur');

@@ -9,7 +9,7 @@
  *   ThreadShard  ShardState in a worker thread (shard-thread.ts, entered through shard-thread-boot.mjs)
  */
 import { Worker } from 'node:worker_threads';
-import { KvgateError, type KvEvent, type TierOverlap, type WorkerDigest } from '@kvgate/protocol';
+import { KvgateError, workerHash, type KvEvent, type TierOverlap, type WorkerDigest } from '@kvgate/protocol';
 import { ShardState, type MatchPart, type ShardOptions, type ShardRequest, type ShardStats, type WorkerState } from './shard-state.js';
 
 export interface Shard {
@@ -105,12 +105,8 @@ export function parseShard(text: string): IndexShard {
   return { index, of };
 }
 
-/** FNV-1a (32 bits) of the worker id: stable across processes, so every replica shards the same way */
-export function workerHash(worker: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < worker.length; i++) h = Math.imul(h ^ worker.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
+/** FNV-1a (32 bits) of the worker id, from @kvgate/protocol (the event subjects carry its low bits): re-exported */
+export { workerHash };
 
 /** the shard of `n` that holds `worker`: workerHash mod n */
 export function shardOf(worker: string, n: number): number {

@@ -1,5 +1,6 @@
 export * from './errors.js';
 export * from './subjects.js';
+export * from './worker-hash.js';
 export * from './hashing.js';
 export * from './schemas.js';
 export * from './bus/bus.js';

@@ -10,7 +10,7 @@
  *            (`index.gossip.<N>.<i>` among one shard's replicas), `index.sync.*`;
  *            asks shims for a resync; reads the event stream and the workers bucket; creates/updates/purges the
  *            event stream and creates the workers bucket.
- *   shim     publishes its workers' `events.<w>`, `load.<w>`, `diag.shim.<w>` and puts its own registry key;
+ *   shim     publishes its workers' `events.<hash bits of w>.<w>`, `load.<w>`, `diag.shim.<w>` and puts its own registry key;
  *            answers `shim.resync.<w>`; reads the workers bucket (P/D prefill targets). A shim user names its
  *            workers, or is the shared `shim` user that may publish for any worker (fleets whose worker ids are
  *            not known when the config is written; see SECURITY.md).
@@ -106,7 +106,8 @@ export function rolePermissions(role: NatsRole, o: { namespace?: string; workers
       const each = (f: (w: string) => string): string[] => (ws ?? ['*']).map(f);
       return {
         publish: [
-          ...each((w) => s.events(w)),
+          // a worker's event subject carries its hash bits: the exact subject per named worker, every one for the shared user
+          ...(ws ? ws.map((w) => s.events(w)) : [s.eventsAll]),
           ...each((w) => s.load(w)),
           ...each((w) => s.diagShim(w)),
           ...each((w) => `${kv}.${w === '*' ? '*' : registryKey(w)}`),

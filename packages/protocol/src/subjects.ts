@@ -3,12 +3,29 @@
  * roles that use it in nats-permissions.ts (the shipped deploy/nats config): a new subject needs its role there,
  * or a deployment on that config refuses it (test/security/nats-permissions.test.ts).
  */
+import { eventFilterBits, shardBitTokens, workerHash } from './worker-hash.js';
+
 export interface Subjects {
   readonly prefix: string;
-  /** `kvgate.<ns>.events.<worker>` — normalised KV events, captured by the durable stream. */
+  /**
+   * `kvgate.<ns>.events.<b0>.<b1>.<b2>.<b3>.<b4>.<b5>.<worker>` — normalised KV events, captured by the durable
+   * stream. b0 … b5 are the low 6 bits of workerHash(worker) (worker-hash.ts), least significant first, "0" or "1":
+   * index shard i of N = 2^k reads its workers' events alone with one filter (`eventsShard`), since nats-server 2.9
+   * allows one filter subject per consumer. (Before: `kvgate.<ns>.events.<worker>`; see eventsAll.)
+   */
   events(worker: string): string;
-  /** wildcard over all workers' events */
+  /**
+   * `kvgate.<ns>.events.>` — every event subject: what the durable stream captures. It also captures the old
+   * `kvgate.<ns>.events.<worker>` form, so shims not yet upgraded keep feeding the stream (and every reader
+   * without a shard filter) during an upgrade; a shard filter never matches the old form.
+   */
   readonly eventsAll: string;
+  /**
+   * The subject filter of index shard `shard` of `of` on the event stream: `kvgate.<ns>.events.<bits of shard>.>`
+   * over the low eventFilterBits(of) bits — exactly the shard's workers when `of` is a power of two ≤ 64, a
+   * superset otherwise (the shard still skips the rest), `eventsAll` when `of` is odd.
+   */
+  eventsShard(shard: number, of: number): string;
   load(worker: string): string;
   readonly loadAll: string;
   readonly indexMatch: string;
@@ -92,8 +109,13 @@ export function subjects(namespace = 'default'): Subjects {
   const safeNs = namespace.replace(/[^A-Za-z0-9_-]/g, '_');
   return {
     prefix: p,
-    events: (w) => `${p}.events.${w}`,
-    eventsAll: `${p}.events.*`,
+    events: (w) => `${p}.events.${shardBitTokens(workerHash(w))}.${w}`,
+    eventsAll: `${p}.events.>`,
+    eventsShard: (i, n) => {
+      if (!Number.isInteger(n) || n < 1 || !Number.isInteger(i) || i < 0 || i >= n) throw new Error(`invalid index shard ${i}/${n}`);
+      const bits = eventFilterBits(n);
+      return bits === 0 ? `${p}.events.>` : `${p}.events.${shardBitTokens(i, bits)}.>`;
+    },
     load: (w) => `${p}.load.${w}`,
     loadAll: `${p}.load.*`,
     indexMatch: `${p}.index.match`,

@@ -77,6 +77,7 @@ function lossyBus(inner: Bus): Bus & { dropAppends: number } {
     append: (subject, data) => (lossy.dropAppends > 0 && lossy.dropAppends-- > 0 ? Promise.resolve(0) : st.append(subject, data)),
     read: (o) => st.read(o),
     info: () => st.info(),
+    lastSeqOf: (f) => st.lastSeqOf(f),
     purgeBefore: (n) => st.purgeBefore(n),
   });
   const lossy = {

@@ -78,6 +78,11 @@ export interface DurableStream {
   /** ordered read; ends after the last stored message unless `follow` */
   read(opts?: StreamReadOptions): StreamReader;
   info(): Promise<StreamInfo>;
+  /**
+   * sequence of the last stored message whose subject matches `filter` (wildcards allowed), 0 when none: where a
+   * filtered reader is caught up (the stream's lastSeq may be a message the filter never delivers)
+   */
+  lastSeqOf(filter: string): Promise<number>;
   /** drop every message with seq < keepFromSeq (trim behind a snapshot) */
   purgeBefore(keepFromSeq: number): Promise<void>;
 }

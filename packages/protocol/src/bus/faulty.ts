@@ -146,6 +146,7 @@ export class FaultyBus implements Bus {
       name: s.name,
       read: (o) => s.read(o),
       info: () => s.info(),
+      lastSeqOf: (f) => s.lastSeqOf(f),
       purgeBefore: (k) => s.purgeBefore(k),
       append(subject: string, data: Uint8Array): Promise<number> {
         if (!subjectMatches(bus.#f.pattern, subject)) return s.append(subject, data);

@@ -177,6 +177,13 @@ class MemStream {
     return { firstSeq, lastSeq: this.#lastSeq, messages: n };
   }
 
+  /** seq of the newest stored message matching `filter`, 0 when none */
+  lastSeqOf(filter: string): number {
+    this.enforceLimits();
+    for (let i = this.#msgs.length - 1; i >= 0; i--) if (subjectMatches(filter, this.#msgs[i]!.subject)) return this.#msgs[i]!.seq;
+    return 0;
+  }
+
   purgeBefore(keepFromSeq: number): void {
     this.enforceLimits();
     let drop = 0;
@@ -542,6 +549,11 @@ export class MemoryBus implements Bus {
       async info(): Promise<StreamInfo> {
         bus.#open();
         return st.info();
+      },
+      async lastSeqOf(filter: string): Promise<number> {
+        bus.#open();
+        checkPattern(filter);
+        return st.lastSeqOf(filter);
       },
       async purgeBefore(keepFromSeq: number): Promise<void> {
         bus.#open();

@@ -659,6 +659,17 @@ export class NatsBus implements Bus {
           throw toBusError(err, `stream ${st.name}`);
         }
       },
+      async lastSeqOf(filter: string): Promise<number> {
+        bus.#open();
+        checkPattern(filter);
+        try {
+          // STREAM.MSG.GET {last_by_subj}: nats-server 2.9 takes a wildcard there (the newest message matching it)
+          return (await (await bus.#jsmgr()).streams.getMessage(st.name, { last_by_subj: filter })).seq;
+        } catch (err) {
+          if ((err as NatsError)?.api_error?.err_code === 10037) return 0; // no message found
+          throw toBusError(err, `stream ${st.name}`);
+        }
+      },
       async purgeBefore(keepFromSeq: number): Promise<void> {
         bus.#open();
         try {
