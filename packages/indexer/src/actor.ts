@@ -5,7 +5,12 @@
  *
  * Start-up: load the newest snapshot (snapshot.ts), replay the durable event stream from the snapshot's
  * sequence + 1 and keep following it; `ready` once the stream position reached the stream's last sequence as
- * of start-up. Replicas converge by gossip (gossip.ts); the stream is trimmed behind the oldest snapshot of
+ * of start-up — a shard's last one under its subject filter (below), the stream's last message may be another's.
+ *
+ * A shard `--shard i/N` reads the stream with the subject filter `…events.<low bits of i>.>` (subjects.ts
+ * eventsShard): every event subject carries the low 6 bits of its worker's hash, so with N a power of two ≤ 64 the
+ * server delivers exactly this shard's workers' batches. Other N filter on the bits N allows (none for odd N) and
+ * skip the other shards' batches they still read (kvgate_indexer_foreign_batches_skipped_total). Replicas converge by gossip (gossip.ts); the stream is trimmed behind the oldest snapshot of
  * the live replicas.
  *
  * Losses (a bus outage, batches lost on the way or with the server's store):
@@ -47,7 +52,7 @@ import {
   type Subjects,
   type Subscription,
   type WorkerDigest,
-  type WorkerRegistration, eventStreamConfig } from '@kvgate/protocol';
+  type WorkerRegistration, eventFilterBits, eventStreamConfig } from '@kvgate/protocol';
 import { GossipTracker, type PeerGossip } from './gossip.js';
 import { ResyncGate, type ResyncReason } from './resync.js';
 import { shardOf, shardSnapshotDir, ShardSet, type IndexShard } from './shards.js';
@@ -75,8 +80,8 @@ export interface IndexerOptions {
   registryTtlMs?: number;
   /**
    * this replica is index shard `index` of `of` (`kvgate indexer --shard i/N`, of ≥ 2): it holds only the workers
-   * whose id hashes to it (shardOf, the in-process split's hash), skips the other workers' batches while reading the
-   * stream, answers `…index.match.<of>.<index>` in that shard's queue group and gossips on
+   * whose id hashes to it (shardOf, the in-process split's hash), reads the stream through a subject filter on its
+   * workers' hash bits (of a power of two ≤ 64: only its workers' batches; otherwise it skips the rest), answers `…index.match.<of>.<index>` in that shard's queue group and gossips on
    * `…index.gossip.<of>.<index>` with that shard's replicas only; snapshots go to `<snapshotDir>/shard-<of>-<index>`.
    * It never trims the event stream (the other shards' snapshots are not seen). Absent (or of = 1) = the whole index
    * on `…index.match` / `…index.gossip`, as before.
@@ -154,6 +159,8 @@ export class Indexer {
   readonly #timers: NodeJS.Timeout[] = [];
   #applied = 0;
   #catchUpTo = 0;
+  /** a shard's subject filter on the event stream (subjects.ts eventsShard); undefined = every event */
+  readonly #filter: string | undefined;
   #ready = false;
   #snapshotSeq = 0;
   #lastPurge = 0;
@@ -184,6 +191,8 @@ export class Indexer {
       this.#unshardedDir = this.#opts.snapshotDir;
       this.#opts.snapshotDir = join(this.#opts.snapshotDir, shardSnapshotDir(this.shard));
     }
+    const bits = this.shard ? eventFilterBits(this.shard.of) : 0;
+    this.#filter = this.shard && bits > 0 ? this.#subj.eventsShard(this.shard.index, this.shard.of) : undefined;
     this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries }, this.shard?.of ?? 1);
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
@@ -268,7 +277,14 @@ export class Indexer {
     }
     this.#stream = await this.#bus.stream(s.eventStream, eventStreamConfig(s));
     const info = await this.#stream.info();
-    this.#catchUpTo = info.lastSeq;
+    this.#catchUpTo = this.#filter ? await this.#stream.lastSeqOf(this.#filter) : info.lastSeq;
+    if (this.shard) {
+      const bits = eventFilterBits(this.shard.of);
+      const shard = `${this.shard.index}/${this.shard.of}`;
+      if (1 << bits === this.shard.of) this.#log.info({ shard, filter: this.#filter }, 'reading only this shard\'s events (subject filter)');
+      else if (bits === 0) this.#log.warn({ shard }, 'an odd shard count has no subject filter: this shard reads the whole event stream and skips the other shards\' batches (use a power of two ≤ 64)');
+      else this.#log.warn({ shard, filter: this.#filter, reads: `1/${1 << bits}` }, 'a shard count that is not a power of two ≤ 64: this shard reads the events of every shard sharing its low hash bits and skips the others\' batches (use a power of two ≤ 64)');
+    }
     if (this.#applied > 0 && info.messages > 0 && info.firstSeq > this.#applied + 1) {
       this.#log.warn({ snapshotSeq: this.#applied, firstSeq: info.firstSeq }, 'stream trimmed past the snapshot: peers will repair the gap');
     }
@@ -315,7 +331,7 @@ export class Indexer {
   #startReader(): void {
     const gen = ++this.#readerGen;
     this.#reader?.stop();
-    const reader = this.#stream!.read({ fromSeq: this.#applied + 1, follow: true });
+    const reader = this.#stream!.read({ fromSeq: this.#applied + 1, follow: true, ...(this.#filter ? { filter: this.#filter } : {}) });
     this.#reader = reader;
     void this.#consume(reader, gen);
   }
@@ -671,15 +687,20 @@ export class Indexer {
     return out;
   }
 
-  /** stream messages not yet applied */
-  /** stream messages not applied yet; null when the bus does not answer within 1 s (debug routes never hang on it) */
+  /**
+   * stream messages not applied yet (a filtered shard: the sequence distance to its last event, an upper bound; 0
+   * when caught up); null when the bus does not answer within 1 s (debug routes never hang on it)
+   */
   async lag(): Promise<number | null> {
     if (!this.#stream) return 0;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<null>((r) => (timer = setTimeout(() => r(null), 1000)));
     try {
-      const info = await Promise.race([this.#stream.info(), late]);
-      return info === null ? null : Math.max(0, info.lastSeq - this.#applied);
+      const stream = this.#stream;
+      const last = this.#filter ? stream.lastSeqOf(this.#filter) : stream.info().then((i) => i.lastSeq);
+      last.catch(() => undefined); // a late failure after the timeout won the race is not unhandled
+      const lastSeq = await Promise.race([last, late]);
+      return lastSeq === null ? null : Math.max(0, lastSeq - this.#applied);
     } catch {
       return null;
     } finally {

@@ -1,6 +1,8 @@
 /**
  * Index shards across processes (`kvgate indexer --shard i/N`, issue 18) over MemoryBus (no sockets): parseShard,
- * a shard given every worker's events holds only its own (stream replay and live, registrations too), answers on
+ * a shard given every worker's events holds only its own (stream replay and live, registrations too) and, N a power
+ * of two, is delivered only its own (subject filter: nothing skipped, ready though the stream ends with another
+ * shard's batch), an odd N reads everything and skips the rest, answers on
  * its own match subject only, and snapshots into `<dir>/shard-<N>-<i>` and back; thread shards inside a process
  * shard all get workers.
  */
@@ -87,7 +89,10 @@ for (const threads of [0, 2]) {
       const s1 = await start(1, 'sh1');
       open.push(s1);
       assert.equal(s0.indexer.shard, { index: 0, of: 2 });
+      // the stream ends with w2's batch (shard 0) at start-up: shard 1's end is w1's (seq 2), and it gets ready there
       await Promise.all([s0.whenReady(20_000), s1.whenReady(20_000)]);
+      assert.is(s1.indexer.streamSeq, 2, 'shard 1 ready at its last event, not the stream\'s');
+      assert.is(s0.indexer.streamSeq, 3);
       // the shims' registrations, kept alive as a shim does (the bucket's TTL is 3 s)
       for (const w of ALL) await register(shim, w);
       refresh = setInterval(() => void Promise.all(ALL.map((w) => register(shim, w))).catch(() => undefined), 500);
@@ -96,7 +101,8 @@ for (const threads of [0, 2]) {
       shim.publish(S.events('w5'), batch('w5', 2, [{ t: 'removed', hashes: [hs[3]!] }]));
       await shim.flush();
       const want = (ws: string[]) => Object.fromEntries(ws.map((w) => [w, w === 'w5' ? Math.min(depth(w), 3) : depth(w)]));
-      await waitFor(() => s0.indexer.streamSeq === 7 && s1.indexer.streamSeq === 7, 20_000, 'both shards read the whole stream');
+      // stream: w0 w1 w2 | w3 w4 w5 w5 — each shard is delivered its workers' batches: its position is its last one's seq
+      await waitFor(() => s0.indexer.streamSeq === 5 && s1.indexer.streamSeq === 7, 20_000, 'each shard read its workers\' batches');
       await waitFor(async () => Object.keys((await s1.client.match('m1', null, hs)).overlaps).length === 3, 20_000, 'shard 1 caught up');
       await waitFor(async () => Object.keys((await s0.client.match('m1', null, hs)).overlaps).length === 3, 20_000, 'shard 0 caught up');
       assert.equal((await s0.client.match('m1', null, hs)).overlaps, want(SHARD0));
@@ -114,11 +120,14 @@ for (const threads of [0, 2]) {
       await (await shim.kv(S.workersBucket, { ttlMs: 3000 })).put('w7', encode({ worker: 'w7', model: 'm2', role: 'both', url: 'http://127.0.0.1:1', engineUrl: 'http://127.0.0.1:1', blockSize: 32, capacityBlocks: 100, loras: [], ts: Date.now() }));
       await waitFor(() => s0.indexer.blockSizeOf('m2') === 32, 20_000, 'shard 0 learns m2\'s block size');
       assert.is(s0.indexer.registration('w7'), undefined);
-      assert.is(s0.indexer.streamSeq, 7, 'shard 0 read past the foreign tail');
+      assert.is(s0.indexer.streamSeq, 5, 'shard 0 at w4\'s batch: the foreign tail is not its to read');
       assert.is(s1.indexer.streamSeq, 7);
-      assert.is(await counter(s0, 'kvgate_indexer_foreign_batches_skipped_total'), 4, 'shard 0 skipped w1, w3, w5, w5');
-      assert.is(await counter(s1, 'kvgate_indexer_foreign_batches_skipped_total'), 3);
+      assert.is(await s0.indexer.lag(), 0, 'and not behind');
+      assert.is(await s1.indexer.lag(), 0);
+      assert.is(await counter(s0, 'kvgate_indexer_foreign_batches_skipped_total'), 0, 'the filter delivered no foreign batch');
+      assert.is(await counter(s1, 'kvgate_indexer_foreign_batches_skipped_total'), 0);
       assert.is(await counter(s0, 'kvgate_indexer_stream_messages_total'), 3);
+      assert.is(await counter(s1, 'kvgate_indexer_stream_messages_total'), 4);
 
       // each shard answers its own subject in its own queue group; nobody answers the unsharded subject
       const req = encode({ model: 'm1', lora: null, hashes: hs });
@@ -144,7 +153,7 @@ for (const threads of [0, 2]) {
       const s0b = await start(0, 'sh0-b');
       open.push(s0b);
       await s0b.whenReady(20_000);
-      assert.is(s0b.indexer.streamSeq, 7);
+      assert.is(s0b.indexer.streamSeq, 5);
       assert.equal(Object.keys(await s0b.indexer.digests()).sort(), SHARD0);
       assert.equal((await s0b.client.match('m1', null, hs)).overlaps, want(SHARD0));
       assert.is(await counter(s0b, 'kvgate_indexer_stream_messages_total'), 0, 'all from the snapshot');
@@ -165,13 +174,22 @@ test('resharding 1 → 2 → 3: shards without a snapshot of their own start fro
   const hs = prefixHashes('m1', null, 16, Array.from({ length: 96 }, (_, i) => i + 1)); // 6 blocks
   const seqs = new Map<string, number>();
   const want: Record<string, number> = {};
+  /** worker → stream seq of its last batch (every publish here is the stream's next message) */
+  const at = new Map<string, number>();
+  let streamSeq = 0;
   /** worker w now caches the first `n` blocks (a cleared batch then the chain: the depth is exactly n) */
   const put = (w: string, n: number) => {
     const seq = (seqs.get(w) ?? 0) + 1;
     seqs.set(w, seq);
     shim.publish(S.events(w), batch(w, seq, [{ t: 'cleared' }, { t: 'stored', parent: null, hashes: hs.slice(0, n) }]));
+    at.set(w, ++streamSeq);
     want[w] = n;
   };
+  /**
+   * where shard i of `of` stands once caught up: a power-of-two shard is delivered its workers' batches only (and
+   * starts at the unsharded snapshot's 6), another reads (and skips) up to the stream's end
+   */
+  const endOf = (of: number, i: number) => ((of & (of - 1)) === 0 ? Math.max(6, ...[...at].filter(([w]) => shardOf(w, of) === i).map(([, q]) => q)) : streamSeq);
   const only = (of: number, i: number) => Object.fromEntries(Object.entries(want).filter(([w]) => shardOf(w, of) === i));
   const stream = await shim.stream(S.eventStream, { subjects: [S.eventsAll] });
   try {
@@ -194,7 +212,7 @@ test('resharding 1 → 2 → 3: shards without a snapshot of their own start fro
       open.push(...ixs);
       await Promise.all(ixs.map((ix) => ix.whenReady(20_000)));
       for (const [i, ix] of ixs.entries()) {
-        await waitFor(() => ix.indexer.streamSeq === (of === 2 ? 9 : 12), 20_000, `shard ${i}/${of} caught up`);
+        await waitFor(() => ix.indexer.streamSeq === endOf(of, i), 20_000, `shard ${i}/${of} caught up at ${endOf(of, i)}`);
         assert.equal((await ix.client.match('m1', null, hs)).overlaps, only(of, i), `shard ${i}/${of}: its workers, before and after the trim`);
       }
       return ixs;
@@ -204,12 +222,14 @@ test('resharding 1 → 2 → 3: shards without a snapshot of their own start fro
     for (const ix of two) await ix.indexer.snapshotNow();
     ALL.forEach((w, k) => k % 2 === 1 && put(w, 2));
     await shim.flush();
-    for (const ix of two) await waitFor(() => ix.indexer.streamSeq === 12, 20_000, '2 shards caught up');
+    for (const [i, ix] of two.entries()) await waitFor(() => ix.indexer.streamSeq === endOf(2, i), 20_000, `shard ${i}/2 caught up at ${endOf(2, i)}`);
     await new Promise((r) => setTimeout(r, 300)); // gossip ticks: none of them trims
     assert.is((await stream.info()).firstSeq, 7, 'no shard trimmed the stream');
+    for (const ix of two) assert.is(await counter(ix, 'kvgate_indexer_foreign_batches_skipped_total'), 0, `${ix.indexer.id}: filtered`);
     for (const ix of two) await ix.close();
     open.splice(0);
-    await layout(3);
+    // N = 3 has no subject filter: every shard reads every batch and skips the others' (N = 2 was delivered none)
+    for (const ix of await layout(3)) assert.ok(await counter(ix, 'kvgate_indexer_foreign_batches_skipped_total') > 0, `${ix.indexer.id} skipped foreign batches`);
     assert.equal(readdirSync(dir).sort(), ['shard-2-0', 'shard-2-1', 'whole.snap']);
   } finally {
     for (const ix of open) await ix.close().catch(() => undefined);
