@@ -2,7 +2,8 @@
  * Index shards across processes end to end (issue 18) over a real nats-server: six simulated engines behind their
  * shims (KV events through ZMQ → shim → the durable stream), 2 shards × 2 replicas of `kvgate indexer --shard i/2`
  * as child processes (CLI), an unsharded indexer as the reference, and routers asking over NATS:
- *   (a) each shard replica holds exactly its workers (shardOf), with the reference's block counts and seqs;
+ *   (a) each shard replica holds exactly its workers (shardOf), with the reference's block counts and seqs, and was
+ *       delivered only their batches (the subject filter on the event stream: no foreign batch skipped);
  *   (b) a router with --index-shards 2 routes every prompt as a router on the unsharded index does (worker, overlap,
  *       every candidate's index overlap);
  *   (c) SIGKILL of one replica of a shard changes nothing (no shard miss either);
@@ -10,7 +11,10 @@
  *       only that shard's workers lose their overlap (0, routed by load), the other shard's still match,
  *       kvgate_router_index_shard_misses_total{shard} moves, the decision is not a fallback;
  *   (e) one replica restarted (its snapshot + replay of what it missed): its workers' overlaps return, traffic sent
- *       while the shard was down included, and the stream was never trimmed.
+ *       while the shard was down included, and the stream was never trimmed;
+ *   (f) resharding 2 → 3 (no subject filter for N = 3: each shard reads and skips the others' batches);
+ *   (g) a fresh shard-1 replica gets ready while the stream's last message is a shard-0 worker's (its end is the last
+ *       message its filter matches), with only its workers.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -194,7 +198,8 @@ test('(a) each shard replica holds exactly its workers, as the unsharded index h
   await waitFor(() => shardsAgree(procs), 30_000, 'every shard replica agrees with the reference');
   for (const p of procs) {
     const m = (await p.get('/metrics')) as string;
-    assert.ok(metric(m, 'kvgate_indexer_foreign_batches_skipped_total') > 0, `${p.id} skipped the other shard's batches`);
+    assert.is(metric(m, 'kvgate_indexer_foreign_batches_skipped_total'), 0, `${p.id} was delivered no other shard's batch`);
+    assert.ok(metric(m, 'kvgate_indexer_stream_messages_total') > 0, `${p.id} read its workers' batches`);
     assert.equal(((await p.get('/healthz')) as { shard: string }).shard, `${p.shard}/2`);
   }
   // kvgate doctor --indexer …: one ok line per replica, naming its shard
@@ -320,10 +325,43 @@ test('(f) resharding 2 → 3: three shards with empty snapshot directories rebui
     await r3.waitForWorkers(WORKERS.length, 30_000);
     for (const [i, q] of [...PROMPTS, [...family(6), 9, 9]].entries()) assert.equal(choice(await route(r3, q)), choice(await route(rU, q)), `prompt ${i}`);
     assert.is(metric(await routerMetrics(r3), 'kvgate_router_index_shard_misses_total'), 0);
+    for (const ix of three) assert.ok(metric(await ix.indexer.metrics.metrics(), 'kvgate_indexer_foreign_batches_skipped_total') > 0, `${ix.indexer.id}: N = 3 reads every batch`);
   } finally {
     await r3?.close();
     for (const ix of three) await ix.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('(g) a fresh shard-1 replica is ready while the stream ends with a shard-0 worker\'s batch', async () => {
+  const S = subjects(ns);
+  const st = await (await bus()).stream(S.eventStream, { subjects: [S.eventsAll] });
+  const mine = WORKERS.indexOf(OWNED[0]![0]!);
+  const before = await st.lastSeqOf(S.eventsShard(0, 2));
+  await warm(mine, family(7, 3)); // only this engine caches anything: its shim's batches end the stream
+  // settled: nothing appended between two looks 300 ms apart, and the last message is shard 0's
+  let last = -1;
+  await waitFor(async () => {
+    await new Promise((r) => setTimeout(r, 300));
+    const now = (await st.info()).lastSeq;
+    const settled = now === last;
+    last = now;
+    return settled && now > before && (await st.lastSeqOf(S.eventsShard(0, 2))) === now;
+  }, 30_000, 'the stream ends with the shard-0 worker\'s batch');
+  const end1 = await st.lastSeqOf(S.eventsShard(1, 2));
+  assert.ok(end1 > 0 && end1 < last, `shard 1's last event (${end1}) is before the stream's end (${last})`);
+  const ix = await startIndexer(await bus(), { namespace: ns, id: 'ix-1-fresh', shard: { index: 1, of: 2 }, gossipIntervalMs: 200 });
+  try {
+    await ix.whenReady(15_000);
+    assert.is(ix.indexer.streamSeq, end1, 'ready at its own last event');
+    assert.is(await ix.indexer.lag(), 0);
+    const want = await reference.indexer.digests();
+    const text = (d: object) => JSON.stringify(Object.entries(d).sort(), (_, v) => (typeof v === 'bigint' ? v.toString(16) : v));
+    assert.is(text(await ix.indexer.digests()), text(Object.fromEntries(Object.entries(want).filter(([w]) => shardOf(w, 2) === 1))), 'its workers, as the reference has them');
+    const m = await ix.indexer.metrics.metrics();
+    assert.is(metric(m, 'kvgate_indexer_foreign_batches_skipped_total'), 0);
+  } finally {
+    await ix.close();
   }
 });
 
