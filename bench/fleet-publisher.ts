@@ -1,7 +1,7 @@
 /**
  * The fleet simulation's engines (issue 18), one process playing W worker shims: it registers every worker in
  * the workers bucket and appends their KV event batches to the durable event stream, on the shim's subjects
- * (`…events.<worker>`) in the shim's wire format (protocol's EventBatch through protocol's `encode`, appended
+ * (`…events.<hash bits>.<worker>`) in the shim's wire format (protocol's EventBatch through protocol's `encode`, appended
  * with a stream acknowledgement as the shim's EventPublisher does), gap-free `seq` per worker from 1, the first
  * batch a `cleared` as a starting shim sends. Block identities come from fleet-model.ts.
  *
@@ -37,6 +37,8 @@ const stream = await bus.stream(s.eventStream, eventStreamConfig(s));
 const kv = await bus.kv(s.workersBucket, { ttlMs: a.ttlMs });
 
 const names = Array.from({ length: W }, (_, w) => workerName(w));
+/** each worker's event subject (its hash bits in it: worked out once, not per batch) */
+const eventSubjects = names.map((n) => s.events(n));
 const seq = new Array<number>(W).fill(0);
 const stored = new Array<number>(W).fill(0);
 const evicted = new Array<number>(W).fill(0);
@@ -51,13 +53,13 @@ function send(w: number, events: KvEvent[], nBlocks: number): Promise<void> | vo
   const data = encode(batch);
   sent++;
   if (!a.acks) {
-    bus.publish(s.events(names[w]!), data);
+    bus.publish(eventSubjects[w]!, data);
     pendingBlocks += nBlocks;
     if (sent - (streamSeq - seq0) > WINDOW * 16 || sent % 256 === 0) return pace();
     return;
   }
   inflight++;
-  stream.append(s.events(names[w]!), data).then(
+  stream.append(eventSubjects[w]!, data).then(
     (sq) => {
       if (sq > lastSeq) lastSeq = sq;
       batches++;

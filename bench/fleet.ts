@@ -17,6 +17,8 @@ import { spawn, fork, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { shardOf } from '@kvgate/indexer/shards';
+import { eventStreamConfig, subjects, type Bus } from '@kvgate/protocol';
+import { createBus } from '@kvgate/protocol/bus/index';
 import { startNatsServer, freePort, type NatsServerHandle } from '../test/harness/nats-server.js';
 import { measureEngineChurn, type EngineChurn } from './fleet-churn.js';
 import { workerName } from './fleet-model.js';
@@ -60,7 +62,11 @@ export interface ShardResult {
   /** engines this shard owns × B: what it holds once it applied everything */
   expectedEntries: number;
   appliedSeq: number;
+  /** the stream seq of the last batch this shard's subject filter matches (its workers'; N = 1: the stream's last) */
+  streamEnd: number;
   gaps: number;
+  /** batches of other shards' workers read and skipped (0 with a subject filter: N a power of two ≤ 64) */
+  foreignSkipped: number;
   workers: number;
   /** CPU seconds this shard process spent during the steady window */
   steadyCpuSecs: number;
@@ -76,7 +82,7 @@ export interface FleetRun {
   /** block events per second the shards applied during the steady window (summed over shards) */
   absorbedEventsPerS: number;
   steadySecs: number;
-  /** batches the slowest shard was behind the published stream when the steady window ended */
+  /** stream seqs the slowest shard was behind its last event (its filter's) when the steady window ended */
   lagAtEnd: number;
   /** seconds after the publisher stopped until every shard had applied the last batch (NaN: not within the timeout) */
   drainSecs: number;
@@ -182,6 +188,7 @@ interface Progress { phase: string; batches: number; blocks: number; lastSeq: nu
 async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number): Promise<FleetRun> {
   const W = o.workers, B = o.blocks;
   let nats: NatsServerHandle | undefined;
+  let bus: Bus | undefined;
   const indexers: ChildProcess[] = [];
   let publisher: ChildProcess | undefined, querier: ChildProcess | undefined;
   const echoes: ChildProcess[] = [];
@@ -209,6 +216,13 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     }
     await Promise.all(urls.map((u, i) => until(async () => (await fetch(`${u}/readyz`)).status === 200, 60_000, `shard ${i}/${n} /readyz`)));
     const shardMetrics = () => Promise.all(urls.map(metricsOf));
+    // a shard is done at the last batch its subject filter matches (of its workers alone for N a power of two)
+    const subj = subjects(NAMESPACE);
+    bus = await createBus({ nats: nats.url, name: 'kvgate-bench-fleet' });
+    const stream = await bus.stream(subj.eventStream, eventStreamConfig(subj));
+    const ends = () => Promise.all(urls.map((_, i) => stream.lastSeqOf(subj.eventsShard(i, n))));
+    /** stream seqs each shard is behind its last event */
+    const behind = async (ms: Metrics[]) => (await ends()).map((e, i) => Math.max(0, e - (ms[i]!.kvgate_indexer_stream_seq ?? 0)));
     o.progress(`N=${n}: nats-server and ${n} shard process(es) up`);
 
     publisher = fork(PUBLISHER, [JSON.stringify({ nats: nats.url, namespace: NAMESPACE, workers: W, blocks: B, ttlMs: TTL_MS, acks: o.acks ?? false })], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -235,13 +249,13 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     let lastLog = 0;
     await until(async () => {
       const ms = await shardMetrics();
-      const applied = Math.min(...ms.map((m) => m.kvgate_indexer_stream_seq ?? 0));
+      const late = Math.max(...(await behind(ms)));
       if (performance.now() - lastLog > 5000) {
         lastLog = performance.now();
         const entries = ms.reduce((a, m) => a + (m.kvgate_indexer_entries ?? 0), 0);
-        o.progress(`N=${n}: fill ${((pub.blocks / (W * B)) * 100).toFixed(0)} % published (${(pub.blocks / 1e6).toFixed(1)} M blocks), slowest shard at stream seq ${applied}/${pub.lastSeq}, ${(entries / 1e6).toFixed(1)} M entries held, ${((performance.now() - tFill) / 1000).toFixed(0)} s`);
+        o.progress(`N=${n}: fill ${((pub.blocks / (W * B)) * 100).toFixed(0)} % published (${(pub.blocks / 1e6).toFixed(1)} M blocks, stream seq ${pub.lastSeq}), slowest shard ${late} seqs behind its last event, ${(entries / 1e6).toFixed(1)} M entries held, ${((performance.now() - tFill) / 1000).toFixed(0)} s`);
       }
-      return fillDone && applied >= pub.lastSeq;
+      return fillDone && late === 0;
     }, 3_600_000, 'the fill to be applied', 250);
     await filled;
     const fillSecs = (performance.now() - tFill) / 1000;
@@ -277,11 +291,13 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
       await Promise.race([churned.catch(() => undefined), new Promise((r) => setTimeout(r, 5000))]);
       if (done) break;
       const ms = await shardMetrics().catch(() => null);
-      if (ms) o.progress(`N=${n}: churn ${((performance.now() - t0) / 1000).toFixed(0)}/${o.seconds} s, published seq ${pub.lastSeq}, slowest shard at ${Math.min(...ms.map((m) => m.kvgate_indexer_stream_seq ?? 0))}`);
+      const late = ms ? Math.max(...(await behind(ms).catch(() => [NaN]))) : NaN;
+      if (ms) o.progress(`N=${n}: churn ${((performance.now() - t0) / 1000).toFixed(0)}/${o.seconds} s, published seq ${pub.lastSeq}, slowest shard ${late} seqs behind its last event`);
     }
     await churned;
     const steadySecs = (performance.now() - t0) / 1000;
     const after = await shardMetrics();
+    const lagAtEnd = Math.max(...(await behind(after)));
     const pubAfter = { ...pub };
     const cpuAfter = [...indexers.map((c) => cpuSecs(c.pid!)), cpuSecs(publisher.pid!), cpuSecs(querier.pid!), natsPid ? cpuSecs(natsPid) : NaN];
     const cpu = cpuAfter.map((x, i) => x - cpuBefore[i]!);
@@ -291,12 +307,13 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     const tDrain = performance.now();
     let drainSecs = NaN;
     try {
-      await until(async () => Math.min(...(await shardMetrics()).map((m) => m.kvgate_indexer_stream_seq ?? 0)) >= pub.lastSeq, o.drainTimeoutMs ?? 60_000, 'the shards to drain');
+      await until(async () => (await behind(await shardMetrics())).every((b) => b === 0), o.drainTimeoutMs ?? 60_000, 'the shards to drain');
       drainSecs = (performance.now() - tDrain) / 1000;
     } catch {
       o.progress(`N=${n}: the shards did not apply everything within ${(o.drainTimeoutMs ?? 60_000) / 1000} s`);
     }
     const final = await shardMetrics();
+    const finalEnds = await ends();
     const applied = (m: Metrics) => (m.kvgate_indexer_stored_blocks ?? 0) + (m.kvgate_indexer_removed_blocks ?? 0);
     const absorbed = after.reduce((a, m, i) => a + applied(m) - applied(before[i]!), 0);
     const budget = o.budgetMs ?? 5;
@@ -307,7 +324,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
       publishedEventsPerS: (pubAfter.blocks - pubBefore.blocks) / steadySecs,
       absorbedEventsPerS: absorbed / steadySecs,
       steadySecs,
-      lagAtEnd: pubAfter.lastSeq - Math.min(...after.map((m) => m.kvgate_indexer_stream_seq ?? 0)),
+      lagAtEnd,
       drainSecs,
       lastSeq: pub.lastSeq,
       lost: pub.lost + pub.failed,
@@ -331,7 +348,9 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
         entries: final[i]!.kvgate_indexer_entries ?? 0,
         expectedEntries: owned[i]! * B,
         appliedSeq: final[i]!.kvgate_indexer_stream_seq ?? 0,
+        streamEnd: finalEnds[i]!,
         gaps: final[i]!.kvgate_indexer_seq_gaps ?? 0,
+        foreignSkipped: final[i]!.kvgate_indexer_foreign_batches_skipped_total ?? 0,
         workers: final[i]!.kvgate_indexer_workers ?? 0,
         steadyCpuSecs: cpu[i]!,
       })),
@@ -345,6 +364,7 @@ async function runOne(o: FleetOptions, n: number, churn: EngineChurn, k: number)
     await stopChild(publisher);
     for (const e of echoes) if (e.connected) e.disconnect();
     await Promise.all([...indexers, ...echoes].map((c) => stopChild(c)));
+    await bus?.close().catch(() => undefined);
     await nats?.stop();
     process.off('exit', onExit);
   }

@@ -1,7 +1,8 @@
 /**
  * The fleet simulation's machinery end to end (issue 18, bench/fleet.ts behind `kvgate bench fleet`), small: 40
  * engines × 256 blocks, 2 shard processes over a real nats-server, 2 s of churn. Asserts what the figures stand on,
- * not timings: every shard applied the whole stream (all events, no sequence gap), each holds exactly its engines
+ * not timings: every shard applied every batch of its workers (all events, no sequence gap; delivered through its
+ * subject filter, nothing else), each holds exactly its engines
  * (shardOf) × B entries — about total / N —, every cached prompt the router asked for matched its engine with the
  * whole prompt through the scatter/merge, no query failed, and the figures are finite and positive. The fleet
  * starts and stops its own processes (nats-server, shards, publisher, router); the test checks none is left.
@@ -35,7 +36,9 @@ test('kvgate bench fleet: 2 shards absorb every event, hold their engines exactl
   const owned = [0, 0];
   for (let w = 0; w < W; w++) owned[shardOf(workerName(w), N)]!++;
   for (const s of run.perShard) {
-    assert.is(s.appliedSeq, run.lastSeq, `shard ${s.shard} applied the whole stream`);
+    assert.is(s.appliedSeq, s.streamEnd, `shard ${s.shard} applied every batch of its workers`);
+    assert.ok(s.streamEnd > 0 && s.streamEnd <= run.lastSeq);
+    assert.is(s.foreignSkipped, 0, `shard ${s.shard} was delivered its workers' batches only (subject filter)`);
     assert.is(s.gaps, 0, `shard ${s.shard}: no sequence gap`);
     assert.is(s.expectedEntries, owned[s.shard]! * B);
     assert.is(s.entries, s.expectedEntries, `shard ${s.shard} holds exactly its ${owned[s.shard]} engines × ${B} blocks`);
@@ -44,6 +47,7 @@ test('kvgate bench fleet: 2 shards absorb every event, hold their engines exactl
   }
   // the fill and the churn: W cleared batches, W × B/512 rounded up fill batches, then the churn steps
   assert.ok(run.lastSeq > W * 2, `stream holds the fill and the churn (${run.lastSeq} batches)`);
+  assert.is(Math.max(...run.perShard.map((s) => s.streamEnd)), run.lastSeq, 'the last batch is some shard\'s');
   assert.ok(run.absorbedEventsPerS > 0 && run.publishedEventsPerS > 0);
   const m = run.match;
   assert.ok(m.queries >= 40, `${m.queries} queries sent`);

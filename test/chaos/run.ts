@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from 'nats';
+import { subjects } from '../../packages/protocol/src/subjects.js';
 import { classify, problems, row, table, type FaultRow, type Outcome } from './judge.js';
 
 const run = promisify(execFile);
@@ -191,7 +192,8 @@ async function garbage(): Promise<void> {
   const junk = [Buffer.from([0xc1]), Buffer.from('not msgpack'), Buffer.from([0x82, 0xa1]), Buffer.alloc(0), Buffer.from([0xdf, 0xff, 0xff, 0xff, 0xff])];
   for (let k = 0; k < 20; k++) {
     for (const j of junk) {
-      for (const s of ['events.sim-0', 'load.sim-1', 'index.gossip', 'router.active', 'index.sync.indexer-0', 'shim.resync.sim-2']) nc.publish(`kvgate.default.${s}`, j);
+      // sim-0's real event subject (its hash bits in it), so that its shard's filtered reader gets the junk too
+      for (const s of [subjects('default').events('sim-0').slice('kvgate.default.'.length), 'load.sim-1', 'index.gossip', 'router.active', 'index.sync.indexer-0', 'shim.resync.sim-2']) nc.publish(`kvgate.default.${s}`, j);
       nc.request('kvgate.default.index.match', j, { timeout: 500 }).catch(() => undefined);
     }
   }
