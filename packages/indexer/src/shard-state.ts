@@ -111,7 +111,7 @@ export class ShardState {
     return s;
   }
 
-  /** Decode one `…events.<worker>` payload and apply it in sequence. Bad bytes are counted, never thrown. */
+  /** Decode one `…events.<hash bits>.<worker>` payload and apply it in sequence. Bad bytes are counted, never thrown. */
   ingest(data: Uint8Array): boolean {
     const b = this.#decoded; // refilled per payload: copied (clone) only if the batch must wait
     try {

@@ -1,5 +1,5 @@
 /**
- * Fast decoder for `…events.<worker>` payloads (EventBatch, schemas.ts) straight into the index's native
+ * Fast decoder for `…events.<hash bits>.<worker>` payloads (EventBatch, schemas.ts) straight into the index's native
  * form: hashes as (lo, hi) uint32 pairs, no BigInt and no intermediate objects per hash. It accepts the same
  * inputs as `decodeEventBatch` (any msgpack encoder, keys in any order, unknown keys skipped, hashes as
  * uint64 / int64 / smaller ints / 8-byte bin) and throws DecodeError on the same malformed ones; the test

@@ -22,7 +22,7 @@ export type KvEvent =
   | { t: 'removed'; hashes: bigint[]; tier?: Tier }
   | { t: 'cleared' };
 
-/** `…events.<worker>`: one batch, `seq` gap-free per worker (assigned by the shim). */
+/** `…events.<hash bits>.<worker>` (subjects.ts): one batch, `seq` gap-free per worker (assigned by the shim). */
 export interface EventBatch {
   worker: string;
   seq: number;

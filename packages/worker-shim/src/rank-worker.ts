@@ -1,6 +1,6 @@
 /**
  * One worker the shim publishes: an engine, or one data-parallel rank of an engine server (dp.ts). Wiring only:
- * its own event socket → its own EventRelay (engine map, sequences) → `…events.<worker>`; its own load report and
+ * its own event socket → its own EventRelay (engine map, sequences) → `…events.<hash bits>.<worker>`; its own load report and
  * registration. What the ranks of one server share (HTTP front, /metrics scrape, LoRA names, block size) stays
  * in index.ts and is read through `shared`.
  */
