@@ -4,7 +4,8 @@
  * nats-server 2.9: the first upgraded process that opens the stream widens its subjects and keeps every message;
  * an unsharded indexer reads the old messages and old shims' new ones; a shard's subject filter does not match
  * the old form, so a sharded indexer holds a worker again once its shim is upgraded (a restarted shim publishes
- * `cleared` at seq 0 first). This is the upgrade order the docs give: indexers first, then shims.
+ * `cleared` at seq 0 first). This is the upgrade order the docs give: indexers first, then shims — and an old
+ * process opening the stream again narrows it back (new-form appends refused until an upgraded one reopens it).
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -90,6 +91,17 @@ test('an events.* stream is widened to events.> on open; old messages stay reada
     }
     assert.equal(Object.keys(await shards[0]!.indexer.digests()).sort(), [a, c].sort());
     assert.equal(Object.keys(await shards[1]!.indexer.digests()), [b]);
+
+    // why the order matters: an old process opening the stream again narrows it back, and new-form appends fail
+    // until an upgraded one reopens it (the README's "do not restart old shims or indexers during the upgrade")
+    await shim.stream(S.eventStream, { subjects: [`kvgate.${ns}.events.*`] });
+    const raw = nc.jetstream();
+    let refused: unknown = null;
+    await raw.publish(S.events(a), batch(a, 1, hs.slice(0, 1)), { expect: { streamName: S.eventStream }, timeout: 2000 }).catch((e: unknown) => (refused = e));
+    assert.ok(refused, 'a new-form append is not captured by events.*');
+    await shim.stream(S.eventStream, { subjects: [S.eventsAll] });
+    assert.ok((await raw.publish(S.events(a), batch(a, 1, hs.slice(0, 1)), { expect: { streamName: S.eventStream } })).seq > 0, 'captured again after an upgraded open');
+    assert.is((await jsm.streams.info(S.eventStream)).state.messages, 10, 'nothing lost on the way: 4 + 2 old-form, 3 new-form, this one');
   } finally {
     for (const ix of open) await ix.close().catch(() => undefined);
     for (const b of buses) await b.close().catch(() => undefined);
