@@ -6,8 +6,9 @@
  * modelled time (--compress 2); start's engines run at half the modelled speed (--speedup 0.5: wall ms = 2 ×
  * modelled ms, so the fixed HTTP/router costs weigh half as much against the engine time being compared), and it
  * reports modelled ms, as whatif does. Few enough prefixes that even round-robin's median request hits (TTFT is bimodal, hit or miss:
- * a p50 that sat on the boundary would swing either way). One router, as whatif models: two routers each doing
- * round-robin on their own send consecutive requests to the same engine in pairs, which queues the second.
+ * a p50 that sat on the boundary would swing either way). One router replica in both (whatif --routers 1): whatif
+ * models replicas as start runs them (requests alternate, each replica keeps its own round-robin cursor), and the
+ * second test holds that two replicas' round-robin pairs consecutive requests on one engine in whatif as in start.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -50,7 +51,7 @@ test('start and whatif agree on one trace, policy and profile', async () => {
     const what = `stdout: ${out.stdout.slice(-2000)}\nstderr: ${out.stderr.slice(-3000)}`;
     assert.is(out.code, 0, what);
     const started = JSON.parse(out.stdout.trim().split('\n').filter((l) => l.startsWith('{"infinite')).at(-1)!) as { policies: Row[]; capacity: { line: string; numBlocks: number; blockSize: number } };
-    const virtual = await whatif({ trace, policies, engines: 4, json: true, compress: 2 });
+    const virtual = await whatif({ trace, policies, engines: 4, routers: 1, json: true, compress: 2 });
 
     // the same engines: qwen3-8b on one H100 at 0.9, printed the same way
     assert.is(started.capacity.line, virtual.capacity.line);
@@ -71,6 +72,26 @@ test('start and whatif agree on one trace, policy and profile', async () => {
     const hit = (rs: Row[], p: string) => rs.find((r) => r.policy === p)!.hitRate;
     assert.ok(hit(started.policies, 'kv') > hit(started.policies, 'round-robin'));
     assert.ok(hit(virtual.policies, 'kv') > hit(virtual.policies, 'round-robin'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('whatif models router replicas as start runs them: requests alternate, each replica has its own round-robin cursor', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kvg-replicas-'));
+  const trace = join(dir, 'pairs.jsonl');
+  // 4 requests at 0 and 4 a minute later, none sharing a block, 4 engines. One replica: r0…r3 → e0…e3, no engine
+  // gets two at once. Two replicas (A: r0, r2, …; B: r1, r3, …), each cycling e0, e1, …: r0 and r1 both go to e0,
+  // r2 and r3 to e1, so the second of each pair waits for the first one's prefill.
+  writeFileSync(trace, Array.from({ length: 8 }, (_, i) => JSON.stringify({ timestamp: i < 4 ? 0 : 60_000, input_length: 8192, output_length: 4, hash_ids: Array.from({ length: 16 }, (_, j) => i * 16 + j) })).join('\n') + '\n');
+  try {
+    const one = await whatif({ trace, policies: ['round-robin'], engines: 4, routers: 1, json: true });
+    const two = await whatif({ trace, policies: ['round-robin'], engines: 4, json: true });
+    assert.is(two.routers, 2); // the default, as kvgate start --routers
+    const [p1, p2] = [one.policies[0]!, two.policies[0]!];
+    assert.equal(p1.perEngine, [2, 2, 2, 2]);
+    assert.equal(p2.perEngine, [2, 2, 2, 2]);
+    assert.ok(p2.ttftP99Ms > 1.5 * p1.ttftP99Ms, `two replicas queue the second request of a pair: TTFT p99 ${p2.ttftP99Ms} ms vs ${p1.ttftP99Ms} ms with one`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

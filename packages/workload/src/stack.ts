@@ -55,7 +55,7 @@ export interface StackOptions {
    */
   engineApiKey?: string;
   /** extra options for every shim (e.g. prefillTimeoutMs, engineProbeMs) */
-  shim?: Partial<Pick<ShimOptions, 'prefillTimeoutMs' | 'engineProbeMs' | 'loadIntervalMs'>>;
+  shim?: Partial<Pick<ShimOptions, 'prefillTimeoutMs' | 'engineProbeMs' | 'loadIntervalMs' | 'scrapeIntervalMs'>>;
   /** every engine's modelled latencies per finished request that carried an x-request-id (SimEngineOptions.onRequestDone) */
   onRequestDone?: RequestTimingSink;
 }

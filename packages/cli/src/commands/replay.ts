@@ -14,7 +14,7 @@ export const summary = 'record, re-import, inspect and re-run event streams for 
 const USAGE = `kvgate replay export --nats URL [--from T1] [--to T2] -o f.kvlog
 kvgate replay import f.kvlog --nats URL [--namespace NS]
 kvgate replay inspect (--nats URL | f.kvlog) (--at T | --seq N) [--prefix-of TEXT | --tokens IDS] [--request ID] [--shard i/N] [--json]
-kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--model-profile M --gpu G --tensor-parallel-size N] [--report out.html] [--json]
+kvgate replay whatif --trace trace.jsonl|f.kvlog [--policy kv,least-loaded,round-robin] [--engines K] [--routers R] [--model-profile M --gpu G --tensor-parallel-size N] [--report out.html] [--json]
 
 T: ms since epoch, ISO 8601, or relative (-5m, -30s, now).`;
 
@@ -37,6 +37,7 @@ const SPEC = {
   trace: { type: 'string', help: 'whatif: Mooncake trace (.jsonl) or .kvlog' },
   policy: { type: 'string', help: 'whatif: policies to compare', default: 'kv,least-loaded,round-robin' },
   engines: { type: 'string', help: 'whatif: simulated engines', default: '4' },
+  routers: { type: 'string', help: 'whatif: router replicas requests alternate between, each with its own round-robin cursor (as kvgate start)', default: '2' },
   'num-blocks': { type: 'string', help: 'whatif: KV blocks per engine (default: derived from the profile, as vLLM)' },
   ...PROFILE_SPEC,
   'engine-block-size': { type: 'string', help: 'whatif: engine KV block size in tokens (128 as start --trace; vLLM accepts it)', default: '128' },
@@ -151,6 +152,7 @@ export async function run(argv: string[]): Promise<number> {
           trace: f.trace,
           policies: (f.policy ?? 'kv').split(','),
           engines: intFlag(f.engines, 'engines', 4),
+          routers: numberFlag(f.routers, 'routers', 2, { min: 1, integer: true }),
           json: f.json,
           profile: profileFrom(f),
           ...(f['num-blocks'] !== undefined ? { numBlocks: numberFlag(f['num-blocks'], 'num-blocks', 0, { min: 1, integer: true }) } : {}),

@@ -202,8 +202,15 @@ export async function run(argv: string[]): Promise<number> {
     `kvgate start: ${what} over ${(lastAt / 1000).toFixed(1)} s, ${engines} engines × ${numBlocks} blocks of ${blockSize} tokens, speedup ${speedup}, ${routers} routers, ${f.nats ? `NATS ${redactNatsUrl(f.nats)}` : 'in-memory bus'}${apiKeys.length ? ', API keys on' : ''}${clusterSecret ? ', cluster secret on' : ''}\n`,
   );
 
+  // the control loops keep their modelled period: a load report every 250 ms, a metrics scrape every 100 ms and a
+  // peer in-flight batch every 20 ms of *modelled* time, as in a deployment at 1×. At --speedup 8 their wall-clock
+  // defaults would be 8× staler against the engines' work (a 2 s old load view for the kv score), which is not what
+  // whatif or a real fleet sees (bounded below: a small host cannot scrape 4 engines every millisecond)
+  const paced = (modelledMs: number, floorMs: number) => Math.max(floorMs, Math.round(modelledMs / speedup));
+  const shimPacing = { loadIntervalMs: paced(250, 10), scrapeIntervalMs: paced(100, 10) };
   const routerOptions = (policy: Policy): RouterOptions => ({
     policy,
+    flushMs: paced(20, 2),
     indexTimeoutMs: intFlag(f['index-timeout-ms'], 'index-timeout-ms', 50),
     weights: {
       ...(f['uncached-weight'] ? { uncachedWeight: intFlag(f['uncached-weight'], 'uncached-weight', 4) } : {}),
@@ -257,6 +264,7 @@ export async function run(argv: string[]): Promise<number> {
         ...(cpu > 0 ? { cpuOffloadBlocks: cpu, offloadLink: { bandwidthGBps: offloadBandwidth } } : {}),
       },
       router: routerOptions('round-robin'),
+      shim: shimPacing,
       onRequestDone: (id, ttft, e2e, gaps) => void timings.set(id, [ttft, e2e, gaps]),
     });
     const engineUrls = stack.engines.map((e) => e.url);

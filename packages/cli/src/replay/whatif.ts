@@ -19,6 +19,11 @@ export interface WhatifOptions {
   trace: string | undefined;
   policies: string[];
   engines: number;
+  /**
+   * router replicas (default 2, as `kvgate start`): requests alternate between them and each keeps its own
+   * round-robin cursor and random stream, as real replicas do; load and in-flight work are shared (peer in-flight)
+   */
+  routers?: number;
   json: boolean;
   /** engines' simulation profile (model, GPU, TP, gpu-memory-utilization; default qwen3-8b on one H100 80 GB) */
   profile?: ProfileSpec;
@@ -130,6 +135,8 @@ class Timeline {
 export interface WhatifResult {
   requests: number;
   engines: number;
+  /** router replicas the requests alternated between */
+  routers: number;
   /** what each engine was sized as */
   capacity: { model: string; gpu: string; tensorParallelSize: number; numBlocks: number; blockSize: number; tokens: number; line: string };
   infiniteCacheHitRate: number;
@@ -198,7 +205,7 @@ interface EngineSim {
 export function simulatePolicy(
   reqs: readonly SimRequest[],
   policy: Policy,
-  opts: { engines: number; numBlocks: number; blockSize: number; timing?: TimingModel; seed?: number; series?: boolean },
+  opts: { engines: number; routers?: number; numBlocks: number; blockSize: number; timing?: TimingModel; seed?: number; series?: boolean },
   onProgress?: (done: number) => void,
 ): WhatifPolicyResult {
   const B = opts.blockSize;
@@ -213,15 +220,18 @@ export function simulatePolicy(
   }));
   const t0 = reqs[0]?.arrivalMs ?? 0;
   const tl = opts.series ? new Timeline(t0, (reqs[reqs.length - 1]?.arrivalMs ?? t0) - t0, opts.engines) : undefined;
-  let rng = opts.seed ?? 42;
-  const random = () => ((rng = (Math.imul(rng, 1664525) + 1013904223) >>> 0) / 2 ** 32);
-  let rr = 0;
+  // per router replica: its round-robin cursor and its random stream (request i goes to replica i mod routers)
+  const routers = Math.max(1, Math.floor(opts.routers ?? 1));
+  const rngs = Array.from({ length: routers }, (_, i) => ((opts.seed ?? 42) + i * 7919) >>> 0);
+  const rr = new Array<number>(routers).fill(0);
+  let router = 0;
+  const random = () => ((rngs[router] = (Math.imul(rngs[router]!, 1664525) + 1013904223) >>> 0) / 2 ** 32);
   const meta = new Map<string, { arrival: number; engine: EngineSim; newPrefill: number; blocks: number; lastAt: number; first: number }>();
   const ttft: number[] = [], itl: number[] = [], e2e: number[] = [];
   let prompt = 0, cached = 0, done = 0, lastEnd = 0;
 
   const choose = (digests: readonly BlockDigest[]): EngineSim => {
-    if (policy === 'round-robin') return engines[rr++ % engines.length]!;
+    if (policy === 'round-robin') return engines[rr[router]!++ % engines.length]!;
     if (policy === 'random') return engines[Math.floor(random() * engines.length)]!;
     const promptBlocks = digests.length;
     const candidates: Candidate[] = engines.map((e, i) => {
@@ -287,6 +297,7 @@ export function simulatePolicy(
     now = Math.min(arrival, stepEnd);
     while (next < reqs.length && reqs[next]!.arrivalMs <= now) {
       const r = reqs[next]!;
+      router = next % routers;
       const id = `r${next++}`;
       const tokens = r.tokens();
       const digests = engines[0]!.sched.prefixDigests(tokens);
@@ -335,13 +346,14 @@ export async function whatif(o: WhatifOptions, progress: (msg: string) => void =
   const result: WhatifResult = {
     requests: reqs.length,
     engines: o.engines,
+    routers: o.routers ?? 2,
     capacity: { model: profile.model, gpu: profile.gpu, tensorParallelSize: profile.tensorParallelSize, numBlocks, blockSize, tokens: profile.tokens, line: formatCapacity(profile) },
     infiniteCacheHitRate: infiniteHitRate(boundBlocks),
     pooledHitRate: pooledHitRate(boundBlocks, o.engines * numBlocks * blockSize, TRACE_BLOCK),
     policies: [],
   };
   for (const p of o.policies as Policy[]) {
-    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, numBlocks, blockSize, timing: profile.timing, series: o.report !== undefined }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
+    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, routers: o.routers ?? 2, numBlocks, blockSize, timing: profile.timing, series: o.report !== undefined }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
   }
   return result;
 }
@@ -357,7 +369,7 @@ export function formatWhatif(r: WhatifResult): string {
   const pad = [14, 8, 9, 9, 8, 8, 7];
   const row = (cells: readonly string[]) => cells.slice(0, 7).map((c, i) => (i ? c.padStart(pad[i]!) : c.padEnd(pad[i]!))).join(' ') + `  ${cells[7]}`;
   const lines = [
-    `${r.requests} requests on ${r.engines} simulated engines (virtual clock)`,
+    `${r.requests} requests on ${r.engines} simulated engines behind ${r.routers} router replicas (virtual clock)`,
     `engines: ${r.capacity.line}`,
     `bounds: infinite-cache hit rate ${(r.infiniteCacheHitRate * 100).toFixed(1)}%, pooled hit rate ${(r.pooledHitRate * 100).toFixed(1)}%`,
     row(WHATIF_COLUMNS),
