@@ -12,8 +12,10 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'no
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export type PeerName = 'nginx' | 'haproxy';
+/** nginx and HAProxy, and `node`: a bare Node.js proxy (bench/node-proxy.ts), the runtime's own floor */
+export type PeerName = 'nginx' | 'haproxy' | 'node';
 
 export interface Peer {
   name: PeerName;
@@ -29,7 +31,7 @@ interface PeerSpec {
   version(bin: string): string;
 }
 
-const SPECS: Record<PeerName, PeerSpec> = {
+const SPECS: Record<Exclude<PeerName, 'node'>, PeerSpec> = {
   // nginx-light is enough (upstream + proxy modules); nginx is the fallback package name
   nginx: { bin: 'nginx', packages: ['nginx-light', 'nginx'], version: (b) => firstLine(spawnSync(b, ['-v'], { encoding: 'utf8' }).stderr) },
   haproxy: { bin: 'haproxy', packages: ['haproxy'], version: (b) => firstLine(spawnSync(b, ['-v'], { encoding: 'utf8' }).stdout) },
@@ -59,6 +61,7 @@ function apt(args: string[], progress: (m: string) => void): string | null {
 
 /** the peer's binary, installed with apt-get when missing; or why it cannot be had */
 export function ensurePeer(name: PeerName, progress: (m: string) => void): { bin: string } | { skipped: string } {
+  if (name === 'node') return { bin: process.execPath };
   const spec = SPECS[name];
   const found = findBinary(spec.bin);
   if (found) return { bin: found };
@@ -199,7 +202,10 @@ export async function startPeer(name: PeerName, upstreams: string[], progress: (
   const conf = join(dir, `${name}.conf`);
   const logFile = join(dir, 'error.log');
   let child: ChildProcess;
-  if (name === 'nginx') {
+  if (name === 'node') {
+    // the same loader as the router under test (tsx), so the floor pays what the router pays for it
+    child = spawn(got.bin, ['--import', 'tsx', fileURLToPath(new URL('./node-proxy.ts', import.meta.url)), String(port), ...upstreams], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } else if (name === 'nginx') {
     writeFileSync(conf, nginxConfig(dir, port, upstreams, o));
     // -p: the prefix for relative paths; -e: the start-up error log before the config's is open
     child = spawn(got.bin, ['-p', dir, '-c', conf, '-e', logFile], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -227,5 +233,5 @@ export async function startPeer(name: PeerName, upstreams: string[], progress: (
     await stop();
     return { skipped: `${name} did not start: ${(e as Error).message}${stderr ? ` (${firstLine(stderr)})` : ''}` };
   }
-  return { name, url: `http://127.0.0.1:${port}`, version: SPECS[name].version(got.bin), stop };
+  return { name, url: `http://127.0.0.1:${port}`, version: name === 'node' ? `node ${process.version}` : SPECS[name].version(got.bin), stop };
 }

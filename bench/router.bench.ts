@@ -15,7 +15,10 @@
  *                               over the same 4 engines, bench/peers.ts: installed with apt-get when missing, run
  *                               from a generated config as the current user; skipped with a note when they cannot
  *                               be); baseline: the direct client-observed latency at that percentile.
- *   router.added.1k.p50 / .p99  (and nginx.added.1k.*, haproxy.added.1k.*) the same at 1,000 req/s.
+ *   node.added.p50 / .p99       the same through a bare Node.js round-robin proxy (bench/node-proxy.ts: node:http +
+ *                               an undici Pool, the router's own HTTP stack, nothing else) in a process of its own:
+ *                               the runtime's floor, so router/node is the router's own cost and node/nginx Node's.
+ *   router.added.1k.p50 / .p99  (and nginx.added.1k.*, haproxy.added.1k.*, node.added.1k.*) the same at 1,000 req/s.
  *   router.fallback.nats        % of routing decisions that missed the index budget (5 ms) and went by load only,
  *                               200 req/s, with a real nats-server and the indexer in its own process
  *                               (bench/router-nats.ts); baseline: the same share over the MemoryBus in this run.
@@ -102,13 +105,14 @@ function reportAdded(ctx: BenchContext, samples: Map<string, Timed[]>, suffix: s
   const skipNote = skipped.length ? `; skipped: ${skipped.join('; ')}` : '';
   for (const q of ['p50', 'p99'] as const) {
     const r = added.get('router')![q];
-    const ng = added.get('nginx')?.[q], hp = added.get('haproxy')?.[q];
-    const ratios = [ng !== undefined ? `router/nginx ${(r / ng).toFixed(2)}×` : '', hp !== undefined ? `router/haproxy ${(r / hp).toFixed(2)}×` : ''].filter(Boolean).join(', ');
+    const ng = added.get('nginx')?.[q], hp = added.get('haproxy')?.[q], nd = added.get('node')?.[q];
+    const ratios = [ng !== undefined ? `router/nginx ${(r / ng).toFixed(2)}×` : '', hp !== undefined ? `router/haproxy ${(r / hp).toFixed(2)}×` : '', nd !== undefined ? `router/node ${(r / nd).toFixed(2)}×` : '', nd !== undefined && ng !== undefined ? `node/nginx ${(nd / ng).toFixed(2)}×` : ''].filter(Boolean).join(', ');
     const base = `client-observed send → whole response, ${q} minus direct's (direct ${percentile(direct, q === 'p50' ? 50 : 99).toFixed(3)} ms), ${samples.get('router')!.length} requests per path, ${how}`;
     ctx.report({ bench: `router.added${suffix}.${q}`, value: r, unit: 'ms', ...(ng !== undefined ? { baseline: ng } : {}), note: `through the router; baseline: nginx.added${suffix}.${q}; ${ratios || 'no peer ran'}; ${base}${skipNote}` });
-    for (const peer of ['nginx', 'haproxy'] as const) {
+    for (const peer of ['nginx', 'haproxy', 'node'] as const) {
       const a = added.get(peer);
-      if (a) ctx.report({ bench: `${peer}.added${suffix}.${q}`, value: a[q], unit: 'ms', baseline: percentile(direct, q === 'p50' ? 50 : 99), note: `through ${peer} (round-robin over the same 4 engines); baseline: direct ${q}; ${base}` });
+      const what = peer === 'node' ? 'a bare Node.js proxy (node:http + undici, no parse, no routing: the runtime floor)' : peer;
+      if (a) ctx.report({ bench: `${peer}.added${suffix}.${q}`, value: a[q], unit: 'ms', baseline: percentile(direct, q === 'p50' ? 50 : 99), note: `through ${what} (round-robin over the same 4 engines); baseline: direct ${q}; ${base}` });
     }
   }
 }
@@ -159,7 +163,7 @@ export default async function (ctx: BenchContext): Promise<void> {
   // the peers: nginx and HAProxy as plain round-robin proxies in front of the same engines
   const peers: Peer[] = [];
   const skipped: string[] = [];
-  for (const name of ['nginx', 'haproxy'] as const) {
+  for (const name of ['nginx', 'haproxy', 'node'] as const) {
     const p = await startPeer(name, engines, ctx.progress);
     if ('skipped' in p) {
       skipped.push(p.skipped);
