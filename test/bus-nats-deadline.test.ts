@@ -53,6 +53,25 @@ test('a reply that came back while the loop was busy past the deadline is taken,
   sub.unsubscribe();
 });
 
+test('a timeout never comes before the budget has passed on the monotonic clock (libuv timers count whole ms)', async () => {
+  const s = `deadline.early.${Date.now().toString(36)}`;
+  // a responder that never answers (no responders would fail at once)
+  const sub = responder.subscribe(s, { callback: () => undefined });
+  await responder.flush();
+  // libuv arms a timer from the loop's clock in whole ms, so a bare setTimeout(5) made 0.9 ms into a millisecond
+  // fires after 4.1 ms: a 5 ms index budget cut short by up to 1 ms (seen as misses "after 4.31 ms")
+  const early: string[] = [];
+  for (let i = 0; i < 40; i++) {
+    const t0 = performance.now();
+    const code = await client.request(s, enc(String(i)), { timeoutMs: 5 }).then(() => 'resolved', (e: { code?: string }) => e.code);
+    const took = performance.now() - t0;
+    assert.is(code, 'KVG_TIMEOUT');
+    if (took < 5) early.push(took.toFixed(2));
+  }
+  assert.equal(early, [], `timed out before 5 ms: ${early.join(', ')} ms`);
+  sub.unsubscribe();
+});
+
 test('a request nobody answers still times out with KVG_TIMEOUT, and a reply after that is ignored', async () => {
   const s = `deadline.late.${Date.now().toString(36)}`;
   const held: Array<() => void> = [];

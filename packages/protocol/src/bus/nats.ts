@@ -205,11 +205,17 @@ const REQUEST_SLOT_GRACE_MS = 1000;
  * that is already in the socket is read first. Node runs due timers before it polls for I/O, so after one busy turn
  * of the event loop (a GC pause, a large body parsed) a bare timer would fire ahead of a reply that came back in
  * time, and a 5 ms index budget would be missed with nothing slow on the bus (issue 14). setImmediate runs after
- * that poll. close() rejects what is still waiting with KVG_BUS_CLOSED (nats.js would report a timeout).
+ * that poll. A timer can also fire *early*: libuv arms it from the loop's cached time, taken when the current turn
+ * began, so a request made late in a busy turn (after other requests' bodies were parsed) had part of its budget
+ * spent before it was sent. The deadline is therefore measured from the request's own start on the monotonic
+ * clock, and a timer that fires ahead of it is armed again for the rest. close() rejects what is still waiting
+ * with KVG_BUS_CLOSED (nats.js would report a timeout).
  */
 class PendingNatsRequest {
   #settled = false;
-  readonly #timer: NodeJS.Timeout;
+  #timer: NodeJS.Timeout;
+  /** performance.now() when the request was made: the deadline is this + timeoutMs */
+  readonly #due: number;
   readonly #enders: Set<() => void>;
   readonly #onClose: () => void;
   readonly subject: string;
@@ -223,7 +229,16 @@ class PendingNatsRequest {
     this.reject = reject;
     this.#onClose = () => void (this.settle() && reject(new BusError('KVG_BUS_CLOSED', `bus closed while waiting for a reply on ${subject}`)));
     enders.add(this.#onClose);
+    this.#due = performance.now() + timeoutMs;
     this.#timer = setTimeout(pendingDeadline, timeoutMs, this);
+  }
+
+  /** the timer fired: past the deadline → time out after this turn's I/O; early (see above) → wait the rest */
+  deadline(): void {
+    if (this.#settled) return;
+    const left = this.#due - performance.now();
+    if (left > 0.05) this.#timer = setTimeout(pendingDeadline, Math.ceil(left), this);
+    else setImmediate(pendingTimedOut, this);
   }
 
   /** true the first time (the caller then resolves or rejects), false after */
@@ -245,7 +260,7 @@ class PendingNatsRequest {
 }
 
 function pendingDeadline(p: PendingNatsRequest): void {
-  setImmediate(pendingTimedOut, p);
+  p.deadline();
 }
 
 function pendingTimedOut(p: PendingNatsRequest): void {
