@@ -161,6 +161,8 @@ export class Indexer {
   #catchUpTo = 0;
   /** a shard's subject filter on the event stream (subjects.ts eventsShard); undefined = every event */
   readonly #filter: string | undefined;
+  /** how many low worker-hash bits that filter fixes (subjects.ts eventFilterBits; 0 = no filter) */
+  readonly #filterBits: number;
   #ready = false;
   #snapshotSeq = 0;
   #lastPurge = 0;
@@ -191,8 +193,8 @@ export class Indexer {
       this.#unshardedDir = this.#opts.snapshotDir;
       this.#opts.snapshotDir = join(this.#opts.snapshotDir, shardSnapshotDir(this.shard));
     }
-    const bits = this.shard ? eventFilterBits(this.shard.of) : 0;
-    this.#filter = this.shard && bits > 0 ? this.#subj.eventsShard(this.shard.index, this.shard.of) : undefined;
+    this.#filterBits = this.shard ? eventFilterBits(this.shard.of) : 0;
+    this.#filter = this.shard && this.#filterBits > 0 ? this.#subj.eventsShard(this.shard.index, this.shard.of) : undefined;
     this.#shards = ShardSet.create(this.#opts.shards, { maxEntries: this.#opts.maxEntries }, this.shard?.of ?? 1);
     this.#gossip = new GossipTracker(this.id, { graceMs: this.#opts.graceMs, peerTtlMs: Math.max(5 * gossipIntervalMs, 2000) });
     this.#log = logger('indexer', { indexer: this.id });
@@ -279,7 +281,7 @@ export class Indexer {
     const info = await this.#stream.info();
     this.#catchUpTo = this.#filter ? await this.#stream.lastSeqOf(this.#filter) : info.lastSeq;
     if (this.shard) {
-      const bits = eventFilterBits(this.shard.of);
+      const bits = this.#filterBits;
       const shard = `${this.shard.index}/${this.shard.of}`;
       if (1 << bits === this.shard.of) this.#log.info({ shard, filter: this.#filter }, 'reading only this shard\'s events (subject filter)');
       else if (bits === 0) this.#log.warn({ shard }, 'an odd shard count has no subject filter: this shard reads the whole event stream and skips the other shards\' batches (use a power of two ≤ 64)');

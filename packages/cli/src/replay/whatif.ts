@@ -343,17 +343,18 @@ export async function whatif(o: WhatifOptions, progress: (msg: string) => void =
   progress(`engines: ${formatCapacity(profile)}`);
   const { reqs, records } = loadRequests(o.trace, o.compress ?? 1, o.limit ?? Infinity);
   const boundBlocks = records.map((r) => r.hashIds.map((h, i) => ({ key: h, tokens: Math.min(TRACE_BLOCK, r.inputLength - i * TRACE_BLOCK) })));
+  const routers = o.routers ?? 2;
   const result: WhatifResult = {
     requests: reqs.length,
     engines: o.engines,
-    routers: o.routers ?? 2,
+    routers,
     capacity: { model: profile.model, gpu: profile.gpu, tensorParallelSize: profile.tensorParallelSize, numBlocks, blockSize, tokens: profile.tokens, line: formatCapacity(profile) },
     infiniteCacheHitRate: infiniteHitRate(boundBlocks),
     pooledHitRate: pooledHitRate(boundBlocks, o.engines * numBlocks * blockSize, TRACE_BLOCK),
     policies: [],
   };
   for (const p of o.policies as Policy[]) {
-    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, routers: o.routers ?? 2, numBlocks, blockSize, timing: profile.timing, series: o.report !== undefined }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
+    result.policies.push(simulatePolicy(reqs, p, { engines: o.engines, routers, numBlocks, blockSize, timing: profile.timing, series: o.report !== undefined }, (n) => progress(`${p}: ${n}/${reqs.length} requests`)));
   }
   return result;
 }

@@ -205,11 +205,11 @@ const REQUEST_SLOT_GRACE_MS = 1000;
  * that is already in the socket is read first. Node runs due timers before it polls for I/O, so after one busy turn
  * of the event loop (a GC pause, a large body parsed) a bare timer would fire ahead of a reply that came back in
  * time, and a 5 ms index budget would be missed with nothing slow on the bus (issue 14). setImmediate runs after
- * that poll. A timer can also fire *early*: libuv arms it from the loop's cached time, taken when the current turn
- * began, so a request made late in a busy turn (after other requests' bodies were parsed) had part of its budget
- * spent before it was sent. The deadline is therefore measured from the request's own start on the monotonic
- * clock, and a timer that fires ahead of it is armed again for the rest. close() rejects what is still waiting
- * with KVG_BUS_CLOSED (nats.js would report a timeout).
+ * that poll. A timer can also fire *early*: libuv keeps its loop time in whole milliseconds, so a 5 ms timer made
+ * 0.9 ms into a millisecond fires after about 4.1 ms (seen as index misses "after 4.3 ms"). The deadline is
+ * therefore measured from the request's own start on the monotonic clock, and a timer that fires ahead of it is
+ * armed again for the rest. close() rejects what is still waiting with KVG_BUS_CLOSED (nats.js would report a
+ * timeout).
  */
 class PendingNatsRequest {
   #settled = false;
